@@ -1,0 +1,3 @@
+"""superci: a distributed continuous-integration system for one LAN."""
+
+__version__ = "0.1.0"

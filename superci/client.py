@@ -1,0 +1,97 @@
+"""Short connections to the dispatcher, for the runner and for client commands.
+
+Connection problems become :class:`DispatcherUnavailable` with the address in the
+message, so every command reports an unreachable dispatcher the same clear way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from superci import defaults, protocol
+from superci.channel import Address, Channel
+from superci.errors import ConnectionClosed, DispatcherUnavailable, ProtocolError
+
+
+async def connect(address: Address, role: str, timeout: float = defaults.CLIENT_TIMEOUT) -> Channel:
+    """Open a connection and complete the handshake."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+            channel = Channel(reader, writer)
+            await channel.send(protocol.Hello(version=protocol.PROTOCOL_VERSION, role=role))
+            welcome = await channel.receive()
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise DispatcherUnavailable(
+            f"cannot reach the dispatcher at {address}: {reason} (is `superci dispatcher` running?)"
+        ) from e
+    except TimeoutError as e:
+        raise DispatcherUnavailable(
+            f"no answer from the dispatcher at {address} within {timeout:g}s"
+        ) from e
+    except ConnectionClosed as e:
+        raise DispatcherUnavailable(f"the dispatcher at {address} closed the connection") from e
+    if not isinstance(welcome, protocol.Welcome):
+        await channel.close()
+        raise ProtocolError(f"expected welcome from {address}, got {welcome.type}")
+    return channel
+
+
+@contextlib.asynccontextmanager
+async def connection(
+    address: Address, role: str = "client", timeout: float = defaults.CLIENT_TIMEOUT
+) -> AsyncIterator[Channel]:
+    channel = await connect(address, role, timeout)
+    try:
+        yield channel
+    finally:
+        await channel.close()
+
+
+async def request(
+    address: Address, message: protocol.Message, timeout: float = defaults.CLIENT_TIMEOUT
+) -> protocol.Message:
+    """Send one request and return the reply; an error frame raises RemoteError."""
+    async with connection(address, timeout=timeout) as channel:
+        try:
+            await channel.send(message)
+            return await channel.receive(timeout)
+        except TimeoutError as e:
+            raise DispatcherUnavailable(
+                f"no reply from the dispatcher at {address} within {timeout:g}s"
+            ) from e
+        except ConnectionClosed as e:
+            raise DispatcherUnavailable(f"the dispatcher at {address} closed the connection") from e
+
+
+async def submit_async(
+    address: Address,
+    sha: str,
+    branch: str,
+    rebuild: bool = False,
+    timeout: float = defaults.CLIENT_TIMEOUT,
+) -> protocol.Submitted:
+    protocol.check_sha(sha)
+    protocol.check_branch(branch)
+    reply = await request(
+        address, protocol.Submit(sha=sha, branch=branch, rebuild=rebuild), timeout
+    )
+    if not isinstance(reply, protocol.Submitted):
+        raise ProtocolError(f"expected submitted from {address}, got {reply.type}")
+    return reply
+
+
+def submit(
+    address: Address,
+    sha: str,
+    branch: str,
+    rebuild: bool = False,
+    timeout: float = defaults.CLIENT_TIMEOUT,
+) -> protocol.Submitted:
+    """Ask the dispatcher to build a commit; returns once it is durably queued (or known)."""
+    return asyncio.run(submit_async(address, sha, branch, rebuild, timeout))
+
+

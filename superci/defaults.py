@@ -1,0 +1,69 @@
+"""Tunables, each with why it has the value it has. Command-line options override them."""
+
+#: Dispatcher address. Loopback so a fresh install is not reachable from the LAN by accident.
+HOST = "127.0.0.1"
+#: Dispatcher TCP port; 8888 as in the original design.
+PORT = 8888
+
+#: A runner sends a heartbeat this often (seconds), also while it builds.
+HEARTBEAT_INTERVAL = 2.0
+#: A runner silent this long (seconds) is dead: five missed heartbeats, so one slow
+#: network moment is not mistaken for a crash.
+HEARTBEAT_TIMEOUT = 10.0
+#: How often the dispatcher looks for silent runners (seconds).
+HEARTBEAT_CHECK_INTERVAL = 0.5
+#: A build is tried on this many runners before it ends as an error ("runner lost").
+MAX_ATTEMPTS = 3
+
+#: Observer poll period (seconds): fast enough to feel live, slow enough to be no load.
+POLL_INTERVAL = 5.0
+#: An observer's fetch is killed after this long (seconds), so a hung remote cannot stall it.
+FETCH_TIMEOUT = 120.0
+
+#: Reconnect backoff (seconds): first wait, cap, and +/- jitter fraction, so that many
+#: runners restarting together do not hammer a dispatcher that comes back.
+BACKOFF_INITIAL = 0.2
+BACKOFF_MAX = 5.0
+BACKOFF_JITTER = 0.2
+
+#: Time limit for one connect + handshake + reply of a short client command (seconds).
+CLIENT_TIMEOUT = 10.0
+#: A peer must finish the opening handshake within this time (seconds).
+HANDSHAKE_TIMEOUT = 5.0
+
+#: Largest frame accepted on the wire (bytes). Output travels in chunks far below this.
+MAX_FRAME_BYTES = 1024 * 1024
+#: Size of one output chunk a runner sends (bytes).
+OUTPUT_CHUNK_BYTES = 64 * 1024
+#: A runner flushes buffered output at least this often (seconds), so a printed line
+#: reaches the dispatcher's output.log well within a second.
+OUTPUT_FLUSH_INTERVAL = 0.2
+
+#: Test command when the tested repository has no .superci.toml (the original design:
+#: tests live in tests/).
+TEST_COMMAND = "python -m unittest discover -s tests"
+#: Time limit for one build (seconds) when .superci.toml names none.
+BUILD_TIMEOUT = 3600.0
+#: After SIGTERM, a build's process group gets this long before SIGKILL (seconds).
+KILL_GRACE = 10.0
+#: The repository's own configuration file.
+CONFIG_FILE = ".superci.toml"
+
+#: Where results go and the name of the dispatcher's database inside its parent.
+RESULTS_DIR = "test_results"
+STATE_FILE = "superci.db"
+
+#: A git fetch or submodule update in a runner's clone is killed after this long
+#: (seconds), so an unreachable remote cannot wedge a runner forever.
+GIT_TIMEOUT = 300.0
+#: After a build's process group is gone, its output pipe gets this long (seconds) to
+#: reach end-of-file; longer means a process escaped the group and holds it open.
+OUTPUT_DRAIN_TIMEOUT = 2.0
+
+#: A peer that does not take a frame within this time (seconds) is disconnected, so a
+#: client that stops reading cannot make the dispatcher buffer without bound.
+SEND_TIMEOUT = 10.0
+#: Unsent bytes the dispatcher keeps for one peer before it gives up on that peer.
+MAX_SEND_BUFFER = 4 * 1024 * 1024
+#: A client connection (notify, status) idle this long (seconds) is closed.
+CLIENT_IDLE_TIMEOUT = 60.0

@@ -1,0 +1,60 @@
+"""Every exception superci raises on purpose, in one tree.
+
+Catch :class:`SuperCIError` to handle anything superci reports; the messages are written
+for the person running the command and say what to do next.
+"""
+
+
+class SuperCIError(Exception):
+    """Root of every error superci raises on purpose."""
+
+
+class ProtocolError(SuperCIError):
+    """A peer sent bytes that are not a valid superci message."""
+
+    def __init__(self, message: str, code: str = "bad-message") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame announced a length above the protocol's limit."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="frame-too-large")
+
+
+class RemoteError(SuperCIError):
+    """The other side answered with an error frame."""
+
+    def __init__(self, message: str, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ConnectionClosed(SuperCIError):
+    """The peer closed the connection (or it was reset)."""
+
+
+class DispatcherUnavailable(SuperCIError):
+    """The dispatcher could not be reached or closed the connection."""
+
+
+class ConfigError(SuperCIError):
+    """A setting or a repository's .superci.toml is invalid."""
+
+
+class WorkspaceError(SuperCIError):
+    """A git operation in a runner's or observer's clone failed."""
+
+
+class StaleResult(SuperCIError):
+    """A result or output arrived for a lease that is no longer current."""
+
+
+class UnknownBuild(SuperCIError):
+    """A build id or commit is not known to the dispatcher."""
+
+
+class StorageError(SuperCIError):
+    """The dispatcher could not persist state or write a result."""

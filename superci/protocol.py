@@ -1,0 +1,452 @@
+"""The superci wire protocol: messages, framing and validation, with no I/O.
+
+Every frame is a 4-byte big-endian length followed by that many bytes of a UTF-8 JSON
+object with a ``type`` field. Each message type is a frozen dataclass; decoding checks
+every field's type, length and format, so code behind the decoder can trust what it
+gets. Use :class:`Decoder` (``feed`` bytes, take ``next_message``) to read and
+:func:`encode` to write, as in h11: the caller owns the socket.
+
+A conversation opens with the client's :class:`Hello` and the server's :class:`Welcome`;
+anything wrong gets an :class:`Error` frame and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import struct
+import types
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final, Union, get_args, get_origin, get_type_hints
+
+from superci import defaults
+from superci.errors import FrameTooLarge, ProtocolError
+from superci.status import BuildStatus
+
+PROTOCOL_VERSION: Final = 1
+HEADER: Final = struct.Struct("!I")
+
+SHA_RE: Final = re.compile(r"[0-9a-f]{40}")
+NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+#: Longest ordinary string field (characters); output data and free text have their own.
+MAX_STRING: Final = 256
+MAX_TEXT: Final = 4096
+MAX_LIST: Final = 1000
+MAX_BRANCH: Final = 200
+
+
+class _NeedData:
+    """Marker returned by :meth:`Decoder.next_message` when a frame is incomplete."""
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+
+
+# --- field checks -------------------------------------------------------------------
+
+
+def check_sha(value: str) -> str:
+    """A commit id must be a full lowercase hex SHA-1 before it touches a path or git."""
+    if not SHA_RE.fullmatch(value):
+        raise ProtocolError(f"commit id must be a full 40-character hex SHA, got {value!r:.60}")
+    return value
+
+
+def check_name(value: str) -> str:
+    """Runner names go into logs and the database: a safe character set only."""
+    if not NAME_RE.fullmatch(value):
+        raise ProtocolError(
+            f"name must be 1-64 characters of letters, digits and ._@- "
+            f"(starting with a letter or digit), got {value!r:.80}"
+        )
+    return value
+
+
+_BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+
+
+def check_branch(value: str) -> str:
+    """Branch names follow git's ref-name rules (``git check-ref-format --branch``)."""
+    problems = (
+        not value
+        or len(value) > MAX_BRANCH
+        or value.startswith(("-", "/", "."))
+        or value.endswith(("/", ".", ".lock"))
+        or ".." in value
+        or "//" in value
+        or "@{" in value
+        or value == "@"
+        or "/." in value
+        or ".lock/" in value
+        or _BAD_REF_CHARS.search(value) is not None
+    )
+    if problems:
+        raise ProtocolError(f"not a valid git branch name: {value!r:.80}")
+    return value
+
+
+def _check_status(value: str) -> str:
+    try:
+        BuildStatus(value)
+    except ValueError:
+        raise ProtocolError(f"unknown build status {value!r:.40}") from None
+    return value
+
+
+def _check_non_negative(value: int | float) -> int | float:
+    if value < 0:
+        raise ProtocolError(f"value must not be negative, got {value}")
+    return value
+
+
+def _check_positive(value: int) -> int:
+    if value < 1:
+        raise ProtocolError(f"value must be at least 1, got {value}")
+    return value
+
+
+def _check_role(value: str) -> str:
+    if value not in ("runner", "client"):
+        raise ProtocolError(f"role must be 'runner' or 'client', got {value!r:.40}")
+    return value
+
+
+def _check(fn: Any, max_len: int = MAX_STRING) -> Any:
+    return field(metadata={"check": fn, "max_len": max_len})
+
+
+def _text(max_len: int = MAX_TEXT, default: str = "") -> Any:
+    return field(default=default, metadata={"max_len": max_len})
+
+
+# --- messages -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    """Base of every message; ``type`` names it on the wire."""
+
+    type: ClassVar[str] = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hello(Message):
+    """Client → server, first frame: protocol version and what the client is."""
+
+    type: ClassVar[str] = "hello"
+    version: int
+    role: str = _check(_check_role)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Welcome(Message):
+    """Server → client: the handshake is accepted."""
+
+    type: ClassVar[str] = "welcome"
+    version: int
+    server: str = _text(MAX_STRING)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Error(Message):
+    """Either way: why the sender is about to close the connection (or refuse a request)."""
+
+    type: ClassVar[str] = "error"
+    code: str = _text(64)
+    message: str = _text()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Register(Message):
+    """Runner → dispatcher: join the pool; ``build_id``/``attempt`` name a lease it still holds."""
+
+    type: ClassVar[str] = "register"
+    name: str = _check(check_name)
+    host: str = _text(MAX_STRING)
+    pid: int = _check(_check_non_negative)
+    build_id: int | None = None
+    attempt: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Registered(Message):
+    """Dispatcher → runner: registered; ``output_offset``: where an adopted build's log resumes."""
+
+    type: ClassVar[str] = "registered"
+    output_offset: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat(Message):
+    """Runner → dispatcher: still alive."""
+
+    type: ClassVar[str] = "heartbeat"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Build(Message):
+    """Dispatcher → runner: build this commit under this lease."""
+
+    type: ClassVar[str] = "build"
+    build_id: int = _check(_check_positive)
+    attempt: int = _check(_check_positive)
+    sha: str = _check(check_sha)
+    branch: str = _check(check_branch, MAX_BRANCH)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Output(Message):
+    """Runner → dispatcher: bytes ``offset``.. of a build's output (base64 in ``data``)."""
+
+    type: ClassVar[str] = "output"
+    build_id: int = _check(_check_positive)
+    attempt: int = _check(_check_positive)
+    offset: int = _check(_check_non_negative)
+    data: str = _text(defaults.OUTPUT_CHUNK_BYTES * 2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result(Message):
+    """Runner → dispatcher: how a build ended; ``output_bytes`` is the log's full length."""
+
+    type: ClassVar[str] = "result"
+    build_id: int = _check(_check_positive)
+    attempt: int = _check(_check_positive)
+    status: str = _check(_check_status)
+    exit_code: int | None = None
+    duration: float = _check(_check_non_negative)
+    output_bytes: int = _check(_check_non_negative)
+    message: str = _text()
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultAck(Message):
+    """Dispatcher → runner: whether the result was recorded; ``retry``: send it again later."""
+
+    type: ClassVar[str] = "result_ack"
+    build_id: int
+    attempt: int
+    accepted: bool
+    retry: bool = False
+    reason: str = _text()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cancel(Message):
+    """Dispatcher → runner: stop this build; its lease is gone."""
+
+    type: ClassVar[str] = "cancel"
+    build_id: int
+    attempt: int
+    reason: str = _text()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Submit(Message):
+    """Client → dispatcher: build this commit (again, if ``rebuild``)."""
+
+    type: ClassVar[str] = "submit"
+    sha: str = _check(check_sha)
+    branch: str = _check(check_branch, MAX_BRANCH)
+    rebuild: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Submitted(Message):
+    """Dispatcher → client: the request is durably stored; ``queued`` is false if already known."""
+
+    type: ClassVar[str] = "submitted"
+    build_id: int
+    sha: str = _check(check_sha)
+    queued: bool = True
+    status: str = _check(_check_status)
+
+
+MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
+    cls.type: cls
+    for cls in (
+        Hello,
+        Welcome,
+        Error,
+        Register,
+        Registered,
+        Heartbeat,
+        Build,
+        Output,
+        Result,
+        ResultAck,
+        Cancel,
+        Submit,
+        Submitted,
+    )
+}
+
+
+# --- encoding and decoding ----------------------------------------------------------
+
+
+def encode(message: Message) -> bytes:
+    """One frame: length prefix plus compact JSON."""
+    body = {"type": message.type, **dataclasses.asdict(message)}
+    payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return HEADER.pack(len(payload)) + payload
+
+
+def from_dict(body: Any) -> Message:
+    """Build and validate a message from a decoded JSON object."""
+    if not isinstance(body, dict):
+        raise ProtocolError("a message must be a JSON object")
+    kind = body.get("type")
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {kind!r:.40}", code="unknown-type")
+    values = {k: v for k, v in body.items() if k != "type"}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    extra = set(values) - set(fields)
+    if extra:
+        raise ProtocolError(f"{kind}: unknown field(s) {', '.join(sorted(extra))[:80]}")
+    hints = _hints(cls)
+    for name, f in fields.items():
+        if name not in values:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ProtocolError(f"{kind}: missing field {name!r}")
+            continue
+        _validate(kind, f, hints[name], values[name])
+    return cls(**values)
+
+
+def _hints(cls: type[Message]) -> dict[str, Any]:
+    cached = _HINTS.get(cls)
+    if cached is None:
+        cached = _HINTS[cls] = get_type_hints(cls)
+    return cached
+
+
+_HINTS: dict[type[Message], dict[str, Any]] = {}
+
+
+def _validate(kind: str, f: dataclasses.Field[Any], hint: Any, value: Any) -> None:
+    where = f"{kind}.{f.name}"
+    if not _type_matches(hint, value):
+        raise ProtocolError(f"{where}: expected {_type_name(hint)}, got {type(value).__name__}")
+    if isinstance(value, str) and len(value) > f.metadata.get("max_len", MAX_STRING):
+        raise ProtocolError(f"{where}: longer than {f.metadata.get('max_len', MAX_STRING)}")
+    if isinstance(value, list | dict):
+        _validate_container(where, value)
+    check = f.metadata.get("check")
+    if check is not None and value is not None:
+        try:
+            check(value)
+        except ProtocolError as e:
+            raise ProtocolError(f"{where}: {e}") from None
+
+
+def _validate_container(where: str, value: list[Any] | dict[str, Any]) -> None:
+    if len(value) > MAX_LIST:
+        raise ProtocolError(f"{where}: more than {MAX_LIST} items")
+    items = value if isinstance(value, list) else value.keys()
+    if any(len(item) > MAX_STRING for item in items):
+        raise ProtocolError(f"{where}: an item is longer than {MAX_STRING}")
+
+
+def _type_matches(hint: Any, value: Any) -> bool:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_type_matches(arg, value) for arg in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = get_args(hint)
+        return isinstance(value, list) and all(_type_matches(item, v) for v in value)
+    if origin is dict:
+        key, item = get_args(hint)
+        return isinstance(value, dict) and all(
+            _type_matches(key, k) and _type_matches(item, v) for k, v in value.items()
+        )
+    raise TypeError(f"unsupported field type {hint!r}")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint)
+
+
+class Decoder:
+    """Turns a byte stream into messages; sans-IO, so it is tested by feeding bytes.
+
+    After a :class:`ProtocolError` the stream cannot be resynchronised, so the decoder
+    refuses everything that follows and the caller closes the connection.
+    """
+
+    def __init__(self, max_frame: int = defaults.MAX_FRAME_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max_frame = max_frame
+        self._broken: ProtocolError | None = None
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes."""
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        """How many bytes are waiting; lets the caller notice a peer that never finishes."""
+        return len(self._buffer)
+
+    def next_message(self) -> Message | _NeedData:
+        """The next complete message, or ``NEED_DATA`` until more bytes are fed."""
+        if self._broken is not None:
+            raise self._broken
+        try:
+            return self._next()
+        except ProtocolError as e:
+            self._broken = e
+            raise
+
+    def _next(self) -> Message | _NeedData:
+        if len(self._buffer) < HEADER.size:
+            return NEED_DATA
+        (length,) = HEADER.unpack_from(self._buffer)
+        if length > self._max_frame:
+            raise FrameTooLarge(f"frame of {length} bytes exceeds the limit of {self._max_frame}")
+        end = HEADER.size + length
+        if len(self._buffer) < end:
+            return NEED_DATA
+        payload = bytes(self._buffer[HEADER.size : end])
+        del self._buffer[:end]
+        try:
+            body = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise ProtocolError(f"frame is not UTF-8 JSON: {e}") from None
+        return from_dict(body)
+
+
+def error_for(exc: ProtocolError) -> Error:
+    """The error frame that tells a peer why its connection is being closed."""
+    return Error(code=exc.code, message=str(exc)[:MAX_TEXT])
+
+
+def check_hello(message: Message) -> Hello:
+    """The first frame of a connection must be a Hello of our protocol version."""
+    if not isinstance(message, Hello):
+        raise ProtocolError(f"expected hello first, got {message.type}", code="handshake")
+    if message.version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {message.version} is not supported "
+            f"(this dispatcher speaks {PROTOCOL_VERSION}); upgrade superci on both sides",
+            code="version",
+        )
+    return message

@@ -1,0 +1,284 @@
+"""The dispatcher's decisions as a pure state machine: who is free, who is dead, what runs next.
+
+Nothing here touches a socket, a file or the clock: every event carries ``now``, and every
+method returns the :data:`Action` list the I/O layer must carry out (send a build, close a
+replaced session, record a lost build). That keeps the hard rules — leases, attempts,
+stale results, reconnects — testable in microseconds with a fake clock.
+
+A *session* is an opaque integer the caller assigns to one connection, so a runner that
+reconnects under the same name is told apart from its own ghost.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from superci import defaults
+from superci.errors import StaleResult, UnknownBuild
+from superci.status import BuildStatus, RunnerState
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The right to run one attempt of one build; results from any other lease are stale."""
+
+    build_id: int
+    attempt: int
+
+
+@dataclass
+class Job:
+    """A build the scheduler still has to finish (queued or running)."""
+
+    build_id: int
+    sha: str
+    branch: str
+    status: BuildStatus = BuildStatus.QUEUED
+    attempt: int = 0
+    runner: str | None = None
+    runners: list[str] = field(default_factory=list)
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.build_id, self.attempt)
+
+
+@dataclass
+class Runner:
+    """A runner known to the pool; ``session`` is None while it is not connected."""
+
+    name: str
+    session: int | None
+    host: str
+    pid: int
+    last_seen: float
+    build_id: int | None = None
+
+    @property
+    def state(self) -> RunnerState:
+        if self.session is None:
+            return RunnerState.DISCONNECTED
+        return RunnerState.BUSY if self.build_id is not None else RunnerState.IDLE
+
+
+# --- actions: what the I/O layer must do ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartBuild:
+    """Send this build to this runner's session (and persist it as running first)."""
+
+    session: int
+    runner: str
+    build_id: int
+    attempt: int
+    sha: str
+    branch: str
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """A runner was lost; the build waits for another one (persist it as queued)."""
+
+    build_id: int
+    attempt: int
+    lost_runner: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """Every attempt was lost with its runner; record the build as an error saying why."""
+
+    build_id: int
+    attempt: int
+    runners: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class CloseSession:
+    """Close a connection: its runner was replaced or declared dead."""
+
+    session: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class CancelLease:
+    """Tell a runner to stop a build it still runs under a lease that is no longer current."""
+
+    session: int
+    build_id: int
+    attempt: int
+    reason: str
+
+
+Action = StartBuild | Requeue | GiveUp | CloseSession | CancelLease
+
+
+class Scheduler:
+    """Pool of runners plus queue of jobs; all methods are pure decisions."""
+
+    def __init__(
+        self,
+        heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT,
+        max_attempts: int = defaults.MAX_ATTEMPTS,
+    ) -> None:
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_attempts = max_attempts
+        self.jobs: dict[int, Job] = {}
+        self.runners: dict[str, Runner] = {}
+        self._queue: list[int] = []  # heap of build ids: oldest first
+        self._idle: dict[str, None] = {}  # insertion-ordered: longest idle first
+
+    # --- events ---------------------------------------------------------------------
+
+    def add_build(self, build_id: int, sha: str, branch: str) -> list[Action]:
+        """A new build was stored; queue it and hand it out if a runner is free."""
+        self.jobs[build_id] = Job(build_id, sha, branch)
+        heapq.heappush(self._queue, build_id)
+        return self._dispatch()
+
+    def restore(self, jobs: Iterable[Job], now: float) -> list[Action]:
+        """Take over the unfinished builds of a previous dispatcher process.
+
+        A build that was running keeps its lease for one heartbeat timeout, held by a
+        disconnected placeholder of its runner: if that runner reconnects and claims the
+        lease, it is adopted; if not, the usual death of a runner re-queues it.
+        """
+        for job in jobs:
+            self.jobs[job.build_id] = job
+            if job.status is BuildStatus.RUNNING and job.runner is not None:
+                self.runners[job.runner] = Runner(
+                    job.runner, None, "", 0, last_seen=now, build_id=job.build_id
+                )
+            else:
+                job.status = BuildStatus.QUEUED
+                heapq.heappush(self._queue, job.build_id)
+        return self._dispatch()
+
+    def register(
+        self, name: str, session: int, host: str, pid: int, lease: Lease | None, now: float
+    ) -> list[Action]:
+        """A runner joined; it replaces any older session of the same name at once."""
+        actions: list[Action] = []
+        old = self.runners.get(name)
+        adopted: int | None = None
+        if old is not None:
+            if old.session is not None and old.session != session:
+                actions.append(CloseSession(old.session, "replaced by a new session"))
+            held = self.jobs.get(old.build_id) if old.build_id is not None else None
+            if held is not None and lease == held.lease:
+                adopted = held.build_id
+            elif held is not None:
+                actions += self._lose_job(held, name, "runner reconnected without its build")
+            self._idle.pop(name, None)
+        if lease is not None and lease.build_id != adopted:
+            actions.append(CancelLease(session, lease.build_id, lease.attempt, "lease expired"))
+        self.runners[name] = Runner(name, session, host, pid, now, build_id=adopted)
+        if adopted is None:
+            self._idle[name] = None
+        return actions + self._dispatch()
+
+    def heartbeat(self, name: str, session: int, now: float) -> None:
+        """The runner is alive; a heartbeat of a replaced session does not count."""
+        runner = self.runners.get(name)
+        if runner is not None and runner.session == session:
+            runner.last_seen = now
+
+    def disconnect(self, name: str, session: int) -> list[Action]:
+        """A connection closed or reset: its runner is dead at once."""
+        runner = self.runners.get(name)
+        if runner is None or runner.session != session:
+            return []
+        return self._mark_runner_dead(runner, "connection closed")
+
+    def check_heartbeats(self, now: float) -> list[Action]:
+        """Declare dead every runner silent for longer than the heartbeat timeout."""
+        actions: list[Action] = []
+        for runner in list(self.runners.values()):
+            if now - runner.last_seen > self.heartbeat_timeout:
+                silent = now - runner.last_seen
+                actions += self._mark_runner_dead(runner, f"no heartbeat for {silent:.1f}s")
+        return actions
+
+    def check_lease(self, build_id: int, attempt: int, name: str, session: int) -> Job:
+        """The job, if this session holds its current lease; else :class:`StaleResult`."""
+        job = self.jobs.get(build_id)
+        runner = self.runners.get(name)
+        if job is None:
+            raise StaleResult(f"build {build_id} is not running")
+        if job.attempt != attempt or job.status is not BuildStatus.RUNNING:
+            raise StaleResult(
+                f"build {build_id} attempt {attempt} is stale (current attempt {job.attempt})"
+            )
+        if runner is None or runner.session != session or runner.build_id != build_id:
+            raise StaleResult(f"build {build_id} is not leased to this connection")
+        return job
+
+    def finish(self, build_id: int) -> list[Action]:
+        """The build's result is recorded: forget the job, free its runner."""
+        job = self.jobs.pop(build_id, None)
+        if job is None:
+            raise UnknownBuild(f"build {build_id} is not known to the scheduler")
+        runner = self.runners.get(job.runner) if job.runner else None
+        if runner is not None and runner.build_id == build_id:
+            runner.build_id = None
+            if runner.session is not None:
+                self._idle[runner.name] = None
+        return self._dispatch()
+
+    # --- views ----------------------------------------------------------------------
+
+    def queued(self) -> list[Job]:
+        """Jobs waiting for a runner, in the order they will be handed out."""
+        return [self.jobs[b] for b in sorted(self._queue) if b in self.jobs]
+
+    # --- internals ------------------------------------------------------------------
+
+    def _mark_runner_dead(self, runner: Runner, reason: str) -> list[Action]:
+        del self.runners[runner.name]
+        self._idle.pop(runner.name, None)
+        actions: list[Action] = []
+        if runner.session is not None:
+            actions.append(CloseSession(runner.session, f"runner declared dead: {reason}"))
+        job = self.jobs.get(runner.build_id) if runner.build_id is not None else None
+        if job is not None:
+            actions += self._lose_job(job, runner.name, reason)
+        return actions + self._dispatch()
+
+    def _lose_job(self, job: Job, runner: str, reason: str) -> list[Action]:
+        """The job's runner is gone: re-queue it, or give up after the last attempt."""
+        job.runner = None
+        if job.attempt >= self.max_attempts:
+            self.jobs.pop(job.build_id)
+            tried = ", ".join(job.runners)
+            why = f"runner lost on all {job.attempt} attempts ({tried}); last: {reason}"
+            return [GiveUp(job.build_id, job.attempt, tuple(job.runners), why)]
+        job.status = BuildStatus.QUEUED
+        heapq.heappush(self._queue, job.build_id)
+        return [Requeue(job.build_id, job.attempt, runner, reason)]
+
+    def _dispatch(self) -> list[Action]:
+        actions: list[Action] = []
+        while self._queue and self._idle:
+            build_id = heapq.heappop(self._queue)
+            job = self.jobs.get(build_id)
+            if job is None or job.status is not BuildStatus.QUEUED:
+                continue  # finished or cancelled while it waited
+            name = next(iter(self._idle))
+            del self._idle[name]
+            runner = self.runners[name]
+            assert runner.session is not None, "idle runners are connected"
+            runner.build_id = build_id
+            job.status = BuildStatus.RUNNING
+            job.attempt += 1
+            job.runner = name
+            job.runners.append(name)
+            actions.append(
+                StartBuild(runner.session, name, build_id, job.attempt, job.sha, job.branch)
+            )
+        return actions

@@ -1,0 +1,181 @@
+"""The dispatcher's durable state in SQLite: builds, their attempts, the runners seen.
+
+Every change is its own committed transaction in WAL mode with ``synchronous=FULL``,
+so what the dispatcher acknowledged survives a SIGKILL or a power cut, and a restarted
+dispatcher reads its queue back with :meth:`Store.unfinished`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from superci.errors import StorageError
+from superci.scheduler import Job
+from superci.status import BuildStatus
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS builds (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    sha         TEXT NOT NULL,
+    branch      TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    attempt     INTEGER NOT NULL DEFAULT 0,
+    runner      TEXT,
+    runners     TEXT NOT NULL DEFAULT '[]',
+    queued_at   REAL NOT NULL,
+    started_at  REAL,
+    finished_at REAL,
+    message     TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS builds_by_sha ON builds (sha);
+CREATE INDEX IF NOT EXISTS builds_unfinished ON builds (status)
+    WHERE status IN ('queued', 'running');
+CREATE TABLE IF NOT EXISTS runners (
+    name       TEXT PRIMARY KEY,
+    host       TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen  REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class BuildRecord:
+    """One row of ``builds``: a request to build a commit, and how it went."""
+
+    id: int
+    sha: str
+    branch: str
+    status: BuildStatus
+    attempt: int
+    runner: str | None
+    queued_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    message: str = ""
+    runners: list[str] = field(default_factory=list)
+
+    def to_job(self) -> Job:
+        """The scheduler's view of an unfinished build."""
+        return Job(
+            self.id, self.sha, self.branch, self.status, self.attempt, self.runner,
+            list(self.runners),
+        )  # fmt: skip
+
+
+_COLUMNS = (
+    "id, sha, branch, status, attempt, runner, queued_at, started_at, finished_at, message, runners"
+)
+
+
+def _record(row: tuple) -> BuildRecord:
+    *head, runners = row
+    record = BuildRecord(*head, runners=json.loads(runners))
+    record.status = BuildStatus(record.status)
+    return record
+
+
+class Store:
+    """A SQLite database file; one instance per dispatcher process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as e:
+            raise StorageError(f"cannot open the state database {path}: {e}") from e
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _write(self, sql: str, params: tuple) -> sqlite3.Cursor:
+        try:
+            with self._db:  # one committed transaction
+                return self._db.execute(sql, params)
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot write to the state database {self.path}: {e}") from e
+
+    # --- builds ---------------------------------------------------------------------
+
+    def add_build(self, sha: str, branch: str, now: float) -> BuildRecord:
+        """Store a new queued build; returns once it is committed."""
+        cursor = self._write(
+            "INSERT INTO builds (sha, branch, status, queued_at) VALUES (?, ?, ?, ?)",
+            (sha, branch, BuildStatus.QUEUED, now),
+        )
+        assert cursor.lastrowid is not None
+        return BuildRecord(cursor.lastrowid, sha, branch, BuildStatus.QUEUED, 0, None, now)
+
+    def mark_running(self, build_id: int, attempt: int, runner: str, now: float) -> None:
+        self._write(
+            "UPDATE builds SET status = ?, attempt = ?, runner = ?, started_at = ?,"
+            " runners = json_insert(runners, '$[#]', ?) WHERE id = ?",
+            (BuildStatus.RUNNING, attempt, runner, now, runner, build_id),
+        )
+
+    def mark_queued(self, build_id: int, message: str) -> None:
+        """A lost runner's build waits again; ``message`` says what happened."""
+        self._write(
+            "UPDATE builds SET status = ?, runner = NULL, message = ? WHERE id = ?",
+            (BuildStatus.QUEUED, message, build_id),
+        )
+
+    def finish(self, build_id: int, status: BuildStatus, now: float, message: str = "") -> None:
+        self._write(
+            "UPDATE builds SET status = ?, finished_at = ?, message = ? WHERE id = ?",
+            (status, now, message, build_id),
+        )
+
+    def get(self, build_id: int) -> BuildRecord | None:
+        return self._one(f"SELECT {_COLUMNS} FROM builds WHERE id = ?", (build_id,))
+
+    def latest_for(self, sha: str) -> BuildRecord | None:
+        """The newest build of a commit, if it was ever asked for."""
+        return self._one(
+            f"SELECT {_COLUMNS} FROM builds WHERE sha = ? ORDER BY id DESC LIMIT 1", (sha,)
+        )
+
+    def unfinished(self) -> list[BuildRecord]:
+        """Queued and running builds, oldest first: what a restarted dispatcher resumes."""
+        return self._all(
+            f"SELECT {_COLUMNS} FROM builds WHERE status IN ('queued', 'running') ORDER BY id",
+            (),
+        )
+
+    def recent(self, limit: int) -> list[BuildRecord]:
+        """The newest builds, newest first."""
+        return self._all(f"SELECT {_COLUMNS} FROM builds ORDER BY id DESC LIMIT ?", (limit,))
+
+    # --- runners --------------------------------------------------------------------
+
+    def runner_seen(self, name: str, host: str, pid: int, now: float) -> None:
+        self._write(
+            "INSERT INTO runners (name, host, pid, first_seen, last_seen) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
+            " last_seen = excluded.last_seen",
+            (name, host, pid, now, now),
+        )
+
+    # --- reading --------------------------------------------------------------------
+
+    def _one(self, sql: str, params: tuple) -> BuildRecord | None:
+        rows = self._all(sql, params)
+        return rows[0] if rows else None
+
+    def _all(self, sql: str, params: tuple) -> list[BuildRecord]:
+        try:
+            return [_record(row) for row in self._db.execute(sql, params)]
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot read the state database {self.path}: {e}") from e
