@@ -68,7 +68,7 @@ class Dispatcher:
         self.scheduler = Scheduler(heartbeat_timeout, max_attempts)
         self._clock = clock
         self._wall = wall_clock
-        self._on_result = on_result
+        self._result_hook = on_result
         self._sessions: dict[int, Channel] = {}
         self._session_ids = itertools.count(1)
         self._server: asyncio.Server | None = None
@@ -248,8 +248,8 @@ class Dispatcher:
         self.results.write_result(job.sha, document)
         self.store.finish(job.build_id, status, finished_at, message)
         log.info("build %d of %s: %s", job.build_id, job.sha[:12], status)
-        if self._on_result is not None:
-            self._on_result(document)
+        if self._result_hook is not None:
+            self._result_hook(document)
 
     # --- carrying out the scheduler's decisions -------------------------------------
 

@@ -1,0 +1,390 @@
+"""The command line: a thin click layer that parses options and starts a process.
+
+``superci dispatcher|runner|observer|notify|up``; the three processes are also installed
+as the console scripts ``dispatcher``, ``test_runner`` and ``repo_observer``. Every option
+can come from a ``SUPERCI_…`` environment variable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Coroutine
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from superci import __version__, defaults
+from superci.channel import Address, parse_address
+from superci.errors import SuperCIError
+
+log = logging.getLogger("superci")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _address(_ctx: click.Context, _param: click.Parameter, value: str) -> Address:
+    try:
+        return parse_address(value)
+    except SuperCIError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _verbose_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "-v", "--verbose", is_flag=True, envvar="SUPERCI_VERBOSE", help="Log debug details."
+    )(fn)
+
+
+def _dispatcher_server_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--dispatcher-server",
+        "address",
+        default=f"{defaults.HOST}:{defaults.PORT}",
+        show_default=True,
+        envvar="SUPERCI_DISPATCHER",
+        callback=_address,
+        help="Where the dispatcher listens, host:port.",
+    )(fn)
+
+
+def _reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn superci's own errors into a one-line message and exit code 1, not a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SuperCIError as e:
+            raise click.ClickException(str(e)) from e
+
+    return wrapper
+
+
+def _run_until_signalled(main: Coroutine[Any, Any, None]) -> None:
+    """Run a process's main coroutine; SIGINT or SIGTERM cancel it so it cleans up."""
+
+    async def runner() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await main
+        except asyncio.CancelledError:
+            log.info("stopped")
+
+    asyncio.run(runner())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="superci")
+def main() -> None:
+    """superci: continuous integration for a team on one LAN.
+
+    Start a dispatcher, one or more runners and an observer (or all of them at once
+    with `superci up PATH`); every new commit is tested and its result written under
+    test_results/<sha>/.
+    """
+
+
+@main.command("dispatcher")
+@click.option(
+    "--host",
+    default=defaults.HOST,
+    show_default=True,
+    envvar="SUPERCI_HOST",
+    help="Address to listen on.",
+)
+@click.option(
+    "--port",
+    default=defaults.PORT,
+    show_default=True,
+    envvar="SUPERCI_PORT",
+    type=click.IntRange(0, 65535),
+    help="TCP port (0 picks a free one).",
+)
+@click.option(
+    "--results",
+    default=defaults.RESULTS_DIR,
+    show_default=True,
+    envvar="SUPERCI_RESULTS",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder that receives <sha>/result.json and output.log.",
+)
+@click.option(
+    "--state",
+    default=None,
+    envvar="SUPERCI_STATE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"SQLite state file [default: {defaults.STATE_FILE} beside the results folder].",
+)
+@click.option(
+    "--heartbeat-timeout",
+    default=defaults.HEARTBEAT_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    envvar="SUPERCI_HEARTBEAT_TIMEOUT",
+    help="Seconds of silence after which a runner is dead.",
+)
+@click.option(
+    "--max-attempts",
+    default=defaults.MAX_ATTEMPTS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="SUPERCI_MAX_ATTEMPTS",
+    help="Runners a build may lose before it ends as an error.",
+)
+@_verbose_option
+@_reports_errors
+def dispatcher_command(
+    host: str,
+    port: int,
+    results: Path,
+    state: Path | None,
+    heartbeat_timeout: float,
+    max_attempts: int,
+    verbose: bool,
+) -> None:
+    """Accept builds, keep the runner pool and record every result."""
+    from superci.dispatcher import run_dispatcher
+
+    _setup_logging(verbose)
+    state = state or results.resolve().parent / defaults.STATE_FILE
+    _run_until_signalled(
+        run_dispatcher(
+            host,
+            port,
+            results,
+            state,
+            heartbeat_timeout=heartbeat_timeout,
+            max_attempts=max_attempts,
+        )
+    )
+
+
+@main.command("runner")
+@_dispatcher_server_option
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--name",
+    envvar="SUPERCI_RUNNER_NAME",
+    help="Name in the pool [default: host name plus a hash of PATH].",
+)
+@click.option(
+    "--heartbeat-interval",
+    default=defaults.HEARTBEAT_INTERVAL,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    envvar="SUPERCI_HEARTBEAT_INTERVAL",
+    help="Seconds between heartbeats.",
+)
+@click.option(
+    "--timeout",
+    default=defaults.BUILD_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    envvar="SUPERCI_TIMEOUT",
+    help="Build time limit in seconds when .superci.toml sets none.",
+)
+@click.option(
+    "--kill-grace",
+    default=defaults.KILL_GRACE,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    envvar="SUPERCI_KILL_GRACE",
+    help="Seconds between SIGTERM and SIGKILL of a stopped build.",
+)
+@_verbose_option
+@_reports_errors
+def runner_command(
+    address: Address,
+    path: Path,
+    name: str | None,
+    heartbeat_interval: float,
+    timeout: float,
+    kill_grace: float,
+    verbose: bool,
+) -> None:
+    """Run builds in the clone at PATH for the dispatcher at --dispatcher-server."""
+    from superci.runner import Runner, default_runner_name
+    from superci.workspace import Workspace
+
+    _setup_logging(verbose)
+    workspace = Workspace(path)
+    runner = Runner(
+        address,
+        workspace,
+        name or default_runner_name(workspace),
+        heartbeat_interval=heartbeat_interval,
+        build_timeout=timeout,
+        kill_grace=kill_grace,
+    )
+    _run_until_signalled(runner.run_forever())
+
+
+@main.command("observer")
+@_dispatcher_server_option
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--interval",
+    default=defaults.POLL_INTERVAL,
+    show_default=True,
+    type=click.FloatRange(min=0.05),
+    envvar="SUPERCI_INTERVAL",
+    help="Seconds between two fetches.",
+)
+@click.option(
+    "--branch",
+    "branches",
+    multiple=True,
+    envvar="SUPERCI_BRANCHES",
+    help="Branch to watch; repeatable [default: the clone's current branch].",
+)
+@_verbose_option
+@_reports_errors
+def observer_command(
+    address: Address, path: Path, interval: float, branches: tuple[str, ...], verbose: bool
+) -> None:
+    """Watch the clone at PATH and ask the dispatcher to build every new commit."""
+    from superci.client import submit
+    from superci.observer import Observer
+
+    _setup_logging(verbose)
+
+    def deliver(sha: str, branch: str) -> None:
+        reply = submit(address, sha, branch)
+        log.info("commit %s (%s): %s", sha[:12], branch, "queued" if reply.queued else "known")
+
+    observer = Observer(path, deliver, branches)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    observer.run(interval, stop)
+
+
+@main.command("notify")
+@_dispatcher_server_option
+@click.argument("sha")
+@click.option(
+    "--branch",
+    default="main",
+    show_default=True,
+    envvar="SUPERCI_BRANCH",
+    help="Branch the commit belongs to.",
+)
+@click.option("--rebuild", is_flag=True, help="Build again even if the commit is known.")
+@_reports_errors
+def notify_command(address: Address, sha: str, branch: str, rebuild: bool) -> None:
+    """Queue commit SHA (a full 40-character id), e.g. from a post-receive hook."""
+    from superci.client import submit
+
+    reply = submit(address, sha.lower(), branch, rebuild)
+    if reply.queued:
+        click.echo(f"queued {sha} as build {reply.build_id}")
+    else:
+        click.echo(f"already known: {sha} is build {reply.build_id} ({reply.status})")
+
+
+@main.command("up")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--runners",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Runners to start, each with its own clone.",
+)
+@click.option("--host", default=defaults.HOST, show_default=True, help="Dispatcher address.")
+@click.option(
+    "--port",
+    default=defaults.PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Dispatcher port (0 picks a free one).",
+)
+@click.option(
+    "--results",
+    default=defaults.RESULTS_DIR,
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Results folder.",
+)
+@click.option(
+    "--work",
+    default=".superci",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the clones of the runners and the observer.",
+)
+@click.option(
+    "--interval",
+    default=defaults.POLL_INTERVAL,
+    show_default=True,
+    type=click.FloatRange(min=0.05),
+    help="Observer poll period in seconds.",
+)
+@click.option(
+    "--branch",
+    "branches",
+    multiple=True,
+    help="Branch to watch; repeatable [default: PATH's current branch].",
+)
+@_verbose_option
+@_reports_errors
+def up_command(
+    path: Path,
+    runners: int,
+    host: str,
+    port: int,
+    results: Path,
+    work: Path,
+    interval: float,
+    branches: tuple[str, ...],
+    verbose: bool,
+) -> None:
+    """Run a dispatcher, runners and an observer for the repository at PATH, here.
+
+    Each build's outcome is printed as it finishes; Ctrl-C stops everything.
+    """
+    from superci.up import Stack
+
+    _setup_logging(verbose)
+    stack = Stack(
+        path,
+        runners=runners,
+        host=host,
+        port=port,
+        results=results,
+        work=work,
+        interval=interval,
+        branches=branches,
+        verbose=verbose,
+    )
+    _run_until_signalled(stack.run(click.echo))
+
+
+def _standalone(command: click.Command) -> Callable[[], None]:
+    """A console script of its own for one process command (named after the script)."""
+
+    def entry() -> None:
+        command.main()
+
+    return entry
+
+
+dispatcher_main = _standalone(dispatcher_command)
+runner_main = _standalone(runner_command)
+observer_main = _standalone(observer_command)

@@ -1,0 +1,96 @@
+"""The tested repository's own build settings, read from its ``.superci.toml``.
+
+What a build runs is decided by the repository itself, never by the dispatcher, so a
+compromised or confused dispatcher cannot make runners execute arbitrary commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from superci import defaults
+from superci.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+KNOWN_KEYS = frozenset({"command", "timeout", "junit"})
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How to build one commit, as the repository asks for it."""
+
+    command: str = defaults.TEST_COMMAND
+    #: Seconds; None means "use the runner's --timeout".
+    timeout: float | None = None
+    #: Repository-relative path of a JUnit XML report the command writes.
+    junit: str | None = None
+
+
+def load_build_config(workdir: Path) -> BuildConfig:
+    """Read ``workdir/.superci.toml``; a repository without one gets the defaults."""
+    path = Path(workdir) / defaults.CONFIG_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        log.debug("no %s in %s, using defaults", defaults.CONFIG_FILE, workdir)
+        return BuildConfig()
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read: {e}") from e
+    return _parse(path, data)
+
+
+def _parse(path: Path, data: dict[str, Any]) -> BuildConfig:
+    """Validate the parsed table; unknown keys only warn so newer configs still build."""
+    unknown = sorted(set(data) - KNOWN_KEYS)
+    if unknown:
+        log.warning(
+            "%s: ignoring unknown key(s) %s (known: %s)",
+            path,
+            ", ".join(unknown),
+            ", ".join(sorted(KNOWN_KEYS)),
+        )
+    config = BuildConfig()
+    return BuildConfig(
+        command=_command(path, data["command"]) if "command" in data else config.command,
+        timeout=_timeout(path, data["timeout"]) if "timeout" in data else config.timeout,
+        junit=_junit(path, data["junit"]) if "junit" in data else config.junit,
+    )
+
+
+def _command(path: Path, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{path}: 'command' must be a non-empty string, got {value!r}")
+    return value
+
+
+def _timeout(path: Path, value: Any) -> float:
+    # bool is an int subclass; `timeout = true` is a mistake, not one second.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{path}: 'timeout' must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{path}: 'timeout' must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _junit(path: Path, value: Any) -> str:
+    """Keep the report path inside the workspace, so a build cannot make us read elsewhere."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{path}: 'junit' must be a non-empty relative path, got {value!r}")
+    posix, windows = PurePosixPath(value), PureWindowsPath(value)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or windows.root:
+        raise ConfigError(
+            f"{path}: 'junit' must be relative to the repository, got absolute path {value!r}"
+        )
+    if ".." in posix.parts or ".." in windows.parts:
+        raise ConfigError(f"{path}: 'junit' must stay inside the repository, got {value!r}")
+    if "\0" in value:
+        raise ConfigError(f"{path}: 'junit' contains a NUL byte")
+    return value

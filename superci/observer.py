@@ -1,0 +1,236 @@
+"""Polling a git clone for new commits and asking the dispatcher to build each one.
+
+What was handed over is remembered as a git ref inside the clone
+(``refs/superci/delivered/<branch>``), moved one commit at a time and only after the
+dispatcher acknowledged that commit. A crash, a restart or an absent dispatcher therefore
+loses nothing and repeats nothing (except, at worst, the one commit acknowledged just
+before a crash, which the dispatcher recognises as already known).
+"""
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import git
+
+from superci import defaults
+from superci.errors import ConfigError, SuperCIError, WorkspaceError
+
+log = logging.getLogger(__name__)
+
+#: deliver(sha, branch): returns only once the dispatcher acknowledged the build request;
+#: raises DispatcherUnavailable (or another SuperCIError) when it did not.
+Deliver = Callable[[str, str], None]
+
+#: Where the last delivered commit of each watched branch is remembered.
+DELIVERED_REF_PREFIX = "refs/superci/delivered/"
+
+
+def backoff_delay(failures: int) -> float:
+    """Seconds to wait after ``failures`` (>= 1) failed polls in a row.
+
+    Doubling from BACKOFF_INITIAL up to BACKOFF_MAX, then spread by +/- BACKOFF_JITTER so
+    that processes which failed together do not all retry at the same instant.
+    """
+    exponent = min(max(failures, 1) - 1, 64)
+    base = min(defaults.BACKOFF_MAX, defaults.BACKOFF_INITIAL * 2.0**exponent)
+    return base * random.uniform(1 - defaults.BACKOFF_JITTER, 1 + defaults.BACKOFF_JITTER)
+
+
+class Observer:
+    """Watches branches of one clone and delivers every new commit once, oldest first."""
+
+    def __init__(self, repo_path: Path, deliver: Deliver, branches: Sequence[str] = ()) -> None:
+        self._path = Path(repo_path)
+        self._repo = _open_repo(self._path)
+        # Non-interactive: a remote asking for a password must fail, not wait for a terminal.
+        self._repo.git.update_environment(GIT_TERMINAL_PROMPT="0")
+        self._deliver = deliver
+        names = [_check_branch(self._repo, name) for name in branches]
+        self._branches = tuple(dict.fromkeys(names)) or (_current_branch(self._repo, self._path),)
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        """The watched branch names, as given (or the clone's current branch)."""
+        return self._branches
+
+    def poll_once(self) -> list[tuple[str, str]]:
+        """Fetch, then deliver each watched branch's new commits, oldest first.
+
+        Returns the (sha, branch) pairs delivered in this step. When delivery fails on a
+        branch, that branch's remaining commits stay pending, in order, for the next poll;
+        the other branches are still tried, and then the first failure is raised so that
+        the caller can back off. Commits delivered before it are already remembered.
+        """
+        self._forget_lost_commits()
+        self._fetch()
+        delivered: list[tuple[str, str]] = []
+        failures: list[SuperCIError] = []
+        for branch in self._branches:
+            try:
+                self._catch_up(branch, delivered)
+            except SuperCIError as e:
+                log.warning("branch %s: %s; its next commits wait for the next poll", branch, e)
+                failures.append(e)
+        if failures:
+            raise failures[0]
+        return delivered
+
+    def run(self, interval: float, stop: threading.Event) -> None:
+        """Call poll_once every ``interval`` seconds until ``stop`` is set.
+
+        After a failed poll the next one (fetch included) comes after backoff_delay()
+        instead, growing while failures go on, so an absent dispatcher is not hammered and
+        is caught up with soon after it is back. A SuperCIError never ends the loop.
+        """
+        if interval <= 0:
+            raise ConfigError(f"the poll interval must be above 0 seconds, not {interval}")
+        failures = 0
+        while not stop.is_set():
+            try:
+                self.poll_once()
+            except SuperCIError as e:
+                failures += 1
+                delay = backoff_delay(failures)
+                log.info("poll failed (%d in a row: %s); next try in %.2fs", failures, e, delay)
+            else:
+                failures = 0
+                delay = interval
+            stop.wait(delay)
+
+    def _forget_lost_commits(self) -> None:
+        """Drop a delivered mark whose commit the clone no longer has (rewritten and gc'd).
+
+        Done before fetching, because git refuses to fetch while a ref points at a missing
+        object. Without a mark, the branch's tip alone is delivered, as on a first run.
+        """
+        for branch in self._branches:
+            ref = DELIVERED_REF_PREFIX + branch
+            last = self._resolve(ref)
+            if last is not None and self._resolve(f"{last}^{{commit}}") is None:
+                log.warning(
+                    "the last commit delivered on %s (%s) is gone from %s (history rewritten?); "
+                    "delivering the tip only",
+                    branch,
+                    last,
+                    self._path,
+                )
+                self._git("update-ref", "-d", ref)
+
+    def _fetch(self) -> None:
+        """Update every remote's refs; an unreachable remote leaves its refs as they were.
+
+        Plain ``git fetch`` through GitPython's command wrapper: Remote.fetch() insists on a
+        configured refspec and parses progress output that is not needed here.
+        """
+        for remote in self._repo.remotes:
+            try:
+                self._repo.git.fetch(
+                    "--prune", "--", remote.name, kill_after_timeout=defaults.FETCH_TIMEOUT
+                )
+            except git.CommandError as e:
+                log.warning(
+                    "fetch from remote %r of %s failed, going on with the refs fetched before: %s",
+                    remote.name,
+                    self._path,
+                    _reason(e),
+                )
+
+    def _catch_up(self, branch: str, delivered: list[tuple[str, str]]) -> None:
+        """Deliver the pending commits of one branch, remembering each once acknowledged."""
+        tip = self._tip(branch)
+        if tip is None:
+            log.warning(
+                "branch %r not found in %s (neither origin/%s nor a local %s); "
+                "check the name and that it was pushed",
+                branch,
+                self._path,
+                branch,
+                branch,
+            )
+            return
+        for sha in self._pending(branch, tip):
+            self._deliver(sha, branch)
+            self._git("update-ref", DELIVERED_REF_PREFIX + branch, sha)
+            delivered.append((sha, branch))
+            log.info("delivered %s on %s", sha, branch)
+
+    def _tip(self, branch: str) -> str | None:
+        """origin/<branch> when the clone has it, else the local branch (a watched repo)."""
+        for ref in (f"refs/remotes/origin/{branch}", f"refs/heads/{branch}"):
+            sha = self._resolve(f"{ref}^{{commit}}")
+            if sha is not None:
+                return sha
+        return None
+
+    def _pending(self, branch: str, tip: str) -> list[str]:
+        """Commits after the last delivered one up to ``tip``, oldest first."""
+        last = self._resolve(DELIVERED_REF_PREFIX + branch)
+        if last is None:
+            log.info("nothing delivered on %s yet: delivering its tip only", branch)
+            return [tip]
+        return self._git("rev-list", "--reverse", "--topo-order", f"{last}..{tip}").split()
+
+    def _resolve(self, rev: str) -> str | None:
+        """The SHA ``rev`` names, or None when it names nothing."""
+        try:
+            return self._repo.git.rev_parse("--verify", "--quiet", rev)
+        except git.CommandError as e:
+            if e.status == 1:  # with --quiet, exit code 1 only means "no such object"
+                return None
+            raise self._failure("rev-parse", e) from e
+
+    def _git(self, command: str, *args: str) -> str:
+        try:
+            return getattr(self._repo.git, command.replace("-", "_"))(*args)
+        except git.CommandError as e:
+            raise self._failure(command, e) from e
+
+    def _failure(self, command: str, e: git.CommandError) -> WorkspaceError:
+        return WorkspaceError(f"git {command} failed in {self._path}: {_reason(e)}")
+
+
+def _open_repo(path: Path) -> git.Repo:
+    try:
+        return git.Repo(path)
+    except git.NoSuchPathError as e:
+        raise WorkspaceError(
+            f"{path} does not exist; give the path of a clone of the repository to watch"
+        ) from e
+    except git.InvalidGitRepositoryError as e:
+        raise WorkspaceError(
+            f"{path} is not a git repository; give the path of a clone of the repository "
+            "to watch (git clone URL PATH)"
+        ) from e
+
+
+def _check_branch(repo: git.Repo, name: str) -> str:
+    """Refuse names git itself would refuse, before they reach a ref path or a command."""
+    try:
+        normalized = repo.git.check_ref_format("--branch", name)
+    except git.GitCommandError as e:
+        raise ConfigError(
+            f"{name!r} is not a valid branch name (see git check-ref-format); "
+            "name a branch such as 'main' or 'release/1.2'"
+        ) from e
+    if normalized != name:
+        raise ConfigError(f"{name!r} is shorthand for {normalized!r}; name the branch itself")
+    return name
+
+
+def _current_branch(repo: git.Repo, path: Path) -> str:
+    if repo.head.is_detached:
+        raise WorkspaceError(
+            f"{path} has a detached HEAD, so it has no current branch to watch; "
+            "name the branches to watch"
+        )
+    return repo.head.reference.name
+
+
+def _reason(e: git.CommandError) -> str:
+    """git's first complaint on one line, without GitPython's framing around it."""
+    text = e.stderr.strip().removeprefix("stderr: '").removesuffix("'")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else f"{' '.join(map(str, e.command))} ended with {e.status}"

@@ -1,0 +1,352 @@
+"""The runner process: connect out to the dispatcher, register, heartbeat, run builds.
+
+A runner never gives up: when the dispatcher is unreachable or goes away it retries
+with backoff and registers again, claiming the lease of a build it is still running (or
+whose result the dispatcher has not acknowledged). A build's output is kept in a local
+spool file, so after a reconnect it resends exactly the bytes the dispatcher lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import IO
+
+from superci import client, defaults, protocol
+from superci.backoff import Backoff
+from superci.channel import Address, Channel
+from superci.config import load_build_config
+from superci.errors import (
+    ConfigError,
+    ConnectionClosed,
+    DispatcherUnavailable,
+    ProtocolError,
+    RemoteError,
+    WorkspaceError,
+)
+from superci.execute import Execution, build_environment, run_command
+from superci.status import BuildStatus
+from superci.summary import parse_summary
+from superci.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+#: How much of the end of a build's output is read for its test summary.
+SUMMARY_TAIL_BYTES = 1024 * 1024
+
+
+@dataclass
+class ActiveBuild:
+    """A build this runner holds a lease for: running, or finished and not yet acknowledged."""
+
+    build: protocol.Build
+    spool: IO[bytes] = field(default_factory=lambda: tempfile.TemporaryFile(prefix="superci-"))
+    size: int = 0  # bytes of output produced so far
+    sent: int = 0  # bytes of output the dispatcher has (or is being sent on this connection)
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    result: protocol.Result | None = None
+
+    def matches(self, build_id: int, attempt: int) -> bool:
+        return (self.build.build_id, self.build.attempt) == (build_id, attempt)
+
+    async def write(self, data: bytes) -> None:
+        """Append output (the spool is the runner's own record of the full log)."""
+        self.spool.seek(0, os.SEEK_END)
+        self.spool.write(data)
+        self.spool.flush()
+        self.size += len(data)
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self.spool.fileno(), size, offset)
+
+    def tail(self, size: int) -> str:
+        start = max(0, self.size - size)
+        return self.read(start, self.size - start).decode("utf-8", errors="replace")
+
+
+def default_runner_name(workspace: Workspace) -> str:
+    """Stable across restarts (host + clone path), so a restarted runner replaces its ghost."""
+    host = "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname())
+    suffix = format(abs(hash(str(workspace.path.resolve()))) % 16**6, "06x")
+    return f"{host.strip('.-_')[:40] or 'runner'}-{suffix}"
+
+
+class Runner:
+    """One runner: at most one build at a time, in its own clone."""
+
+    def __init__(
+        self,
+        address: Address,
+        workspace: Workspace,
+        name: str,
+        *,
+        heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL,
+        build_timeout: float = defaults.BUILD_TIMEOUT,
+        kill_grace: float = defaults.KILL_GRACE,
+    ) -> None:
+        self.address = address
+        self.workspace = workspace
+        self.name = protocol.check_name(name)
+        self.heartbeat_interval = heartbeat_interval
+        self.build_timeout = build_timeout
+        self.kill_grace = kill_grace
+        self._channel: Channel | None = None
+        self._current: ActiveBuild | None = None
+        self._workspace_lock = asyncio.Lock()  # one build at a time in the clone, dying ones too
+        self._backoff = Backoff()
+
+    # --- the connection loop --------------------------------------------------------
+
+    async def run_forever(self) -> None:
+        """Stay registered until cancelled; a running build is stopped on the way out."""
+        try:
+            while True:
+                try:
+                    await self._session()
+                except (DispatcherUnavailable, ConnectionClosed) as e:
+                    log.warning("%s", e)
+                except (ProtocolError, RemoteError) as e:
+                    log.error("dispatcher at %s refused us: %s", self.address, e)
+                delay = self._backoff.next_delay()
+                log.info("reconnecting to %s in %.1fs", self.address, delay)
+                await asyncio.sleep(delay)
+        finally:
+            dying = self._abandon_current("runner stopping")
+            if dying is not None:
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(dying), self.kill_grace + 5)
+
+    async def _session(self) -> None:
+        channel = await client.connect(self.address, "runner")
+        try:
+            await self._register(channel)
+            self._channel = channel
+            heartbeats = asyncio.create_task(self._send_heartbeats(channel))
+            try:
+                while True:
+                    self._on_message(await channel.receive())
+            finally:
+                self._channel = None
+                heartbeats.cancel()
+        finally:
+            await channel.close()
+
+    async def _register(self, channel: Channel) -> None:
+        current = self._current
+        await channel.send(
+            protocol.Register(
+                name=self.name,
+                host=socket.gethostname()[: protocol.MAX_STRING],
+                pid=os.getpid(),
+                build_id=current.build.build_id if current else None,
+                attempt=current.build.attempt if current else None,
+            )
+        )
+        reply = await channel.receive(defaults.CLIENT_TIMEOUT)
+        if not isinstance(reply, protocol.Registered):
+            raise ProtocolError(f"expected registered, got {reply.type}")
+        self._backoff.reset()
+        log.info("registered with the dispatcher at %s as %s", self.address, self.name)
+        if current is not None and reply.output_offset is None:
+            self._abandon_current("the dispatcher gave this build to another runner")
+        elif current is not None and reply.output_offset is not None:
+            log.info(
+                "build %d adopted; resending output from byte %d",
+                current.build.build_id,
+                reply.output_offset,
+            )
+            current.sent = reply.output_offset
+            self._channel = channel
+            await self._send_output(current)
+            if current.result is not None:
+                await channel.send(current.result)
+
+    async def _send_heartbeats(self, channel: Channel) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.heartbeat_interval)
+                await channel.send(protocol.Heartbeat())
+        except ConnectionClosed:
+            channel.close_nowait()
+
+    def _on_message(self, message: protocol.Message) -> None:
+        if isinstance(message, protocol.Build):
+            self._start(message)
+        elif isinstance(message, protocol.Cancel):
+            self._on_cancel(message)
+        elif isinstance(message, protocol.ResultAck):
+            self._on_ack(message)
+        else:
+            raise ProtocolError(f"a runner does not expect {message.type}", code="unexpected")
+
+    def _start(self, build: protocol.Build) -> None:
+        if self._current is not None:
+            log.error(
+                "dispatcher sent build %d while busy with %d; ignoring it",
+                build.build_id,
+                self._current.build.build_id,
+            )
+            return
+        active = self._current = ActiveBuild(build)
+        active.task = asyncio.create_task(self._run_and_report(active))
+
+    def _on_cancel(self, message: protocol.Cancel) -> None:
+        current = self._current
+        if current is None or not current.matches(message.build_id, message.attempt):
+            return
+        self._abandon_current(f"cancelled by the dispatcher: {message.reason}")
+
+    def _on_ack(self, ack: protocol.ResultAck) -> None:
+        current = self._current
+        if current is None or not current.matches(ack.build_id, ack.attempt):
+            return
+        if ack.accepted:
+            log.info("result of build %d recorded", ack.build_id)
+        elif ack.retry:
+            log.warning(
+                "dispatcher could not record build %d yet (%s); retrying", ack.build_id, ack.reason
+            )
+            asyncio.get_running_loop().call_later(
+                self._backoff.next_delay(),
+                lambda: asyncio.ensure_future(self._send_result(current)),
+            )
+            return
+        else:
+            log.warning("result of build %d refused: %s", ack.build_id, ack.reason)
+        self._forget(current)
+
+    def _abandon_current(self, reason: str) -> asyncio.Task[None] | None:
+        """Drop the current lease and stop its build; its process group is killed before
+        the workspace lock lets the next build in. Returns the dying build's task."""
+        current = self._current
+        if current is None:
+            return None
+        log.warning("abandoning build %d: %s", current.build.build_id, reason)
+        self._forget(current)
+        current.cancel.set()
+        return current.task
+
+    def _forget(self, active: ActiveBuild) -> None:
+        if self._current is active:
+            self._current = None
+        if active.task is None or active.task.done():
+            active.spool.close()
+        else:
+            active.task.add_done_callback(lambda _: active.spool.close())
+
+    # --- running one build ----------------------------------------------------------
+
+    async def _run_and_report(self, active: ActiveBuild) -> None:
+        async with self._workspace_lock:
+            result = await self.run_one(active)
+        if self._current is not active:
+            return  # abandoned while it ran
+        active.result = result
+        await self._send_output(active)
+        await self._send_result(active)
+
+    async def _send_result(self, active: ActiveBuild) -> None:
+        channel = self._channel
+        if channel is None or active.result is None or self._current is not active:
+            return  # sent again after the next registration
+        with contextlib.suppress(ConnectionClosed):
+            await channel.send(active.result)
+
+    async def _emit(self, active: ActiveBuild, data: bytes) -> None:
+        await active.write(data)
+        await self._send_output(active)
+
+    async def _send_output(self, active: ActiveBuild) -> None:
+        """Send what the dispatcher lacks; ``sent`` moves before each await, so two
+        concurrent calls never send the same bytes."""
+        while self._channel is not None and active.sent < active.size:
+            channel, offset = self._channel, active.sent
+            data = active.read(offset, defaults.OUTPUT_CHUNK_BYTES * 3 // 4)
+            active.sent += len(data)
+            message = protocol.Output(
+                build_id=active.build.build_id,
+                attempt=active.build.attempt,
+                offset=offset,
+                data=base64.b64encode(data).decode("ascii"),
+            )
+            try:
+                await channel.send(message)
+            except ConnectionClosed:
+                return
+
+    async def run_one(self, active: ActiveBuild) -> protocol.Result:
+        """Check out the commit, run its tests, and describe how it ended."""
+        build = active.build
+        started = time.monotonic()
+
+        async def emit(data: bytes) -> None:
+            await self._emit(active, data)
+
+        where = f"{build.sha} ({build.branch}) attempt {build.attempt} on {self.name}"
+        await emit(f"superci: building {where}\n".encode())
+        try:
+            await asyncio.to_thread(self.workspace.prepare, build.sha)
+            config = load_build_config(self.workspace.path)
+        except (WorkspaceError, ConfigError) as e:
+            await emit(f"superci: {e}\n".encode())
+            return self._result(active, BuildStatus.ERROR, None, time.monotonic() - started, str(e))
+        timeout = config.timeout or self.build_timeout
+        await emit(f"superci: $ {config.command}\n".encode())
+        env = build_environment(
+            os.environ,
+            {
+                "SUPERCI_COMMIT": build.sha,
+                "SUPERCI_BRANCH": build.branch,
+                "SUPERCI_BUILD_ID": str(build.build_id),
+                "SUPERCI_ATTEMPT": str(build.attempt),
+            },
+        )
+        execution = await run_command(
+            config.command, self.workspace.path, env, timeout, self.kill_grace, emit, active.cancel
+        )
+        status, message = _outcome(execution, timeout)
+        await emit(f"superci: {message}\n".encode())
+        return self._result(
+            active, status, execution.exit_code, time.monotonic() - started, message
+        )
+
+    def _result(
+        self,
+        active: ActiveBuild,
+        status: BuildStatus,
+        exit_code: int | None,
+        duration: float,
+        message: str,
+    ) -> protocol.Result:
+        summary = parse_summary(active.tail(SUMMARY_TAIL_BYTES))
+        return protocol.Result(
+            build_id=active.build.build_id,
+            attempt=active.build.attempt,
+            status=status,
+            exit_code=exit_code,
+            duration=duration,
+            output_bytes=active.size,
+            message=message[: protocol.MAX_TEXT],
+            counts=summary.counts,
+            failures=[
+                name[: protocol.MAX_STRING] for name in summary.failures[: protocol.MAX_LIST]
+            ],
+        )
+
+
+def _outcome(execution: Execution, timeout: float) -> tuple[BuildStatus, str]:
+    if execution.timed_out:
+        return BuildStatus.TIMEOUT, f"timed out after the limit of {timeout:g}s"
+    if execution.cancelled:
+        return BuildStatus.CANCELLED, "cancelled"
+    if execution.exit_code == 0:
+        return BuildStatus.PASSED, "tests passed (exit code 0)"
+    return BuildStatus.FAILED, f"tests failed (exit code {execution.exit_code})"
