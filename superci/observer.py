@@ -2,13 +2,15 @@
 
 What was handed over is remembered as a git ref inside the clone
 (``refs/superci/delivered/<branch>``), moved one commit at a time and only after the
-dispatcher acknowledged that commit. A crash, a restart or an absent dispatcher therefore
-loses nothing and repeats nothing (except, at worst, the one commit acknowledged just
-before a crash, which the dispatcher recognises as already known).
+dispatcher acknowledged that commit. Before anything is delivered, the tip seen on the
+first look is kept as ``refs/superci/start/<branch>``, so commits made while the
+dispatcher is still unreachable are all built once it answers. A crash, a restart or
+an absent dispatcher therefore loses nothing and repeats nothing (except, at worst,
+the one commit acknowledged just before a crash, which the dispatcher recognises as
+already known).
 """
 
 import logging
-import random
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import git
 
 from superci import defaults
+from superci.backoff import Backoff
 from superci.errors import ConfigError, SuperCIError, WorkspaceError
 
 log = logging.getLogger(__name__)
@@ -26,17 +29,8 @@ Deliver = Callable[[str, str], None]
 
 #: Where the last delivered commit of each watched branch is remembered.
 DELIVERED_REF_PREFIX = "refs/superci/delivered/"
-
-
-def backoff_delay(failures: int) -> float:
-    """Seconds to wait after ``failures`` (>= 1) failed polls in a row.
-
-    Doubling from BACKOFF_INITIAL up to BACKOFF_MAX, then spread by +/- BACKOFF_JITTER so
-    that processes which failed together do not all retry at the same instant.
-    """
-    exponent = min(max(failures, 1) - 1, 64)
-    base = min(defaults.BACKOFF_MAX, defaults.BACKOFF_INITIAL * 2.0**exponent)
-    return base * random.uniform(1 - defaults.BACKOFF_JITTER, 1 + defaults.BACKOFF_JITTER)
+#: Where the tip seen on the first look at a branch waits until it is delivered.
+START_REF_PREFIX = "refs/superci/start/"
 
 
 class Observer:
@@ -81,22 +75,21 @@ class Observer:
     def run(self, interval: float, stop: threading.Event) -> None:
         """Call poll_once every ``interval`` seconds until ``stop`` is set.
 
-        After a failed poll the next one (fetch included) comes after backoff_delay()
+        After a failed poll the next one (fetch included) comes after a backoff delay
         instead, growing while failures go on, so an absent dispatcher is not hammered and
         is caught up with soon after it is back. A SuperCIError never ends the loop.
         """
         if interval <= 0:
             raise ConfigError(f"the poll interval must be above 0 seconds, not {interval}")
-        failures = 0
+        backoff = Backoff()
         while not stop.is_set():
             try:
                 self.poll_once()
             except SuperCIError as e:
-                failures += 1
-                delay = backoff_delay(failures)
-                log.info("poll failed (%d in a row: %s); next try in %.2fs", failures, e, delay)
+                delay = backoff.next_delay()
+                log.info("poll failed (%s); next try in %.2fs", e, delay)
             else:
-                failures = 0
+                backoff.reset()
                 delay = interval
             stop.wait(delay)
 
@@ -106,14 +99,15 @@ class Observer:
         Done before fetching, because git refuses to fetch while a ref points at a missing
         object. Without a mark, the branch's tip alone is delivered, as on a first run.
         """
-        for branch in self._branches:
-            ref = DELIVERED_REF_PREFIX + branch
+        for ref in [
+            p + b for b in self._branches for p in (DELIVERED_REF_PREFIX, START_REF_PREFIX)
+        ]:
             last = self._resolve(ref)
             if last is not None and self._resolve(f"{last}^{{commit}}") is None:
                 log.warning(
-                    "the last commit delivered on %s (%s) is gone from %s (history rewritten?); "
+                    "the commit %s remembered in %s is gone from %s (history rewritten?); "
                     "delivering the tip only",
-                    branch,
+                    ref,
                     last,
                     self._path,
                 )
@@ -151,9 +145,12 @@ class Observer:
                 branch,
             )
             return
-        for sha in self._pending(branch, tip):
+        pending, start = self._pending(branch, tip)
+        for sha in pending:
             self._deliver(sha, branch)
             self._git("update-ref", DELIVERED_REF_PREFIX + branch, sha)
+            if sha == start:
+                self._git("update-ref", "-d", START_REF_PREFIX + branch)
             delivered.append((sha, branch))
             log.info("delivered %s on %s", sha, branch)
 
@@ -165,12 +162,23 @@ class Observer:
                 return sha
         return None
 
-    def _pending(self, branch: str, tip: str) -> list[str]:
-        """Commits after the last delivered one up to ``tip``, oldest first."""
+    def _pending(self, branch: str, tip: str) -> tuple[list[str], str | None]:
+        """Commits after the last delivered one up to ``tip``, oldest first.
+
+        With nothing delivered yet, the first tip seen is remembered and delivered together
+        with everything after it; the second value names it, so its mark can go once sent.
+        """
         last = self._resolve(DELIVERED_REF_PREFIX + branch)
-        if last is None:
-            log.info("nothing delivered on %s yet: delivering its tip only", branch)
-            return [tip]
+        if last is not None:
+            return self._since(last, tip), None
+        start = self._resolve(START_REF_PREFIX + branch)
+        if start is None:
+            log.info("first look at %s: building from its tip %s on", branch, tip[:12])
+            self._git("update-ref", START_REF_PREFIX + branch, tip)
+            start = tip
+        return [start, *self._since(start, tip)], start
+
+    def _since(self, last: str, tip: str) -> list[str]:
         return self._git("rev-list", "--reverse", "--topo-order", f"{last}..{tip}").split()
 
     def _resolve(self, rev: str) -> str | None:
