@@ -91,6 +91,8 @@ def _junit(path: Path, value: Any) -> str:
         )
     if ".." in posix.parts or ".." in windows.parts:
         raise ConfigError(f"{path}: 'junit' must stay inside the repository, got {value!r}")
+    if not posix.parts or not windows.parts:
+        raise ConfigError(f"{path}: 'junit' must name a file in the repository, got {value!r}")
     if "\0" in value:
         raise ConfigError(f"{path}: 'junit' contains a NUL byte")
     return value

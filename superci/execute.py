@@ -99,7 +99,7 @@ async def run_command(
         await _drain(pipe, pump, pgid)
         finished = True
     finally:
-        if not finished:  # cancelled from outside, or on_output failed while draining
+        if not finished:  # the caller cancelled us, or something failed unexpectedly
             _signal_group(pgid, signal.SIGKILL)
             pump.cancel()
         transport.close()

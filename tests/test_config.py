@@ -1,0 +1,100 @@
+"""The tested repository's .superci.toml: what is read, and what is refused."""
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from superci import defaults
+from superci.config import BuildConfig, load_build_config
+from superci.errors import ConfigError
+
+
+def write_config(workdir: Path, text: str) -> Path:
+    path = workdir / defaults.CONFIG_FILE
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_missing_file_gives_defaults(tmp_path):
+    config = load_build_config(tmp_path)
+    assert config == BuildConfig()
+    assert config.command == defaults.TEST_COMMAND
+    assert config.timeout is None
+    assert config.junit is None
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    write_config(tmp_path, "")
+    assert load_build_config(tmp_path) == BuildConfig()
+
+
+def test_command_timeout_and_junit_are_read(tmp_path):
+    write_config(
+        tmp_path,
+        'command = "pytest -q --junitxml=reports/junit.xml"\n'
+        "timeout = 90\n"
+        'junit = "reports/junit.xml"\n',
+    )
+    config = load_build_config(tmp_path)
+    assert config == BuildConfig(
+        command="pytest -q --junitxml=reports/junit.xml", timeout=90.0, junit="reports/junit.xml"
+    )
+    assert isinstance(config.timeout, float)
+
+
+def test_fractional_timeout_is_kept(tmp_path):
+    write_config(tmp_path, "timeout = 2.5\n")
+    assert load_build_config(tmp_path).timeout == 2.5
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('command = "unterminated\n', "not valid TOML"),
+        ("command = 42\n", "'command' must be a non-empty string"),
+        ('command = "   "\n', "'command' must be a non-empty string"),
+        ('command = ["pytest"]\n', "'command' must be a non-empty string"),
+        ('timeout = "60"\n', "'timeout' must be a number"),
+        ("timeout = true\n", "'timeout' must be a number"),
+        ("timeout = 0\n", "'timeout' must be a positive number"),
+        ("timeout = -5\n", "'timeout' must be a positive number"),
+        ("timeout = inf\n", "'timeout' must be a positive number"),
+        ("timeout = nan\n", "'timeout' must be a positive number"),
+        ("junit = 1\n", "'junit' must be a non-empty relative path"),
+        ('junit = ""\n', "'junit' must be a non-empty relative path"),
+        ('junit = "/tmp/junit.xml"\n', "absolute path"),
+        ('junit = "C:\\\\reports\\\\junit.xml"\n', "absolute path"),
+        ('junit = "."\n', "'junit' must name a file"),
+        ('junit = "a\\u0000b.xml"\n', "NUL byte"),
+        ('junit = "../outside.xml"\n', "must stay inside the repository"),
+        ('junit = "reports/../../outside.xml"\n', "must stay inside the repository"),
+        ('junit = "reports\\\\..\\\\..\\\\outside.xml"\n', "must stay inside the repository"),
+    ],
+)
+def test_invalid_file_gives_config_error_naming_file_and_problem(tmp_path, text, problem):
+    path = write_config(tmp_path, text)
+    with pytest.raises(ConfigError) as excinfo:
+        load_build_config(tmp_path)
+    message = str(excinfo.value)
+    assert str(path) in message
+    assert problem in message
+
+
+def test_undecodable_file_gives_config_error(tmp_path):
+    path = tmp_path / defaults.CONFIG_FILE
+    path.write_bytes(b'command = "\xff\xfe"\n')
+    with pytest.raises(ConfigError, match="cannot be read") as excinfo:
+        load_build_config(tmp_path)
+    assert str(path) in str(excinfo.value)
+
+
+def test_unknown_key_warns_and_is_ignored(tmp_path, caplog):
+    path = write_config(tmp_path, 'command = "make test"\ncomand = "typo"\n')
+    with caplog.at_level(logging.WARNING, logger="superci.config"):
+        config = load_build_config(tmp_path)
+    assert config == BuildConfig(command="make test")
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "comand" in warnings[0].getMessage()
+    assert str(path) in warnings[0].getMessage()
