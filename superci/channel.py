@@ -63,7 +63,8 @@ class Channel:
             raise ConnectionClosed(f"connection to {self.peer} is closed")
         self._writer.write(protocol.encode(message))
         try:
-            await asyncio.wait_for(self._writer.drain(), self._send_timeout)
+            async with asyncio.timeout(self._send_timeout):
+                await self._writer.drain()
         except (ConnectionError, TimeoutError) as e:
             self._writer.close()
             raise ConnectionClosed(f"cannot send to {self.peer}: {e or 'peer not reading'}") from e
@@ -116,7 +117,8 @@ class Channel:
         """Close the connection without waiting on a peer that may be gone."""
         self._writer.close()
         try:
-            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+            async with asyncio.timeout(1.0):
+                await self._writer.wait_closed()
         except (ConnectionError, TimeoutError):
             pass
 

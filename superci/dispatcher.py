@@ -168,12 +168,15 @@ class Dispatcher:
         actions = self.scheduler.register(
             message.name, session, message.host, message.pid, lease, self._clock()
         )
-        adopted = self.scheduler.runners[message.name].build_id
         offset = None
-        if adopted is not None:
-            offset = self.results.log_size(self.scheduler.jobs[adopted].sha)
+        job = self.scheduler.jobs.get(lease.build_id) if lease is not None else None
+        if job is not None and job.lease == lease and job.runner == message.name:
+            offset = self.results.log_size(job.sha)
             log.info(
-                "runner %s re-adopted build %d at output byte %d", message.name, adopted, offset
+                "runner %s re-adopted build %d at output byte %d",
+                message.name,
+                job.build_id,
+                offset,
             )
         log.info("runner %s registered from %s (pid %d)", message.name, channel.peer, message.pid)
         channel.post(protocol.Registered(output_offset=offset))
@@ -187,7 +190,7 @@ class Dispatcher:
         if isinstance(message, protocol.Output):
             self._on_output(name, session, message)
         elif isinstance(message, protocol.Result):
-            channel.post(self._on_result(name, session, message))
+            self._on_result(channel, name, session, message)
         else:
             raise ProtocolError(f"a runner cannot send {message.type}", code="unexpected")
 
@@ -218,7 +221,11 @@ class Dispatcher:
         except StorageError as e:
             log.error("build %d: %s", job.build_id, e)
 
-    def _on_result(self, name: str, session: int, message: protocol.Result) -> protocol.ResultAck:
+    def _on_result(
+        self, channel: Channel, name: str, session: int, message: protocol.Result
+    ) -> None:
+        """Record a result if it is the current lease's, acknowledge it, then hand out the
+        next build (after the ack, so the runner is free when the build arrives)."""
         ack = {"build_id": message.build_id, "attempt": message.attempt}
         status = BuildStatus(message.status)
         if not status.finished:
@@ -227,14 +234,16 @@ class Dispatcher:
             job = self.scheduler.check_lease(message.build_id, message.attempt, name, session)
         except StaleResult as e:
             log.warning("refused a result from %s: %s", name, e)
-            return protocol.ResultAck(**ack, accepted=False, reason=str(e))
+            channel.post(protocol.ResultAck(**ack, accepted=False, reason=str(e)))
+            return
         try:
             self._record(job, status, message.message, message)
         except StorageError as e:
             log.error("build %d: result not recorded, the runner will retry: %s", job.build_id, e)
-            return protocol.ResultAck(**ack, accepted=False, retry=True, reason=str(e))
+            channel.post(protocol.ResultAck(**ack, accepted=False, retry=True, reason=str(e)))
+            return
+        channel.post(protocol.ResultAck(**ack, accepted=True))
         self._carry_out(self.scheduler.finish(job.build_id))
-        return protocol.ResultAck(**ack, accepted=True)
 
     def _record(
         self, job: Job, status: BuildStatus, message: str, result: protocol.Result | None

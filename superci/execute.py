@@ -234,7 +234,8 @@ async def _group_gone(pgid: int, exited: asyncio.Event, grace: float) -> bool:
             return False
         if not exited.is_set():
             try:  # the main process usually goes first: await it rather than poll
-                await asyncio.wait_for(exited.wait(), min(delay, remaining))
+                async with asyncio.timeout(min(delay, remaining)):
+                    await exited.wait()
             except TimeoutError:
                 pass
         else:
@@ -246,7 +247,8 @@ async def _drain(pipe: _OutputPipe, pump: asyncio.Task[None], pgid: int) -> None
     """Deliver the rest of the output; stop waiting on a pipe an escaped process holds."""
     while not pump.done():  # done early only when on_output failed: nobody reads any more
         try:
-            await asyncio.wait_for(pipe.eof.wait(), defaults.OUTPUT_DRAIN_TIMEOUT)
+            async with asyncio.timeout(defaults.OUTPUT_DRAIN_TIMEOUT):
+                await pipe.eof.wait()
             break
         except TimeoutError:
             if pipe.paused and not pump.done():
@@ -261,7 +263,8 @@ async def _drain(pipe: _OutputPipe, pump: asyncio.Task[None], pgid: int) -> None
     pipe.close_output()
     if not pipe.exited.is_set():
         try:
-            await asyncio.wait_for(pipe.exited.wait(), defaults.OUTPUT_DRAIN_TIMEOUT)
+            async with asyncio.timeout(defaults.OUTPUT_DRAIN_TIMEOUT):
+                await pipe.exited.wait()
         except TimeoutError:
             log.error("build process %d did not exit after SIGKILL", pgid)
     await asyncio.wait({pump})  # a failure is re-raised by the caller via pump.result()

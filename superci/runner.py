@@ -122,7 +122,8 @@ class Runner:
             dying = self._abandon_current("runner stopping")
             if dying is not None:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(dying), self.kill_grace + 5)
+                    async with asyncio.timeout(self.kill_grace + 5):
+                        await asyncio.shield(dying)
 
     async def _session(self) -> None:
         channel = await client.connect(self.address, "runner")

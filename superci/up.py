@@ -87,7 +87,8 @@ class Stack:
             )
         )
         try:
-            address = await asyncio.wait_for(asyncio.shield(ready), 30)
+            async with asyncio.timeout(30):
+                address = await asyncio.shield(ready)
             echo(f"superci: dispatcher on {address}, results in {self.results.resolve()}")
             for i, clone in enumerate(clones[:-1], start=1):
                 await self._start("runner", str(address), "--name", f"runner-{i}", str(clone))
@@ -120,7 +121,8 @@ class Stack:
                 child.terminate()
         for child in self._children:
             try:
-                await asyncio.wait_for(child.wait(), STOP_GRACE)
+                async with asyncio.timeout(STOP_GRACE):
+                    await child.wait()
             except TimeoutError:
                 log.warning("pid %d did not stop; killing it", child.pid)
                 child.kill()

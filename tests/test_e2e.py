@@ -1,0 +1,204 @@
+"""End to end through the real command-line programs: real git, real TCP, real processes."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import (
+    FAILING_TEST,
+    GATED_TEST,
+    PASSING_TEST,
+    Repo,
+    Superci,
+    free_port,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def builds_of(superci: Superci, sha: str) -> list[tuple[str, int]]:
+    with sqlite3.connect(superci.state) as db:
+        return db.execute("SELECT status, attempt FROM builds WHERE sha = ?", (sha,)).fetchall()
+
+
+def test_passing_and_failing_commits_are_built_by_two_runners_and_an_observer(
+    repo: Repo, superci: Superci, tmp_path: Path
+):
+    passing = repo.commit({"tests/test_math.py": PASSING_TEST}, "passing")
+    clones = [repo.clone(tmp_path / name) for name in ("runner-a", "runner-b", "observed")]
+    superci.dispatcher()
+    superci.runner(clones[0], "runner-a")
+    superci.runner(clones[1], "runner-b")
+    observer = superci.observer(clones[2])
+
+    assert superci.wait_for_result(passing)["status"] == "passed"
+    failing = repo.commit({"tests/test_broken.py": FAILING_TEST}, "failing")
+    failed = superci.wait_for_result(failing)
+
+    passed = superci.result(passing)
+    assert passed is not None
+    assert passed["exit_code"] == 0 and passed["attempt"] == 1
+    assert passed["runner"] in ("runner-a", "runner-b")
+    assert passed["tests"]["run"] == 1 and passed["tests"]["passed"] == 1
+    assert "passing test ran" in superci.output(passing)
+    assert failed["status"] == "failed" and failed["exit_code"] == 1
+    assert failed["tests"]["failed"] == 1
+    assert failed["failures"] == ["test_broken.Failing.test_broken"]
+    failing_log = superci.output(failing)
+    assert "failing test ran" in failing_log and "AssertionError: 4 != 5" in failing_log
+    observer.wait_for_log(f"delivered {failing}")
+    assert builds_of(superci, passing) == [("passed", 1)]
+    assert builds_of(superci, failing) == [("failed", 1)]
+
+
+def test_runner_killed_mid_build_is_redispatched_to_the_other_runner_and_recorded_once(
+    repo: Repo, superci: Superci, tmp_path: Path
+):
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    sha = repo.commit({"tests/test_gated.py": GATED_TEST.format(gate=str(gate))}, "gated")
+    clones = {name: repo.clone(tmp_path / name) for name in ("runner-a", "runner-b")}
+    superci.dispatcher()
+    runners = {name: superci.runner(clone, name) for name, clone in clones.items()}
+    for runner in runners.values():
+        runner.wait_for_log("registered with the dispatcher")
+    assert "queued" in superci.notify(sha).stdout
+
+    first_dir = Path(wait_until(lambda: _read(gate / "started-1"), what="attempt 1 to start"))
+    victim = next(name for name, clone in clones.items() if clone.samefile(first_dir))
+    survivor = next(name for name in clones if name != victim)
+    runners[victim].kill()
+
+    second_dir = Path(wait_until(lambda: _read(gate / "started-2"), what="attempt 2 to start"))
+    assert second_dir.samefile(clones[survivor])
+    (gate / "open").touch()
+    result = superci.wait_for_result(sha)
+
+    assert result["status"] == "passed"
+    assert result["attempt"] == 2
+    assert result["runner"] == survivor
+    assert result["runners"] == [victim, survivor]
+    assert builds_of(superci, sha) == [("passed", 2)]
+    assert superci.output(sha).count("after the gate") == 1  # only the current attempt's log
+
+
+def test_dispatcher_killed_with_queued_builds_builds_them_all_after_a_restart(
+    repo: Repo, superci: Superci, tmp_path: Path
+):
+    shas = [repo.commit({"tests/test_math.py": PASSING_TEST + f"# {i}\n"}) for i in range(3)]
+    clone = repo.clone(tmp_path / "runner-a")
+    dispatcher = superci.dispatcher()
+    for sha in shas:
+        assert superci.notify(sha).returncode == 0
+    dispatcher.kill()
+
+    port = superci.address.rsplit(":", 1)[1]
+    superci.dispatcher(int(port)).wait_for_log("resuming 3 unfinished build")
+    superci.runner(clone, "runner-a")
+
+    for sha in shas:
+        assert superci.wait_for_result(sha)["status"] == "passed"
+        assert builds_of(superci, sha) == [("passed", 1)]
+
+
+def test_dispatcher_killed_mid_build_re_adopts_the_running_build_after_a_restart(
+    repo: Repo, superci: Superci, tmp_path: Path
+):
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    sha = repo.commit({"tests/test_gated.py": GATED_TEST.format(gate=str(gate))}, "gated")
+    dispatcher = superci.dispatcher()
+    runner = superci.runner(repo.clone(tmp_path / "runner-a"), "runner-a")
+    superci.notify(sha)
+    wait_until(lambda: (gate / "started-1").exists(), what="the build to start")
+    dispatcher.kill()
+
+    port = superci.address.rsplit(":", 1)[1]
+    superci.dispatcher(int(port))
+    runner.wait_for_log("build 1 adopted")
+    (gate / "open").touch()
+    result = superci.wait_for_result(sha)
+
+    assert (result["status"], result["attempt"], result["runner"]) == ("passed", 1, "runner-a")
+    log = superci.output(sha)
+    assert log.index("before the gate") < log.index("after the gate")
+    assert log.count("before the gate") == 1 and log.count("after the gate") == 1
+
+
+def test_observer_started_while_the_dispatcher_is_down_delivers_every_commit_once_it_is_up(
+    repo: Repo, superci: Superci, tmp_path: Path
+):
+    first = repo.commit({"tests/test_math.py": PASSING_TEST}, "first")
+    observed = repo.clone(tmp_path / "observed")
+    clone = repo.clone(tmp_path / "runner-a")
+    port = free_port()
+    superci.address = f"127.0.0.1:{port}"
+    observer = superci.observer(observed)
+    observer.wait_for_log("cannot reach the dispatcher")
+    meanwhile = [repo.commit({"tests/test_math.py": PASSING_TEST + f"# {i}\n"}) for i in range(2)]
+    observer.wait_for_log(r"poll failed[^\n]*\n(.*\n)*.*poll failed")  # it kept trying
+
+    superci.dispatcher(port)
+    superci.runner(clone, "runner-a")
+
+    for sha in [first, *meanwhile]:
+        assert superci.wait_for_result(sha)["status"] == "passed"
+        assert builds_of(superci, sha) == [("passed", 1)]
+
+
+def test_notify_reports_an_unreachable_dispatcher_and_a_bad_commit_id(superci: Superci):
+    superci.address = f"127.0.0.1:{free_port()}"
+    unreachable = superci.notify("a" * 40)
+    assert unreachable.returncode == 1
+    assert "cannot reach the dispatcher at 127.0.0.1:" in unreachable.stderr
+
+    superci.dispatcher()
+    bad = superci.notify("../../etc/passwd")
+    assert bad.returncode == 1
+    assert "full 40-character hex SHA" in bad.stderr
+    assert not (superci.results / "../../etc/passwd").exists()
+
+    sha = "b" * 40
+    assert "queued" in superci.notify(sha).stdout
+    assert "already known" in superci.notify(sha).stdout
+    assert builds_of(superci, sha) == [("queued", 0)]
+
+
+def test_up_builds_new_commits_prints_outcomes_and_stops_cleanly_on_ctrl_c(
+    repo: Repo, tmp_path: Path
+):
+    repo.commit({"tests/test_math.py": PASSING_TEST}, "passing")
+    out = tmp_path / "up.out"
+    with open(out, "w") as stdout:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "superci", "up", "--port", "0", "--interval", "0.2",
+             str(repo.path)],
+            stdout=stdout, stderr=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: "PASSED" in out.read_text(), what="the first outcome")
+        failing = repo.commit({"tests/test_broken.py": FAILING_TEST}, "failing")
+        wait_until(lambda: f"FAILED    {failing[:12]}" in out.read_text(), what="the failure")
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=30) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+    children = subprocess.run(
+        ["pgrep", "-s", str(up.pid)], capture_output=True, text=True, timeout=10
+    ).stdout.split()
+    assert children == []  # runners and observer stopped with it
+    assert (tmp_path / "test_results" / failing / "result.json").exists()
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text() or None
+    except FileNotFoundError:
+        return None
