@@ -93,5 +93,3 @@ def submit(
 ) -> protocol.Submitted:
     """Ask the dispatcher to build a commit; returns once it is durably queued (or known)."""
     return asyncio.run(submit_async(address, sha, branch, rebuild, timeout))
-
-

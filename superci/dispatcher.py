@@ -23,6 +23,7 @@ from typing import Any
 from superci import __version__, defaults, protocol
 from superci.channel import Address, Channel
 from superci.errors import (
+    ConfigError,
     ConnectionClosed,
     ProtocolError,
     RemoteError,
@@ -73,6 +74,7 @@ class Dispatcher:
         self._session_ids = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._closing = False
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -82,7 +84,10 @@ class Dispatcher:
         if unfinished:
             log.info("resuming %d unfinished build(s) from %s", len(unfinished), self.store.path)
         self._carry_out(self.scheduler.restore(unfinished, self._clock()))
-        self._server = await asyncio.start_server(self._serve, host, port)
+        try:
+            self._server = await asyncio.start_server(self._serve, host, port)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
         self._watchdog = asyncio.create_task(self._watch_heartbeats())
         bound = self._server.sockets[0].getsockname()
         address = Address(bound[0], bound[1])
@@ -95,6 +100,7 @@ class Dispatcher:
 
     async def close(self) -> None:
         """Stop listening and drop every connection; the database keeps the state."""
+        self._closing = True  # runners we disconnect keep their leases for the next process
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._server is not None:
@@ -158,7 +164,8 @@ class Dispatcher:
                 self._on_runner_message(channel, name, session, message)
         finally:
             del self._sessions[session]
-            self._carry_out(self.scheduler.disconnect(name, session))
+            if not self._closing:
+                self._carry_out(self.scheduler.disconnect(name, session))
 
     def _register(self, channel: Channel, session: int, message: protocol.Register) -> None:
         lease = None
@@ -207,15 +214,15 @@ class Dispatcher:
         return protocol.Submitted(build_id=record.id, sha=sha, queued=True, status=record.status)
 
     def _on_output(self, name: str, session: int, message: protocol.Output) -> None:
+        try:  # malformed is malformed, stale or not; ValueError: non-ASCII text
+            data = base64.b64decode(message.data, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ProtocolError(f"output data is not base64: {e}") from None
         try:
             job = self.scheduler.check_lease(message.build_id, message.attempt, name, session)
         except StaleResult as e:
             log.debug("dropped output from %s: %s", name, e)
             return
-        try:
-            data = base64.b64decode(message.data, validate=True)
-        except binascii.Error as e:
-            raise ProtocolError(f"output data is not base64: {e}") from None
         try:
             self.results.append_output(job.sha, message.offset, data)
         except StorageError as e:

@@ -35,6 +35,8 @@ MAX_STRING: Final = 256
 MAX_TEXT: Final = 4096
 MAX_LIST: Final = 1000
 MAX_BRANCH: Final = 200
+#: Integers stay within what SQLite and every JSON reader hold exactly.
+MAX_INT: Final = 2**53
 
 
 class _NeedData:
@@ -336,6 +338,8 @@ def _validate(kind: str, f: dataclasses.Field[Any], hint: Any, value: Any) -> No
     where = f"{kind}.{f.name}"
     if not _type_matches(hint, value):
         raise ProtocolError(f"{where}: expected {_type_name(hint)}, got {type(value).__name__}")
+    if isinstance(value, int) and not -MAX_INT <= value <= MAX_INT:
+        raise ProtocolError(f"{where}: integer out of range")
     if isinstance(value, str) and len(value) > f.metadata.get("max_len", MAX_STRING):
         raise ProtocolError(f"{where}: longer than {f.metadata.get('max_len', MAX_STRING)}")
     if isinstance(value, list | dict):
@@ -354,6 +358,8 @@ def _validate_container(where: str, value: list[Any] | dict[str, Any]) -> None:
     items = value if isinstance(value, list) else value.keys()
     if any(len(item) > MAX_STRING for item in items):
         raise ProtocolError(f"{where}: an item is longer than {MAX_STRING}")
+    if isinstance(value, dict) and any(abs(v) > MAX_INT for v in value.values()):
+        raise ProtocolError(f"{where}: integer out of range")
 
 
 def _type_matches(hint: Any, value: Any) -> bool:
@@ -428,10 +434,16 @@ class Decoder:
         payload = bytes(self._buffer[HEADER.size : end])
         del self._buffer[:end]
         try:
-            body = json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            body = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as e:
+            # ValueError covers UnicodeDecodeError, JSONDecodeError and the int-digit limit.
             raise ProtocolError(f"frame is not UTF-8 JSON: {e}") from None
         return from_dict(body)
+
+
+def _refuse_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON; refuse them rather than let them reach a result."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def error_for(exc: ProtocolError) -> Error:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -75,7 +76,7 @@ class ActiveBuild:
 def default_runner_name(workspace: Workspace) -> str:
     """Stable across restarts (host + clone path), so a restarted runner replaces its ghost."""
     host = "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname())
-    suffix = format(abs(hash(str(workspace.path.resolve()))) % 16**6, "06x")
+    suffix = hashlib.sha256(str(workspace.path.resolve()).encode()).hexdigest()[:6]
     return f"{host.strip('.-_')[:40] or 'runner'}-{suffix}"
 
 

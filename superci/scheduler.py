@@ -199,10 +199,12 @@ class Scheduler:
     def check_heartbeats(self, now: float) -> list[Action]:
         """Declare dead every runner silent for longer than the heartbeat timeout."""
         actions: list[Action] = []
-        for runner in list(self.runners.values()):
-            if now - runner.last_seen > self.heartbeat_timeout:
-                silent = now - runner.last_seen
-                actions += self._mark_runner_dead(runner, f"no heartbeat for {silent:.1f}s")
+        dead = [r for r in self.runners.values() if now - r.last_seen > self.heartbeat_timeout]
+        for runner in dead:  # first, so a lost build is not handed to another silent runner
+            self._idle.pop(runner.name, None)
+        for runner in dead:
+            silent = now - runner.last_seen
+            actions += self._mark_runner_dead(runner, f"no heartbeat for {silent:.1f}s")
         return actions
 
     def check_lease(self, build_id: int, attempt: int, name: str, session: int) -> Job:

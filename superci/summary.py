@@ -15,7 +15,9 @@ _UNITTEST_FAILURE = re.compile(r"^(?:FAIL|ERROR): (\S+) \(([^)\s]+)\)", re.M)
 _PYTEST_SUMMARY = re.compile(
     r"^(?:=+ )?((?:\d+ [a-z]+(?:, )?)+)(?: in [\d.]+s(?: \([^)]*\))?)?(?: =+)?\s*$", re.M
 )
-_PYTEST_FAILURE = re.compile(r"^(?:FAILED|ERROR) (\S+::\S+)", re.M)
+# A node id ends at " - <message>" or the end of the line; a parametrize id in [...] may
+# hold spaces ("test_x[a b]").
+_PYTEST_FAILURE = re.compile(r"^(?:FAILED|ERROR) (\S+::[^\s\[]+(?:\[.*?\])?)(?= - |\s*$)", re.M)
 _PYTEST_WORDS = {
     "passed": "passed",
     "failed": "failed",
@@ -44,11 +46,16 @@ class Summary:
 
 
 def parse_summary(output: str) -> Summary:
-    """Read the last test summary in ``output``; pytest first, then unittest."""
-    return _parse_pytest(output) or _parse_unittest(output) or Summary()
+    """Read the last test summary in ``output``, whether pytest or unittest wrote it.
+
+    The one that comes last wins, so a line a test printed that looks like the other
+    tool's summary does not replace the real summary after it.
+    """
+    found = [f for f in (_parse_pytest(output), _parse_unittest(output)) if f is not None]
+    return max(found, key=lambda f: f[0])[1] if found else Summary()
 
 
-def _parse_unittest(output: str) -> Summary | None:
+def _parse_unittest(output: str) -> tuple[int, Summary] | None:
     ran = list(_UNITTEST_RAN.finditer(output))
     if not ran:
         return None
@@ -65,7 +72,7 @@ def _parse_unittest(output: str) -> Summary | None:
         0, counts["run"] - counts["failed"] - counts["errors"] - counts["skipped"]
     )
     failures = [_unittest_name(m) for m in _UNITTEST_FAILURE.finditer(output[: ran[-1].start()])]
-    return Summary(counts, _unique(failures))
+    return ran[-1].start(), Summary(counts, _unique(failures))
 
 
 def _unittest_name(match: re.Match[str]) -> str:
@@ -73,7 +80,7 @@ def _unittest_name(match: re.Match[str]) -> str:
     return where if where.endswith("." + test) else f"{where}.{test}"
 
 
-def _parse_pytest(output: str) -> Summary | None:
+def _parse_pytest(output: str) -> tuple[int, Summary] | None:
     lines = [m for m in _PYTEST_SUMMARY.finditer(output) if _is_pytest_counts(m.group(1))]
     if not lines:
         return None
@@ -85,7 +92,7 @@ def _parse_pytest(output: str) -> Summary | None:
             counts[key] = counts.get(key, 0) + int(number)
     counts["run"] = counts["passed"] + counts["failed"] + counts["errors"] + counts["skipped"]
     failures = [m.group(1) for m in _PYTEST_FAILURE.finditer(output)]
-    return Summary(counts, _unique(failures))
+    return lines[-1].start(), Summary(counts, _unique(failures))
 
 
 def _is_pytest_counts(text: str) -> bool:

@@ -1,0 +1,445 @@
+"""The dispatcher's decisions, driven event by event with a fake clock."""
+
+import pytest
+
+from superci.errors import StaleResult, UnknownBuild
+from superci.scheduler import (
+    CancelLease,
+    CloseSession,
+    GiveUp,
+    Job,
+    Lease,
+    Requeue,
+    Scheduler,
+    StartBuild,
+)
+from superci.status import BuildStatus, RunnerState
+
+TIMEOUT = 10.0
+
+
+def sha(n: int) -> str:
+    return f"{n:040x}"
+
+
+def start(session: int, runner: str, build_id: int, attempt: int, branch: str = "main"):
+    return StartBuild(session, runner, build_id, attempt, sha(build_id), branch)
+
+
+@pytest.fixture
+def sched() -> Scheduler:
+    return Scheduler(heartbeat_timeout=TIMEOUT, max_attempts=3)
+
+
+def register(s: Scheduler, name: str, session: int, now: float = 0.0, lease=None):
+    return s.register(name, session, f"{name}.lan", 1000 + session, lease, now)
+
+
+def add(s: Scheduler, build_id: int, branch: str = "main"):
+    return s.add_build(build_id, sha(build_id), branch)
+
+
+def of_type(actions, kind):
+    return [a for a in actions if isinstance(a, kind)]
+
+
+# --- dispatch order ---------------------------------------------------------------------
+
+
+def test_oldest_build_is_dispatched_first(sched):
+    for build_id in (3, 1, 2):
+        assert add(sched, build_id) == []
+    assert [job.build_id for job in sched.queued()] == [1, 2, 3]
+    assert register(sched, "r1", 1) == [start(1, "r1", 1, 1)]
+    assert register(sched, "r2", 2) == [start(2, "r2", 2, 1)]
+    assert [job.build_id for job in sched.queued()] == [3]
+
+
+def test_build_goes_to_the_longest_idle_runner(sched):
+    register(sched, "r1", 1, now=0.0)
+    register(sched, "r2", 2, now=1.0)
+    register(sched, "r3", 3, now=2.0)
+    assert add(sched, 1) == [start(1, "r1", 1, 1)]
+    # r1 becomes idle again after r2 and r3 were already waiting: it goes to the back
+    assert sched.finish(1) == []
+    assert add(sched, 2) == [start(2, "r2", 2, 1)]
+    assert add(sched, 3) == [start(3, "r3", 3, 1)]
+    assert add(sched, 4) == [start(1, "r1", 4, 1)]
+
+
+def test_build_waits_while_no_runner_is_idle_and_goes_out_when_one_registers(sched):
+    assert add(sched, 1) == []
+    assert sched.jobs[1].status is BuildStatus.QUEUED
+    assert sched.jobs[1].attempt == 0
+    assert register(sched, "r1", 1) == [start(1, "r1", 1, 1)]
+    job = sched.jobs[1]
+    assert (job.status, job.attempt, job.runner, job.runners) == (
+        BuildStatus.RUNNING, 1, "r1", ["r1"],
+    )  # fmt: skip
+    assert sched.runners["r1"].state is RunnerState.BUSY
+    assert sched.queued() == []
+
+
+def test_build_waits_for_a_busy_runner_and_goes_out_when_it_finishes(sched):
+    register(sched, "r1", 1)
+    assert add(sched, 1) == [start(1, "r1", 1, 1)]
+    assert add(sched, 2, branch="feature/x") == []
+    assert [job.build_id for job in sched.queued()] == [2]
+    assert sched.finish(1) == [start(1, "r1", 2, 1, branch="feature/x")]
+    assert 1 not in sched.jobs
+    assert sched.runners["r1"].build_id == 2
+
+
+def test_finish_frees_the_runner_when_nothing_waits(sched):
+    register(sched, "r1", 1)
+    add(sched, 1)
+    assert sched.finish(1) == []
+    assert sched.runners["r1"].state is RunnerState.IDLE
+    assert sched.runners["r1"].build_id is None
+
+
+def test_finish_of_an_unknown_build_raises(sched):
+    with pytest.raises(UnknownBuild):
+        sched.finish(42)
+
+
+# --- death by silence or by closed connection -------------------------------------------
+
+
+def test_runner_is_not_dead_at_exactly_the_timeout_but_is_just_after(sched):
+    register(sched, "r1", 1, now=100.0)
+    add(sched, 1)
+    assert sched.check_heartbeats(100.0 + TIMEOUT) == []
+    assert "r1" in sched.runners
+    actions = sched.check_heartbeats(100.0 + TIMEOUT + 0.001)
+    assert actions == [
+        CloseSession(1, "runner declared dead: no heartbeat for 10.0s"),
+        Requeue(1, 1, "r1", "no heartbeat for 10.0s"),
+    ]
+    assert "r1" not in sched.runners
+    assert sched.jobs[1].status is BuildStatus.QUEUED
+    assert sched.jobs[1].runner is None
+
+
+def test_heartbeats_keep_a_runner_alive(sched):
+    register(sched, "r1", 1, now=0.0)
+    sched.heartbeat("r1", 1, now=8.0)
+    sched.heartbeat("r1", 1, now=16.0)
+    assert sched.check_heartbeats(25.0) == []
+    assert sched.runners["r1"].last_seen == 16.0
+    assert sched.check_heartbeats(26.5) != []
+    assert "r1" not in sched.runners
+
+
+def test_build_of_a_silent_runner_goes_to_another_runner_with_the_attempt_raised(sched):
+    register(sched, "r1", 1, now=0.0)
+    add(sched, 1)
+    register(sched, "r2", 2, now=5.0)
+    actions = sched.check_heartbeats(11.0)
+    assert of_type(actions, CloseSession) == [CloseSession(1, actions[0].reason)]
+    assert of_type(actions, Requeue) == [Requeue(1, 1, "r1", "no heartbeat for 11.0s")]
+    assert of_type(actions, StartBuild) == [start(2, "r2", 1, 2)]
+    assert sched.jobs[1].runners == ["r1", "r2"]
+
+
+def test_a_lost_build_is_not_handed_to_another_runner_that_is_silent_too(sched):
+    # all three runners went quiet (e.g. the dispatcher was paused): one sweep must not
+    # burn every attempt on runners it is about to declare dead anyway
+    for session, name in enumerate(["a", "b", "c"], start=1):
+        register(sched, name, session, now=0.0)
+    add(sched, 1)
+    actions = sched.check_heartbeats(20.0)
+    assert of_type(actions, StartBuild) == []
+    assert of_type(actions, GiveUp) == []
+    assert of_type(actions, Requeue) == [Requeue(1, 1, "a", "no heartbeat for 20.0s")]
+    assert sorted(a.session for a in of_type(actions, CloseSession)) == [1, 2, 3]
+    assert sched.runners == {}
+    assert register(sched, "d", 4, now=21.0) == [start(4, "d", 1, 2)]
+
+
+def test_disconnect_is_death_at_once(sched):
+    register(sched, "r1", 1)
+    register(sched, "r2", 2)
+    add(sched, 1)
+    actions = sched.disconnect("r1", 1)
+    assert actions == [
+        CloseSession(1, "runner declared dead: connection closed"),
+        Requeue(1, 1, "r1", "connection closed"),
+        start(2, "r2", 1, 2),
+    ]
+    assert "r1" not in sched.runners
+
+
+def test_disconnect_of_an_idle_runner_only_removes_it(sched):
+    register(sched, "r1", 1)
+    assert sched.disconnect("r1", 1) == [CloseSession(1, "runner declared dead: connection closed")]
+    assert sched.runners == {}
+    assert add(sched, 1) == []
+
+
+def test_disconnect_of_an_already_replaced_session_changes_nothing(sched):
+    register(sched, "r1", 1)
+    add(sched, 1)
+    register(sched, "r1", 2, lease=Lease(1, 1))  # adopted by the new session
+    assert sched.disconnect("r1", 1) == []
+    assert sched.runners["r1"].session == 2
+    assert sched.runners["r1"].build_id == 1
+    assert sched.jobs[1].status is BuildStatus.RUNNING
+    assert sched.jobs[1].attempt == 1
+
+
+def test_disconnect_of_an_unknown_runner_changes_nothing(sched):
+    assert sched.disconnect("ghost", 7) == []
+
+
+def test_gives_up_after_max_attempts_naming_every_lost_runner(sched):
+    add(sched, 1)
+    for attempt, name in enumerate(["alpha", "beta", "gamma"], start=1):
+        assert register(sched, name, attempt) == [start(attempt, name, 1, attempt)]
+        actions = sched.disconnect(name, attempt)
+    assert of_type(actions, Requeue) == []
+    (give_up,) = of_type(actions, GiveUp)
+    assert give_up.build_id == 1
+    assert give_up.attempt == 3
+    assert give_up.runners == ("alpha", "beta", "gamma")
+    assert "runner lost" in give_up.reason
+    for name in ("alpha", "beta", "gamma"):
+        assert name in give_up.reason
+    assert 1 not in sched.jobs
+    assert sched.queued() == []
+    assert register(sched, "delta", 9) == []  # nothing left to hand out
+
+
+def test_requeue_before_the_last_attempt_does_not_give_up(sched):
+    add(sched, 1)
+    register(sched, "a", 1)
+    assert of_type(sched.disconnect("a", 1), GiveUp) == []
+    register(sched, "b", 2)
+    assert of_type(sched.disconnect("b", 2), GiveUp) == []
+    assert sched.jobs[1].attempt == 2
+
+
+# --- leases ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def leased(sched):
+    """r1 (session 1) holds build 1 attempt 2; r2 (session 2) holds build 2."""
+    register(sched, "r0", 9)
+    add(sched, 1)
+    sched.disconnect("r0", 9)  # attempt 1 lost
+    register(sched, "r1", 1)
+    register(sched, "r2", 2)
+    add(sched, 2)
+    assert sched.jobs[1].lease == Lease(1, 2)
+    assert sched.runners["r1"].build_id == 1
+    assert sched.runners["r2"].build_id == 2
+    return sched
+
+
+def test_check_lease_accepts_the_current_holder(leased):
+    job = leased.check_lease(1, 2, "r1", 1)
+    assert job is leased.jobs[1]
+    assert job.runner == "r1"
+
+
+def test_result_from_a_stale_attempt_is_refused(leased):
+    with pytest.raises(StaleResult, match="attempt 1 is stale"):
+        leased.check_lease(1, 1, "r1", 1)
+    with pytest.raises(StaleResult):
+        leased.check_lease(1, 3, "r1", 1)
+
+
+def test_result_from_another_session_of_the_holder_is_refused(leased):
+    with pytest.raises(StaleResult, match="not leased to this connection"):
+        leased.check_lease(1, 2, "r1", 99)
+
+
+def test_result_from_a_runner_not_holding_the_build_is_refused(leased):
+    with pytest.raises(StaleResult, match="not leased to this connection"):
+        leased.check_lease(1, 2, "r2", 2)
+    with pytest.raises(StaleResult):
+        leased.check_lease(1, 2, "stranger", 1)
+
+
+def test_result_for_an_unknown_build_is_refused(leased):
+    with pytest.raises(StaleResult, match="not running"):
+        leased.check_lease(77, 1, "r1", 1)
+
+
+def test_result_for_a_queued_build_is_refused(sched):
+    add(sched, 1)
+    with pytest.raises(StaleResult):
+        sched.check_lease(1, 0, "r1", 1)
+
+
+def test_exactly_one_result_is_accepted_when_a_dead_runner_comes_back(sched):
+    register(sched, "r1", 1, now=0.0)
+    add(sched, 1)
+    register(sched, "r2", 2, now=8.0)
+    actions = sched.check_heartbeats(10.5)  # r1 declared dead, r2 takes attempt 2
+    assert start(2, "r2", 1, 2) in actions
+    # the "dead" r1 was only slow: its late result on the old connection is refused
+    with pytest.raises(StaleResult):
+        sched.check_lease(1, 1, "r1", 1)
+    # it reconnects and claims its old lease: told to cancel, not adopted
+    assert register(sched, "r1", 3, now=11.0, lease=Lease(1, 1)) == [
+        CancelLease(3, 1, 1, "lease expired")
+    ]
+    with pytest.raises(StaleResult):
+        sched.check_lease(1, 1, "r1", 3)
+    # the current holder's result is the one accepted
+    assert sched.check_lease(1, 2, "r2", 2).attempt == 2
+    sched.finish(1)
+    # and nothing about build 1 is accepted afterwards, from anyone
+    for attempt, name, session in [(2, "r2", 2), (1, "r1", 3), (1, "r1", 1)]:
+        with pytest.raises(StaleResult):
+            sched.check_lease(1, attempt, name, session)
+    with pytest.raises(UnknownBuild):
+        sched.finish(1)
+
+
+# --- reconnects -----------------------------------------------------------------------
+
+
+def test_reconnect_replaces_the_old_session_and_requeues_its_build(sched):
+    register(sched, "r1", 1)
+    add(sched, 1)
+    actions = register(sched, "r1", 2, now=3.0)
+    assert actions == [
+        CloseSession(1, "replaced by a new session"),
+        Requeue(1, 1, "r1", "runner reconnected without its build"),
+        start(2, "r1", 1, 2),  # the new session is idle, so it gets the build again
+    ]
+    assert sched.runners["r1"].session == 2
+    with pytest.raises(StaleResult):
+        sched.check_lease(1, 1, "r1", 1)
+
+
+def test_reconnect_of_an_idle_runner_just_replaces_the_session(sched):
+    register(sched, "r1", 1)
+    assert register(sched, "r1", 2) == [CloseSession(1, "replaced by a new session")]
+    assert sched.runners["r1"].session == 2
+    assert sched.runners["r1"].state is RunnerState.IDLE
+    assert add(sched, 1) == [start(2, "r1", 1, 1)]
+
+
+def test_reconnect_that_claims_its_current_lease_is_adopted(sched):
+    register(sched, "r1", 1)
+    add(sched, 1)
+    add(sched, 2)
+    actions = register(sched, "r1", 2, now=4.0, lease=Lease(1, 1))
+    assert actions == [CloseSession(1, "replaced by a new session")]
+    runner = sched.runners["r1"]
+    assert (runner.session, runner.build_id, runner.state) == (2, 1, RunnerState.BUSY)
+    assert sched.jobs[1].attempt == 1
+    assert sched.check_lease(1, 1, "r1", 2) is sched.jobs[1]
+    assert [job.build_id for job in sched.queued()] == [2]  # it stays busy
+
+
+def test_registration_claiming_a_stale_lease_is_told_to_cancel(sched):
+    register(sched, "r1", 1)
+    add(sched, 1)
+    sched.disconnect("r1", 1)
+    register(sched, "r2", 2)  # takes attempt 2
+    actions = register(sched, "r1", 3, lease=Lease(1, 1))
+    assert actions == [CancelLease(3, 1, 1, "lease expired")]
+    assert sched.runners["r1"].state is RunnerState.IDLE
+    assert sched.runners["r2"].build_id == 1
+
+
+def test_registration_claiming_an_unknown_build_is_told_to_cancel_and_then_used(sched):
+    add(sched, 5)
+    actions = register(sched, "r1", 1, lease=Lease(99, 4))
+    assert actions == [CancelLease(1, 99, 4, "lease expired"), start(1, "r1", 5, 1)]
+
+
+def test_heartbeats_from_a_replaced_session_keep_nothing_alive(sched):
+    register(sched, "r1", 1, now=0.0)
+    add(sched, 1)
+    register(sched, "r1", 2, now=1.0, lease=Lease(1, 1))
+    for t in (5.0, 9.0, 10.5):
+        sched.heartbeat("r1", 1, now=t)  # the ghost of the old connection
+    assert sched.runners["r1"].last_seen == 1.0
+    actions = sched.check_heartbeats(11.5)
+    assert CloseSession(2, "runner declared dead: no heartbeat for 10.5s") in actions
+    assert Requeue(1, 1, "r1", "no heartbeat for 10.5s") in actions
+
+
+def test_heartbeat_of_an_unknown_runner_is_ignored(sched):
+    sched.heartbeat("ghost", 1, now=1.0)
+    assert sched.runners == {}
+
+
+# --- restore after a dispatcher restart -----------------------------------------------
+
+
+def job(build_id: int, status=BuildStatus.QUEUED, attempt=0, runner=None, runners=()):
+    return Job(build_id, sha(build_id), "main", status, attempt, runner, list(runners))
+
+
+def test_restore_queues_jobs_in_id_order(sched):
+    assert sched.restore([job(3), job(1, attempt=1, runners=["old"]), job(2)], now=0.0) == []
+    assert [j.build_id for j in sched.queued()] == [1, 2, 3]
+    # a job that was already tried once goes out as its next attempt
+    assert register(sched, "r1", 1) == [start(1, "r1", 1, 2)]
+    assert sched.jobs[1].runners == ["old", "r1"]
+
+
+def test_restore_dispatches_at_once_to_runners_already_registered(sched):
+    register(sched, "r1", 1)
+    assert sched.restore([job(2), job(1)], now=0.0) == [start(1, "r1", 1, 1)]
+
+
+def test_restore_queues_a_running_job_without_a_runner(sched):
+    sched.restore([job(1, status=BuildStatus.RUNNING, attempt=1, runner=None)], now=0.0)
+    assert sched.jobs[1].status is BuildStatus.QUEUED
+    assert register(sched, "r1", 1) == [start(1, "r1", 1, 2)]
+
+
+@pytest.fixture
+def restored(sched):
+    """Build 4 was running as attempt 2 on r1 when the previous dispatcher stopped."""
+    running = job(4, BuildStatus.RUNNING, attempt=2, runner="r1", runners=["r0", "r1"])
+    assert sched.restore([running, job(5)], now=100.0) == []
+    return sched
+
+
+def test_restored_running_job_is_held_by_a_disconnected_placeholder(restored):
+    placeholder = restored.runners["r1"]
+    assert placeholder.state is RunnerState.DISCONNECTED
+    assert placeholder.build_id == 4
+    assert restored.jobs[4].status is BuildStatus.RUNNING
+    assert [j.build_id for j in restored.queued()] == [5]
+    with pytest.raises(StaleResult):  # a placeholder has no connection to accept from
+        restored.check_lease(4, 2, "r1", 1)
+
+
+def test_restored_build_is_adopted_when_its_runner_reconnects_with_the_lease(restored):
+    assert restored.check_heartbeats(100.0 + TIMEOUT) == []
+    assert register(restored, "r1", 7, now=105.0, lease=Lease(4, 2)) == []
+    runner = restored.runners["r1"]
+    assert (runner.session, runner.build_id, runner.state) == (7, 4, RunnerState.BUSY)
+    assert restored.check_lease(4, 2, "r1", 7).attempt == 2
+    assert [j.build_id for j in restored.queued()] == [5]
+
+
+def test_restored_build_is_requeued_when_its_runner_does_not_return_in_time(restored):
+    assert restored.check_heartbeats(100.0 + TIMEOUT) == []
+    actions = restored.check_heartbeats(100.0 + TIMEOUT + 0.5)
+    assert actions == [Requeue(4, 2, "r1", "no heartbeat for 10.5s")]  # no session to close
+    assert "r1" not in restored.runners
+    assert register(restored, "r2", 8, now=111.0) == [start(8, "r2", 4, 3)]
+    # r1 coming back late with its old lease is told to cancel and gets the next build
+    assert register(restored, "r1", 9, now=112.0, lease=Lease(4, 2)) == [
+        CancelLease(9, 4, 2, "lease expired"),
+        start(9, "r1", 5, 1),
+    ]
+
+
+def test_restored_build_is_requeued_when_its_runner_returns_without_it(restored):
+    actions = register(restored, "r1", 7, now=101.0)
+    assert actions == [
+        Requeue(4, 2, "r1", "runner reconnected without its build"),
+        start(7, "r1", 4, 3),
+    ]

@@ -1,0 +1,213 @@
+"""The dispatcher's SQLite state, in a real database file under tmp_path."""
+
+import sqlite3
+
+import pytest
+
+from superci.errors import StorageError
+from superci.scheduler import Job
+from superci.status import BuildStatus
+from superci.store import BuildRecord, Store
+
+SHA_A = "a" * 40
+SHA_B = "b" * 40
+SHA_C = "c" * 40
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "state" / "superci.db"
+
+
+@pytest.fixture
+def store(path):
+    s = Store(path)
+    yield s
+    s.close()
+
+
+def test_add_build_stores_a_queued_build(store):
+    record = store.add_build(SHA_A, "main", now=100.0)
+    assert record == BuildRecord(record.id, SHA_A, "main", BuildStatus.QUEUED, 0, None, 100.0)
+    assert store.get(record.id) == record
+    assert store.get(record.id).runners == []
+
+
+def test_build_ids_increase(store):
+    ids = [store.add_build(sha, "main", now=1.0).id for sha in (SHA_A, SHA_B, SHA_C)]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+
+
+def test_get_of_an_unknown_id_is_none(store):
+    assert store.get(12345) is None
+
+
+def test_status_is_read_back_as_a_build_status(store):
+    record = store.add_build(SHA_A, "main", now=1.0)
+    assert type(store.get(record.id).status) is BuildStatus
+
+
+def test_latest_for_gives_the_newest_build_of_a_commit(store):
+    first = store.add_build(SHA_A, "main", now=1.0)
+    store.add_build(SHA_B, "main", now=2.0)
+    store.finish(first.id, BuildStatus.PASSED, now=3.0)
+    rebuild = store.add_build(SHA_A, "release", now=4.0)
+    latest = store.latest_for(SHA_A)
+    assert latest.id == rebuild.id
+    assert latest.branch == "release"
+    assert latest.status is BuildStatus.QUEUED
+    assert store.latest_for(SHA_C) is None
+
+
+def test_mark_running_sets_attempt_runner_and_appends_to_runners(store):
+    build = store.add_build(SHA_A, "main", now=1.0)
+    store.mark_running(build.id, 1, "r1", now=2.0)
+    record = store.get(build.id)
+    assert (record.status, record.attempt, record.runner, record.started_at) == (
+        BuildStatus.RUNNING, 1, "r1", 2.0,
+    )  # fmt: skip
+    assert record.runners == ["r1"]
+    store.mark_queued(build.id, "runner r1 lost: connection closed")
+    store.mark_running(build.id, 2, "r2", now=5.0)
+    record = store.get(build.id)
+    assert (record.attempt, record.runner, record.started_at) == (2, "r2", 5.0)
+    assert record.runners == ["r1", "r2"]
+
+
+def test_mark_running_touches_only_its_build(store):
+    one = store.add_build(SHA_A, "main", now=1.0)
+    two = store.add_build(SHA_B, "main", now=1.0)
+    store.mark_running(one.id, 1, "r1", now=2.0)
+    assert store.get(two.id) == two
+
+
+def test_mark_queued_clears_the_runner_keeps_the_history_and_records_why(store):
+    build = store.add_build(SHA_A, "main", now=1.0)
+    store.mark_running(build.id, 1, "r1", now=2.0)
+    store.mark_queued(build.id, "runner r1 lost: no heartbeat for 10.5s")
+    record = store.get(build.id)
+    assert record.status is BuildStatus.QUEUED
+    assert record.runner is None
+    assert record.attempt == 1
+    assert record.runners == ["r1"]
+    assert record.message == "runner r1 lost: no heartbeat for 10.5s"
+
+
+def test_finish_records_status_time_and_message(store):
+    build = store.add_build(SHA_A, "main", now=1.0)
+    store.mark_running(build.id, 1, "r1", now=2.0)
+    store.finish(build.id, BuildStatus.FAILED, now=9.5, message="2 tests failed")
+    record = store.get(build.id)
+    assert record.status is BuildStatus.FAILED
+    assert record.finished_at == 9.5
+    assert record.message == "2 tests failed"
+    assert record.runner == "r1"
+
+
+def test_unfinished_lists_queued_and_running_oldest_first(store):
+    a = store.add_build(SHA_A, "main", now=1.0)
+    b = store.add_build(SHA_B, "main", now=2.0)
+    c = store.add_build(SHA_C, "main", now=3.0)
+    d = store.add_build(SHA_A, "dev", now=4.0)
+    store.mark_running(c.id, 1, "r1", now=5.0)
+    store.mark_running(a.id, 1, "r2", now=5.0)
+    store.finish(a.id, BuildStatus.PASSED, now=6.0)
+    store.finish(b.id, BuildStatus.CANCELLED, now=6.0)
+    unfinished = store.unfinished()
+    assert [(r.id, r.status) for r in unfinished] == [
+        (c.id, BuildStatus.RUNNING),
+        (d.id, BuildStatus.QUEUED),
+    ]
+
+
+def test_recent_gives_the_newest_builds_newest_first(store):
+    ids = [store.add_build(sha, "main", now=float(i)).id for i, sha in enumerate([SHA_A] * 5)]
+    assert [r.id for r in store.recent(3)] == ids[::-1][:3]
+    assert [r.id for r in store.recent(100)] == ids[::-1]
+
+
+def test_record_becomes_the_schedulers_job(store):
+    build = store.add_build(SHA_A, "feature/x", now=1.0)
+    store.mark_running(build.id, 2, "r1", now=2.0)
+    job = store.get(build.id).to_job()
+    assert job == Job(build.id, SHA_A, "feature/x", BuildStatus.RUNNING, 2, "r1", ["r1"])
+
+
+def test_queue_survives_closing_and_reopening_the_file(path):
+    first = Store(path)
+    queued = first.add_build(SHA_A, "main", now=1.0)
+    running = first.add_build(SHA_B, "main", now=2.0)
+    done = first.add_build(SHA_C, "main", now=3.0)
+    first.mark_running(running.id, 1, "r1", now=4.0)
+    first.finish(done.id, BuildStatus.PASSED, now=5.0)
+    first.close()
+
+    second = Store(path)
+    try:
+        assert [r.id for r in second.unfinished()] == [queued.id, running.id]
+        assert second.get(running.id).runners == ["r1"]
+        assert second.get(done.id).status is BuildStatus.PASSED
+        assert second.add_build(SHA_A, "main", now=6.0).id > done.id
+    finally:
+        second.close()
+
+
+def test_committed_builds_are_visible_to_another_connection_at_once(store, path):
+    build = store.add_build(SHA_A, "main", now=1.0)
+    other = sqlite3.connect(path)
+    try:
+        rows = other.execute("SELECT id, sha, status FROM builds").fetchall()
+    finally:
+        other.close()
+    assert rows == [(build.id, SHA_A, "queued")]
+
+
+def test_database_is_in_wal_mode_with_full_sync(store, path):
+    other = sqlite3.connect(path)
+    try:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        other.close()
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_runner_seen_inserts_then_updates_keeping_first_seen(store, path):
+    store.runner_seen("r1", "a.lan", 10, now=1.0)
+    store.runner_seen("r1", "b.lan", 20, now=7.0)
+    other = sqlite3.connect(path)
+    try:
+        rows = other.execute(
+            "SELECT name, host, pid, first_seen, last_seen FROM runners"
+        ).fetchall()
+    finally:
+        other.close()
+    assert rows == [("r1", "b.lan", 20, 1.0, 7.0)]
+
+
+def test_missing_parent_folders_are_created(tmp_path):
+    path = tmp_path / "a" / "b" / "superci.db"
+    Store(path).close()
+    assert path.is_file()
+
+
+def test_unwritable_location_gives_storage_error_naming_the_path(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where a folder should be")
+    path = blocker / "superci.db"
+    with pytest.raises(StorageError) as info:
+        Store(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_folder_in_place_of_the_database_gives_storage_error(tmp_path):
+    with pytest.raises(StorageError) as info:
+        Store(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_write_after_close_gives_storage_error(path):
+    store = Store(path)
+    store.close()
+    with pytest.raises(StorageError) as info:
+        store.add_build(SHA_A, "main", now=1.0)
+    assert str(path) in str(info.value)
