@@ -23,8 +23,15 @@ pytestmark = pytest.mark.e2e
 
 
 def builds_of(superci: Superci, sha: str) -> list[tuple[str, int]]:
-    with sqlite3.connect(superci.state) as db:
-        return db.execute("SELECT status, attempt FROM builds WHERE sha = ?", (sha,)).fetchall()
+    """(status, attempt) of every build of ``sha``, once none is running any more
+    (result.json is written just before the database marks the build finished)."""
+
+    def settled() -> list[tuple[str, int]] | None:
+        with sqlite3.connect(superci.state) as db:
+            rows = db.execute("SELECT status, attempt FROM builds WHERE sha = ?", (sha,)).fetchall()
+        return None if any(status == "running" for status, _ in rows) else rows
+
+    return wait_until(settled, 10, f"the build of {sha[:12]} to be marked finished")
 
 
 def test_passing_and_failing_commits_are_built_by_two_runners_and_an_observer(
