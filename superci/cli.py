@@ -8,6 +8,7 @@ can come from a ``SUPERCI_…`` environment variable.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -147,6 +148,22 @@ def main() -> None:
     envvar="SUPERCI_MAX_ATTEMPTS",
     help="Runners a build may lose before it ends as an error.",
 )
+@click.option(
+    "--build-timeout",
+    default=defaults.BUILD_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    envvar="SUPERCI_BUILD_TIMEOUT",
+    help="Seconds a build may run before the runner says which limit applies.",
+)
+@click.option(
+    "--max-log-bytes",
+    default=defaults.MAX_LOG_BYTES,
+    show_default=True,
+    type=click.IntRange(min=1024),
+    envvar="SUPERCI_MAX_LOG_BYTES",
+    help="Largest output.log per build; past it the middle is dropped, the tail kept.",
+)
 @_verbose_option
 @_reports_errors
 def dispatcher_command(
@@ -156,6 +173,8 @@ def dispatcher_command(
     state: Path | None,
     heartbeat_timeout: float,
     max_attempts: int,
+    build_timeout: float,
+    max_log_bytes: int,
     verbose: bool,
 ) -> None:
     """Accept builds, keep the runner pool and record every result."""
@@ -171,6 +190,8 @@ def dispatcher_command(
             state,
             heartbeat_timeout=heartbeat_timeout,
             max_attempts=max_attempts,
+            build_timeout=build_timeout,
+            max_log_bytes=max_log_bytes,
         )
     )
 
@@ -296,6 +317,88 @@ def notify_command(address: Address, sha: str, branch: str, rebuild: bool) -> No
         click.echo(f"queued {sha} as build {reply.build_id}")
     else:
         click.echo(f"already known: {sha} is build {reply.build_id} ({reply.status})")
+
+
+@main.command("cancel")
+@_dispatcher_server_option
+@click.argument("sha")
+@_reports_errors
+def cancel_command(address: Address, sha: str) -> None:
+    """Cancel the build of commit SHA (queued: at once; running: its tests are stopped)."""
+    from superci.client import cancel
+
+    reply = cancel(address, sha.lower())
+    click.echo(reply.message)
+    if reply.status not in ("cancelled", "cancelling"):
+        sys.exit(1)
+
+
+@main.command("logs")
+@_dispatcher_server_option
+@click.argument("sha")
+@click.option("-f", "--follow", is_flag=True, help="Stream the log live until the build ends.")
+@_reports_errors
+def logs_command(address: Address, sha: str, follow: bool) -> None:
+    """Print the output of the build of commit SHA.
+
+    With --follow, the exit code tells the outcome: 0 passed, 1 failed, 2 anything else.
+    """
+    from superci.client import read_log
+
+    def write(data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+    try:
+        reply = asyncio.run(read_log(address, sha.lower(), follow, write))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if reply.status == "unknown":
+        raise click.ClickException(reply.message)
+    if follow:
+        click.echo(f"superci: build {reply.status}", err=True)
+        sys.exit(OUTCOME_EXIT_CODES.get(reply.status, 2))
+
+
+#: Exit codes of ``logs --follow``, by how the build ended.
+OUTCOME_EXIT_CODES = {"passed": 0, "failed": 1}
+
+
+@main.command("status")
+@_dispatcher_server_option
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="How many of the last builds to list.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
+@_reports_errors
+def status_command(address: Address, limit: int, as_json: bool) -> None:
+    """Show the runners, the queue and the last builds."""
+    from superci.client import query
+    from superci.tables import status_tables
+
+    document = json.loads(query(address, "status", limit=limit).document)
+    click.echo(json.dumps(document, indent=2) if as_json else status_tables(document))
+
+
+@main.command("show")
+@_dispatcher_server_option
+@click.argument("sha")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_reports_errors
+def show_command(address: Address, sha: str, as_json: bool) -> None:
+    """Show the result of the build of commit SHA and its failing tests."""
+    from superci.client import query
+    from superci.tables import result_summary
+
+    reply = query(address, "show", sha=sha.lower())
+    if reply.status == "unknown":
+        raise click.ClickException(reply.message)
+    document = json.loads(reply.document)
+    click.echo(json.dumps(document, indent=2) if as_json else result_summary(document))
 
 
 @main.command("up")

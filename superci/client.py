@@ -7,8 +7,9 @@ message, so every command reports an unreachable dispatcher the same clear way.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from superci import defaults, protocol
 from superci.channel import Address, Channel
@@ -93,3 +94,42 @@ def submit(
 ) -> protocol.Submitted:
     """Ask the dispatcher to build a commit; returns once it is durably queued (or known)."""
     return asyncio.run(submit_async(address, sha, branch, rebuild, timeout))
+
+
+async def _expect_reply(address: Address, message: protocol.Message) -> protocol.Reply:
+    reply = await request(address, message)
+    if not isinstance(reply, protocol.Reply):
+        raise ProtocolError(f"expected a reply from {address}, got {reply.type}")
+    return reply
+
+
+def cancel(address: Address, sha: str) -> protocol.Reply:
+    """Cancel the newest build of a commit; the reply says what happened."""
+    return asyncio.run(_expect_reply(address, protocol.CancelRequest(sha=protocol.check_sha(sha))))
+
+
+def query(address: Address, what: str, sha: str | None = None, limit: int = 20) -> protocol.Reply:
+    """``status`` or ``show`` (of one commit); the reply's document is JSON."""
+    if sha is not None:
+        protocol.check_sha(sha)
+    return asyncio.run(_expect_reply(address, protocol.Query(what=what, sha=sha, limit=limit)))
+
+
+async def read_log(
+    address: Address, sha: str, follow: bool, write: Callable[[bytes], None]
+) -> protocol.Reply:
+    """Pass a commit's log to ``write`` (live until the build ends, with ``follow``)."""
+    request_ = protocol.LogRequest(sha=protocol.check_sha(sha), follow=follow)
+    async with connection(address) as channel:
+        await channel.send(request_)
+        while True:
+            try:
+                message = await channel.receive(None if follow else defaults.CLIENT_TIMEOUT)
+            except ConnectionClosed as e:
+                raise DispatcherUnavailable(f"the dispatcher at {address} went away") from e
+            if isinstance(message, protocol.LogData):
+                write(base64.b64decode(message.data))
+            elif isinstance(message, protocol.Reply):
+                return message
+            else:
+                raise ProtocolError(f"unexpected {message.type} while reading a log")

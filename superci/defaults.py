@@ -67,3 +67,11 @@ SEND_TIMEOUT = 10.0
 MAX_SEND_BUFFER = 4 * 1024 * 1024
 #: A client connection (notify, status) idle this long (seconds) is closed.
 CLIENT_IDLE_TIMEOUT = 60.0
+#: Extra time (seconds) the dispatcher allows beyond a build's limit and kill grace before
+#: it stops the build itself: room for the runner's own timeout to fire and report first.
+DEADLINE_MARGIN = 5.0
+#: Largest output.log kept per build (bytes); past it the middle is dropped with a marker,
+#: keeping the start and the tail (where test summaries are). Protects the dispatcher's disk.
+MAX_LOG_BYTES = 16 * 1024 * 1024
+#: Largest JUnit report a runner sends with a result (bytes).
+MAX_REPORT_BYTES = 8 * 1024 * 1024

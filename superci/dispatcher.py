@@ -13,10 +13,11 @@ import asyncio
 import base64
 import binascii
 import itertools
+import json
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,14 @@ from superci.errors import (
     StaleResult,
     StorageError,
 )
+from superci.logstream import LogFollower
+from superci.report import build_summary, result_document, status_document
 from superci.results import ResultsFolder
 from superci.scheduler import (
     Action,
     CancelLease,
     CloseSession,
-    GiveUp,
+    EndBuild,
     Job,
     Lease,
     Requeue,
@@ -43,7 +46,7 @@ from superci.scheduler import (
     StartBuild,
 )
 from superci.status import BuildStatus
-from superci.store import BuildRecord, Store
+from superci.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +63,14 @@ class Dispatcher:
         *,
         heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT,
         max_attempts: int = defaults.MAX_ATTEMPTS,
+        build_timeout: float = defaults.BUILD_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         on_result: ResultHook | None = None,
     ) -> None:
         self.store = store
         self.results = results
-        self.scheduler = Scheduler(heartbeat_timeout, max_attempts)
+        self.scheduler = Scheduler(heartbeat_timeout, max_attempts, build_timeout)
         self._clock = clock
         self._wall = wall_clock
         self._result_hook = on_result
@@ -75,6 +79,7 @@ class Dispatcher:
         self._server: asyncio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._closing = False
+        self._followers: dict[str, set[LogFollower]] = defaultdict(set)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -88,7 +93,7 @@ class Dispatcher:
             self._server = await asyncio.start_server(self._serve, host, port)
         except OSError as e:
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
-        self._watchdog = asyncio.create_task(self._watch_heartbeats())
+        self._watchdog = asyncio.create_task(self._watch())
         bound = self._server.sockets[0].getsockname()
         address = Address(bound[0], bound[1])
         log.info("dispatcher listening on %s", address)
@@ -110,10 +115,13 @@ class Dispatcher:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _watch_heartbeats(self) -> None:
+    async def _watch(self) -> None:
+        """Silent runners and overdue builds are found here, not by any one connection."""
         while True:
             await asyncio.sleep(defaults.HEARTBEAT_CHECK_INTERVAL)
-            self._carry_out(self.scheduler.check_heartbeats(self._clock()))
+            now = self._clock()
+            self._carry_out(self.scheduler.check_heartbeats(now))
+            self._carry_out(self.scheduler.check_deadlines(now))
 
     # --- connections ----------------------------------------------------------------
 
@@ -147,6 +155,12 @@ class Dispatcher:
             message = await channel.receive(defaults.CLIENT_IDLE_TIMEOUT)
             if isinstance(message, protocol.Submit):
                 channel.post(self.submit(message.sha, message.branch, message.rebuild))
+            elif isinstance(message, protocol.CancelRequest):
+                channel.post(self.cancel(message.sha))
+            elif isinstance(message, protocol.Query):
+                channel.post(self.query(message))
+            elif isinstance(message, protocol.LogRequest):
+                await self._send_log(channel, message)
             else:
                 raise ProtocolError(f"a client cannot send {message.type}", code="unexpected")
 
@@ -165,7 +179,7 @@ class Dispatcher:
         finally:
             del self._sessions[session]
             if not self._closing:
-                self._carry_out(self.scheduler.disconnect(name, session))
+                self._carry_out(self.scheduler.disconnect(name, session, self._clock()))
 
     def _register(self, channel: Channel, session: int, message: protocol.Register) -> None:
         lease = None
@@ -196,6 +210,13 @@ class Dispatcher:
             return
         if isinstance(message, protocol.Output):
             self._on_output(name, session, message)
+        elif isinstance(message, protocol.Started):
+            job = self._leased(message.build_id, message.attempt, name, session)
+            if job is not None:
+                timeout, grace = message.timeout, message.kill_grace
+                self.scheduler.started(job, timeout, grace, self._clock())
+        elif isinstance(message, protocol.Artifact):
+            self._on_artifact(name, session, message)
         elif isinstance(message, protocol.Result):
             self._on_result(channel, name, session, message)
         else:
@@ -210,21 +231,99 @@ class Dispatcher:
             return protocol.Submitted(build_id=known.id, sha=sha, queued=False, status=known.status)
         record = self.store.add_build(sha, branch, self._wall())
         log.info("queued build %d of %s (%s)", record.id, sha[:12], branch)
-        self._carry_out(self.scheduler.add_build(record.id, sha, branch))
+        self._carry_out(self.scheduler.add_build(record.id, sha, branch, self._clock()))
         return protocol.Submitted(build_id=record.id, sha=sha, queued=True, status=record.status)
 
-    def _on_output(self, name: str, session: int, message: protocol.Output) -> None:
-        try:  # malformed is malformed, stale or not; ValueError: non-ASCII text
-            data = base64.b64decode(message.data, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise ProtocolError(f"output data is not base64: {e}") from None
+    def cancel(self, sha: str) -> protocol.Reply:
+        """Cancel the newest build of a commit: at once if queued, through its runner if
+        running; a finished or unknown commit is said to be so."""
+        record = self.store.latest_for(sha)
+        if record is None:
+            return protocol.Reply(status="unknown", message=f"no build of {sha} is known")
+        if record.status.finished:
+            return protocol.Reply(
+                status=record.status,
+                message=f"build {record.id} of {sha} already finished ({record.status}); "
+                "nothing to cancel",
+            )
+        actions = self.scheduler.cancel(record.id, self._clock(), reason="cancelled by request")
+        self._carry_out(actions)
+        if record.status is BuildStatus.QUEUED:
+            return protocol.Reply(status="cancelled", message=f"build {record.id} cancelled")
+        return protocol.Reply(
+            status="cancelling",
+            message=f"build {record.id} is being stopped on runner {record.runner}",
+        )
+
+    def query(self, message: protocol.Query) -> protocol.Reply:
+        """``status``: the pool, the queue and the last builds; ``show``: one commit."""
+        if message.what == "status":
+            document = status_document(self.scheduler, self.store, self._clock(), message.limit)
+            return protocol.Reply(status="ok", document=json.dumps(document))
+        assert message.sha is not None, "checked by the protocol"
+        record = self.store.latest_for(message.sha)
+        if record is None:
+            return protocol.Reply(status="unknown", message=f"no build of {message.sha} is known")
+        result = self.results.read_result(message.sha)
+        if result is None or result.get("build_id") != record.id:
+            result = build_summary(record)
+        return protocol.Reply(status=record.status, document=json.dumps(result))
+
+    async def _send_log(self, channel: Channel, request: protocol.LogRequest) -> None:
+        """Send a commit's log; when following, keep sending until the build ends, then
+        say how it ended."""
+        record = self.store.latest_for(request.sha)
+        if record is None:
+            channel.post(
+                protocol.Reply(status="unknown", message=f"no build of {request.sha} is known")
+            )
+            return
+        follower = None
+        if request.follow and not record.status.finished:
+            follower = LogFollower()
+            self._followers[request.sha].add(follower)
         try:
-            job = self.scheduler.check_lease(message.build_id, message.attempt, name, session)
+            await _send_chunks(channel, self.results.read_log(request.sha, request.offset))
+            while follower is not None and (data := await follower.next()) is not None:
+                await _send_chunks(channel, data)
+        finally:
+            if follower is not None:
+                self._followers[request.sha].discard(follower)
+        record = self.store.get(record.id) or record
+        if follower is not None and follower.overflowed:
+            message = "the log reader fell too far behind; run the command again"
+            channel.post(protocol.Reply(status="error", message=message))
+        else:
+            channel.post(protocol.Reply(status=record.status, message=record.message))
+
+    def _leased(self, build_id: int, attempt: int, name: str, session: int) -> Job | None:
+        """The job if this session holds its lease; stale messages are dropped quietly."""
+        try:
+            return self.scheduler.check_lease(build_id, attempt, name, session)
         except StaleResult as e:
-            log.debug("dropped output from %s: %s", name, e)
+            log.debug("dropped a message from %s: %s", name, e)
+            return None
+
+    def _on_output(self, name: str, session: int, message: protocol.Output) -> None:
+        data = _decode(message.data)  # malformed is malformed, stale or not
+        job = self._leased(message.build_id, message.attempt, name, session)
+        if job is None:
             return
         try:
-            self.results.append_output(job.sha, message.offset, data)
+            new = self.results.append_output(job.sha, message.offset, data)
+        except StorageError as e:
+            log.error("build %d: %s", job.build_id, e)
+            return
+        for follower in self._followers.get(job.sha, ()):
+            follower.push(new)
+
+    def _on_artifact(self, name: str, session: int, message: protocol.Artifact) -> None:
+        data = _decode(message.data)
+        job = self._leased(message.build_id, message.attempt, name, session)
+        if job is None:
+            return
+        try:
+            self.results.append_artifact(job.sha, message.name, message.offset, data)
         except StorageError as e:
             log.error("build %d: %s", job.build_id, e)
 
@@ -243,14 +342,17 @@ class Dispatcher:
             log.warning("refused a result from %s: %s", name, e)
             channel.post(protocol.ResultAck(**ack, accepted=False, reason=str(e)))
             return
+        text = message.message
+        if job.stopping is not None and status in (BuildStatus.CANCELLED, BuildStatus.TIMEOUT):
+            status, text = job.stopping, job.stop_reason  # stopped because we asked
         try:
-            self._record(job, status, message.message, message)
+            self._record(job, status, text, message)
         except StorageError as e:
             log.error("build %d: result not recorded, the runner will retry: %s", job.build_id, e)
             channel.post(protocol.ResultAck(**ack, accepted=False, retry=True, reason=str(e)))
             return
         channel.post(protocol.ResultAck(**ack, accepted=True))
-        self._carry_out(self.scheduler.finish(job.build_id))
+        self._carry_out(self.scheduler.finish(job.build_id, self._clock()))
 
     def _record(
         self, job: Job, status: BuildStatus, message: str, result: protocol.Result | None
@@ -264,6 +366,8 @@ class Dispatcher:
         self.results.write_result(job.sha, document)
         self.store.finish(job.build_id, status, finished_at, message)
         log.info("build %d of %s: %s", job.build_id, job.sha[:12], status)
+        for follower in self._followers.pop(job.sha, ()):
+            follower.end()
         if self._result_hook is not None:
             self._result_hook(document)
 
@@ -292,11 +396,13 @@ class Dispatcher:
                 why = f"attempt {action.attempt} lost with runner {action.lost_runner}: "
                 log.warning("build %d re-queued: %s%s", action.build_id, why, action.reason)
                 self.store.mark_queued(action.build_id, why + action.reason)
-            case GiveUp():
+            case EndBuild():
                 record = self.store.get(action.build_id)
                 assert record is not None
-                log.error("build %d: %s", action.build_id, action.reason)
-                self._record(record.to_job(), BuildStatus.ERROR, action.reason, None)
+                log.warning(
+                    "build %d ends as %s: %s", action.build_id, action.status, action.reason
+                )
+                self._record(record.to_job(), action.status, action.reason, None)
             case CloseSession():
                 channel = self._sessions.get(action.session)
                 if channel is not None:
@@ -320,37 +426,19 @@ def _build_message(action: StartBuild) -> protocol.Build:
     )
 
 
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+def _decode(data: str) -> bytes:
+    try:  # ValueError: non-ASCII text
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ProtocolError(f"data is not base64: {e}") from None
 
 
-def result_document(
-    record: BuildRecord,
-    status: BuildStatus,
-    message: str,
-    result: protocol.Result | None,
-    finished_at: float,
-) -> dict[str, Any]:
-    """The content of ``result.json``: what happened, where, when, and the test counts."""
-    return {
-        "sha": record.sha,
-        "branch": record.branch,
-        "build_id": record.id,
-        "status": str(status),
-        "exit_code": result.exit_code if result else None,
-        "duration": round(result.duration, 3) if result else None,
-        "message": message,
-        "runner": record.runner,
-        "attempt": record.attempt,
-        "runners": record.runners,
-        "tests": dict(result.counts) if result else {},
-        "failures": list(result.failures) if result else [],
-        "queued_at": _iso(record.queued_at),
-        "started_at": _iso(record.started_at),
-        "finished_at": _iso(finished_at),
-    }
+async def _send_chunks(channel: Channel, data: bytes) -> None:
+    """Send log bytes in frames, waiting for the reader (its own pace, its own connection)."""
+    step = defaults.OUTPUT_CHUNK_BYTES * 3 // 4
+    for start in range(0, len(data), step):
+        chunk = base64.b64encode(data[start : start + step]).decode("ascii")
+        await channel.send(protocol.LogData(data=chunk))
 
 
 async def run_dispatcher(
@@ -361,6 +449,8 @@ async def run_dispatcher(
     *,
     heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT,
     max_attempts: int = defaults.MAX_ATTEMPTS,
+    build_timeout: float = defaults.BUILD_TIMEOUT,
+    max_log_bytes: int = defaults.MAX_LOG_BYTES,
     on_result: ResultHook | None = None,
     ready: Callable[[Address], None] | None = None,
 ) -> None:
@@ -368,9 +458,10 @@ async def run_dispatcher(
     store = Store(state_file)
     dispatcher = Dispatcher(
         store,
-        ResultsFolder(results_dir),
+        ResultsFolder(results_dir, max_log_bytes),
         heartbeat_timeout=heartbeat_timeout,
         max_attempts=max_attempts,
+        build_timeout=build_timeout,
         on_result=on_result,
     )
     try:

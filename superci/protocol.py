@@ -37,6 +37,10 @@ MAX_LIST: Final = 1000
 MAX_BRANCH: Final = 200
 #: Integers stay within what SQLite and every JSON reader hold exactly.
 MAX_INT: Final = 2**53
+#: Longest JSON document in a reply (a status table, one result).
+MAX_DOCUMENT: Final = 512 * 1024
+#: Report files a runner may send along with a result; each becomes test_results/<sha>/<name>.
+ARTIFACT_NAMES: Final = ("junit.xml",)
 
 
 class _NeedData:
@@ -118,8 +122,20 @@ def _check_role(value: str) -> str:
     return value
 
 
-def _check(fn: Any, max_len: int = MAX_STRING) -> Any:
-    return field(metadata={"check": fn, "max_len": max_len})
+def _check_artifact_name(value: str) -> str:
+    if value not in ARTIFACT_NAMES:
+        raise ProtocolError(f"unknown artifact {value!r:.40}; known: {', '.join(ARTIFACT_NAMES)}")
+    return value
+
+
+def _check_query(value: str) -> str:
+    if value not in ("status", "show"):
+        raise ProtocolError(f"query must be 'status' or 'show', got {value!r:.40}")
+    return value
+
+
+def _check(fn: Any, max_len: int = MAX_STRING, **default: Any) -> Any:
+    return field(**default, metadata={"check": fn, "max_len": max_len})
 
 
 def _text(max_len: int = MAX_TEXT, default: str = "") -> Any:
@@ -271,6 +287,77 @@ class Submitted(Message):
     status: str = _check(_check_status)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Started(Message):
+    """Runner → dispatcher: the tests started with this time limit, so the dispatcher can
+    enforce the deadline even if the runner wedges."""
+
+    type: ClassVar[str] = "started"
+    build_id: int = _check(_check_positive)
+    attempt: int = _check(_check_positive)
+    timeout: float = _check(_check_non_negative)
+    kill_grace: float = _check(_check_non_negative)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Artifact(Message):
+    """Runner → dispatcher: bytes ``offset``.. of a report file (base64), sent before the result."""
+
+    type: ClassVar[str] = "artifact"
+    build_id: int = _check(_check_positive)
+    attempt: int = _check(_check_positive)
+    name: str = _check(_check_artifact_name)
+    offset: int = _check(_check_non_negative)
+    data: str = _text(defaults.OUTPUT_CHUNK_BYTES * 2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CancelRequest(Message):
+    """Client → dispatcher: cancel the newest build of this commit."""
+
+    type: ClassVar[str] = "cancel_request"
+    sha: str = _check(check_sha)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogRequest(Message):
+    """Client → dispatcher: send a commit's log from ``offset``; with ``follow``, until it ends."""
+
+    type: ClassVar[str] = "log_request"
+    sha: str = _check(check_sha)
+    offset: int = _check(_check_non_negative, default=0)
+    follow: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogData(Message):
+    """Dispatcher → client: a piece of a log (base64)."""
+
+    type: ClassVar[str] = "log_data"
+    data: str = _text(defaults.OUTPUT_CHUNK_BYTES * 2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Query(Message):
+    """Client → dispatcher: ``status`` (pool, queue, last builds) or ``show`` (one commit)."""
+
+    type: ClassVar[str] = "query"
+    what: str = _check(_check_query)
+    sha: str | None = _check(check_sha, default=None)
+    limit: int = _check(_check_positive, default=20)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reply(Message):
+    """Dispatcher → client: the answer to a request, as a status word, a sentence for
+    people and, for queries, a JSON document (parsed by the client)."""
+
+    type: ClassVar[str] = "reply"
+    status: str = _text(64)
+    message: str = _text()
+    document: str = _text(MAX_DOCUMENT)
+
+
 MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
     cls.type: cls
     for cls in (
@@ -287,6 +374,13 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
         Cancel,
         Submit,
         Submitted,
+        Started,
+        Artifact,
+        CancelRequest,
+        LogRequest,
+        LogData,
+        Query,
+        Reply,
     )
 }
 

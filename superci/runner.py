@@ -14,10 +14,12 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from superci import client, defaults, protocol
@@ -33,6 +35,7 @@ from superci.errors import (
     WorkspaceError,
 )
 from superci.execute import Execution, build_environment, run_command
+from superci.junit import parse_junit_bytes, pytest_junit_option
 from superci.status import BuildStatus
 from superci.summary import parse_summary
 from superci.workspace import Workspace
@@ -54,6 +57,7 @@ class ActiveBuild:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     result: protocol.Result | None = None
+    report: bytes = b""  # the JUnit XML report, sent with the result
 
     def matches(self, build_id: int, attempt: int) -> bool:
         return (self.build.build_id, self.build.attempt) == (build_id, attempt)
@@ -101,6 +105,7 @@ class Runner:
         self.kill_grace = kill_grace
         self._channel: Channel | None = None
         self._current: ActiveBuild | None = None
+        self._scratch = Path(tempfile.gettempdir()) / f"superci-runner-{os.getpid()}"
         self._workspace_lock = asyncio.Lock()  # one build at a time in the clone, dying ones too
         self._backoff = Backoff()
 
@@ -120,6 +125,7 @@ class Runner:
                 log.info("reconnecting to %s in %.1fs", self.address, delay)
                 await asyncio.sleep(delay)
         finally:
+            shutil.rmtree(self._scratch, ignore_errors=True)
             dying = self._abandon_current("runner stopping")
             if dying is not None:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
@@ -168,8 +174,7 @@ class Runner:
             current.sent = reply.output_offset
             self._channel = channel
             await self._send_output(current)
-            if current.result is not None:
-                await channel.send(current.result)
+            await self._send_result(current)
 
     async def _send_heartbeats(self, channel: Channel) -> None:
         try:
@@ -201,10 +206,13 @@ class Runner:
         active.task = asyncio.create_task(self._run_and_report(active))
 
     def _on_cancel(self, message: protocol.Cancel) -> None:
+        """Stop the build (SIGTERM, grace, SIGKILL); its result then says it was stopped."""
         current = self._current
         if current is None or not current.matches(message.build_id, message.attempt):
             return
-        self._abandon_current(f"cancelled by the dispatcher: {message.reason}")
+        if current.result is None:
+            log.warning("stopping build %d: %s", message.build_id, message.reason)
+            current.cancel.set()
 
     def _on_ack(self, ack: protocol.ResultAck) -> None:
         current = self._current
@@ -256,11 +264,30 @@ class Runner:
         await self._send_result(active)
 
     async def _send_result(self, active: ActiveBuild) -> None:
+        """Send the report, then the result (both again after a reconnect if need be)."""
         channel = self._channel
         if channel is None or active.result is None or self._current is not active:
             return  # sent again after the next registration
+        step = defaults.OUTPUT_CHUNK_BYTES * 3 // 4
         with contextlib.suppress(ConnectionClosed):
+            for offset in range(0, len(active.report), step):
+                data = base64.b64encode(active.report[offset : offset + step]).decode("ascii")
+                await channel.send(
+                    protocol.Artifact(
+                        build_id=active.build.build_id,
+                        attempt=active.build.attempt,
+                        name="junit.xml",
+                        offset=offset,
+                        data=data,
+                    )  # fmt: skip
+                )
             await channel.send(active.result)
+
+    async def _send_quietly(self, message: protocol.Message) -> None:
+        """Send if connected; what matters is re-sent after a reconnect anyway."""
+        if self._channel is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await self._channel.send(message)
 
     async def _emit(self, active: ActiveBuild, data: bytes) -> None:
         await active.write(data)
@@ -297,44 +324,73 @@ class Runner:
         try:
             await asyncio.to_thread(self.workspace.prepare, build.sha)
             config = load_build_config(self.workspace.path)
+            report = self._report_path(config.junit)
         except (WorkspaceError, ConfigError) as e:
             await emit(f"superci: {e}\n".encode())
-            return self._result(active, BuildStatus.ERROR, None, time.monotonic() - started, str(e))
+            return self._result(active, BuildStatus.ERROR, None, started, str(e))
         timeout = config.timeout or self.build_timeout
+        await self._send_quietly(
+            protocol.Started(
+                build_id=build.build_id,
+                attempt=build.attempt,
+                timeout=timeout,
+                kill_grace=self.kill_grace,
+            )  # fmt: skip
+        )
         await emit(f"superci: $ {config.command}\n".encode())
-        env = build_environment(
-            os.environ,
-            {
-                "SUPERCI_COMMIT": build.sha,
-                "SUPERCI_BRANCH": build.branch,
-                "SUPERCI_BUILD_ID": str(build.build_id),
-                "SUPERCI_ATTEMPT": str(build.attempt),
-            },
-        )
         execution = await run_command(
-            config.command, self.workspace.path, env, timeout, self.kill_grace, emit, active.cancel
-        )
+            config.command, self.workspace.path, self._environment(build, config.junit, report),
+            timeout, self.kill_grace, emit, active.cancel,
+        )  # fmt: skip
         status, message = _outcome(execution, timeout)
         await emit(f"superci: {message}\n".encode())
-        return self._result(
-            active, status, execution.exit_code, time.monotonic() - started, message
-        )
+        active.report = _read_report(report)
+        return self._result(active, status, execution.exit_code, started, message)
+
+    def _report_path(self, junit: str | None) -> Path:
+        """Where this build's JUnit report will be: the repository's own, or one we ask
+        pytest for, outside the checkout (so ``clean -xdff`` and the tests leave it be)."""
+        if junit is None:
+            self._scratch.mkdir(parents=True, exist_ok=True)
+            path = self._scratch / "junit.xml"
+            path.unlink(missing_ok=True)
+            return path
+        root = self.workspace.path.resolve()
+        path = (root / junit).resolve()
+        if not path.is_relative_to(root):
+            raise ConfigError(f"junit = {junit!r} in .superci.toml points outside the checkout")
+        return path
+
+    def _environment(
+        self, build: protocol.Build, junit: str | None, report: Path
+    ) -> dict[str, str]:
+        extra = {
+            "SUPERCI_COMMIT": build.sha,
+            "SUPERCI_BRANCH": build.branch,
+            "SUPERCI_BUILD_ID": str(build.build_id),
+            "SUPERCI_ATTEMPT": str(build.attempt),
+        }
+        if junit is None:
+            extra["PYTEST_ADDOPTS"] = pytest_junit_option(
+                report, os.environ.get("PYTEST_ADDOPTS", "")
+            )
+        return build_environment(os.environ, extra)
 
     def _result(
         self,
         active: ActiveBuild,
         status: BuildStatus,
         exit_code: int | None,
-        duration: float,
+        started: float,
         message: str,
     ) -> protocol.Result:
-        summary = parse_summary(active.tail(SUMMARY_TAIL_BYTES))
+        summary = parse_junit_bytes(active.report) or parse_summary(active.tail(SUMMARY_TAIL_BYTES))
         return protocol.Result(
             build_id=active.build.build_id,
             attempt=active.build.attempt,
             status=status,
             exit_code=exit_code,
-            duration=duration,
+            duration=time.monotonic() - started,
             output_bytes=active.size,
             message=message[: protocol.MAX_TEXT],
             counts=summary.counts,
@@ -342,6 +398,19 @@ class Runner:
                 name[: protocol.MAX_STRING] for name in summary.failures[: protocol.MAX_LIST]
             ],
         )
+
+
+def _read_report(path: Path) -> bytes:
+    """The report's bytes, if the run wrote one of a size worth keeping."""
+    try:
+        if path.stat().st_size > defaults.MAX_REPORT_BYTES:
+            log.warning(
+                "JUnit report %s is larger than %d bytes; not kept", path, defaults.MAX_REPORT_BYTES
+            )
+            return b""
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def _outcome(execution: Execution, timeout: float) -> tuple[BuildStatus, str]:

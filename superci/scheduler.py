@@ -39,6 +39,10 @@ class Job:
     attempt: int = 0
     runner: str | None = None
     runners: list[str] = field(default_factory=list)
+    deadline: float | None = None  # when a running attempt has overstayed its time limit
+    stopping: BuildStatus | None = None  # cancelled or timeout, once asked to stop
+    stop_by: float | None = None  # when a runner that was asked to stop is given up on
+    stop_reason: str = ""
 
     @property
     def lease(self) -> Lease:
@@ -89,12 +93,12 @@ class Requeue:
 
 
 @dataclass(frozen=True)
-class GiveUp:
-    """Every attempt was lost with its runner; record the build as an error saying why."""
+class EndBuild:
+    """The build ends without a runner's result (runners lost, cancelled while queued, a
+    wedged runner); record it with this status and reason."""
 
     build_id: int
-    attempt: int
-    runners: tuple[str, ...]
+    status: BuildStatus
     reason: str
 
 
@@ -116,7 +120,7 @@ class CancelLease:
     reason: str
 
 
-Action = StartBuild | Requeue | GiveUp | CloseSession | CancelLease
+Action = StartBuild | Requeue | EndBuild | CloseSession | CancelLease
 
 
 class Scheduler:
@@ -126,9 +130,13 @@ class Scheduler:
         self,
         heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT,
         max_attempts: int = defaults.MAX_ATTEMPTS,
+        build_timeout: float = defaults.BUILD_TIMEOUT,
+        stop_grace: float = defaults.KILL_GRACE + defaults.DEADLINE_MARGIN,
     ) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         self.max_attempts = max_attempts
+        self.build_timeout = build_timeout  # until the runner says which limit applies
+        self.stop_grace = stop_grace  # how long a runner may take to stop a build
         self.jobs: dict[int, Job] = {}
         self.runners: dict[str, Runner] = {}
         self._queue: list[int] = []  # heap of build ids: oldest first
@@ -136,11 +144,11 @@ class Scheduler:
 
     # --- events ---------------------------------------------------------------------
 
-    def add_build(self, build_id: int, sha: str, branch: str) -> list[Action]:
+    def add_build(self, build_id: int, sha: str, branch: str, now: float) -> list[Action]:
         """A new build was stored; queue it and hand it out if a runner is free."""
         self.jobs[build_id] = Job(build_id, sha, branch)
         heapq.heappush(self._queue, build_id)
-        return self._dispatch()
+        return self._dispatch(now)
 
     def restore(self, jobs: Iterable[Job], now: float) -> list[Action]:
         """Take over the unfinished builds of a previous dispatcher process.
@@ -152,13 +160,14 @@ class Scheduler:
         for job in jobs:
             self.jobs[job.build_id] = job
             if job.status is BuildStatus.RUNNING and job.runner is not None:
+                job.deadline = now + self.build_timeout + self.stop_grace
                 self.runners[job.runner] = Runner(
                     job.runner, None, "", 0, last_seen=now, build_id=job.build_id
                 )
             else:
                 job.status = BuildStatus.QUEUED
                 heapq.heappush(self._queue, job.build_id)
-        return self._dispatch()
+        return self._dispatch(now)
 
     def register(
         self, name: str, session: int, host: str, pid: int, lease: Lease | None, now: float
@@ -181,7 +190,7 @@ class Scheduler:
         self.runners[name] = Runner(name, session, host, pid, now, build_id=adopted)
         if adopted is None:
             self._idle[name] = None
-        return actions + self._dispatch()
+        return actions + self._dispatch(now)
 
     def heartbeat(self, name: str, session: int, now: float) -> None:
         """The runner is alive; a heartbeat of a replaced session does not count."""
@@ -189,12 +198,12 @@ class Scheduler:
         if runner is not None and runner.session == session:
             runner.last_seen = now
 
-    def disconnect(self, name: str, session: int) -> list[Action]:
+    def disconnect(self, name: str, session: int, now: float) -> list[Action]:
         """A connection closed or reset: its runner is dead at once."""
         runner = self.runners.get(name)
         if runner is None or runner.session != session:
             return []
-        return self._mark_runner_dead(runner, "connection closed")
+        return self._mark_runner_dead(runner, "connection closed", now)
 
     def check_heartbeats(self, now: float) -> list[Action]:
         """Declare dead every runner silent for longer than the heartbeat timeout."""
@@ -204,7 +213,49 @@ class Scheduler:
             self._idle.pop(runner.name, None)
         for runner in dead:
             silent = now - runner.last_seen
-            actions += self._mark_runner_dead(runner, f"no heartbeat for {silent:.1f}s")
+            actions += self._mark_runner_dead(runner, f"no heartbeat for {silent:.1f}s", now)
+        return actions
+
+    def started(self, job: Job, timeout: float, kill_grace: float, now: float) -> None:
+        """The runner started the tests with this limit: the dispatcher's deadline follows."""
+        job.deadline = now + timeout + kill_grace + defaults.DEADLINE_MARGIN
+
+    def cancel(
+        self,
+        build_id: int,
+        now: float,
+        status: BuildStatus = BuildStatus.CANCELLED,
+        reason: str = "cancelled",
+    ) -> list[Action]:
+        """Stop a build: a queued one ends at once, a running one's runner is told to stop
+        it (and has ``stop_grace`` to report back before it is given up on)."""
+        job = self.jobs.get(build_id)
+        if job is None:
+            raise UnknownBuild(f"build {build_id} is neither queued nor running")
+        runner = self.runners.get(job.runner) if job.runner else None
+        if job.status is BuildStatus.QUEUED or runner is None or runner.session is None:
+            self._drop_job(job)
+            return [EndBuild(build_id, status, reason)] + self._dispatch(now)
+        if job.stopping is None:
+            job.stopping, job.stop_by, job.stop_reason = status, now + self.stop_grace, reason
+            return [CancelLease(runner.session, build_id, job.attempt, reason)]
+        return []
+
+    def check_deadlines(self, now: float) -> list[Action]:
+        """Stop builds that overstayed their time limit; end those whose runner did not
+        stop them in time, and declare that runner dead (it is wedged)."""
+        actions: list[Action] = []
+        for job in [j for j in self.jobs.values() if j.status is BuildStatus.RUNNING]:
+            if job.stopping is not None and job.stop_by is not None and now > job.stop_by:
+                runner = self.runners.get(job.runner) if job.runner else None
+                self._drop_job(job)
+                why = f"{job.stop_reason}; runner {job.runner} did not stop it and was dropped"
+                actions.append(EndBuild(job.build_id, job.stopping, why))
+                if runner is not None:
+                    actions += self._mark_runner_dead(runner, "did not stop a build", now)
+            elif job.stopping is None and job.deadline is not None and now > job.deadline:
+                why = "build overstayed its time limit; stopped by the dispatcher"
+                actions += self.cancel(job.build_id, now, BuildStatus.TIMEOUT, why)
         return actions
 
     def check_lease(self, build_id: int, attempt: int, name: str, session: int) -> Job:
@@ -221,17 +272,13 @@ class Scheduler:
             raise StaleResult(f"build {build_id} is not leased to this connection")
         return job
 
-    def finish(self, build_id: int) -> list[Action]:
+    def finish(self, build_id: int, now: float) -> list[Action]:
         """The build's result is recorded: forget the job, free its runner."""
-        job = self.jobs.pop(build_id, None)
+        job = self.jobs.get(build_id)
         if job is None:
             raise UnknownBuild(f"build {build_id} is not known to the scheduler")
-        runner = self.runners.get(job.runner) if job.runner else None
-        if runner is not None and runner.build_id == build_id:
-            runner.build_id = None
-            if runner.session is not None:
-                self._idle[runner.name] = None
-        return self._dispatch()
+        self._drop_job(job)
+        return self._dispatch(now)
 
     # --- views ----------------------------------------------------------------------
 
@@ -241,7 +288,16 @@ class Scheduler:
 
     # --- internals ------------------------------------------------------------------
 
-    def _mark_runner_dead(self, runner: Runner, reason: str) -> list[Action]:
+    def _drop_job(self, job: Job) -> None:
+        """Forget a job (its heap entry is skipped later) and free the runner it held."""
+        del self.jobs[job.build_id]
+        runner = self.runners.get(job.runner) if job.runner else None
+        if runner is not None and runner.build_id == job.build_id:
+            runner.build_id = None
+            if runner.session is not None:
+                self._idle[runner.name] = None
+
+    def _mark_runner_dead(self, runner: Runner, reason: str, now: float) -> list[Action]:
         del self.runners[runner.name]
         self._idle.pop(runner.name, None)
         actions: list[Action] = []
@@ -250,21 +306,26 @@ class Scheduler:
         job = self.jobs.get(runner.build_id) if runner.build_id is not None else None
         if job is not None:
             actions += self._lose_job(job, runner.name, reason)
-        return actions + self._dispatch()
+        return actions + self._dispatch(now)
 
     def _lose_job(self, job: Job, runner: str, reason: str) -> list[Action]:
         """The job's runner is gone: re-queue it, or give up after the last attempt."""
         job.runner = None
+        if job.stopping is not None:  # it was being stopped anyway: end it as asked
+            self.jobs.pop(job.build_id)
+            why = f"{job.stop_reason}; runner {runner} lost while stopping it"
+            return [EndBuild(job.build_id, job.stopping, why)]
         if job.attempt >= self.max_attempts:
             self.jobs.pop(job.build_id)
             tried = ", ".join(job.runners)
             why = f"runner lost on all {job.attempt} attempts ({tried}); last: {reason}"
-            return [GiveUp(job.build_id, job.attempt, tuple(job.runners), why)]
+            return [EndBuild(job.build_id, BuildStatus.ERROR, why)]
+        job.deadline = None
         job.status = BuildStatus.QUEUED
         heapq.heappush(self._queue, job.build_id)
         return [Requeue(job.build_id, job.attempt, runner, reason)]
 
-    def _dispatch(self) -> list[Action]:
+    def _dispatch(self, now: float) -> list[Action]:
         actions: list[Action] = []
         while self._queue and self._idle:
             build_id = heapq.heappop(self._queue)
@@ -280,6 +341,7 @@ class Scheduler:
             job.attempt += 1
             job.runner = name
             job.runners.append(name)
+            job.deadline = now + self.build_timeout + self.stop_grace
             actions.append(
                 StartBuild(runner.session, name, build_id, job.attempt, job.sha, job.branch)
             )

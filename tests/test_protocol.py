@@ -66,6 +66,15 @@ SAMPLES: dict[str, protocol.Message] = {
     "cancel": Cancel(build_id=7, attempt=2, reason="lease expired"),
     "submit": Submit(sha=SHA, branch="release-1.2", rebuild=True),
     "submitted": Submitted(build_id=9, sha=SHA, queued=False, status="passed"),
+    "started": protocol.Started(build_id=7, attempt=1, timeout=600.0, kill_grace=10.0),
+    "artifact": protocol.Artifact(
+        build_id=7, attempt=1, name="junit.xml", offset=0, data="PHRlc3RzdWl0ZS8+"
+    ),
+    "cancel_request": protocol.CancelRequest(sha=SHA),
+    "log_request": protocol.LogRequest(sha=SHA, offset=100, follow=True),
+    "log_data": protocol.LogData(data="aGVsbG8K"),
+    "query": protocol.Query(what="show", sha=SHA, limit=5),
+    "reply": protocol.Reply(status="ok", message="done", document='{"runners": []}'),
 }
 
 

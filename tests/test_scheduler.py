@@ -6,7 +6,7 @@ from superci.errors import StaleResult, UnknownBuild
 from superci.scheduler import (
     CancelLease,
     CloseSession,
-    GiveUp,
+    EndBuild,
     Job,
     Lease,
     Requeue,
@@ -36,7 +36,7 @@ def register(s: Scheduler, name: str, session: int, now: float = 0.0, lease=None
 
 
 def add(s: Scheduler, build_id: int, branch: str = "main"):
-    return s.add_build(build_id, sha(build_id), branch)
+    return s.add_build(build_id, sha(build_id), branch, 0.0)
 
 
 def of_type(actions, kind):
@@ -61,7 +61,7 @@ def test_build_goes_to_the_longest_idle_runner(sched):
     register(sched, "r3", 3, now=2.0)
     assert add(sched, 1) == [start(1, "r1", 1, 1)]
     # r1 becomes idle again after r2 and r3 were already waiting: it goes to the back
-    assert sched.finish(1) == []
+    assert sched.finish(1, 0.0) == []
     assert add(sched, 2) == [start(2, "r2", 2, 1)]
     assert add(sched, 3) == [start(3, "r3", 3, 1)]
     assert add(sched, 4) == [start(1, "r1", 4, 1)]
@@ -85,7 +85,7 @@ def test_build_waits_for_a_busy_runner_and_goes_out_when_it_finishes(sched):
     assert add(sched, 1) == [start(1, "r1", 1, 1)]
     assert add(sched, 2, branch="feature/x") == []
     assert [job.build_id for job in sched.queued()] == [2]
-    assert sched.finish(1) == [start(1, "r1", 2, 1, branch="feature/x")]
+    assert sched.finish(1, 0.0) == [start(1, "r1", 2, 1, branch="feature/x")]
     assert 1 not in sched.jobs
     assert sched.runners["r1"].build_id == 2
 
@@ -93,14 +93,14 @@ def test_build_waits_for_a_busy_runner_and_goes_out_when_it_finishes(sched):
 def test_finish_frees_the_runner_when_nothing_waits(sched):
     register(sched, "r1", 1)
     add(sched, 1)
-    assert sched.finish(1) == []
+    assert sched.finish(1, 0.0) == []
     assert sched.runners["r1"].state is RunnerState.IDLE
     assert sched.runners["r1"].build_id is None
 
 
 def test_finish_of_an_unknown_build_raises(sched):
     with pytest.raises(UnknownBuild):
-        sched.finish(42)
+        sched.finish(42, 0.0)
 
 
 # --- death by silence or by closed connection -------------------------------------------
@@ -150,7 +150,7 @@ def test_a_lost_build_is_not_handed_to_another_runner_that_is_silent_too(sched):
     add(sched, 1)
     actions = sched.check_heartbeats(20.0)
     assert of_type(actions, StartBuild) == []
-    assert of_type(actions, GiveUp) == []
+    assert of_type(actions, EndBuild) == []
     assert of_type(actions, Requeue) == [Requeue(1, 1, "a", "no heartbeat for 20.0s")]
     assert sorted(a.session for a in of_type(actions, CloseSession)) == [1, 2, 3]
     assert sched.runners == {}
@@ -161,7 +161,7 @@ def test_disconnect_is_death_at_once(sched):
     register(sched, "r1", 1)
     register(sched, "r2", 2)
     add(sched, 1)
-    actions = sched.disconnect("r1", 1)
+    actions = sched.disconnect("r1", 1, 0.0)
     assert actions == [
         CloseSession(1, "runner declared dead: connection closed"),
         Requeue(1, 1, "r1", "connection closed"),
@@ -172,7 +172,9 @@ def test_disconnect_is_death_at_once(sched):
 
 def test_disconnect_of_an_idle_runner_only_removes_it(sched):
     register(sched, "r1", 1)
-    assert sched.disconnect("r1", 1) == [CloseSession(1, "runner declared dead: connection closed")]
+    assert sched.disconnect("r1", 1, 0.0) == [
+        CloseSession(1, "runner declared dead: connection closed")
+    ]
     assert sched.runners == {}
     assert add(sched, 1) == []
 
@@ -181,7 +183,7 @@ def test_disconnect_of_an_already_replaced_session_changes_nothing(sched):
     register(sched, "r1", 1)
     add(sched, 1)
     register(sched, "r1", 2, lease=Lease(1, 1))  # adopted by the new session
-    assert sched.disconnect("r1", 1) == []
+    assert sched.disconnect("r1", 1, 0.0) == []
     assert sched.runners["r1"].session == 2
     assert sched.runners["r1"].build_id == 1
     assert sched.jobs[1].status is BuildStatus.RUNNING
@@ -189,19 +191,18 @@ def test_disconnect_of_an_already_replaced_session_changes_nothing(sched):
 
 
 def test_disconnect_of_an_unknown_runner_changes_nothing(sched):
-    assert sched.disconnect("ghost", 7) == []
+    assert sched.disconnect("ghost", 7, 0.0) == []
 
 
 def test_gives_up_after_max_attempts_naming_every_lost_runner(sched):
     add(sched, 1)
     for attempt, name in enumerate(["alpha", "beta", "gamma"], start=1):
         assert register(sched, name, attempt) == [start(attempt, name, 1, attempt)]
-        actions = sched.disconnect(name, attempt)
+        actions = sched.disconnect(name, attempt, 0.0)
     assert of_type(actions, Requeue) == []
-    (give_up,) = of_type(actions, GiveUp)
+    (give_up,) = of_type(actions, EndBuild)
     assert give_up.build_id == 1
-    assert give_up.attempt == 3
-    assert give_up.runners == ("alpha", "beta", "gamma")
+    assert give_up.status == "error"
     assert "runner lost" in give_up.reason
     for name in ("alpha", "beta", "gamma"):
         assert name in give_up.reason
@@ -213,9 +214,9 @@ def test_gives_up_after_max_attempts_naming_every_lost_runner(sched):
 def test_requeue_before_the_last_attempt_does_not_give_up(sched):
     add(sched, 1)
     register(sched, "a", 1)
-    assert of_type(sched.disconnect("a", 1), GiveUp) == []
+    assert of_type(sched.disconnect("a", 1, 0.0), EndBuild) == []
     register(sched, "b", 2)
-    assert of_type(sched.disconnect("b", 2), GiveUp) == []
+    assert of_type(sched.disconnect("b", 2, 0.0), EndBuild) == []
     assert sched.jobs[1].attempt == 2
 
 
@@ -227,7 +228,7 @@ def leased(sched):
     """r1 (session 1) holds build 1 attempt 2; r2 (session 2) holds build 2."""
     register(sched, "r0", 9)
     add(sched, 1)
-    sched.disconnect("r0", 9)  # attempt 1 lost
+    sched.disconnect("r0", 9, 0.0)  # attempt 1 lost
     register(sched, "r1", 1)
     register(sched, "r2", 2)
     add(sched, 2)
@@ -290,13 +291,13 @@ def test_exactly_one_result_is_accepted_when_a_dead_runner_comes_back(sched):
         sched.check_lease(1, 1, "r1", 3)
     # the current holder's result is the one accepted
     assert sched.check_lease(1, 2, "r2", 2).attempt == 2
-    sched.finish(1)
+    sched.finish(1, 0.0)
     # and nothing about build 1 is accepted afterwards, from anyone
     for attempt, name, session in [(2, "r2", 2), (1, "r1", 3), (1, "r1", 1)]:
         with pytest.raises(StaleResult):
             sched.check_lease(1, attempt, name, session)
     with pytest.raises(UnknownBuild):
-        sched.finish(1)
+        sched.finish(1, 0.0)
 
 
 # --- reconnects -----------------------------------------------------------------------
@@ -340,7 +341,7 @@ def test_reconnect_that_claims_its_current_lease_is_adopted(sched):
 def test_registration_claiming_a_stale_lease_is_told_to_cancel(sched):
     register(sched, "r1", 1)
     add(sched, 1)
-    sched.disconnect("r1", 1)
+    sched.disconnect("r1", 1, 0.0)
     register(sched, "r2", 2)  # takes attempt 2
     actions = register(sched, "r1", 3, lease=Lease(1, 1))
     assert actions == [CancelLease(3, 1, 1, "lease expired")]
@@ -443,3 +444,78 @@ def test_restored_build_is_requeued_when_its_runner_returns_without_it(restored)
         Requeue(4, 2, "r1", "runner reconnected without its build"),
         start(7, "r1", 4, 3),
     ]
+
+
+# --- cancel and deadlines -----------------------------------------------------------------
+
+
+@pytest.fixture
+def timed() -> Scheduler:
+    return Scheduler(heartbeat_timeout=1000.0, max_attempts=3, build_timeout=60.0, stop_grace=5.0)
+
+
+def test_cancel_of_a_queued_build_ends_it_at_once_and_it_is_never_dispatched(timed):
+    add(timed, 1)
+    assert timed.cancel(1, now=0.0) == [EndBuild(1, BuildStatus.CANCELLED, "cancelled")]
+    assert 1 not in timed.jobs
+    assert register(timed, "r1", 1) == []
+
+
+def test_cancel_of_a_running_build_asks_its_runner_to_stop_and_keeps_the_lease(timed):
+    add(timed, 1)
+    register(timed, "r1", 1)
+    assert timed.cancel(1, now=1.0, reason="by request") == [CancelLease(1, 1, 1, "by request")]
+    assert timed.check_lease(1, 1, "r1", 1).stopping is BuildStatus.CANCELLED
+    assert timed.cancel(1, now=2.0) == []  # asking twice changes nothing
+    assert timed.finish(1, now=3.0) == []
+    assert timed.runners["r1"].state is RunnerState.IDLE
+
+
+def test_cancel_of_an_unknown_build_is_refused(timed):
+    with pytest.raises(UnknownBuild):
+        timed.cancel(99, now=0.0)
+
+
+def test_build_past_its_deadline_is_stopped_as_timeout_by_the_dispatcher(timed):
+    add(timed, 1)
+    register(timed, "r1", 1, now=0.0)
+    timed.started(timed.jobs[1], timeout=10.0, kill_grace=2.0, now=0.0)
+    deadline = 10.0 + 2.0 + 5.0  # timeout + kill grace + DEADLINE_MARGIN
+    assert timed.check_deadlines(deadline) == []
+    (cancel,) = timed.check_deadlines(deadline + 0.1)
+    assert isinstance(cancel, CancelLease) and (cancel.session, cancel.build_id) == (1, 1)
+    assert timed.jobs[1].stopping is BuildStatus.TIMEOUT
+
+
+def test_build_without_a_started_message_gets_the_dispatchers_default_deadline(timed):
+    add(timed, 1)
+    register(timed, "r1", 1, now=0.0)
+    assert timed.check_deadlines(60.0 + 5.0) == []
+    assert of_type(timed.check_deadlines(65.1), CancelLease) != []
+
+
+def test_runner_that_does_not_stop_a_build_in_time_is_dropped_and_the_build_ends(timed):
+    add(timed, 1)
+    add(timed, 2)
+    register(timed, "wedged", 1, now=0.0)
+    timed.cancel(1, now=10.0)
+    assert timed.check_deadlines(15.0) == []  # within the stop grace
+    actions = timed.check_deadlines(15.1)
+    (end,) = of_type(actions, EndBuild)
+    assert end.build_id == 1 and end.status is BuildStatus.CANCELLED
+    assert "wedged did not stop it" in end.reason
+    assert of_type(actions, CloseSession) == [
+        CloseSession(1, "runner declared dead: did not stop a build")
+    ]
+    assert of_type(actions, Requeue) == [] and "wedged" not in timed.runners
+    assert [job.build_id for job in timed.queued()] == [2]  # build 2 waits for a live runner
+
+
+def test_runner_lost_while_stopping_a_build_ends_it_as_asked_not_requeued(timed):
+    add(timed, 1)
+    register(timed, "r1", 1)
+    timed.cancel(1, now=1.0)
+    actions = timed.disconnect("r1", 1, now=2.0)
+    assert of_type(actions, Requeue) == []
+    (end,) = of_type(actions, EndBuild)
+    assert end.status is BuildStatus.CANCELLED

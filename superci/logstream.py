@@ -1,0 +1,51 @@
+"""Following a build's log live: the output of a running build, pushed to each reader.
+
+A follower gets the log file as it stands, then every new chunk as the dispatcher
+receives it, until the build ends. Chunks wait in memory only up to a bound: a reader
+that falls that far behind is dropped rather than allowed to grow the dispatcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from superci import defaults
+
+
+class LogFollower:
+    """The queue between the dispatcher receiving output and one client reading it."""
+
+    def __init__(self, limit: int = defaults.MAX_SEND_BUFFER) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self._limit = limit
+        self._wakeup = asyncio.Event()
+        self.ended = False
+        self.overflowed = False
+
+    def push(self, data: bytes) -> None:
+        if self.overflowed or not data:
+            return
+        if self._queued + len(data) > self._limit:
+            self.overflowed = True
+        else:
+            self._chunks.append(data)
+            self._queued += len(data)
+        self._wakeup.set()
+
+    def end(self) -> None:
+        """The build is over; the reader gets what is queued, then stops."""
+        self.ended = True
+        self._wakeup.set()
+
+    async def next(self) -> bytes | None:
+        """The next chunk, or None once the build ended (or the reader fell behind)."""
+        while not self._chunks:
+            if self.ended or self.overflowed:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        data = self._chunks.popleft()
+        self._queued -= len(data)
+        return data

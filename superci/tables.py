@@ -1,0 +1,70 @@
+"""Plain-text rendering of status and result documents for people at a terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns padded to their widest cell; ``-`` for a missing value."""
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = [headers, *cells]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)  # fmt: skip
+
+
+def _short(sha: str | None) -> str | None:
+    return sha[:12] if sha else None
+
+
+def _seconds(value: float | None) -> str | None:
+    return None if value is None else f"{value:.1f}s"
+
+
+def status_tables(document: dict[str, Any]) -> str:
+    """The three sections of ``superci status``."""
+    runners = [
+        (r["name"], r["host"], r["state"], _short(r["build"]), _seconds(r["since_heartbeat"]))
+        for r in document["runners"]
+    ]
+    queue = [
+        (q["build_id"], _short(q["sha"]), q["branch"], q["attempt"]) for q in document["queue"]
+    ]
+    builds = [
+        (b["build_id"], _short(b["sha"]), b["branch"], b["status"], _seconds(b["duration"]),
+         b["runner"], b["attempt"])
+        for b in document["builds"]
+    ]  # fmt: skip
+    return "\n\n".join(
+        [
+            f"Runners ({len(runners)})\n"
+            + table(["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT"], runners),
+            f"Queue ({len(queue)})\n" + table(["BUILD", "COMMIT", "BRANCH", "ATTEMPTS"], queue),
+            "Last builds\n"
+            + table(
+                ["BUILD", "COMMIT", "BRANCH", "STATUS", "DURATION", "RUNNER", "ATTEMPT"], builds
+            ),
+        ]
+    )
+
+
+def result_summary(result: dict[str, Any]) -> str:
+    """One commit's result: what, where, how long, the counts and the failing tests."""
+    lines = [
+        f"commit   {result['sha']} ({result['branch']})",
+        f"status   {result['status']}"
+        + (f": {result['message']}" if result.get("message") else ""),
+        f"build    {result['build_id']}, attempt {result['attempt']}"
+        f" on {result.get('runner') or '-'}",
+        f"duration {_seconds(result.get('duration')) or '-'}",
+    ]
+    tests = result.get("tests") or {}
+    if tests:
+        lines.append("tests    " + ", ".join(f"{v} {k}" for k, v in tests.items()))
+    failures = result.get("failures") or []
+    if failures:
+        lines.append(f"failing  ({len(failures)})")
+        lines += [f"  {name}" for name in failures]
+    return "\n".join(lines)
