@@ -28,6 +28,7 @@ class BuildLog:
         self.max_bytes = max_bytes
         self._state_path = path.with_name(f".{path.name}.state")
         self.raw, self.dropped, self._marker_len, self._cut_size = 0, 0, 0, 0
+        self._head_len = 0  # bytes kept before the marker, fixed by the first cut
         try:
             if fresh:
                 self._state_path.unlink(missing_ok=True)
@@ -45,6 +46,7 @@ class BuildLog:
             state = json.loads(self._state_path.read_text())
             self.dropped, self._marker_len = state["dropped"], state["marker_len"]
             raw_at_cut, self._cut_size = state["raw"], state["size"]
+            self._head_len = state.get("head", self.max_bytes // 4)
         self.raw = raw_at_cut + size - self._cut_size
 
     def append(self, offset: int, data: bytes) -> bytes:
@@ -66,10 +68,12 @@ class BuildLog:
 
     def _cut_middle(self, new: bytes) -> None:
         """Rewrite the log as head + marker + tail, atomically."""
-        head_len, tail_len = self.max_bytes // 4, self.max_bytes // 2
+        tail_len = self.max_bytes // 2
         self._handle.close()
         content = self.path.read_bytes()
-        head = content[:head_len]
+        # Once cut, the head is whatever the first cut kept (it may be shorter than a
+        # quarter of the cap): taking more would copy the marker into the head.
+        head = content[: self._head_len if self._marker_len else self.max_bytes // 4]
         body = content[len(head) + self._marker_len :] + new
         tail = body[-tail_len:] if tail_len else b""
         self.dropped += len(body) - len(tail)
@@ -77,10 +81,10 @@ class BuildLog:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_bytes(head + marker + tail)
         os.replace(tmp, self.path)
-        self._marker_len = len(marker)
+        self._marker_len, self._head_len = len(marker), len(head)
         self._cut_size = len(head) + len(marker) + len(tail)
         state = {"raw": self.raw + len(new), "size": self._cut_size, "dropped": self.dropped,
-                 "marker_len": self._marker_len}  # fmt: skip
+                 "marker_len": self._marker_len, "head": self._head_len}  # fmt: skip
         self._state_path.write_text(json.dumps(state))
         self._handle = open(self.path, "ab", buffering=0)  # noqa: SIM115
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from superci import defaults, protocol
+from superci.auth import NO_CREDENTIALS, Credentials
 from superci.errors import ConfigError, ConnectionClosed, ProtocolError, RemoteError
 
 log = logging.getLogger(__name__)
@@ -21,16 +22,17 @@ READ_SIZE = 256 * 1024
 
 @dataclass(frozen=True)
 class Address:
-    """Where a dispatcher listens."""
+    """Where a dispatcher listens, and what it takes to be let in."""
 
     host: str
     port: int
+    credentials: Credentials = field(default=NO_CREDENTIALS, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def parse_address(text: str) -> Address:
+def parse_address(text: str, credentials: Credentials = NO_CREDENTIALS) -> Address:
     """``host:port`` or ``[v6-host]:port`` → :class:`Address`, with an error a user can act on."""
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
@@ -38,7 +40,7 @@ def parse_address(text: str) -> Address:
         raise ConfigError(
             f"dispatcher address must look like host:port (e.g. 127.0.0.1:8888), got {text!r}"
         )
-    return Address(host, int(port))
+    return Address(host, int(port), credentials)
 
 
 class Channel:

@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from superci import __version__, defaults
+from superci.auth import TOKEN_ENV, Credentials, client_tls, is_loopback, load_token, server_tls
 from superci.channel import Address, parse_address
 from superci.errors import SuperCIError
 
@@ -35,29 +36,46 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def _address(_ctx: click.Context, _param: click.Parameter, value: str) -> Address:
-    try:
-        return parse_address(value)
-    except SuperCIError as e:
-        raise click.BadParameter(str(e)) from None
-
-
 def _verbose_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "-v", "--verbose", is_flag=True, envvar="SUPERCI_VERBOSE", help="Log debug details."
     )(fn)
 
 
+_TOKEN_FILE_HELP = f"File holding the shared token [default: ${TOKEN_ENV}]."
+
+
 def _dispatcher_server_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--dispatcher-server",
-        "address",
-        default=f"{defaults.HOST}:{defaults.PORT}",
-        show_default=True,
-        envvar="SUPERCI_DISPATCHER",
-        callback=_address,
-        help="Where the dispatcher listens, host:port.",
-    )(fn)
+    """--dispatcher-server plus how to get in (token, TLS), handed on as one ``address``."""
+
+    @wraps(fn)
+    def wrapper(
+        dispatcher_server: str, token_file: Path | None, tls: bool, tls_ca: Path | None,
+        **kwargs: Any,
+    ) -> Any:  # fmt: skip
+        try:
+            credentials = Credentials(
+                token=load_token(token_file), ssl=client_tls(tls_ca) if tls or tls_ca else None
+            )
+            address = parse_address(dispatcher_server, credentials)
+        except SuperCIError as e:
+            raise click.ClickException(str(e)) from e
+        return fn(address=address, **kwargs)
+
+    options = [
+        click.option("--dispatcher-server", default=f"{defaults.HOST}:{defaults.PORT}",
+                     show_default=True, envvar="SUPERCI_DISPATCHER",
+                     help="Where the dispatcher listens, host:port."),
+        click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
+                     envvar="SUPERCI_TOKEN_FILE", help=_TOKEN_FILE_HELP),
+        click.option("--tls", is_flag=True, envvar="SUPERCI_TLS",
+                     help="Connect with TLS, trusting the system's certificate store."),
+        click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     envvar="SUPERCI_TLS_CA", help="Connect with TLS, trusting this CA bundle."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
 
 
 def _reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -164,6 +182,29 @@ def main() -> None:
     envvar="SUPERCI_MAX_LOG_BYTES",
     help="Largest output.log per build; past it the middle is dropped, the tail kept.",
 )
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SUPERCI_TOKEN_FILE",
+    help=_TOKEN_FILE_HELP,
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="SUPERCI_TLS_CERT",
+    help="Serve TLS with this certificate (chain).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="SUPERCI_TLS_KEY",
+    help="The private key of --tls-cert.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Listen beyond loopback without a token (anyone on the network may submit).",
+)
 @_verbose_option
 @_reports_errors
 def dispatcher_command(
@@ -175,12 +216,28 @@ def dispatcher_command(
     max_attempts: int,
     build_timeout: float,
     max_log_bytes: int,
+    token_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure: bool,
     verbose: bool,
 ) -> None:
     """Accept builds, keep the runner pool and record every result."""
     from superci.dispatcher import run_dispatcher
 
     _setup_logging(verbose)
+    token = load_token(token_file)
+    if token is None and not is_loopback(host):
+        if not insecure:
+            raise click.ClickException(
+                f"refusing to listen on {host} without a token: anyone who can reach it could "
+                f"run builds and read results. Set {TOKEN_ENV} (or --token-file) on the "
+                "dispatcher and every client, or pass --insecure to accept the risk."
+            )
+        log.warning("listening on %s without a token (--insecure)", host)
+    if (tls_cert is None) != (tls_key is None):
+        raise click.ClickException("--tls-cert and --tls-key go together")
+    tls = server_tls(tls_cert, tls_key) if tls_cert and tls_key else None
     state = state or results.resolve().parent / defaults.STATE_FILE
     _run_until_signalled(
         run_dispatcher(
@@ -192,6 +249,7 @@ def dispatcher_command(
             max_attempts=max_attempts,
             build_timeout=build_timeout,
             max_log_bytes=max_log_bytes,
+            credentials=Credentials(token=token, ssl=tls),
         )
     )
 

@@ -9,21 +9,40 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Callable
 
-from superci import defaults, protocol
+from superci import auth, defaults, protocol
 from superci.channel import Address, Channel
-from superci.errors import ConnectionClosed, DispatcherUnavailable, ProtocolError
+from superci.errors import (
+    AuthenticationError,
+    ConnectionClosed,
+    DispatcherUnavailable,
+    ProtocolError,
+)
 
 
 async def connect(address: Address, role: str, timeout: float = defaults.CLIENT_TIMEOUT) -> Channel:
-    """Open a connection and complete the handshake."""
+    """Open a connection (TLS if configured) and complete the handshake, proving the
+    token when the dispatcher asks for it."""
+    credentials = address.credentials
+    nonce = auth.new_nonce() if credentials.token else None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(address.host, address.port)
+            reader, writer = await asyncio.open_connection(
+                address.host, address.port, ssl=credentials.ssl,
+                server_hostname=address.host if credentials.ssl else None,
+            )  # fmt: skip
             channel = Channel(reader, writer)
-            await channel.send(protocol.Hello(version=protocol.PROTOCOL_VERSION, role=role))
+            hello = protocol.Hello(version=protocol.PROTOCOL_VERSION, role=role, nonce=nonce)
+            await channel.send(hello)
             welcome = await channel.receive()
+            if not isinstance(welcome, protocol.Welcome):
+                await channel.close()
+                raise ProtocolError(f"expected welcome from {address}, got {welcome.type}")
+            await _authenticate(channel, address, nonce, welcome)
+    except ssl.SSLError as e:
+        raise DispatcherUnavailable(f"TLS with the dispatcher at {address} failed: {e}") from e
     except OSError as e:
         reason = e.strerror or str(e)
         raise DispatcherUnavailable(
@@ -35,10 +54,30 @@ async def connect(address: Address, role: str, timeout: float = defaults.CLIENT_
         ) from e
     except ConnectionClosed as e:
         raise DispatcherUnavailable(f"the dispatcher at {address} closed the connection") from e
-    if not isinstance(welcome, protocol.Welcome):
-        await channel.close()
-        raise ProtocolError(f"expected welcome from {address}, got {welcome.type}")
     return channel
+
+
+async def _authenticate(
+    channel: Channel, address: Address, nonce: str | None, welcome: protocol.Welcome
+) -> None:
+    """Answer the dispatcher's challenge, then check its own proof of the token."""
+    token = address.credentials.token
+    if welcome.challenge is None:
+        return
+    if token is None or nonce is None:
+        await channel.close()
+        raise AuthenticationError(
+            f"the dispatcher at {address} requires a token: set {auth.TOKEN_ENV} or --token-file"
+        )
+    await channel.send(protocol.Auth(proof=auth.proof(token, "client", nonce, welcome.challenge)))
+    if welcome.proof is None or not auth.verify(
+        token, "server", nonce, welcome.challenge, welcome.proof
+    ):
+        await channel.close()
+        raise AuthenticationError(
+            f"the dispatcher at {address} does not know our token: "
+            f"check {auth.TOKEN_ENV} / --token-file on both sides"
+        )
 
 
 @contextlib.asynccontextmanager

@@ -75,3 +75,6 @@ DEADLINE_MARGIN = 5.0
 MAX_LOG_BYTES = 16 * 1024 * 1024
 #: Largest JUnit report a runner sends with a result (bytes).
 MAX_REPORT_BYTES = 8 * 1024 * 1024
+#: Connections allowed at once in their opening handshake (not yet authenticated), so a
+#: flood of idle sockets cannot exhaust the dispatcher.
+MAX_UNAUTHENTICATED = 128

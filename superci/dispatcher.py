@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from superci import __version__, defaults, protocol
+from superci import __version__, auth, defaults, protocol
+from superci.auth import NO_CREDENTIALS, Credentials
 from superci.channel import Address, Channel
 from superci.errors import (
     ConfigError,
@@ -64,6 +65,7 @@ class Dispatcher:
         heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT,
         max_attempts: int = defaults.MAX_ATTEMPTS,
         build_timeout: float = defaults.BUILD_TIMEOUT,
+        credentials: Credentials = NO_CREDENTIALS,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         on_result: ResultHook | None = None,
@@ -80,6 +82,8 @@ class Dispatcher:
         self._watchdog: asyncio.Task[None] | None = None
         self._closing = False
         self._followers: dict[str, set[LogFollower]] = defaultdict(set)
+        self._credentials = credentials
+        self._unauthenticated = 0  # connections still in their handshake
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -90,7 +94,10 @@ class Dispatcher:
             log.info("resuming %d unfinished build(s) from %s", len(unfinished), self.store.path)
         self._carry_out(self.scheduler.restore(unfinished, self._clock()))
         try:
-            self._server = await asyncio.start_server(self._serve, host, port)
+            self._server = await asyncio.start_server(
+                self._serve, host, port, ssl=self._credentials.ssl,
+                ssl_handshake_timeout=defaults.HANDSHAKE_TIMEOUT if self._credentials.ssl else None,
+            )  # fmt: skip
         except OSError as e:
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
         self._watchdog = asyncio.create_task(self._watch())
@@ -127,9 +134,17 @@ class Dispatcher:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         channel = Channel(reader, writer)
+        if self._unauthenticated >= defaults.MAX_UNAUTHENTICATED:
+            log.warning("refused %s: too many connections in their handshake", channel.peer)
+            busy = protocol.Error(code="busy", message="too many pending connections; retry later")
+            await channel.refuse(busy)
+            return
+        self._unauthenticated += 1
+        in_handshake = True
         try:
-            hello = protocol.check_hello(await channel.receive(defaults.HANDSHAKE_TIMEOUT))
-            channel.post(protocol.Welcome(version=protocol.PROTOCOL_VERSION, server=__version__))
+            hello = await self._handshake(channel)
+            self._unauthenticated -= 1
+            in_handshake = False
             if hello.role == "runner":
                 await self._serve_runner(channel)
             else:
@@ -148,7 +163,39 @@ class Dispatcher:
                 protocol.Error(code="internal", message="internal error; see the dispatcher log")
             )
         finally:
+            if in_handshake:
+                self._unauthenticated -= 1
             await channel.close()
+
+    async def _handshake(self, channel: Channel) -> protocol.Hello:
+        """Hello, welcome and, with a token, the challenge-response (see superci.auth)."""
+        hello = protocol.check_hello(await channel.receive(defaults.HANDSHAKE_TIMEOUT))
+        token = self._credentials.token
+        if token is None:
+            channel.post(protocol.Welcome(version=protocol.PROTOCOL_VERSION, server=__version__))
+            return hello
+        challenge = auth.new_nonce()
+        server_proof = auth.proof(token, "server", hello.nonce or "", challenge)
+        channel.post(
+            protocol.Welcome(
+                version=protocol.PROTOCOL_VERSION,
+                server=__version__,
+                challenge=challenge,
+                proof=server_proof,
+            )  # fmt: skip
+        )
+        try:
+            answer = await channel.receive(defaults.HANDSHAKE_TIMEOUT)
+        except ConnectionClosed:
+            log.warning("%s left without authenticating (missing or wrong token?)", channel.peer)
+            raise
+        if not (
+            isinstance(answer, protocol.Auth)
+            and hello.nonce is not None
+            and auth.verify(token, "client", hello.nonce, challenge, answer.proof)
+        ):
+            raise ProtocolError("authentication failed: wrong or missing token", code="auth")
+        return hello
 
     async def _serve_client(self, channel: Channel) -> None:
         while True:
@@ -451,6 +498,7 @@ async def run_dispatcher(
     max_attempts: int = defaults.MAX_ATTEMPTS,
     build_timeout: float = defaults.BUILD_TIMEOUT,
     max_log_bytes: int = defaults.MAX_LOG_BYTES,
+    credentials: Credentials = NO_CREDENTIALS,
     on_result: ResultHook | None = None,
     ready: Callable[[Address], None] | None = None,
 ) -> None:
@@ -462,6 +510,7 @@ async def run_dispatcher(
         heartbeat_timeout=heartbeat_timeout,
         max_attempts=max_attempts,
         build_timeout=build_timeout,
+        credentials=credentials,
         on_result=on_result,
     )
     try:

@@ -40,6 +40,10 @@ class DispatcherUnavailable(SuperCIError):
     """The dispatcher could not be reached or closed the connection."""
 
 
+class AuthenticationError(SuperCIError):
+    """A token was missing or wrong, on either side of the connection."""
+
+
 class ConfigError(SuperCIError):
     """A setting or a repository's .superci.toml is invalid."""
 

@@ -128,6 +128,12 @@ def _check_artifact_name(value: str) -> str:
     return value
 
 
+def _check_nonce(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{32,64}", value):
+        raise ProtocolError("nonces and proofs are 32-64 lowercase hex characters")
+    return value
+
+
 def _check_query(value: str) -> str:
     if value not in ("status", "show"):
         raise ProtocolError(f"query must be 'status' or 'show', got {value!r:.40}")
@@ -159,15 +165,27 @@ class Hello(Message):
     type: ClassVar[str] = "hello"
     version: int
     role: str = _check(_check_role)
+    nonce: str | None = _check(_check_nonce, default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Welcome(Message):
-    """Server → client: the handshake is accepted."""
+    """Server → client: the handshake is accepted; with a token, a challenge and the
+    server's own proof (see :mod:`superci.auth`)."""
 
     type: ClassVar[str] = "welcome"
     version: int
     server: str = _text(MAX_STRING)
+    challenge: str | None = _check(_check_nonce, default=None)
+    proof: str | None = _check(_check_nonce, default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Auth(Message):
+    """Client → server, after a welcome with a challenge: proof that it knows the token."""
+
+    type: ClassVar[str] = "auth"
+    proof: str = _check(_check_nonce)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -363,6 +381,7 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
     for cls in (
         Hello,
         Welcome,
+        Auth,
         Error,
         Register,
         Registered,

@@ -27,6 +27,7 @@ from superci.backoff import Backoff
 from superci.channel import Address, Channel
 from superci.config import load_build_config
 from superci.errors import (
+    AuthenticationError,
     ConfigError,
     ConnectionClosed,
     DispatcherUnavailable,
@@ -119,7 +120,7 @@ class Runner:
                     await self._session()
                 except (DispatcherUnavailable, ConnectionClosed) as e:
                     log.warning("%s", e)
-                except (ProtocolError, RemoteError) as e:
+                except (ProtocolError, RemoteError, AuthenticationError) as e:
                     log.error("dispatcher at %s refused us: %s", self.address, e)
                 delay = self._backoff.next_delay()
                 log.info("reconnecting to %s in %.1fs", self.address, delay)

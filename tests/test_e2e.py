@@ -209,3 +209,27 @@ def _read(path: Path) -> str | None:
         return path.read_text() or None
     except FileNotFoundError:
         return None
+
+
+def test_token_protected_dispatcher_builds_for_runners_with_the_token_only(
+    repo: Repo, superci: Superci, tmp_path: Path
+):
+    sha = repo.commit({"tests/test_math.py": PASSING_TEST}, "passing")
+    good, bad = tmp_path / "token", tmp_path / "wrong-token"
+    good.write_text("a-shared-token-of-32-characters!\n")
+    bad.write_text("not-the-token-the-dispatcher-has\n")
+    superci.dispatcher(0, "--token-file", str(good))
+    intruder = superci.runner(
+        repo.clone(tmp_path / "intruder"), "intruder", "--token-file", str(bad)
+    )
+    intruder.wait_for_log("does not know our token")
+
+    no_token = superci.notify(sha)
+    assert no_token.returncode == 1 and "requires a token" in no_token.stderr
+    assert superci.notify(sha, "--token-file", str(good)).returncode == 0
+    superci.runner(repo.clone(tmp_path / "runner-a"), "runner-a", "--token-file", str(good))
+
+    result = superci.wait_for_result(sha)
+    assert (result["status"], result["runner"]) == ("passed", "runner-a")
+    dispatcher_log = superci.processes[0].log
+    assert "authentication failed" in dispatcher_log
