@@ -238,7 +238,13 @@ class Dispatcher:
         )
         offset = None
         job = self.scheduler.jobs.get(lease.build_id) if lease is not None else None
-        if job is not None and job.lease == lease and job.runner == message.name:
+        if lease is not None and (job is None or job.lease != lease or job.runner != message.name):
+            log.warning(
+                "runner %s claimed build %d attempt %d, which is no longer its lease; "
+                "its result will be refused",
+                message.name, lease.build_id, lease.attempt,
+            )  # fmt: skip
+        elif job is not None:
             offset = self.results.log_size(job.sha)
             log.info(
                 "runner %s re-adopted build %d at output byte %d",
@@ -287,9 +293,9 @@ class Dispatcher:
         record = self.store.latest_for(sha)
         if record is None:
             return protocol.Reply(status="unknown", message=f"no build of {sha} is known")
-        if record.status.finished:
+        if record.status.finished:  # "finished", not its status: it may be "cancelled"
             return protocol.Reply(
-                status=record.status,
+                status="finished",
                 message=f"build {record.id} of {sha} already finished ({record.status}); "
                 "nothing to cancel",
             )

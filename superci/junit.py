@@ -40,7 +40,8 @@ def parse_junit_bytes(report: bytes) -> Summary | None:
         counts[outcome] += 1
         if outcome in ("failed", "errors"):
             failures.append(_name(case))
-    return Summary(counts, failures)
+    # pytest writes a second testcase for a test that failed and then errored in teardown.
+    return Summary(counts, list(dict.fromkeys(failures)))
 
 
 def _outcome(case: ElementTree.Element) -> str:
