@@ -7,7 +7,6 @@ message, so every command reports an unreachable dispatcher the same clear way.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -167,7 +166,7 @@ async def read_log(
             except ConnectionClosed as e:
                 raise DispatcherUnavailable(f"the dispatcher at {address} went away") from e
             if isinstance(message, protocol.LogData):
-                write(base64.b64decode(message.data))
+                write(protocol.unpack_data(message.data))
             elif isinstance(message, protocol.Reply):
                 return message
             else:

@@ -10,8 +10,6 @@ slow peer cannot stall everyone else.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import itertools
 import json
 import logging
@@ -358,7 +356,7 @@ class Dispatcher:
             return None
 
     def _on_output(self, name: str, session: int, message: protocol.Output) -> None:
-        data = _decode(message.data)  # malformed is malformed, stale or not
+        data = protocol.unpack_data(message.data)  # malformed is malformed, stale or not
         job = self._leased(message.build_id, message.attempt, name, session)
         if job is None:
             return
@@ -371,7 +369,7 @@ class Dispatcher:
             follower.push(new)
 
     def _on_artifact(self, name: str, session: int, message: protocol.Artifact) -> None:
-        data = _decode(message.data)
+        data = protocol.unpack_data(message.data)
         job = self._leased(message.build_id, message.attempt, name, session)
         if job is None:
             return
@@ -479,19 +477,10 @@ def _build_message(action: StartBuild) -> protocol.Build:
     )
 
 
-def _decode(data: str) -> bytes:
-    try:  # ValueError: non-ASCII text
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ProtocolError(f"data is not base64: {e}") from None
-
-
 async def _send_chunks(channel: Channel, data: bytes) -> None:
     """Send log bytes in frames, waiting for the reader (its own pace, its own connection)."""
-    step = defaults.OUTPUT_CHUNK_BYTES * 3 // 4
-    for start in range(0, len(data), step):
-        chunk = base64.b64encode(data[start : start + step]).decode("ascii")
-        await channel.send(protocol.LogData(data=chunk))
+    for _, piece in protocol.split_data(data):
+        await channel.send(protocol.LogData(data=piece))
 
 
 async def run_dispatcher(

@@ -12,11 +12,14 @@ anything wrong gets an :class:`Error` frame and the connection is closed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
 import re
 import struct
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Union, get_args, get_origin, get_type_hints
 
@@ -557,6 +560,29 @@ class Decoder:
 def _refuse_constant(name: str) -> Any:
     """NaN and Infinity are not JSON; refuse them rather than let them reach a result."""
     raise ValueError(f"{name} is not a JSON value")
+
+
+#: Raw bytes per data frame: base64 makes them 4/3 larger, which fits the data fields.
+DATA_CHUNK: Final = defaults.OUTPUT_CHUNK_BYTES * 3 // 4
+
+
+def pack_data(data: bytes) -> str:
+    """Bytes (output, reports) as the text of a data field."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def unpack_data(text: str) -> bytes:
+    """The bytes of a data field; anything but valid base64 is a protocol error."""
+    try:  # ValueError: non-ASCII text
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ProtocolError(f"data is not base64: {e}") from None
+
+
+def split_data(data: bytes) -> Iterator[tuple[int, str]]:
+    """``(offset, packed piece)`` for each frame-sized piece of ``data``."""
+    for offset in range(0, len(data), DATA_CHUNK):
+        yield offset, pack_data(data[offset : offset + DATA_CHUNK])
 
 
 def error_for(exc: ProtocolError) -> Error:

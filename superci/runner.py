@@ -9,7 +9,6 @@ spool file, so after a reconnect it resends exactly the bytes the dispatcher lac
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import logging
@@ -269,10 +268,8 @@ class Runner:
         channel = self._channel
         if channel is None or active.result is None or self._current is not active:
             return  # sent again after the next registration
-        step = defaults.OUTPUT_CHUNK_BYTES * 3 // 4
         with contextlib.suppress(ConnectionClosed):
-            for offset in range(0, len(active.report), step):
-                data = base64.b64encode(active.report[offset : offset + step]).decode("ascii")
+            for offset, data in protocol.split_data(active.report):
                 await channel.send(
                     protocol.Artifact(
                         build_id=active.build.build_id,
@@ -299,13 +296,13 @@ class Runner:
         concurrent calls never send the same bytes."""
         while self._channel is not None and active.sent < active.size:
             channel, offset = self._channel, active.sent
-            data = active.read(offset, defaults.OUTPUT_CHUNK_BYTES * 3 // 4)
+            data = active.read(offset, protocol.DATA_CHUNK)
             active.sent += len(data)
             message = protocol.Output(
                 build_id=active.build.build_id,
                 attempt=active.build.attempt,
                 offset=offset,
-                data=base64.b64encode(data).decode("ascii"),
+                data=protocol.pack_data(data),
             )
             try:
                 await channel.send(message)
