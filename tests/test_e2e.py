@@ -233,3 +233,31 @@ def test_token_protected_dispatcher_builds_for_runners_with_the_token_only(
     assert (result["status"], result["runner"]) == ("passed", "runner-a")
     dispatcher_log = superci.processes[0].log
     assert "authentication failed" in dispatcher_log
+
+
+def test_result_that_cannot_be_written_is_not_marked_finished_and_is_recorded_later(
+    repo: Repo, superci: Superci, tmp_path: Path
+):
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    sha = repo.commit({"tests/test_gated.py": GATED_TEST.format(gate=str(gate))}, "gated")
+    dispatcher = superci.dispatcher()
+    runner = superci.runner(repo.clone(tmp_path / "runner-a"), "runner-a")
+    superci.notify(sha)
+    wait_until(lambda: (gate / "started-1").exists(), what="the build to start")
+    folder = superci.results / sha
+    folder.rename(tmp_path / "moved-away")
+    folder.write_text("not a folder: the disk is in trouble")  # result.json cannot be written
+
+    (gate / "open").touch()
+    dispatcher.wait_for_log("result not recorded, the runner will retry")
+    runner.wait_for_log("could not record build 1 yet")
+    with sqlite3.connect(superci.state) as db:
+        assert db.execute("SELECT status FROM builds").fetchall() == [("running",)]
+
+    folder.unlink()
+    (tmp_path / "moved-away").rename(folder)
+    result = superci.wait_for_result(sha)
+    assert (result["status"], result["attempt"]) == ("passed", 1)
+    assert builds_of(superci, sha) == [("passed", 1)]
+    assert "after the gate" in superci.output(sha)
