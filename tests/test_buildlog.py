@@ -1,0 +1,235 @@
+"""output.log on disk: verbatim under the cap, head + marker + tail past it, offsets in
+bytes of the runner's output (not of the file), and resumable by a restarted dispatcher."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from superci.buildlog import BuildLog
+from superci.errors import StorageError
+
+CAP = 4096
+MARKER_RE = re.compile(
+    rb"\n\[superci: (\d+) bytes of output dropped here to keep this log under (\d+) bytes\]\n"
+)
+
+
+def numbered_lines(first: int, count: int) -> bytes:
+    """Distinct, recognisable lines, so a kept or dropped piece can be located."""
+    return b"".join(b"line %06d of the build output\n" % i for i in range(first, first + count))
+
+
+def marker(content: bytes) -> re.Match[bytes]:
+    found = list(MARKER_RE.finditer(content))
+    assert len(found) == 1, f"expected exactly one marker, found {len(found)}"
+    return found[0]
+
+
+def dropped_count(content: bytes) -> int:
+    return int(marker(content).group(1))
+
+
+def without_marker(content: bytes) -> bytes:
+    m = marker(content)
+    return content[: m.start()] + content[m.end() :]
+
+
+@pytest.fixture
+def open_log(tmp_path: Path) -> Iterator[Callable[..., BuildLog]]:
+    """Open ``output.log`` in tmp_path (capped at CAP); every log is closed afterwards."""
+    opened: list[BuildLog] = []
+
+    def open_(*, fresh: bool = True) -> BuildLog:
+        opened.append(BuildLog(tmp_path / "output.log", CAP, fresh=fresh))
+        return opened[-1]
+
+    yield open_
+    for log in opened:
+        with contextlib.suppress(ValueError):  # already closed by the test
+            log.close()
+
+
+def write_all(log: BuildLog, data: bytes, chunk: int) -> None:
+    for start in range(0, len(data), chunk):
+        log.append(log.raw, data[start : start + chunk])
+
+
+def test_output_under_the_cap_is_written_verbatim_with_raw_counting_every_byte(
+    tmp_path: Path, open_log: Callable[..., BuildLog]
+):
+    path = tmp_path / "output.log"
+    log = open_log()
+    output = numbered_lines(0, 40)
+    assert len(output) < CAP
+
+    write_all(log, output, 100)
+
+    assert path.read_bytes() == output
+    assert log.raw == len(output)
+    assert log.dropped == 0
+    assert not MARKER_RE.search(path.read_bytes())
+
+
+def test_output_past_the_cap_keeps_head_and_tail_around_one_marker_with_the_dropped_count(
+    tmp_path: Path, open_log: Callable[..., BuildLog]
+):
+    path = tmp_path / "output.log"
+    log = open_log()
+    output = b"superci: building abc\n" + numbered_lines(0, 2000) + b"Ran 5 tests in 0.01s\n\nOK\n"
+
+    write_all(log, output, 1000)
+
+    content = path.read_bytes()
+    assert len(content) <= CAP
+    m = marker(content)
+    assert int(m.group(2)) == CAP
+    head, tail = content[: m.start()], content[m.end() :]
+    assert output.startswith(head) and len(head) == CAP // 4
+    assert output.endswith(tail) and len(tail) >= CAP // 4
+    assert tail.endswith(b"Ran 5 tests in 0.01s\n\nOK\n")
+    assert content.startswith(b"superci: building abc\n")
+    # Every byte of output is either in the file or counted as dropped.
+    assert int(m.group(1)) == log.dropped == len(output) - len(head) - len(tail)
+    assert log.raw == len(output)
+
+
+def test_repeated_cuts_keep_the_log_bounded_with_one_marker_whose_count_grows(
+    tmp_path: Path, open_log: Callable[..., BuildLog]
+):
+    path = tmp_path / "output.log"
+    log = open_log()
+    counts = []
+
+    for round_ in range(6):
+        write_all(log, numbered_lines(round_ * 500, 500), 700)
+        content = path.read_bytes()
+        assert len(content) <= CAP
+        counts.append(dropped_count(content))
+        assert len(without_marker(content)) + counts[-1] == log.raw
+
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)
+    assert path.read_bytes().startswith(numbered_lines(0, 1)[:40])
+    assert path.read_bytes().endswith(numbered_lines(2999, 1))
+
+
+def test_a_short_head_followed_by_a_huge_chunk_and_more_output_still_has_a_single_marker(
+    tmp_path: Path, open_log: Callable[..., BuildLog]
+):
+    """The head is fixed by the first cut; a later cut must not copy the marker into it."""
+    path = tmp_path / "output.log"
+    log = open_log()
+    first = b"superci: building abc\n"
+    log.append(0, first)
+    log.append(log.raw, b"a" * (3 * CAP))
+    log.append(log.raw, b"b" * (3 * CAP))
+    log.append(log.raw, b"the end\n")
+
+    content = path.read_bytes()
+    assert len(content) <= CAP
+    assert content.startswith(first + MARKER_RE.search(content).group(0))  # type: ignore[union-attr]
+    assert content.endswith(b"b" * 100 + b"the end\n")
+    assert len(without_marker(content)) + dropped_count(content) == log.raw
+
+
+def test_raw_offsets_keep_counting_across_cuts_so_a_resend_adds_nothing(
+    tmp_path: Path, open_log: Callable[..., BuildLog]
+):
+    path = tmp_path / "output.log"
+    log = open_log()
+    output = numbered_lines(0, 1000)
+    write_all(log, output, 512)
+    assert log.raw == len(output) > CAP
+    before = path.read_bytes()
+
+    assert log.append(0, output[:512]) == b""  # a resend from the start
+    assert log.append(len(output) - 512, output[-512:]) == b""  # a resend of the last chunk
+    assert path.read_bytes() == before and log.raw == len(output)
+
+    more = numbered_lines(1000, 3)
+    overlapping = output[-10:] + more  # a resend that also carries new bytes
+    assert log.append(len(output) - 10, overlapping) == more
+    assert log.raw == len(output) + len(more)
+    assert path.read_bytes().endswith(output[-50:] + more)
+    assert output[-10:] + output[-10:] not in path.read_bytes()
+
+
+def test_output_past_what_was_received_is_refused_as_a_gap(open_log: Callable[..., BuildLog]):
+    log = open_log()
+    log.append(0, b"0123456789")
+    with pytest.raises(StorageError, match="gap in the output"):
+        log.append(11, b"x")
+    assert log.raw == 10
+
+
+def test_a_restarted_dispatcher_resumes_a_cut_log_at_the_same_raw_offset(
+    tmp_path: Path, open_log: Callable[..., BuildLog]
+):
+    path = tmp_path / "output.log"
+    log = open_log()
+    output = numbered_lines(0, 1000)
+    write_all(log, output, 600)
+    raw, dropped = log.raw, log.dropped
+    log.close()  # the dispatcher stops; the build is still running on its runner
+
+    resumed = open_log(fresh=False)
+
+    assert resumed.raw == raw and resumed.dropped == dropped
+    assert resumed.append(raw - 600, output[-600:]) == b""  # the runner resends its last chunk
+    tail = numbered_lines(1000, 200)
+    write_all(resumed, tail, 600)
+    content = path.read_bytes()
+    assert len(content) <= CAP
+    assert content.endswith(tail[-CAP // 4 :])
+    assert len(without_marker(content)) + dropped_count(content) == len(output) + len(tail)
+    assert dropped_count(content) > dropped
+
+
+def test_a_restarted_dispatcher_resumes_an_uncut_log_at_its_size(
+    tmp_path: Path, open_log: Callable[..., BuildLog]
+):
+    path = tmp_path / "output.log"
+    log = open_log()
+    log.append(0, b"first line\n")
+    log.close()
+
+    resumed = open_log(fresh=False)
+    resumed.append(resumed.raw, b"second line\n")
+
+    assert resumed.raw == len(b"first line\nsecond line\n")
+    assert path.read_bytes() == b"first line\nsecond line\n"
+
+
+def test_a_fresh_log_forgets_an_earlier_attempt_and_its_cut(
+    tmp_path: Path, open_log: Callable[..., BuildLog]
+):
+    path = tmp_path / "output.log"
+    log = open_log()
+    write_all(log, numbered_lines(0, 1000), 600)
+    log.close()
+
+    again = open_log()
+    again.append(0, b"attempt 2\n")
+    again.finish()
+
+    assert path.read_bytes() == b"attempt 2\n"
+    resumed = open_log(fresh=False)
+    assert resumed.raw == len(b"attempt 2\n")
+
+
+def test_finish_removes_the_sidecar_that_only_a_running_build_needs(
+    tmp_path: Path, open_log: Callable[..., BuildLog]
+):
+    path = tmp_path / "output.log"
+    log = open_log()
+    write_all(log, numbered_lines(0, 1000), 600)
+    assert (tmp_path / ".output.log.state").exists()
+
+    log.finish()
+
+    assert not (tmp_path / ".output.log.state").exists()
+    assert len(path.read_bytes()) <= CAP

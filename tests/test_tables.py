@@ -1,0 +1,111 @@
+"""What `superci status` and `superci show` print, rendered from their documents."""
+
+from __future__ import annotations
+
+from superci.tables import result_summary, status_tables, table
+
+SHA_A = "a1" * 20
+SHA_B = "b2" * 20
+SHA_C = "c3" * 20
+
+STATUS = {
+    "runners": [
+        {"name": "runner-a", "host": "box-1", "state": "busy", "build": SHA_A,
+         "since_heartbeat": 0.4},
+        {"name": "runner-b", "host": "box-2", "state": "idle", "build": None,
+         "since_heartbeat": 1.25},
+    ],
+    "queue": [{"build_id": 7, "sha": SHA_B, "branch": "feature/x", "attempt": 0}],
+    "builds": [
+        {"build_id": 7, "sha": SHA_B, "branch": "feature/x", "status": "queued",
+         "duration": None, "runner": None, "attempt": 0},
+        {"build_id": 6, "sha": SHA_A, "branch": "main", "status": "running",
+         "duration": None, "runner": "runner-a", "attempt": 1},
+        {"build_id": 5, "sha": SHA_C, "branch": "main", "status": "failed",
+         "duration": 3.214, "runner": "runner-b", "attempt": 2},
+    ],
+}  # fmt: skip
+
+
+def section(text: str, title: str) -> list[list[str]]:
+    """The rows (split into cells) of one section of the status output, header included."""
+    block = next(b for b in text.split("\n\n") if b.startswith(title))
+    return [line.split() for line in block.splitlines()[1:]]
+
+
+def test_status_lists_each_runner_with_host_state_build_and_heartbeat_age():
+    rows = section(status_tables(STATUS), "Runners (2)")
+
+    assert rows[0] == ["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT"]
+    assert rows[1] == ["runner-a", "box-1", "busy", SHA_A[:12], "0.4s"]
+    assert rows[2] == ["runner-b", "box-2", "idle", "-", "1.2s"]
+
+
+def test_status_lists_the_queue_and_the_last_builds_with_dashes_for_missing_values():
+    text = status_tables(STATUS)
+
+    assert section(text, "Queue (1)") == [
+        ["BUILD", "COMMIT", "BRANCH", "ATTEMPTS"],
+        ["7", SHA_B[:12], "feature/x", "0"],
+    ]
+    assert section(text, "Last builds") == [
+        ["BUILD", "COMMIT", "BRANCH", "STATUS", "DURATION", "RUNNER", "ATTEMPT"],
+        ["7", SHA_B[:12], "feature/x", "queued", "-", "-", "0"],
+        ["6", SHA_A[:12], "main", "running", "-", "runner-a", "1"],
+        ["5", SHA_C[:12], "main", "failed", "3.2s", "runner-b", "2"],
+    ]
+
+
+def test_status_of_an_empty_system_still_shows_every_section():
+    text = status_tables({"runners": [], "queue": [], "builds": []})
+
+    assert [block.splitlines()[0] for block in text.split("\n\n")] == [
+        "Runners (0)",
+        "Queue (0)",
+        "Last builds",
+    ]
+    assert section(text, "Runners (0)") == [["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT"]]
+
+
+def test_table_columns_line_up_under_their_headers():
+    lines = table(["A", "LONGER"], [("wide value", 1), (None, "x")]).splitlines()
+
+    assert lines == ["A           LONGER", "wide value  1", "-           x"]
+    assert lines[1].index("1") == lines[0].index("LONGER")
+
+
+def test_result_summary_shows_status_message_counts_and_every_failing_test():
+    result = {
+        "sha": SHA_C, "branch": "main", "build_id": 5, "status": "failed",
+        "message": "tests failed (exit code 1)", "runner": "runner-b", "attempt": 2,
+        "duration": 3.214,
+        "tests": {"run": 4, "passed": 2, "failed": 1, "errors": 1, "skipped": 0},
+        "failures": ["test_parser.ParserTest.test_empty", "test_io.IOTest.test_read"],
+    }  # fmt: skip
+    lines = result_summary(result).splitlines()
+
+    assert lines[0].split() == ["commit", SHA_C, "(main)"]
+    assert lines[1] == "status   failed: tests failed (exit code 1)"
+    assert lines[2] == "build    5, attempt 2 on runner-b"
+    assert lines[3] == "duration 3.2s"
+    assert lines[4] == "tests    4 run, 2 passed, 1 failed, 1 errors, 0 skipped"
+    assert lines[5:] == [
+        "failing  (2)",
+        "  test_parser.ParserTest.test_empty",
+        "  test_io.IOTest.test_read",
+    ]
+
+
+def test_result_summary_of_a_build_not_run_yet_uses_dashes_and_omits_counts():
+    queued = {
+        "sha": SHA_B, "branch": "feature/x", "build_id": 7, "status": "queued",
+        "message": "", "runner": None, "attempt": 0, "duration": None,
+    }  # fmt: skip
+    lines = result_summary(queued).splitlines()
+
+    assert lines == [
+        f"commit   {SHA_B} (feature/x)",
+        "status   queued",
+        "build    7, attempt 0 on -",
+        "duration -",
+    ]
