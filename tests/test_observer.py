@@ -78,15 +78,6 @@ class RecordCounter(logging.Handler):
             return self._changed.wait_for(lambda: self.count >= count, timeout=WAIT)
 
 
-@pytest.fixture(autouse=True)
-def isolated_git(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """Keep the machine's own git configuration out of the tests."""
-    home = tmp_path_factory.mktemp("home")
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / "gitconfig"))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-
-
 def clone_of(upstream: Path, path: Path) -> Path:
     git(path.parent, "clone", "--quiet", str(upstream), str(path))
     return configure(path)

@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import FAILING_TEST, PASSING_TEST
 from helpers import WAIT, FakeClock, Harness, async_test, eventually, free_port, process_alive
 
 from superci import client, defaults, protocol
@@ -26,27 +27,6 @@ from superci.workspace import Workspace
 PYTHON = shlex.quote(sys.executable)
 #: Time for one build of these tiny projects (fetch, checkout, start Python, run tests).
 BUILD_WAIT = 15.0
-
-PASSING = """\
-import unittest
-
-
-class Arithmetic(unittest.TestCase):
-    def test_addition(self):
-        print("the passing test ran")
-        self.assertEqual(2 + 2, 4)
-"""
-
-FAILING = """\
-import unittest
-
-
-class Arithmetic(unittest.TestCase):
-    def test_addition(self):
-        print("the failing test ran")
-        self.assertEqual(2 + 2, 5)
-"""
-
 
 @pytest.fixture(autouse=True)
 def fast_watchdog(monkeypatch):
@@ -108,8 +88,8 @@ def gated_script(gates: Path, body: str) -> str:
 
 @async_test()
 async def test_a_passing_and_a_failing_commit_are_reported_as_such(tmp_path, repo, workspace):
-    passing = repo.commit({"tests/test_arithmetic.py": PASSING}, "passing")
-    failing = repo.commit({"tests/test_arithmetic.py": FAILING}, "failing")
+    passing = repo.commit({"tests/test_arithmetic.py": PASSING_TEST}, "passing")
+    failing = repo.commit({"tests/test_arithmetic.py": FAILING_TEST}, "failing")
     async with Harness(tmp_path) as h, running(new_runner(h, workspace)):
         await h.submit(passing)
         await h.submit(failing)  # queued behind: handed out once the first is acknowledged
@@ -123,16 +103,16 @@ async def test_a_passing_and_a_failing_commit_are_reported_as_such(tmp_path, rep
     log = h.output_log(passing).decode()
     assert f"superci: building {passing} (main) attempt 1 on runner-1\n" in log
     assert f"superci: $ {defaults.TEST_COMMAND}\n" in log
-    assert "the passing test ran" in log and "Ran 1 test" in log
+    assert "passing test ran" in log and "Ran 1 test" in log
     assert log.endswith("superci: tests passed (exit code 0)\n")
 
     assert h.result_json(failing) == failed
     assert (failed["status"], failed["exit_code"]) == ("failed", 1)
     assert failed["tests"] == {"run": 1, "passed": 0, "failed": 1, "errors": 0, "skipped": 0}
-    assert [name.rsplit(".", 1)[-1] for name in failed["failures"]] == ["test_addition"]
+    assert [name.rsplit(".", 1)[-1] for name in failed["failures"]] == ["test_broken"]
     log = h.output_log(failing).decode()
     assert f"superci: building {failing} (main) attempt 1 on runner-1\n" in log
-    assert "the failing test ran" in log and "AssertionError: 4 != 5" in log
+    assert "failing test ran" in log and "AssertionError: 4 != 5" in log
     assert log.endswith("superci: tests failed (exit code 1)\n")
 
 
@@ -201,7 +181,7 @@ async def test_a_runner_started_before_the_dispatcher_registers_once_it_listens(
             raise
 
     monkeypatch.setattr(client, "connect", counting_connect)
-    sha = repo.commit({"tests/test_arithmetic.py": PASSING}, "passing")
+    sha = repo.commit({"tests/test_arithmetic.py": PASSING_TEST}, "passing")
     h = Harness(tmp_path)
     port = free_port()
     runner = Runner(Address("127.0.0.1", port), workspace, "runner-1", heartbeat_interval=0.2)
@@ -300,9 +280,8 @@ class BlockingProject:
         self.blocked = repo.commit(
             {".superci.toml": config(self.command), "gated.py": script}, "blocks"
         )
-        self.passing = repo.commit(
-            {".superci.toml": "", "gated.py": "", "tests/test_arithmetic.py": PASSING}, "passes"
-        )
+        files = {".superci.toml": "", "gated.py": "", "tests/test_arithmetic.py": PASSING_TEST}
+        self.passing = repo.commit(files, "passes")
 
     async def started(self, h: Harness) -> int:
         """The pid of attempt 1 once it runs and every frame sent so far was handled."""

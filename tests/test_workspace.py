@@ -11,13 +11,6 @@ from superci.errors import WorkspaceError
 from superci.workspace import Workspace
 
 
-@pytest.fixture(autouse=True)
-def isolated_git_config(tmp_path, monkeypatch):
-    """Keep the machine's git configuration out of the tests."""
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-
-
 def new_repo(path: Path) -> git.Repo:
     repo = git.Repo.init(path, initial_branch="main")
     with repo.config_writer() as config:
