@@ -16,6 +16,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import math
 import re
 import struct
 import types
@@ -367,6 +368,10 @@ class Query(Message):
     sha: str | None = _check(check_sha, default=None)
     limit: int = _check(_check_positive, default=20)
 
+    def __post_init__(self) -> None:
+        if self.what == "show" and self.sha is None:
+            raise ProtocolError("query: 'show' needs the sha of a commit")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Reply(Message):
@@ -550,7 +555,9 @@ class Decoder:
         payload = bytes(self._buffer[HEADER.size : end])
         del self._buffer[:end]
         try:
-            body = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
+            body = json.loads(
+                payload.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float
+            )
         except (ValueError, RecursionError) as e:
             # ValueError covers UnicodeDecodeError, JSONDecodeError and the int-digit limit.
             raise ProtocolError(f"frame is not UTF-8 JSON: {e}") from None
@@ -583,6 +590,14 @@ def split_data(data: bytes) -> Iterator[tuple[int, str]]:
     """``(offset, packed piece)`` for each frame-sized piece of ``data``."""
     for offset in range(0, len(data), DATA_CHUNK):
         yield offset, pack_data(data[offset : offset + DATA_CHUNK])
+
+
+def _finite_float(text: str) -> float:
+    """A number too large for a float (``1e999``) would become infinity: refuse it too."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 def error_for(exc: ProtocolError) -> Error:

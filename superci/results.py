@@ -127,6 +127,8 @@ class ResultsFolder:
             self.close_log(sha)
             folder.mkdir(parents=True, exist_ok=True)
             self._publish_artifacts(folder)
+            for stale in folder.glob(f".{RESULT_FILE}.*"):  # a crash mid-write left it
+                stale.unlink(missing_ok=True)
             return _atomic_write(folder / RESULT_FILE, json.dumps(result, indent=2) + "\n")
         except OSError as e:
             raise StorageError(f"cannot write the result of {sha} to {folder}: {e}") from e
