@@ -28,6 +28,7 @@ PYTHON = shlex.quote(sys.executable)
 #: Time for one build of these tiny projects (fetch, checkout, start Python, run tests).
 BUILD_WAIT = 15.0
 
+
 @pytest.fixture(autouse=True)
 def fast_watchdog(monkeypatch):
     monkeypatch.setattr(defaults, "HEARTBEAT_CHECK_INTERVAL", 0.01)
