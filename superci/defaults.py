@@ -78,3 +78,9 @@ MAX_REPORT_BYTES = 8 * 1024 * 1024
 #: Connections allowed at once in their opening handshake (not yet authenticated), so a
 #: flood of idle sockets cannot exhaust the dispatcher.
 MAX_UNAUTHENTICATED = 128
+#: Connections open at once (runners and clients); beyond it new ones get "busy".
+MAX_CONNECTIONS = 4096
+#: Pending connections the kernel queues for the dispatcher (a burst of runners and clients).
+LISTEN_BACKLOG = 1024
+#: On shutdown, open connections get this long (seconds) to wind down.
+SHUTDOWN_GRACE = 2.0

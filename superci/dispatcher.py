@@ -74,7 +74,9 @@ class Dispatcher:
         self._clock = clock
         self._wall = wall_clock
         self._result_hook = on_result
-        self._sessions: dict[int, Channel] = {}
+        self._sessions: dict[int, Channel] = {}  # runner connections, by session
+        self._connections: set[Channel] = set()  # every open connection
+        self._handlers: set[asyncio.Task[None]] = set()
         self._session_ids = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -93,7 +95,7 @@ class Dispatcher:
         self._carry_out(self.scheduler.restore(unfinished, self._clock()))
         try:
             self._server = await asyncio.start_server(
-                self._serve, host, port, ssl=self._credentials.ssl,
+                self._serve, host, port, backlog=defaults.LISTEN_BACKLOG, ssl=self._credentials.ssl,
                 ssl_handshake_timeout=defaults.HANDSHAKE_TIMEOUT if self._credentials.ssl else None,
             )  # fmt: skip
         except OSError as e:
@@ -115,8 +117,11 @@ class Dispatcher:
             self._watchdog.cancel()
         if self._server is not None:
             self._server.close()
-        for channel in list(self._sessions.values()):
+        for channel in list(self._connections):
             channel.close_nowait()
+        handlers = [t for t in self._handlers if not t.done()]
+        if handlers:  # let them end on their closed connection rather than be cancelled
+            await asyncio.wait(handlers, timeout=defaults.SHUTDOWN_GRACE)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -132,6 +137,22 @@ class Dispatcher:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         channel = Channel(reader, writer)
+        if self._closing or len(self._connections) >= defaults.MAX_CONNECTIONS:
+            log.warning("refused %s: %d connections open", channel.peer, len(self._connections))
+            busy = protocol.Error(code="busy", message="too many connections; retry later")
+            await channel.refuse(busy)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(channel)
+        self._handlers.add(task)
+        try:
+            await self._serve_connection(channel)
+        finally:
+            self._connections.discard(channel)
+            self._handlers.discard(task)
+
+    async def _serve_connection(self, channel: Channel) -> None:
         if self._unauthenticated >= defaults.MAX_UNAUTHENTICATED:
             log.warning("refused %s: too many connections in their handshake", channel.peer)
             busy = protocol.Error(code="busy", message="too many pending connections; retry later")
