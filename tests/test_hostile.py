@@ -359,10 +359,12 @@ def error_log(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(logger, "propagate", False)
     # Warnings are not even made into records: some pytest versions capture them anyway,
     # and records hold exceptions, which would count as memory the dispatcher kept.
-    monkeypatch.setattr(logger, "level", logging.ERROR)
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # setLevel, not the attribute: it clears loggers' caches
     logger.addHandler(handler)
     yield handler
     logger.removeHandler(handler)
+    logger.setLevel(level)
     print(f"{len(handler.lines)} errors logged, the last ones:")
     print("\n".join(line for _, line in handler.lines[-20:]))
 
