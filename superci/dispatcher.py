@@ -83,6 +83,8 @@ class Dispatcher:
         self._closing = False
         self._followers: dict[str, set[LogFollower]] = defaultdict(set)
         self._credentials = credentials
+        self._unrecorded: dict[int, tuple[Channel, Job, BuildStatus, str, protocol.Result]] = {}
+        self._outbox: list[tuple[int, protocol.Message]] | None = None  # held while committing
         self._unauthenticated = 0  # connections still in their handshake
 
     # --- lifecycle ------------------------------------------------------------------
@@ -404,7 +406,6 @@ class Dispatcher:
     ) -> None:
         """Record a result if it is the current lease's, acknowledge it, then hand out the
         next build (after the ack, so the runner is free when the build arrives)."""
-        ack = {"build_id": message.build_id, "attempt": message.attempt}
         status = BuildStatus(message.status)
         if not status.finished:
             raise ProtocolError(f"a result cannot have status {status}", code="bad-message")
@@ -412,23 +413,58 @@ class Dispatcher:
             job = self.scheduler.check_lease(message.build_id, message.attempt, name, session)
         except StaleResult as e:
             log.warning("refused a result from %s: %s", name, e)
-            channel.post(protocol.ResultAck(**ack, accepted=False, reason=str(e)))
+            channel.post(_ack(message, accepted=False, reason=str(e)))
             return
         text = message.message
         if job.stopping is not None and status in (BuildStatus.CANCELLED, BuildStatus.TIMEOUT):
             status, text = job.stopping, job.stop_reason  # stopped because we asked
+        if job.build_id in self._unrecorded:
+            return  # a resend of a result about to be recorded
+        self._unrecorded[job.build_id] = (channel, job, status, text, message)
+        if len(self._unrecorded) == 1:
+            asyncio.get_running_loop().call_soon(self._record_results)
+
+    def _record_results(self) -> None:
+        """Record every result that arrived in one turn of the loop with one commit, then
+        hand out the next builds with another: two fsyncs for many builds, not per build."""
+        pending, self._unrecorded = list(self._unrecorded.values()), {}
+        documents = []
         try:
-            self._record(job, status, text, message)
+            with self.store.transaction():
+                for _, job, status, text, message in pending:
+                    documents.append(self._write_result(job, status, text, message))
         except StorageError as e:
-            log.error("build %d: result not recorded, the runner will retry: %s", job.build_id, e)
-            channel.post(protocol.ResultAck(**ack, accepted=False, retry=True, reason=str(e)))
+            for channel, job, _, _, message in pending:
+                log.error(
+                    "build %d: result not recorded, the runner will retry: %s", job.build_id, e
+                )
+                channel.post(_ack(message, accepted=False, retry=True, reason=str(e)))
             return
-        channel.post(protocol.ResultAck(**ack, accepted=True))
-        self._carry_out(self.scheduler.finish(job.build_id, self._clock()))
+        actions: list[Action] = []
+        now = self._clock()
+        for (channel, job, status, _, message), document in zip(pending, documents, strict=True):
+            self._announce(job, status, document)
+            channel.post(_ack(message, accepted=True))
+            actions += self.scheduler.finish(job.build_id, now)
+        self._outbox = []  # builds go out once their lease is committed
+        try:
+            with self.store.transaction():
+                self._carry_out(actions)
+        except StorageError as e:
+            log.error("could not store the builds handed out: %s", e)
+        finally:
+            outbox, self._outbox = self._outbox, None
+            for session, outgoing in outbox:
+                self._post(session, outgoing)
 
     def _record(
         self, job: Job, status: BuildStatus, message: str, result: protocol.Result | None
     ) -> None:
+        self._announce(job, status, self._write_result(job, status, message, result))
+
+    def _write_result(
+        self, job: Job, status: BuildStatus, message: str, result: protocol.Result | None
+    ) -> dict[str, Any]:
         """Write result.json, then mark the build finished: in that order, so a crash
         between the two re-runs the build rather than losing its result."""
         record = self.store.get(job.build_id)
@@ -437,6 +473,9 @@ class Dispatcher:
         document = result_document(record, status, message, result, finished_at)
         self.results.write_result(job.sha, document)
         self.store.finish(job.build_id, status, finished_at, message)
+        return document
+
+    def _announce(self, job: Job, status: BuildStatus, document: dict[str, Any]) -> None:
         log.info("build %d of %s: %s", job.build_id, job.sha[:12], status)
         for follower in self._followers.pop(job.sha, ()):
             follower.end()
@@ -487,9 +526,16 @@ class Dispatcher:
                 self._post(action.session, cancel)
 
     def _post(self, session: int, message: protocol.Message) -> None:
+        if self._outbox is not None:
+            self._outbox.append((session, message))
+            return
         channel = self._sessions.get(session)
         if channel is not None:
             channel.post(message)
+
+
+def _ack(result: protocol.Result, **fields: Any) -> protocol.ResultAck:
+    return protocol.ResultAck(build_id=result.build_id, attempt=result.attempt, **fields)
 
 
 def _build_message(action: StartBuild) -> protocol.Build:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -417,8 +418,10 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
 
 def encode(message: Message) -> bytes:
     """One frame: length prefix plus compact JSON."""
-    body = {"type": message.type, **dataclasses.asdict(message)}
-    payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    body = {"type": message.type}  # fields are JSON values as they are: no deep copy needed
+    for name in _fields(type(message)):
+        body[name] = getattr(message, name)
+    payload = _ENCODER.encode(body).encode("utf-8")
     return HEADER.pack(len(payload)) + payload
 
 
@@ -431,7 +434,7 @@ def from_dict(body: Any) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown message type {kind!r:.40}", code="unknown-type")
     values = {k: v for k, v in body.items() if k != "type"}
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = _fields(cls)
     extra = set(values) - set(fields)
     if extra:
         raise ProtocolError(f"{kind}: unknown field(s) {', '.join(sorted(extra))[:80]}")
@@ -453,6 +456,11 @@ def _hints(cls: type[Message]) -> dict[str, Any]:
 
 
 _HINTS: dict[type[Message], dict[str, Any]] = {}
+
+
+@functools.cache
+def _fields(cls: type[Message]) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(cls)}
 
 
 def _validate(kind: str, f: dataclasses.Field[Any], hint: Any, value: Any) -> None:
@@ -555,9 +563,7 @@ class Decoder:
         payload = bytes(self._buffer[HEADER.size : end])
         del self._buffer[:end]
         try:
-            body = json.loads(
-                payload.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float
-            )
+            body = _DECODER.decode(payload.decode("utf-8"))
         except (ValueError, RecursionError) as e:
             # ValueError covers UnicodeDecodeError, JSONDecodeError and the int-digit limit.
             raise ProtocolError(f"frame is not UTF-8 JSON: {e}") from None
@@ -598,6 +604,11 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"number {text[:40]} is out of range")
     return value
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# One decoder for every frame (json.loads with hooks would build a new one each time).
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def error_for(exc: ProtocolError) -> Error:

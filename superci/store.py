@@ -7,9 +7,11 @@ dispatcher reads its queue back with :meth:`Store.unfinished`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,8 +89,10 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._in_transaction = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: autocommit, with explicit transactions where wanted.
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -100,12 +104,40 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
-    def _write(self, sql: str, params: tuple) -> sqlite3.Cursor:
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Make every write inside one committed transaction (one fsync instead of one per
+        write): the dispatcher records all the results of one turn of its loop together.
+        Nested use joins the outer transaction."""
+        if self._in_transaction:
+            yield
+            return
+        self._execute("BEGIN IMMEDIATE")
+        self._in_transaction = True
         try:
-            with self._db:  # one committed transaction
-                return self._db.execute(sql, params)
+            yield
+        except BaseException:
+            self._in_transaction = False
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
+        self._in_transaction = False
+        try:
+            self._execute("COMMIT")
+        except StorageError:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
+
+    def _execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, params)
         except sqlite3.Error as e:
             raise StorageError(f"cannot write to the state database {self.path}: {e}") from e
+
+    def _write(self, sql: str, params: tuple) -> sqlite3.Cursor:
+        """One write; committed at once unless inside :meth:`transaction`."""
+        return self._execute(sql, params)  # autocommit mode: each statement commits itself
 
     # --- builds ---------------------------------------------------------------------
 
