@@ -13,11 +13,14 @@ import hmac
 import ipaddress
 import os
 import secrets
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from superci.errors import ConfigError
+
+if TYPE_CHECKING:  # ssl is imported only where TLS is used: it slows every command's start
+    import ssl
 
 #: Environment variable that carries the shared token.
 TOKEN_ENV = "SUPERCI_TOKEN"
@@ -85,6 +88,8 @@ def is_loopback(host: str) -> bool:
 
 def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
     """The dispatcher's TLS context from a certificate chain and its key."""
+    import ssl
+
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(cert, key)
@@ -95,6 +100,8 @@ def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
 
 def client_tls(ca: Path | None) -> ssl.SSLContext:
     """A verifying client context: the given CA bundle, else the system's trust store."""
+    import ssl
+
     try:
         return ssl.create_default_context(cafile=str(ca) if ca else None)
     except (OSError, ssl.SSLError) as e:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import AsyncIterator, Callable
 
 from superci import auth, defaults, protocol
@@ -40,9 +39,9 @@ async def connect(address: Address, role: str, timeout: float = defaults.CLIENT_
                 await channel.close()
                 raise ProtocolError(f"expected welcome from {address}, got {welcome.type}")
             await _authenticate(channel, address, nonce, welcome)
-    except ssl.SSLError as e:
-        raise DispatcherUnavailable(f"TLS with the dispatcher at {address} failed: {e}") from e
     except OSError as e:
+        if credentials.ssl is not None and type(e).__module__ == "ssl":
+            raise DispatcherUnavailable(f"TLS with the dispatcher at {address} failed: {e}") from e
         reason = e.strerror or str(e)
         raise DispatcherUnavailable(
             f"cannot reach the dispatcher at {address}: {reason} (is `superci dispatcher` running?)"
