@@ -12,6 +12,7 @@ already known).
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -83,14 +84,15 @@ class Observer:
             raise ConfigError(f"the poll interval must be above 0 seconds, not {interval}")
         backoff = Backoff()
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 self.poll_once()
             except SuperCIError as e:
                 delay = backoff.next_delay()
                 log.info("poll failed (%s); next try in %.2fs", e, delay)
             else:
-                backoff.reset()
-                delay = interval
+                backoff.reset()  # polls start every `interval`, however long one takes
+                delay = max(0.0, interval - (time.monotonic() - started))
             stop.wait(delay)
 
     def _forget_lost_commits(self) -> None:
