@@ -29,6 +29,7 @@ from superci.errors import (
     RemoteError,
     StaleResult,
     StorageError,
+    UnknownBuild,
 )
 from superci.logstream import LogFollower
 from superci.report import build_summary, result_document, status_document
@@ -320,7 +321,10 @@ class Dispatcher:
                 message=f"build {record.id} of {sha} already finished ({record.status}); "
                 "nothing to cancel",
             )
-        actions = self.scheduler.cancel(record.id, self._clock(), reason="cancelled by request")
+        try:
+            actions = self.scheduler.cancel(record.id, self._clock(), reason="cancelled by request")
+        except UnknownBuild:  # it ended in this very turn of the loop
+            return protocol.Reply(status="finished", message=f"build {record.id} just ended")
         self._carry_out(actions)
         if record.status is BuildStatus.QUEUED:
             return protocol.Reply(status="cancelled", message=f"build {record.id} cancelled")
@@ -427,7 +431,15 @@ class Dispatcher:
     def _record_results(self) -> None:
         """Record every result that arrived in one turn of the loop with one commit, then
         hand out the next builds with another: two fsyncs for many builds, not per build."""
-        pending, self._unrecorded = list(self._unrecorded.values()), {}
+        arrived, self._unrecorded = list(self._unrecorded.values()), {}
+        pending = []
+        for item in arrived:  # a lease may have ended since it arrived
+            channel, job, _, _, message = item
+            current = self.scheduler.jobs.get(job.build_id) is job
+            if current and job.status is BuildStatus.RUNNING and job.attempt == message.attempt:
+                pending.append(item)
+            else:
+                channel.post(_ack(message, accepted=False, reason="the build ended meanwhile"))
         documents = []
         try:
             with self.store.transaction():
