@@ -67,26 +67,29 @@ class BuildLog:
         return new
 
     def _cut_middle(self, new: bytes) -> None:
-        """Rewrite the log as head + marker + tail, atomically."""
-        tail_len = self.max_bytes // 2
-        self._handle.close()
+        """Rewrite the log as head + marker + tail, atomically; if that fails, the log
+        stays as it was and open (the caller reports the error)."""
         content = self.path.read_bytes()
         # Once cut, the head is whatever the first cut kept (it may be shorter than a
         # quarter of the cap): taking more would copy the marker into the head.
         head = content[: self._head_len if self._marker_len else self.max_bytes // 4]
         body = content[len(head) + self._marker_len :] + new
-        tail = body[-tail_len:] if tail_len else b""
-        self.dropped += len(body) - len(tail)
-        marker = MARKER.format(dropped=self.dropped, cap=self.max_bytes).encode()
+        tail = body[-(self.max_bytes // 2) :] if self.max_bytes // 2 else b""
+        dropped = self.dropped + len(body) - len(tail)
+        marker = MARKER.format(dropped=dropped, cap=self.max_bytes).encode()
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_bytes(head + marker + tail)
-        os.replace(tmp, self.path)
-        self._marker_len, self._head_len = len(marker), len(head)
-        self._cut_size = len(head) + len(marker) + len(tail)
-        state = {"raw": self.raw + len(new), "size": self._cut_size, "dropped": self.dropped,
-                 "marker_len": self._marker_len, "head": self._head_len}  # fmt: skip
+        cut_size = len(head) + len(marker) + len(tail)
+        state = {"raw": self.raw + len(new), "size": cut_size, "dropped": dropped,
+                 "marker_len": len(marker), "head": len(head)}  # fmt: skip
         self._state_path.write_text(json.dumps(state))
-        self._handle = open(self.path, "ab", buffering=0)  # noqa: SIM115
+        self._handle.close()
+        try:
+            os.replace(tmp, self.path)
+        finally:
+            self._handle = open(self.path, "ab", buffering=0)  # noqa: SIM115
+        self.dropped, self._marker_len, self._head_len = dropped, len(marker), len(head)
+        self._cut_size = cut_size
 
     def close(self) -> None:
         """Flush to disk; the sidecar is no longer needed once the build is over."""

@@ -133,8 +133,11 @@ class Dispatcher:
         while True:
             await asyncio.sleep(defaults.HEARTBEAT_CHECK_INTERVAL)
             now = self._clock()
-            self._carry_out(self.scheduler.check_heartbeats(now))
-            self._carry_out(self.scheduler.check_deadlines(now))
+            try:
+                self._carry_out(self.scheduler.check_heartbeats(now))
+                self._carry_out(self.scheduler.check_deadlines(now))
+            except Exception:  # the watchdog must outlive any one bad tick
+                log.exception("internal error in the heartbeat and deadline checks")
 
     # --- connections ----------------------------------------------------------------
 
@@ -179,6 +182,9 @@ class Dispatcher:
             await channel.refuse(ProtocolError("connection idle for too long", code="timeout"))
         except (ConnectionClosed, RemoteError) as e:
             log.debug("%s: %s", channel.peer, e)
+        except StorageError as e:
+            log.error("serving %s: %s", channel.peer, e)
+            await channel.refuse(protocol.Error(code="storage", message=f"dispatcher: {e}"))
         except Exception:
             log.exception("internal error while serving %s", channel.peer)
             await channel.refuse(
@@ -247,6 +253,8 @@ class Dispatcher:
                 self._on_runner_message(channel, name, session, message)
         finally:
             del self._sessions[session]
+            if self._unrecorded:  # results this runner sent just before it went away
+                self._record_results()
             if not self._closing:
                 self._carry_out(self.scheduler.disconnect(name, session, self._clock()))
 
@@ -365,7 +373,7 @@ class Dispatcher:
             while follower is not None and (data := await follower.next()) is not None:
                 await _send_chunks(channel, data)
         finally:
-            if follower is not None:
+            if follower is not None and request.sha in self._followers:
                 self._followers[request.sha].discard(follower)
         record = self.store.get(record.id) or record
         if follower is not None and follower.overflowed:
@@ -390,7 +398,10 @@ class Dispatcher:
         try:
             new = self.results.append_output(job.sha, message.offset, data)
         except StorageError as e:
-            log.error("build %d: %s", job.build_id, e)
+            # Drop the connection: the runner registers again and resends from what the
+            # log really holds, instead of every later chunk being refused as a gap.
+            log.error("build %d: %s; reconnecting its runner", job.build_id, e)
+            self._drop_session(session)
             return
         for follower in self._followers.get(job.sha, ()):
             follower.push(new)
@@ -506,10 +517,17 @@ class Dispatcher:
     def _carry_out_one(self, action: Action) -> None:
         match action:
             case StartBuild():
-                self.store.mark_running(
-                    action.build_id, action.attempt, action.runner, self._wall()
-                )
-                self.results.start_log(action.sha)
+                try:
+                    self.store.mark_running(
+                        action.build_id, action.attempt, action.runner, self._wall()
+                    )
+                    self.results.start_log(action.sha)
+                except StorageError as e:
+                    # Not sent: dropping the session gives the lease back (re-queued).
+                    log.error("cannot start build %d: %s; dropping runner %s",
+                              action.build_id, e, action.runner)  # fmt: skip
+                    self._drop_session(action.session)
+                    return
                 log.info(
                     "build %d (%s) attempt %d → runner %s",
                     action.build_id, action.sha[:12], action.attempt, action.runner,
@@ -536,6 +554,12 @@ class Dispatcher:
                     build_id=action.build_id, attempt=action.attempt, reason=action.reason
                 )
                 self._post(action.session, cancel)
+
+    def _drop_session(self, session: int) -> None:
+        """Close a runner's connection; the usual lost-runner path takes it from there."""
+        channel = self._sessions.get(session)
+        if channel is not None:
+            channel.close_nowait()
 
     def _post(self, session: int, message: protocol.Message) -> None:
         if self._outbox is not None:

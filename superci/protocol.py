@@ -42,6 +42,8 @@ MAX_LIST: Final = 1000
 MAX_BRANCH: Final = 200
 #: Integers stay within what SQLite and every JSON reader hold exactly.
 MAX_INT: Final = 2**53
+#: Most rows a status query may ask for (queue and last builds each).
+MAX_QUERY_LIMIT: Final = 1000
 #: Longest JSON document in a reply (a status table, one result).
 MAX_DOCUMENT: Final = 512 * 1024
 #: Report files a runner may send along with a result; each becomes test_results/<sha>/<name>.
@@ -139,6 +141,12 @@ def _check_nonce(value: str) -> str:
     return value
 
 
+def _check_limit(value: int) -> int:
+    if not 1 <= value <= MAX_QUERY_LIMIT:
+        raise ProtocolError(f"limit must be between 1 and {MAX_QUERY_LIMIT}, got {value}")
+    return value
+
+
 def _check_query(value: str) -> str:
     if value not in ("status", "show"):
         raise ProtocolError(f"query must be 'status' or 'show', got {value!r:.40}")
@@ -219,7 +227,7 @@ class Registered(Message):
     """Dispatcher → runner: registered; ``output_offset``: where an adopted build's log resumes."""
 
     type: ClassVar[str] = "registered"
-    output_offset: int | None = None
+    output_offset: int | None = _check(_check_non_negative, default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -367,7 +375,7 @@ class Query(Message):
     type: ClassVar[str] = "query"
     what: str = _check(_check_query)
     sha: str | None = _check(check_sha, default=None)
-    limit: int = _check(_check_positive, default=20)
+    limit: int = _check(_check_limit, default=20)
 
     def __post_init__(self) -> None:
         if self.what == "show" and self.sha is None:

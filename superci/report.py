@@ -67,7 +67,8 @@ def build_summary(record: BuildRecord) -> dict[str, Any]:
 
 
 def status_document(scheduler: Scheduler, store: Store, now: float, limit: int) -> dict[str, Any]:
-    """The pool, the queue and the last builds, for ``superci status``."""
+    """The pool, the queue (its first ``limit`` builds and its length) and the last
+    ``limit`` builds, for ``superci status``."""
     runners = [
         {
             "name": runner.name,
@@ -80,9 +81,10 @@ def status_document(scheduler: Scheduler, store: Store, now: float, limit: int) 
         }
         for runner in sorted(scheduler.runners.values(), key=lambda r: r.name)
     ]
+    queued = scheduler.queued()
     queue = [
         {"build_id": job.build_id, "sha": job.sha, "branch": job.branch, "attempt": job.attempt}
-        for job in scheduler.queued()
+        for job in queued[:limit]
     ]
     builds = [build_summary(record) for record in store.recent(limit)]
-    return {"runners": runners, "queue": queue, "builds": builds}
+    return {"runners": runners, "queue": queue, "queued": len(queued), "builds": builds}

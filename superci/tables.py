@@ -41,7 +41,8 @@ def status_tables(document: dict[str, Any]) -> str:
         [
             f"Runners ({len(runners)})\n"
             + table(["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT"], runners),
-            f"Queue ({len(queue)})\n" + table(["BUILD", "COMMIT", "BRANCH", "ATTEMPTS"], queue),
+            f"Queue ({document.get('queued', len(queue))})\n"
+            + table(["BUILD", "COMMIT", "BRANCH", "ATTEMPTS"], queue),
             "Last builds\n"
             + table(
                 ["BUILD", "COMMIT", "BRANCH", "STATUS", "DURATION", "RUNNER", "ATTEMPT"], builds

@@ -730,7 +730,7 @@ def test_status_and_show_describe_the_runners_the_queue_the_builds_and_failing_t
         ["1", running[:12], "main", "running"],
     ]
     document = json.loads(cli(superci, "status", "--json").stdout)
-    assert set(document) == {"runners", "queue", "builds"}
+    assert set(document) == {"runners", "queue", "queued", "builds"}
     assert [(r["name"], r["state"], r["build"]) for r in document["runners"]] == [
         ("runner-a", "busy", running)
     ]

@@ -109,3 +109,14 @@ def test_result_summary_of_a_build_not_run_yet_uses_dashes_and_omits_counts():
         "build    7, attempt 0 on -",
         "duration -",
     ]
+
+
+def test_status_table_counts_the_whole_queue_when_only_its_head_is_listed():
+    document = {
+        "runners": [],
+        "queue": [{"build_id": 1, "sha": "a" * 40, "branch": "main", "attempt": 0}],
+        "queued": 5000,
+        "builds": [],
+    }
+    text = status_tables(document)
+    assert "Queue (5000)" in text and "aaaaaaaaaaaa" in text
