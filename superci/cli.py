@@ -522,6 +522,11 @@ def up_command(
     """
     from superci.up import Stack
 
+    if not is_loopback(host):
+        raise click.ClickException(
+            "superci up runs every part on this machine; keep --host on loopback. For the "
+            "LAN, start `superci dispatcher` with a token (see README: On a LAN)."
+        )
     _setup_logging(verbose)
     stack = Stack(
         path,

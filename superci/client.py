@@ -51,7 +51,10 @@ async def connect(address: Address, role: str, timeout: float = defaults.CLIENT_
             f"no answer from the dispatcher at {address} within {timeout:g}s"
         ) from e
     except ConnectionClosed as e:
-        raise DispatcherUnavailable(f"the dispatcher at {address} closed the connection") from e
+        hint = "" if credentials.ssl else " (if it serves TLS, pass --tls or --tls-ca)"
+        raise DispatcherUnavailable(
+            f"the dispatcher at {address} closed the connection{hint}"
+        ) from e
     return channel
 
 
@@ -61,6 +64,12 @@ async def _authenticate(
     """Answer the dispatcher's challenge, then check its own proof of the token."""
     token = address.credentials.token
     if welcome.challenge is None:
+        if token is not None:  # an impostor without our token must not get our commits
+            await channel.close()
+            raise AuthenticationError(
+                f"the dispatcher at {address} does not ask for a token but we have one: "
+                f"start it with {auth.TOKEN_ENV} or --token-file too"
+            )
         return
     if token is None or nonce is None:
         await channel.close()

@@ -68,6 +68,8 @@ def _parse(path: Path, data: dict[str, Any]) -> BuildConfig:
 def _command(path: Path, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{path}: 'command' must be a non-empty string, got {value!r}")
+    if "\0" in value:
+        raise ConfigError(f"{path}: 'command' must not contain a NUL character")
     return value
 
 

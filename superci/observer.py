@@ -109,8 +109,8 @@ class Observer:
                 log.warning(
                     "the commit %s remembered in %s is gone from %s (history rewritten?); "
                     "delivering the tip only",
-                    ref,
                     last,
+                    ref,
                     self._path,
                 )
                 self._git("update-ref", "-d", ref)

@@ -58,6 +58,7 @@ class ActiveBuild:
     task: asyncio.Task[None] | None = None
     result: protocol.Result | None = None
     report: bytes = b""  # the JUnit XML report, sent with the result
+    started: protocol.Started | None = None  # said again to a restarted dispatcher
 
     def matches(self, build_id: int, attempt: int) -> bool:
         return (self.build.build_id, self.build.attempt) == (build_id, attempt)
@@ -105,7 +106,7 @@ class Runner:
         self.kill_grace = kill_grace
         self._channel: Channel | None = None
         self._current: ActiveBuild | None = None
-        self._scratch = Path(tempfile.gettempdir()) / f"superci-runner-{os.getpid()}"
+        self._scratch = Path(tempfile.mkdtemp(prefix="superci-runner-"))  # private: 0700
         self._workspace_lock = asyncio.Lock()  # one build at a time in the clone, dying ones too
         self._backoff = Backoff()
 
@@ -121,6 +122,10 @@ class Runner:
                     log.warning("%s", e)
                 except (ProtocolError, RemoteError, AuthenticationError) as e:
                     log.error("dispatcher at %s refused us: %s", self.address, e)
+                except (TimeoutError, OSError) as e:
+                    log.warning("connection to %s failed: %s", self.address, e or type(e).__name__)
+                except Exception:  # a runner never exits on its own: log it and retry
+                    log.exception("internal error in the connection to %s", self.address)
                 delay = self._backoff.next_delay()
                 log.info("reconnecting to %s in %.1fs", self.address, delay)
                 await asyncio.sleep(delay)
@@ -173,6 +178,8 @@ class Runner:
             )
             current.sent = reply.output_offset
             self._channel = channel
+            if current.started is not None and current.result is None:
+                await channel.send(current.started)  # its deadline, for the new process
             await self._send_output(current)
             await self._send_result(current)
 
@@ -256,7 +263,13 @@ class Runner:
 
     async def _run_and_report(self, active: ActiveBuild) -> None:
         async with self._workspace_lock:
-            result = await self.run_one(active)
+            started = time.monotonic()
+            try:
+                result = await self.run_one(active)
+            except Exception as e:  # whatever went wrong, the build ends with a result
+                log.exception("build %d failed inside the runner", active.build.build_id)
+                message = f"the runner failed: {type(e).__name__}: {e}"
+                result = self._result(active, BuildStatus.ERROR, None, started, message)
         if self._current is not active:
             return  # abandoned while it ran
         active.result = result
@@ -327,14 +340,11 @@ class Runner:
             await emit(f"superci: {e}\n".encode())
             return self._result(active, BuildStatus.ERROR, None, started, str(e))
         timeout = config.timeout or self.build_timeout
-        await self._send_quietly(
-            protocol.Started(
-                build_id=build.build_id,
-                attempt=build.attempt,
-                timeout=timeout,
-                kill_grace=self.kill_grace,
-            )  # fmt: skip
-        )
+        active.started = protocol.Started(
+            build_id=build.build_id, attempt=build.attempt,
+            timeout=timeout, kill_grace=self.kill_grace,
+        )  # fmt: skip
+        await self._send_quietly(active.started)
         await emit(f"superci: $ {config.command}\n".encode())
         execution = await run_command(
             config.command, self.workspace.path, self._environment(build, config.junit, report),
@@ -349,7 +359,6 @@ class Runner:
         """Where this build's JUnit report will be: the repository's own, or one we ask
         pytest for, outside the checkout (so ``clean -xdff`` and the tests leave it be)."""
         if junit is None:
-            self._scratch.mkdir(parents=True, exist_ok=True)
             path = self._scratch / "junit.xml"
             path.unlink(missing_ok=True)
             return path

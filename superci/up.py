@@ -11,13 +11,16 @@ import asyncio
 import contextlib
 import logging
 import sys
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from superci import defaults
+from superci.auth import Credentials, load_token
 from superci.channel import Address
 from superci.dispatcher import run_dispatcher
+from superci.errors import SuperCIError
 from superci.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -82,13 +85,18 @@ class Stack:
                 self.port,
                 self.results,
                 self.results.resolve().parent / defaults.STATE_FILE,
+                credentials=Credentials(token=load_token()),  # SUPERCI_TOKEN, as the children
                 on_result=lambda result: echo(format_outcome(result)),
                 ready=ready.set_result,
             )
         )
         try:
-            async with asyncio.timeout(30):
-                address = await asyncio.shield(ready)
+            await asyncio.wait([ready, dispatcher], timeout=30, return_when=FIRST_COMPLETED)
+            if dispatcher.done():
+                await dispatcher  # it could not start: its error says why
+            if not ready.done():
+                raise SuperCIError("the dispatcher did not start within 30 s")
+            address = ready.result()
             echo(f"superci: dispatcher on {address}, results in {self.results.resolve()}")
             for i, clone in enumerate(clones[:-1], start=1):
                 await self._start("runner", str(address), "--name", f"runner-{i}", str(clone))

@@ -98,3 +98,9 @@ def test_unknown_key_warns_and_is_ignored(tmp_path, caplog):
     assert len(warnings) == 1
     assert "comand" in warnings[0].getMessage()
     assert str(path) in warnings[0].getMessage()
+
+
+def test_a_command_with_a_nul_character_is_refused(tmp_path):
+    (tmp_path / ".superci.toml").write_text('command = "echo a\\u0000b"\n')
+    with pytest.raises(ConfigError, match="NUL"):
+        load_build_config(tmp_path)

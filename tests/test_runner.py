@@ -19,6 +19,7 @@ from conftest import FAILING_TEST, PASSING_TEST
 from helpers import WAIT, FakeClock, Harness, async_test, eventually, free_port, process_alive
 
 from superci import client, defaults, protocol
+from superci import runner as runner_module
 from superci.channel import Address
 from superci.errors import DispatcherUnavailable
 from superci.runner import Runner
@@ -158,6 +159,33 @@ async def test_a_commit_missing_from_the_repository_ends_as_an_error(tmp_path, w
     assert result["exit_code"] is None
     assert missing in result["message"] and "not found" in result["message"]
     assert result["message"] in h.output_log(missing).decode()
+
+
+@async_test()
+async def test_a_failure_inside_the_runner_ends_the_build_as_an_error_and_the_runner_goes_on(
+    tmp_path, repo, workspace, monkeypatch
+):
+    first = repo.commit({"tests/test_arithmetic.py": PASSING_TEST}, "first")
+    second = repo.commit({"tests/test_arithmetic.py": PASSING_TEST + "# again\n"}, "second")
+    real_run_command = runner_module.run_command
+    calls = []
+
+    async def failing_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("the disk of /tmp is full")
+        return await real_run_command(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "run_command", failing_once)
+    async with Harness(tmp_path) as h, running(new_runner(h, workspace)):
+        await h.submit(first)
+        failed = await h.results.wait(first, BUILD_WAIT)
+        await h.submit(second)
+        passed = await h.results.wait(second, BUILD_WAIT)
+
+    assert failed["status"] == "error"
+    assert "the runner failed: RuntimeError: the disk of /tmp is full" in failed["message"]
+    assert passed["status"] == "passed"
 
 
 # --- connection trouble ------------------------------------------------------------------

@@ -152,3 +152,11 @@ async def _until(predicate, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.01)
+
+
+@async_test()
+async def test_client_with_a_token_refuses_a_dispatcher_that_does_not_ask_for_one(tmp_path):
+    async with dispatcher(tmp_path, Credentials()) as address:  # an impostor: no token
+        with pytest.raises(AuthenticationError, match="does not ask for a token"):
+            await client.submit_async(replace(address, credentials=Credentials(TOKEN)), SHA, "main")
+    assert queued_builds(tmp_path) == 0
