@@ -123,7 +123,3 @@ class Channel:
                 await self._writer.wait_closed()
         except (ConnectionError, TimeoutError):
             pass
-
-    @property
-    def closing(self) -> bool:
-        return self._writer.is_closing()

@@ -35,9 +35,6 @@ HANDSHAKE_TIMEOUT = 5.0
 MAX_FRAME_BYTES = 1024 * 1024
 #: Size of one output chunk a runner sends (bytes).
 OUTPUT_CHUNK_BYTES = 64 * 1024
-#: A runner flushes buffered output at least this often (seconds), so a printed line
-#: reaches the dispatcher's output.log well within a second.
-OUTPUT_FLUSH_INTERVAL = 0.2
 
 #: Test command when the tested repository has no .superci.toml (the original design:
 #: tests live in tests/).

@@ -43,6 +43,7 @@ class Job:
     stopping: BuildStatus | None = None  # cancelled or timeout, once asked to stop
     stop_by: float | None = None  # when a runner that was asked to stop is given up on
     stop_reason: str = ""
+    stop_grace: float | None = None  # the runner's own kill grace plus margin, once known
 
     @property
     def lease(self) -> Lease:
@@ -178,7 +179,11 @@ class Scheduler:
         adopted: int | None = None
         if old is not None:
             if old.session is not None and old.session != session:
-                actions.append(CloseSession(old.session, "replaced by a new session"))
+                why = (
+                    f"replaced by a new session of runner {name} from {host} (pid {pid}); "
+                    "if that is another machine, give each runner its own --name"
+                )
+                actions.append(CloseSession(old.session, why))
             held = self.jobs.get(old.build_id) if old.build_id is not None else None
             if held is not None and lease == held.lease:
                 adopted = held.build_id
@@ -217,8 +222,10 @@ class Scheduler:
         return actions
 
     def started(self, job: Job, timeout: float, kill_grace: float, now: float) -> None:
-        """The runner started the tests with this limit: the dispatcher's deadline follows."""
-        job.deadline = now + timeout + kill_grace + defaults.DEADLINE_MARGIN
+        """The runner started the tests with this limit: the dispatcher's deadline follows,
+        and a stop it is asked for may take the runner's own kill grace."""
+        job.stop_grace = kill_grace + defaults.DEADLINE_MARGIN
+        job.deadline = now + timeout + job.stop_grace
 
     def cancel(
         self,
@@ -228,7 +235,8 @@ class Scheduler:
         reason: str = "cancelled",
     ) -> list[Action]:
         """Stop a build: a queued one ends at once, a running one's runner is told to stop
-        it (and has ``stop_grace`` to report back before it is given up on)."""
+        it (and has its kill grace, or ``stop_grace``, to report back before it is given
+        up on)."""
         job = self.jobs.get(build_id)
         if job is None:
             raise UnknownBuild(f"build {build_id} is neither queued nor running")
@@ -237,7 +245,8 @@ class Scheduler:
             self._drop_job(job)
             return [EndBuild(build_id, status, reason)] + self._dispatch(now)
         if job.stopping is None:
-            job.stopping, job.stop_by, job.stop_reason = status, now + self.stop_grace, reason
+            grace = job.stop_grace if job.stop_grace is not None else self.stop_grace
+            job.stopping, job.stop_by, job.stop_reason = status, now + grace, reason
             return [CancelLease(runner.session, build_id, job.attempt, reason)]
         return []
 

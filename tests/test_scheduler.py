@@ -39,6 +39,14 @@ def add(s: Scheduler, build_id: int, branch: str = "main"):
     return s.add_build(build_id, sha(build_id), branch, 0.0)
 
 
+def replaced(name: str, session: int) -> str:
+    """Why the old session of a runner registering again with ``register`` is closed."""
+    return (
+        f"replaced by a new session of runner {name} from {name}.lan (pid {1000 + session}); "
+        "if that is another machine, give each runner its own --name"
+    )
+
+
 def of_type(actions, kind):
     return [a for a in actions if isinstance(a, kind)]
 
@@ -308,7 +316,7 @@ def test_reconnect_replaces_the_old_session_and_requeues_its_build(sched):
     add(sched, 1)
     actions = register(sched, "r1", 2, now=3.0)
     assert actions == [
-        CloseSession(1, "replaced by a new session"),
+        CloseSession(1, replaced("r1", 2)),
         Requeue(1, 1, "r1", "runner reconnected without its build"),
         start(2, "r1", 1, 2),  # the new session is idle, so it gets the build again
     ]
@@ -319,7 +327,7 @@ def test_reconnect_replaces_the_old_session_and_requeues_its_build(sched):
 
 def test_reconnect_of_an_idle_runner_just_replaces_the_session(sched):
     register(sched, "r1", 1)
-    assert register(sched, "r1", 2) == [CloseSession(1, "replaced by a new session")]
+    assert register(sched, "r1", 2) == [CloseSession(1, replaced("r1", 2))]
     assert sched.runners["r1"].session == 2
     assert sched.runners["r1"].state is RunnerState.IDLE
     assert add(sched, 1) == [start(2, "r1", 1, 1)]
@@ -330,7 +338,7 @@ def test_reconnect_that_claims_its_current_lease_is_adopted(sched):
     add(sched, 1)
     add(sched, 2)
     actions = register(sched, "r1", 2, now=4.0, lease=Lease(1, 1))
-    assert actions == [CloseSession(1, "replaced by a new session")]
+    assert actions == [CloseSession(1, replaced("r1", 2))]
     runner = sched.runners["r1"]
     assert (runner.session, runner.build_id, runner.state) == (2, 1, RunnerState.BUSY)
     assert sched.jobs[1].attempt == 1
@@ -519,3 +527,12 @@ def test_runner_lost_while_stopping_a_build_ends_it_as_asked_not_requeued(timed)
     assert of_type(actions, Requeue) == []
     (end,) = of_type(actions, EndBuild)
     assert end.status is BuildStatus.CANCELLED
+
+
+def test_a_stop_may_take_the_runners_own_kill_grace_before_it_is_given_up_on(timed):
+    add(timed, 1)
+    register(timed, "r1", 1, now=0.0)
+    timed.started(timed.jobs[1], timeout=100.0, kill_grace=30.0, now=0.0)
+    timed.cancel(1, now=10.0)
+    assert of_type(timed.check_deadlines(10.0 + 30.0 + 5.0), EndBuild) == []
+    assert of_type(timed.check_deadlines(10.0 + 30.0 + 5.1), EndBuild) != []
