@@ -102,6 +102,7 @@ class Gated(unittest.TestCase):
             self.assertLess(time.monotonic(), deadline, "the gate never opened")
             time.sleep(0.02)
         print("after the gate", flush=True)
+        (GATE / ("finished-" + attempt)).write_text(os.getcwd())
 """
 
 
@@ -121,6 +122,11 @@ class Repo:
         git(self.path, "add", "--all")
         git(self.path, "commit", "--quiet", "--allow-empty", "-m", message)
         return git(self.path, "rev-parse", "HEAD")
+
+    def commit_gated(self, gate: Path, message: str = "gated") -> str:
+        """A commit whose test says when it starts and waits for ``gate / "open"``."""
+        gate.mkdir(exist_ok=True)
+        return self.commit({"tests/test_gated.py": GATED_TEST.format(gate=str(gate))}, message)
 
     def clone(self, target: Path) -> Path:
         git(target.parent, "clone", "--quiet", str(self.path), str(target))

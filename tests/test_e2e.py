@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from conftest import (
     FAILING_TEST,
-    GATED_TEST,
     PASSING_TEST,
     Repo,
     Superci,
@@ -68,8 +67,7 @@ def test_runner_killed_mid_build_is_redispatched_to_the_other_runner_and_recorde
     repo: Repo, superci: Superci, tmp_path: Path
 ):
     gate = tmp_path / "gate"
-    gate.mkdir()
-    sha = repo.commit({"tests/test_gated.py": GATED_TEST.format(gate=str(gate))}, "gated")
+    sha = repo.commit_gated(gate)
     clones = {name: repo.clone(tmp_path / name) for name in ("runner-a", "runner-b")}
     superci.dispatcher()
     runners = {name: superci.runner(clone, name) for name, clone in clones.items()}
@@ -118,8 +116,7 @@ def test_dispatcher_killed_mid_build_re_adopts_the_running_build_after_a_restart
     repo: Repo, superci: Superci, tmp_path: Path
 ):
     gate = tmp_path / "gate"
-    gate.mkdir()
-    sha = repo.commit({"tests/test_gated.py": GATED_TEST.format(gate=str(gate))}, "gated")
+    sha = repo.commit_gated(gate)
     dispatcher = superci.dispatcher()
     runner = superci.runner(repo.clone(tmp_path / "runner-a"), "runner-a")
     superci.notify(sha)
@@ -239,8 +236,7 @@ def test_result_that_cannot_be_written_is_not_marked_finished_and_is_recorded_la
     repo: Repo, superci: Superci, tmp_path: Path
 ):
     gate = tmp_path / "gate"
-    gate.mkdir()
-    sha = repo.commit({"tests/test_gated.py": GATED_TEST.format(gate=str(gate))}, "gated")
+    sha = repo.commit_gated(gate)
     dispatcher = superci.dispatcher()
     runner = superci.runner(repo.clone(tmp_path / "runner-a"), "runner-a")
     superci.notify(sha)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAILING_TEST, GATED_TEST, Repo, Superci
+from conftest import FAILING_TEST, Repo, Superci
 from helpers import (
     HELLO_CLIENT,
     HELLO_RUNNER,
@@ -395,8 +395,7 @@ async def test_dispatcher_fed_hostile_input_keeps_serving_a_real_runner_within_b
     monkeypatch.setattr(defaults, "CLIENT_IDLE_TIMEOUT", CLIENT_IDLE_TIMEOUT)
     rng = random.Random(hostile_seed())
     gate = tmp_path / "gate"
-    gate.mkdir()
-    gated = repo.commit({"tests/test_gated.py": GATED_TEST.format(gate=str(gate))}, "gated")
+    gated = repo.commit_gated(gate)
     failing = repo.commit({"tests/test_broken.py": FAILING_TEST}, "failing")
     clone = repo.clone(tmp_path / "runner-clone")
     escape = tmp_path / "escaped"

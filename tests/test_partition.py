@@ -43,30 +43,6 @@ HEARTBEAT_TIMEOUT = 2.0
 #: Bound for any one wait of this test; the whole test takes far less.
 WAIT = 30.0
 
-#: Like conftest's GATED_TEST, and it also says when it got past the gate, so the test
-#: knows a cut-off runner's build really ran to its end.
-GATED_TEST = """\
-import os
-import pathlib
-import time
-import unittest
-
-GATE = pathlib.Path({gate!r})
-
-
-class Gated(unittest.TestCase):
-    def test_waits_for_the_gate(self):
-        attempt = os.environ["SUPERCI_ATTEMPT"]
-        print("before the gate, attempt", attempt, flush=True)
-        (GATE / ("started-" + attempt)).write_text(os.getcwd())
-        deadline = time.monotonic() + 120
-        while not (GATE / "open").exists():
-            self.assertLess(time.monotonic(), deadline, "the gate never opened")
-            time.sleep(0.02)
-        print("after the gate", flush=True)
-        (GATE / ("finished-" + attempt)).write_text(os.getcwd())
-"""
-
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10, check=check)
@@ -278,8 +254,7 @@ def test_runner_cut_off_mid_build_loses_its_lease_and_rejoins_when_the_link_is_b
 ):
     began = time.monotonic()
     gate = tmp_path / "gate"
-    gate.mkdir()
-    sha = repo.commit({"tests/test_gated.py": GATED_TEST.format(gate=str(gate))}, "gated")
+    sha = repo.commit_gated(gate)
     far_clone = repo.clone(tmp_path / "far-clone")
     near_clone = repo.clone(tmp_path / "near-clone")
     dispatcher = hosts.dispatcher()
