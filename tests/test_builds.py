@@ -200,6 +200,10 @@ async def wait_for(condition: Any, what: str, timeout: float = 5.0) -> None:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
+#: The kill grace the hand-written runner of DeadlineStage announces.
+WEDGED_KILL_GRACE = 60
+
+
 class DeadlineStage:
     """An in-process dispatcher on real TCP with a fake clock, and one hand-driven runner
     that has started a build with a 1 s limit and a 60 s kill grace."""
@@ -226,7 +230,7 @@ class DeadlineStage:
         self.build = build
         await self.runner.send(
             protocol.Started(build_id=build.build_id, attempt=build.attempt, timeout=1,
-                             kill_grace=60)
+                             kill_grace=WEDGED_KILL_GRACE)
         )  # fmt: skip
         job = self.dispatcher.scheduler.jobs[build.build_id]
         await wait_for(lambda: job.deadline == self.deadline, "the runner's limit to be applied")
@@ -272,7 +276,8 @@ def test_dispatcher_times_out_a_build_its_heartbeating_runner_never_stops(
             assert stage.runner is not None
             await stage.runner.send(protocol.Heartbeat())  # alive, but never reports back
 
-            stage.clock.now += defaults.KILL_GRACE + defaults.DEADLINE_MARGIN + 1
+            # A stop may take the runner's own kill grace (plus the margin), no more.
+            stage.clock.now += WEDGED_KILL_GRACE + defaults.DEADLINE_MARGIN + 1
             with pytest.raises(RemoteError, match="did not stop a build"):
                 await stage.next_message()
 
