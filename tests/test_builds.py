@@ -244,7 +244,7 @@ class DeadlineStage:
 
     @property
     def deadline(self) -> float:
-        return 1000.0 + 1 + 60 + defaults.DEADLINE_MARGIN
+        return 1000.0 + 1 + WEDGED_KILL_GRACE + defaults.DEADLINE_MARGIN
 
     async def next_message(self, timeout: float = 5.0) -> protocol.Message:
         assert self.runner is not None
