@@ -21,6 +21,7 @@ import git
 from superci import defaults
 from superci.backoff import Backoff
 from superci.errors import ConfigError, SuperCIError, WorkspaceError
+from superci.workspace import git_message
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class Observer:
                     "fetch from remote %r of %s failed, going on with the refs fetched before: %s",
                     remote.name,
                     self._path,
-                    _reason(e),
+                    git_message(e),
                 )
 
     def _catch_up(self, branch: str, delivered: list[tuple[str, str]]) -> None:
@@ -199,7 +200,7 @@ class Observer:
             raise self._failure(command, e) from e
 
     def _failure(self, command: str, e: git.CommandError) -> WorkspaceError:
-        return WorkspaceError(f"git {command} failed in {self._path}: {_reason(e)}")
+        return WorkspaceError(f"git {command} failed in {self._path}: {git_message(e)}")
 
 
 def _open_repo(path: Path) -> git.Repo:
@@ -237,10 +238,3 @@ def _current_branch(repo: git.Repo, path: Path) -> str:
             "name the branches to watch"
         )
     return repo.head.reference.name
-
-
-def _reason(e: git.CommandError) -> str:
-    """git's first complaint on one line, without GitPython's framing around it."""
-    text = e.stderr.strip().removeprefix("stderr: '").removesuffix("'")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else f"{' '.join(map(str, e.command))} ended with {e.status}"

@@ -8,17 +8,16 @@ block; an asyncio caller runs them with ``asyncio.to_thread``.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import git
 
 from superci import defaults
 from superci.errors import WorkspaceError
+from superci.protocol import SHA_RE
 
 log = logging.getLogger(__name__)
 
-SHA_RE = re.compile(r"[0-9a-f]{40}")
 
 #: Git must fail instead of waiting for a password nobody will type.
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0"}
@@ -52,7 +51,7 @@ class Workspace:
         try:
             git.Repo.clone_from(source, Path(path), env=GIT_ENV)
         except git.GitCommandError as e:
-            raise WorkspaceError(f"cannot clone {source} into {path}: {_stderr(e)}") from e
+            raise WorkspaceError(f"cannot clone {source} into {path}: {git_message(e)}") from e
         except (git.UnsafeProtocolError, git.UnsafeOptionError) as e:
             raise WorkspaceError(f"refusing to clone {source!r}: {e}") from e
         log.info("cloned %s into %s", source, path)
@@ -81,13 +80,13 @@ class Workspace:
         except git.GitCommandError as e:
             if not self._has_commit(sha):
                 raise WorkspaceError(
-                    f"commit {sha} not found in {self.path}: fetching failed: {_stderr(e)}"
+                    f"commit {sha} not found in {self.path}: fetching failed: {git_message(e)}"
                 ) from e
             log.warning(
                 "fetching into %s failed, building %s from the local copy: %s",
                 self.path,
                 sha,
-                _stderr(e),
+                git_message(e),
             )
             return
         if not self._has_commit(sha):
@@ -113,10 +112,10 @@ class Workspace:
         try:
             getattr(self._repo.git, command)(*args, kill_after_timeout=defaults.GIT_TIMEOUT)
         except git.GitCommandError as e:
-            raise WorkspaceError(f"git {command} failed in {self.path}: {_stderr(e)}") from e
+            raise WorkspaceError(f"git {command} failed in {self.path}: {git_message(e)}") from e
 
 
-def _stderr(e: git.GitCommandError) -> str:
+def git_message(e: git.CommandError) -> str:
     """Git's own message, without GitPython's ``stderr: '...'`` wrapping."""
     text = str(e.stderr or "").strip()
     prefix = "stderr: '"
