@@ -339,6 +339,9 @@ class Runner:
         except (WorkspaceError, ConfigError) as e:
             await emit(f"superci: {e}\n".encode())
             return self._result(active, BuildStatus.ERROR, None, started, str(e))
+        if active.cancel.is_set():  # cancelled while the workspace was prepared
+            await emit(b"superci: cancelled before the tests started\n")
+            return self._result(active, BuildStatus.CANCELLED, None, started, "cancelled")
         timeout = config.timeout or self.build_timeout
         active.started = protocol.Started(
             build_id=build.build_id, attempt=build.attempt,

@@ -195,6 +195,10 @@ class Scheduler:
         self.runners[name] = Runner(name, session, host, pid, now, build_id=adopted)
         if adopted is None:
             self._idle[name] = None
+        else:
+            job = self.jobs[adopted]
+            if job.stopping is not None:  # asked to stop before it reconnected: ask again
+                actions.append(CancelLease(session, job.build_id, job.attempt, job.stop_reason))
         return actions + self._dispatch(now)
 
     def heartbeat(self, name: str, session: int, now: float) -> None:

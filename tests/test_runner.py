@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,40 @@ async def test_a_failure_inside_the_runner_ends_the_build_as_an_error_and_the_ru
     assert failed["status"] == "error"
     assert "the runner failed: RuntimeError: the disk of /tmp is full" in failed["message"]
     assert passed["status"] == "passed"
+
+
+@async_test()
+async def test_a_build_cancelled_while_its_checkout_runs_never_starts_its_tests(
+    tmp_path, repo, workspace, monkeypatch
+):
+    sha = repo.commit({"tests/test_arithmetic.py": PASSING_TEST}, "passing")
+    checkout_started, release = threading.Event(), threading.Event()
+    real_prepare = workspace.prepare
+
+    def slow_prepare(commit: str) -> None:
+        checkout_started.set()
+        assert release.wait(WAIT), "the test never let the checkout finish"
+        real_prepare(commit)
+
+    monkeypatch.setattr(workspace, "prepare", slow_prepare)
+    async with Harness(tmp_path) as h:
+        runner = new_runner(h, workspace)
+        async with running(runner):
+            await h.submit(sha)
+            await eventually(checkout_started.is_set, WAIT, "the checkout to start")
+            reply = await client.request(h.address, protocol.CancelRequest(sha=sha))
+            await eventually(
+                lambda: runner._current is not None and runner._current.cancel.is_set(),
+                WAIT,
+                "the runner to take the cancel in",
+            )
+            release.set()
+            result = await h.results.wait(sha, BUILD_WAIT)
+
+    assert reply.status == "cancelling"
+    assert result["status"] == "cancelled"
+    log = h.output_log(sha).decode()
+    assert "cancelled before the tests started" in log and "passing test ran" not in log
 
 
 # --- connection trouble ------------------------------------------------------------------

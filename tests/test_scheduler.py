@@ -536,3 +536,12 @@ def test_a_stop_may_take_the_runners_own_kill_grace_before_it_is_given_up_on(tim
     timed.cancel(1, now=10.0)
     assert of_type(timed.check_deadlines(10.0 + 30.0 + 5.0), EndBuild) == []
     assert of_type(timed.check_deadlines(10.0 + 30.0 + 5.1), EndBuild) != []
+
+
+def test_a_stop_asked_for_before_a_reconnect_is_asked_again_of_the_adopted_session(timed):
+    add(timed, 1)
+    register(timed, "r1", 1, now=0.0)
+    timed.cancel(1, now=1.0, reason="by request")
+    actions = timed.register("r1", 2, "r1.lan", 1002, Lease(1, 1), 2.0)
+    assert CancelLease(2, 1, 1, "by request") in actions
+    assert timed.jobs[1].stopping is BuildStatus.CANCELLED
