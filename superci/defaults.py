@@ -14,6 +14,10 @@ HEARTBEAT_TIMEOUT = 10.0
 HEARTBEAT_CHECK_INTERVAL = 0.5
 #: A build is tried on this many runners before it ends as an error ("runner lost").
 MAX_ATTEMPTS = 3
+#: A build whose runners leave on purpose (stopped, Ctrl-C) goes back to the queue without
+#: using an attempt; after this many such hand-backs it ends as an error, so a build that
+#: keeps sending its runners away cannot circulate for ever.
+MAX_HANDBACKS = 20
 
 #: Observer poll period (seconds): fast enough to feel live, slow enough to be no load.
 POLL_INTERVAL = 5.0
@@ -79,5 +83,8 @@ MAX_UNAUTHENTICATED = 128
 MAX_CONNECTIONS = 4096
 #: Pending connections the kernel queues for the dispatcher (a burst of runners and clients).
 LISTEN_BACKLOG = 1024
+#: A runner that leaves on purpose waits this long (seconds) for the dispatcher to take
+#: note before it goes anyway.
+LEAVE_TIMEOUT = 3.0
 #: On shutdown, open connections get this long (seconds) to wind down.
 SHUTDOWN_GRACE = 2.0

@@ -302,8 +302,18 @@ class Dispatcher:
             self._on_artifact(name, session, message)
         elif isinstance(message, protocol.Result):
             self._on_result(channel, name, session, message)
+        elif isinstance(message, protocol.Leaving):
+            self._on_leaving(name, session, message)
         else:
             raise ProtocolError(f"a runner cannot send {message.type}", code="unexpected")
+
+    def _on_leaving(self, name: str, session: int, message: protocol.Leaving) -> None:
+        """A runner leaves on purpose: results it sent first are recorded, then its build
+        goes back to the queue without counting an attempt."""
+        if self._unrecorded:
+            self._record_results()
+        log.info("runner %s is leaving: %s", name, message.reason)
+        self._carry_out(self.scheduler.leave(name, session, message.reason, self._clock()))
 
     # --- requests -------------------------------------------------------------------
 
@@ -534,9 +544,15 @@ class Dispatcher:
                 )  # fmt: skip
                 self._post(action.session, _build_message(action))
             case Requeue():
-                why = f"attempt {action.attempt} lost with runner {action.lost_runner}: "
+                if action.counted:
+                    why = f"attempt {action.attempt} lost with runner {action.lost_runner}: "
+                else:
+                    why = (
+                        f"attempt {action.attempt} given back (not counted) by runner "
+                        f"{action.lost_runner}, which left: "
+                    )
                 log.warning("build %d re-queued: %s%s", action.build_id, why, action.reason)
-                self.store.mark_queued(action.build_id, why + action.reason)
+                self.store.mark_queued(action.build_id, why + action.reason, action.counted)
             case EndBuild():
                 record = self.store.get(action.build_id)
                 assert record is not None

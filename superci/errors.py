@@ -52,6 +52,10 @@ class WorkspaceError(SuperCIError):
     """A git operation in a runner's or observer's clone failed."""
 
 
+class WorkspaceBroken(WorkspaceError):
+    """A runner's clone can neither be used nor repaired: the runner must leave the pool."""
+
+
 class StaleResult(SuperCIError):
     """A result or output arrived for a lease that is no longer current."""
 

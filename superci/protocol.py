@@ -238,6 +238,16 @@ class Heartbeat(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Leaving(Message):
+    """Runner → dispatcher: it leaves the pool on purpose (stopped, or it cannot build any
+    more); its build goes back to the queue without counting an attempt. The dispatcher
+    answers by closing the connection."""
+
+    type: ClassVar[str] = "leaving"
+    reason: str = _text()
+
+
+@dataclass(frozen=True, kw_only=True)
 class Build(Message):
     """Dispatcher → runner: build this commit under this lease."""
 
@@ -403,6 +413,7 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
         Register,
         Registered,
         Heartbeat,
+        Leaving,
         Build,
         Output,
         Result,

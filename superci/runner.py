@@ -32,6 +32,7 @@ from superci.errors import (
     DispatcherUnavailable,
     ProtocolError,
     RemoteError,
+    WorkspaceBroken,
     WorkspaceError,
 )
 from superci.execute import Execution, build_environment, run_command
@@ -109,11 +110,19 @@ class Runner:
         self._scratch = Path(tempfile.mkdtemp(prefix="superci-runner-"))  # private: 0700
         self._workspace_lock = asyncio.Lock()  # one build at a time in the clone, dying ones too
         self._backoff = Backoff()
+        self._main: asyncio.Task[None] | None = None  # run_forever's task
+        self._broken: WorkspaceBroken | None = None  # set when the clone is beyond repair
 
     # --- the connection loop --------------------------------------------------------
 
     async def run_forever(self) -> None:
-        """Stay registered until cancelled; a running build is stopped on the way out."""
+        """Stay registered until cancelled; a running build is stopped on the way out.
+
+        Cancelled (SIGTERM, SIGINT), the runner first tells the dispatcher it is leaving,
+        so its build is queued again without counting an attempt. A clone it can neither
+        use nor repair makes it leave the same way and raise :class:`WorkspaceBroken`.
+        """
+        self._main = asyncio.current_task()
         try:
             while True:
                 try:
@@ -129,6 +138,10 @@ class Runner:
                 delay = self._backoff.next_delay()
                 log.info("reconnecting to %s in %.1fs", self.address, delay)
                 await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            if self._broken is not None:
+                raise self._broken from None
+            raise
         finally:
             shutil.rmtree(self._scratch, ignore_errors=True)
             dying = self._abandon_current("runner stopping")
@@ -146,11 +159,30 @@ class Runner:
             try:
                 while True:
                     self._on_message(await channel.receive())
+            except asyncio.CancelledError:
+                heartbeats.cancel()
+                await self._say_leaving(channel)
+                raise
             finally:
                 self._channel = None
                 heartbeats.cancel()
         finally:
             await channel.close()
+
+    async def _say_leaving(self, channel: Channel) -> None:
+        """Tell the dispatcher we leave on purpose and wait (briefly) until it has taken
+        note, which it shows by closing the connection."""
+        if self._broken is not None:
+            reason = f"cannot build any more: {self._broken}"
+        else:
+            reason = "runner stopped"
+        try:
+            await channel.send(protocol.Leaving(reason=reason[: protocol.MAX_TEXT]))
+            async with asyncio.timeout(defaults.LEAVE_TIMEOUT):
+                while True:
+                    await channel.receive()
+        except (ConnectionClosed, RemoteError, ProtocolError, TimeoutError, OSError) as e:
+            log.info("left the dispatcher at %s (%s)", self.address, e or type(e).__name__)
 
     async def _register(self, channel: Channel) -> None:
         current = self._current
@@ -266,6 +298,9 @@ class Runner:
             started = time.monotonic()
             try:
                 result = await self.run_one(active)
+            except WorkspaceBroken as e:
+                self._leave_broken(e)
+                return
             except Exception as e:  # whatever went wrong, the build ends with a result
                 log.exception("build %d failed inside the runner", active.build.build_id)
                 message = f"the runner failed: {type(e).__name__}: {e}"
@@ -275,6 +310,14 @@ class Runner:
         active.result = result
         await self._send_output(active)
         await self._send_result(active)
+
+    def _leave_broken(self, error: WorkspaceBroken) -> None:
+        """The clone can neither be used nor repaired: leave the pool (the build goes back
+        to the queue uncounted) and end the runner with the error."""
+        log.error("%s", error)
+        self._broken = error
+        if self._main is not None:
+            self._main.cancel()
 
     async def _send_result(self, active: ActiveBuild) -> None:
         """Send the report, then the result (both again after a reconnect if need be)."""
@@ -336,6 +379,8 @@ class Runner:
             await asyncio.to_thread(self.workspace.prepare, build.sha)
             config = load_build_config(self.workspace.path)
             report = self._report_path(config.junit)
+        except WorkspaceBroken:
+            raise  # not the commit's fault: the runner leaves, the build is queued again
         except (WorkspaceError, ConfigError) as e:
             await emit(f"superci: {e}\n".encode())
             return self._result(active, BuildStatus.ERROR, None, started, str(e))

@@ -36,9 +36,10 @@ class Job:
     sha: str
     branch: str
     status: BuildStatus = BuildStatus.QUEUED
-    attempt: int = 0
+    attempt: int = 0  # dispatches so far; each one is a lease of its own
     runner: str | None = None
     runners: list[str] = field(default_factory=list)
+    lost: int = 0  # runners lost while they held it; only these count towards max_attempts
     deadline: float | None = None  # when a running attempt has overstayed its time limit
     stopping: BuildStatus | None = None  # cancelled or timeout, once asked to stop
     stop_by: float | None = None  # when a runner that was asked to stop is given up on
@@ -85,12 +86,16 @@ class StartBuild:
 
 @dataclass(frozen=True)
 class Requeue:
-    """A runner was lost; the build waits for another one (persist it as queued)."""
+    """The build's runner is gone; the build waits for another one (persist it as queued).
+
+    ``counted`` is False when the runner left on purpose (stopped, or gave up on its
+    clone): that costs the build no attempt."""
 
     build_id: int
     attempt: int
     lost_runner: str
     reason: str
+    counted: bool = True
 
 
 @dataclass(frozen=True)
@@ -133,9 +138,11 @@ class Scheduler:
         max_attempts: int = defaults.MAX_ATTEMPTS,
         build_timeout: float = defaults.BUILD_TIMEOUT,
         stop_grace: float = defaults.KILL_GRACE + defaults.DEADLINE_MARGIN,
+        max_handbacks: int = defaults.MAX_HANDBACKS,
     ) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         self.max_attempts = max_attempts
+        self.max_handbacks = max_handbacks
         self.build_timeout = build_timeout  # until the runner says which limit applies
         self.stop_grace = stop_grace  # how long a runner may take to stop a build
         self.jobs: dict[int, Job] = {}
@@ -213,6 +220,20 @@ class Scheduler:
         if runner is None or runner.session != session:
             return []
         return self._mark_runner_dead(runner, "connection closed", now)
+
+    def leave(self, name: str, session: int, reason: str, now: float) -> list[Action]:
+        """A runner leaves on purpose (stopped, or it cannot build any more): it leaves the
+        pool and its build is queued again without counting an attempt."""
+        runner = self.runners.get(name)
+        if runner is None or runner.session != session:
+            return []
+        del self.runners[name]
+        self._idle.pop(name, None)
+        actions: list[Action] = [CloseSession(session, f"runner {name} left: {reason}")]
+        job = self.jobs.get(runner.build_id) if runner.build_id is not None else None
+        if job is not None:
+            actions += self._hand_back_job(job, name, reason)
+        return actions + self._dispatch(now)
 
     def check_heartbeats(self, now: float) -> list[Action]:
         """Declare dead every runner silent for longer than the heartbeat timeout."""
@@ -325,18 +346,42 @@ class Scheduler:
         """The job's runner is gone: re-queue it, or give up after the last attempt."""
         job.runner = None
         if job.stopping is not None:  # it was being stopped anyway: end it as asked
-            self.jobs.pop(job.build_id)
-            why = f"{job.stop_reason}; runner {runner} lost while stopping it"
-            return [EndBuild(job.build_id, job.stopping, why)]
-        if job.attempt >= self.max_attempts:
+            return self._end_stopped_job(job, f"runner {runner} lost while stopping it")
+        job.lost += 1
+        if job.lost >= self.max_attempts:
             self.jobs.pop(job.build_id)
             tried = ", ".join(job.runners)
-            why = f"runner lost on all {job.attempt} attempts ({tried}); last: {reason}"
+            why = f"runner lost on {job.lost} attempts, the limit ({tried}); last: {reason}"
             return [EndBuild(job.build_id, BuildStatus.ERROR, why)]
+        return self._requeue(job, Requeue(job.build_id, job.attempt, runner, reason))
+
+    def _hand_back_job(self, job: Job, runner: str, reason: str) -> list[Action]:
+        """The job's runner left on purpose: re-queue it without counting an attempt,
+        unless runners keep sending it away (then something about the build is wrong)."""
+        job.runner = None
+        if job.stopping is not None:
+            return self._end_stopped_job(job, f"runner {runner} left while stopping it")
+        handbacks = job.attempt - job.lost
+        if handbacks >= self.max_handbacks:
+            self.jobs.pop(job.build_id)
+            why = (
+                f"runners left while building it {handbacks} times "
+                f"({', '.join(job.runners[-3:])}, ...); last: {reason}"
+            )
+            return [EndBuild(job.build_id, BuildStatus.ERROR, why)]
+        return self._requeue(job, Requeue(job.build_id, job.attempt, runner, reason, False))
+
+    def _end_stopped_job(self, job: Job, what: str) -> list[Action]:
+        """A job that was being stopped ends as it was asked to, whatever became of its runner."""
+        self.jobs.pop(job.build_id)
+        return [EndBuild(job.build_id, job.stopping or BuildStatus.CANCELLED,
+                         f"{job.stop_reason}; {what}")]  # fmt: skip
+
+    def _requeue(self, job: Job, action: Requeue) -> list[Action]:
         job.deadline = None
         job.status = BuildStatus.QUEUED
         heapq.heappush(self._queue, job.build_id)
-        return [Requeue(job.build_id, job.attempt, runner, reason)]
+        return [action]
 
     def _dispatch(self, now: float) -> list[Action]:
         actions: list[Action] = []

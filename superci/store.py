@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS builds (
     queued_at   REAL NOT NULL,
     started_at  REAL,
     finished_at REAL,
-    message     TEXT NOT NULL DEFAULT ''
+    message     TEXT NOT NULL DEFAULT '',
+    lost        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS builds_by_sha ON builds (sha);
 CREATE INDEX IF NOT EXISTS builds_unfinished ON builds (status)
@@ -46,6 +47,14 @@ CREATE TABLE IF NOT EXISTS runners (
     last_seen  REAL NOT NULL
 );
 """
+
+#: Columns added after the first release, with their definitions: a database made by an
+#: older superci gets them on open, so an upgrade keeps its queue and history.
+ADDED_COLUMNS = {
+    "builds": [
+        ("lost", "INTEGER NOT NULL DEFAULT 0"),
+    ],
+}
 
 
 @dataclass
@@ -63,23 +72,25 @@ class BuildRecord:
     finished_at: float | None = None
     message: str = ""
     runners: list[str] = field(default_factory=list)
+    lost: int = 0  # runners lost while running it (runners that left on purpose excluded)
 
     def to_job(self) -> Job:
         """The scheduler's view of an unfinished build."""
         return Job(
             self.id, self.sha, self.branch, self.status, self.attempt, self.runner,
-            list(self.runners),
+            list(self.runners), lost=self.lost,
         )  # fmt: skip
 
 
 _COLUMNS = (
-    "id, sha, branch, status, attempt, runner, queued_at, started_at, finished_at, message, runners"
+    "id, sha, branch, status, attempt, runner, queued_at, started_at, finished_at, message,"
+    " runners, lost"
 )
 
 
 def _record(row: tuple) -> BuildRecord:
-    *head, runners = row
-    record = BuildRecord(*head, runners=json.loads(runners))
+    *head, runners, lost = row
+    record = BuildRecord(*head, runners=json.loads(runners), lost=lost)
     record.status = BuildStatus(record.status)
     return record
 
@@ -98,11 +109,20 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(SCHEMA)
+            self._add_missing_columns()
         except (sqlite3.Error, OSError) as e:
             raise StorageError(f"cannot open the state database {path}: {e}") from e
 
     def close(self) -> None:
         self._db.close()
+
+    def _add_missing_columns(self) -> None:
+        for table, columns in ADDED_COLUMNS.items():
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, definition in columns:
+                if name not in have:
+                    log.info("upgrading %s: adding %s.%s", self.path, table, name)
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -157,11 +177,13 @@ class Store:
             (BuildStatus.RUNNING, attempt, runner, now, runner, build_id),
         )
 
-    def mark_queued(self, build_id: int, message: str) -> None:
-        """A lost runner's build waits again; ``message`` says what happened."""
+    def mark_queued(self, build_id: int, message: str, lost: bool = True) -> None:
+        """A build whose runner is gone waits again; ``message`` says what happened, and
+        ``lost`` whether the runner was lost (counted) rather than gone on purpose."""
         self._write(
-            "UPDATE builds SET status = ?, runner = NULL, message = ? WHERE id = ?",
-            (BuildStatus.QUEUED, message, build_id),
+            "UPDATE builds SET status = ?, runner = NULL, message = ?, lost = lost + ?"
+            " WHERE id = ?",
+            (BuildStatus.QUEUED, message, int(lost), build_id),
         )
 
     def finish(self, build_id: int, status: BuildStatus, now: float, message: str = "") -> None:

@@ -21,6 +21,7 @@ from helpers import (
     FakeRunner,
     Harness,
     async_test,
+    eventually,
     exchange_raw,
     frame,
     frames_until_closed,
@@ -556,3 +557,64 @@ async def test_a_result_that_cannot_be_written_is_retried_and_recorded_once(tmp_
         assert h.db_build(submitted.build_id)["status"] == "passed"
         assert h.result_files(SHA) == [RESULT_FILE]
         assert h.output_log(SHA) == b"all output\n"
+
+
+# --- runners that leave on purpose -------------------------------------------------------
+
+
+@async_test()
+async def test_a_runner_that_leaves_mid_build_gives_it_back_without_using_an_attempt(tmp_path):
+    async with Harness(tmp_path, max_attempts=1) as h:
+        submitted = await h.submit(SHA)
+        for name in ("first", "second", "third"):  # more departures than max_attempts
+            runner, _ = await FakeRunner.connect(h.address, name)
+            build = await runner.expect(protocol.Build)
+            await runner.send(protocol.Leaving(reason="runner stopped"))
+            frames = await runner.closed_by_peer()  # the dispatcher took note and closed
+            assert any(isinstance(f, protocol.Error) and "left" in f.message for f in frames)
+            row = h.db_build(submitted.build_id)
+            assert (row["status"], row["lost"]) == ("queued", 0)
+            assert "given back" in row["message"] and name in row["message"]
+
+        last, _ = await FakeRunner.connect(h.address, "last")
+        build = await last.expect(protocol.Build)
+        assert build.attempt == 4
+        assert (await last.result(build)).accepted
+        document = await h.results.wait(SHA)
+        assert document["status"] == "passed"
+        assert document["runners"] == ["first", "second", "third", "last"]
+
+
+@async_test()
+async def test_a_result_sent_just_before_leaving_is_recorded(tmp_path):
+    async with Harness(tmp_path) as h:
+        runner, _ = await FakeRunner.connect(h.address, "runner")
+        await h.submit(SHA)
+        build = await runner.expect(protocol.Build)
+        result = protocol.Result(
+            build_id=build.build_id, attempt=build.attempt, status="passed",
+            exit_code=0, duration=0.1, output_bytes=0,
+        )  # fmt: skip
+        await runner.send(result)
+        await runner.send(protocol.Leaving(reason="runner stopped"))
+        await runner.closed_by_peer()
+        document = await h.results.wait(SHA)
+        assert (document["status"], document["attempt"]) == ("passed", 1)
+        assert len(h.results.documents) == 1
+
+
+@async_test()
+async def test_lost_runners_are_counted_across_a_dispatcher_restart(tmp_path):
+    async with Harness(tmp_path, max_attempts=2) as h:
+        submitted = await h.submit(SHA)
+        lost, _ = await FakeRunner.connect(h.address, "lost")
+        await lost.expect(protocol.Build)
+        await lost.close()  # lost: counted
+        await eventually(lambda: h.db_build(submitted.build_id)["status"] == "queued")
+        await h.restart()
+        again, _ = await FakeRunner.connect(h.address, "again")
+        await again.expect(protocol.Build)
+        await again.close()  # the second loss reaches max_attempts
+        document = await h.results.wait(SHA)
+        assert document["status"] == "error"
+        assert "runner lost on 2 attempts" in document["message"]

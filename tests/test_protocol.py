@@ -49,6 +49,7 @@ SAMPLES: dict[str, protocol.Message] = {
     "register": Register(name="runner-1", host="build.lan", pid=4242, build_id=7, attempt=2),
     "registered": Registered(output_offset=1234),
     "heartbeat": Heartbeat(),
+    "leaving": protocol.Leaving(reason="runner stopped (SIGTERM)"),
     "build": Build(build_id=7, attempt=3, sha=SHA, branch="feature/x-1"),
     "output": Output(build_id=7, attempt=3, offset=65536, data="aGVsbG8gd29ybGQK"),
     "result": Result(

@@ -545,3 +545,80 @@ def test_a_stop_asked_for_before_a_reconnect_is_asked_again_of_the_adopted_sessi
     actions = timed.register("r1", 2, "r1.lan", 1002, Lease(1, 1), 2.0)
     assert CancelLease(2, 1, 1, "by request") in actions
     assert timed.jobs[1].stopping is BuildStatus.CANCELLED
+
+
+# --- runners that leave on purpose --------------------------------------------------------
+
+
+def test_a_runner_that_leaves_gives_its_build_back_without_counting_an_attempt(sched):
+    add(sched, 1)
+    register(sched, "a", 1)
+    actions = sched.leave("a", 1, "runner stopped", 0.0)
+    assert actions == [
+        CloseSession(1, "runner a left: runner stopped"),
+        Requeue(1, 1, "a", "runner stopped", counted=False),
+    ]
+    assert "a" not in sched.runners
+    assert sched.jobs[1].lost == 0
+    assert [job.build_id for job in sched.queued()] == [1]
+    assert sched.disconnect("a", 1, 0.0) == []  # the close that follows changes nothing
+
+
+def test_runners_that_leave_do_not_use_up_the_attempts_of_a_build(sched):
+    add(sched, 1)
+    for session in range(1, 6):  # five stops in a row, more than max_attempts
+        register(sched, f"r{session}", session)
+        assert of_type(sched.leave(f"r{session}", session, "stopped", 0.0), EndBuild) == []
+    assert register(sched, "last", 9) == [start(9, "last", 1, 6)]
+    assert sched.jobs[1].lost == 0
+
+
+def test_only_lost_runners_count_towards_max_attempts(sched):
+    add(sched, 1)
+    register(sched, "a", 1)
+    sched.leave("a", 1, "stopped", 0.0)
+    for session, name in ((2, "b"), (3, "c")):
+        register(sched, name, session)
+        assert of_type(sched.disconnect(name, session, 0.0), EndBuild) == []
+    register(sched, "d", 4)
+    (give_up,) = of_type(sched.disconnect("d", 4, 0.0), EndBuild)
+    assert give_up.status == "error"
+    assert "runner lost on 3 attempts" in give_up.reason
+
+
+def test_a_build_that_keeps_sending_its_runners_away_ends_as_an_error():
+    sched = Scheduler(heartbeat_timeout=TIMEOUT, max_attempts=3, max_handbacks=4)
+    add(sched, 1)
+    for session in range(1, 4):
+        register(sched, "r", session)
+        assert of_type(sched.leave("r", session, "cannot build", 0.0), EndBuild) == []
+    register(sched, "r", 4)
+    (give_up,) = of_type(sched.leave("r", 4, "cannot build", 0.0), EndBuild)
+    assert give_up.status == "error"
+    assert "left while building it 4 times" in give_up.reason
+    assert "cannot build" in give_up.reason
+    assert 1 not in sched.jobs
+
+
+def test_a_runner_leaving_while_asked_to_stop_its_build_ends_it_as_asked(sched):
+    add(sched, 1)
+    register(sched, "a", 1)
+    sched.cancel(1, 0.0)
+    actions = sched.leave("a", 1, "runner stopped", 0.0)
+    (ended,) = of_type(actions, EndBuild)
+    assert ended.status == "cancelled"
+    assert of_type(actions, Requeue) == []
+
+
+def test_leaving_of_a_replaced_session_changes_nothing(sched):
+    add(sched, 1)
+    register(sched, "a", 1)
+    register(sched, "a", 2, lease=Lease(1, 1))  # adopted by the new session
+    assert sched.leave("a", 1, "stopped", 0.0) == []
+    assert sched.runners["a"].build_id == 1
+
+
+def test_an_idle_runner_that_leaves_is_no_longer_handed_builds(sched):
+    register(sched, "a", 1)
+    assert sched.leave("a", 1, "stopped", 0.0) == [CloseSession(1, "runner a left: stopped")]
+    assert add(sched, 1) == []
