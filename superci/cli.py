@@ -98,8 +98,18 @@ def _run_until_signalled(main: Coroutine[Any, Any, None]) -> None:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
+
+        def stop(sig: signal.Signals) -> None:
+            # Ctrl-C reaches a whole process group and `superci up` then sends SIGTERM to
+            # its children too: a second signal must not cut short the orderly way out
+            # (telling the dispatcher, stopping the build), which is bounded anyway.
+            if task.cancelling():
+                log.info("%s: already stopping", sig.name)
+            else:
+                task.cancel()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop, sig)
         try:
             await main
         except asyncio.CancelledError:

@@ -110,7 +110,10 @@ class Stack:
                 str(clones[-1]),
             )
             echo(f"superci: {self.runners} runner(s) and an observer of {self.source} started")
-            await dispatcher
+            # Not `await dispatcher`: cancelling us would cancel it at once, before the
+            # runners had told it they leave (their builds would count as lost).
+            await asyncio.wait({dispatcher})
+            dispatcher.result()
         finally:
             await self._stop_children()
             dispatcher.cancel()
