@@ -46,6 +46,8 @@ def test_runner_stopped_mid_build_gives_it_back_without_using_an_attempt(
     (gate / "open").touch()
     result = superci.wait_for_result(sha)
     assert (result["status"], result["attempt"]) == ("passed", 2)  # not "runner lost"
+    wait_until(lambda: build_row(superci.state, sha)[0] != "running", what="the database")
+    assert build_row(superci.state, sha) == ("passed", 2, 0)
     assert result["runners"] == ["first", "second"]
     assert not (gate / "finished-1").exists()  # the first runner's tests were stopped
     second.stop()
@@ -115,4 +117,6 @@ def test_dispatcher_stopped_on_purpose_mid_build_costs_no_attempt(
     (gate / "open").touch()
     result = superci.wait_for_result(sha)
     assert (result["status"], result["attempt"]) == ("passed", 1)
+    # result.json is written just before the database marks the build finished
+    wait_until(lambda: build_row(superci.state, sha)[0] != "running", what="the database")
     assert build_row(superci.state, sha) == ("passed", 1, 0)
