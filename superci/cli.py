@@ -174,7 +174,8 @@ def main() -> None:
     show_default=True,
     type=click.IntRange(min=1),
     envvar="SUPERCI_MAX_ATTEMPTS",
-    help="Runners a build may lose before it ends as an error.",
+    help="Runners a build may lose (connection dropped, silent) before it ends as an "
+    "error; runners stopped on purpose give their build back without using an attempt.",
 )
 @click.option(
     "--build-timeout",
