@@ -1,9 +1,8 @@
 """Who may talk to the dispatcher: the shared token, its HMAC challenge-response, and TLS.
 
-With a token set, both sides prove they know it without sending it: the client's hello
-carries a fresh nonce, the server's welcome a fresh challenge plus its own proof over
-both, and the client answers with its proof. Proofs are HMAC-SHA256 and compared in
-constant time. TLS (standard library ``ssl``) protects the traffic itself.
+With a token set, both sides prove they know it without sending it, over two fresh
+nonces, the client first (see :mod:`superci.handshake`). Proofs are HMAC-SHA256 and
+compared in constant time. TLS (standard library ``ssl``) protects the traffic itself.
 """
 
 from __future__ import annotations
@@ -24,8 +23,9 @@ if TYPE_CHECKING:  # ssl is imported only where TLS is used: it slows every comm
 
 #: Environment variable that carries the shared token.
 TOKEN_ENV = "SUPERCI_TOKEN"
-#: Shortest token accepted (characters): a guessable token is no protection.
-MIN_TOKEN_LENGTH = 16
+#: Shortest token accepted (characters): 32 hex characters are 128 bits, beyond any
+#: guessing, even offline; a guessable token is no protection.
+MIN_TOKEN_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,8 @@ def load_token(token_file: Path | None = None) -> bytes | None:
             return None
     if len(text) < MIN_TOKEN_LENGTH:
         raise ConfigError(
-            f"the token in {source} is shorter than {MIN_TOKEN_LENGTH} characters; "
+            f"the token in {source} is shorter than {MIN_TOKEN_LENGTH} characters "
+            "(128 bits as hex); "
             "make one with: python -c 'import secrets; print(secrets.token_hex(32))'"
         )
     return text.encode("utf-8")

@@ -10,21 +10,21 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from superci import auth, defaults, protocol
+from superci import defaults, protocol
 from superci.channel import Address, Channel
 from superci.errors import (
-    AuthenticationError,
     ConnectionClosed,
     DispatcherUnavailable,
     ProtocolError,
+    RemoteError,
 )
+from superci.handshake import ClientHandshake
 
 
 async def connect(address: Address, role: str, timeout: float = defaults.CLIENT_TIMEOUT) -> Channel:
     """Open a connection (TLS if configured) and complete the handshake, proving the
     token when the dispatcher asks for it."""
     credentials = address.credentials
-    nonce = auth.new_nonce() if credentials.token else None
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(
@@ -32,13 +32,11 @@ async def connect(address: Address, role: str, timeout: float = defaults.CLIENT_
                 server_hostname=address.host if credentials.ssl else None,
             )  # fmt: skip
             channel = Channel(reader, writer)
-            hello = protocol.Hello(version=protocol.PROTOCOL_VERSION, role=role, nonce=nonce)
-            await channel.send(hello)
-            welcome = await channel.receive()
-            if not isinstance(welcome, protocol.Welcome):
+            try:
+                await _handshake(channel, ClientHandshake(credentials.token, role, str(address)))
+            except BaseException:
                 await channel.close()
-                raise ProtocolError(f"expected welcome from {address}, got {welcome.type}")
-            await _authenticate(channel, address, nonce, welcome)
+                raise
     except OSError as e:
         if credentials.ssl is not None and type(e).__module__ == "ssl":
             raise DispatcherUnavailable(f"TLS with the dispatcher at {address} failed: {e}") from e
@@ -58,33 +56,17 @@ async def connect(address: Address, role: str, timeout: float = defaults.CLIENT_
     return channel
 
 
-async def _authenticate(
-    channel: Channel, address: Address, nonce: str | None, welcome: protocol.Welcome
-) -> None:
-    """Answer the dispatcher's challenge, then check its own proof of the token."""
-    token = address.credentials.token
-    if welcome.challenge is None:
-        if token is not None:  # an impostor without our token must not get our commits
-            await channel.close()
-            raise AuthenticationError(
-                f"the dispatcher at {address} does not ask for a token but we have one: "
-                f"start it with {auth.TOKEN_ENV} or --token-file too"
-            )
-        return
-    if token is None or nonce is None:
-        await channel.close()
-        raise AuthenticationError(
-            f"the dispatcher at {address} requires a token: set {auth.TOKEN_ENV} or --token-file"
-        )
-    await channel.send(protocol.Auth(proof=auth.proof(token, "client", nonce, welcome.challenge)))
-    if welcome.proof is None or not auth.verify(
-        token, "server", nonce, welcome.challenge, welcome.proof
-    ):
-        await channel.close()
-        raise AuthenticationError(
-            f"the dispatcher at {address} does not know our token: "
-            f"check {auth.TOKEN_ENV} / --token-file on both sides"
-        )
+async def _handshake(channel: Channel, handshake: ClientHandshake) -> None:
+    await channel.send(handshake.start())
+    while not handshake.done:
+        try:
+            message = await channel.receive()
+        except RemoteError as e:
+            if handshake.proving and e.code == "auth":
+                raise handshake.refused(e) from e
+            raise
+        for answer in handshake.receive(message):
+            await channel.send(answer)
 
 
 @contextlib.asynccontextmanager

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from superci import __version__, auth, defaults, protocol
+from superci import __version__, defaults, protocol
 from superci.auth import NO_CREDENTIALS, Credentials
 from superci.channel import Address, Channel
 from superci.errors import (
@@ -31,6 +31,7 @@ from superci.errors import (
     StorageError,
     UnknownBuild,
 )
+from superci.handshake import ServerHandshake
 from superci.logstream import LogFollower
 from superci.report import build_summary, result_document, status_document
 from superci.results import ResultsFolder
@@ -196,34 +197,21 @@ class Dispatcher:
             await channel.close()
 
     async def _handshake(self, channel: Channel) -> protocol.Hello:
-        """Hello, welcome and, with a token, the challenge-response (see superci.auth)."""
-        hello = protocol.check_hello(await channel.receive(defaults.HANDSHAKE_TIMEOUT))
-        token = self._credentials.token
-        if token is None:
-            channel.post(protocol.Welcome(version=protocol.PROTOCOL_VERSION, server=__version__))
-            return hello
-        challenge = auth.new_nonce()
-        server_proof = auth.proof(token, "server", hello.nonce or "", challenge)
-        channel.post(
-            protocol.Welcome(
-                version=protocol.PROTOCOL_VERSION,
-                server=__version__,
-                challenge=challenge,
-                proof=server_proof,
-            )  # fmt: skip
-        )
-        try:
-            answer = await channel.receive(defaults.HANDSHAKE_TIMEOUT)
-        except ConnectionClosed:
-            log.warning("%s left without authenticating (missing or wrong token?)", channel.peer)
-            raise
-        if not (
-            isinstance(answer, protocol.Auth)
-            and hello.nonce is not None
-            and auth.verify(token, "client", hello.nonce, challenge, answer.proof)
-        ):
-            raise ProtocolError("authentication failed: wrong or missing token", code="auth")
-        return hello
+        """Hello, welcome and, with a token, the challenge-response (see superci.handshake)."""
+        handshake = ServerHandshake(self._credentials.token, __version__)
+        while not handshake.done:
+            try:
+                message = await channel.receive(defaults.HANDSHAKE_TIMEOUT)
+            except ConnectionClosed:
+                if handshake.hello is not None and self._credentials.token is not None:
+                    log.warning(
+                        "%s left without authenticating (missing or wrong token?)", channel.peer
+                    )
+                raise
+            for answer in handshake.receive(message):
+                channel.post(answer)
+        assert handshake.hello is not None
+        return handshake.hello
 
     async def _serve_client(self, channel: Channel) -> None:
         while True:

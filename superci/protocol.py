@@ -29,7 +29,7 @@ from superci import defaults
 from superci.errors import FrameTooLarge, ProtocolError
 from superci.status import BuildStatus
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 HEADER: Final = struct.Struct("!I")
 
 SHA_RE: Final = re.compile(r"[0-9a-f]{40}")
@@ -183,14 +183,13 @@ class Hello(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class Welcome(Message):
-    """Server → client: the handshake is accepted; with a token, a challenge and the
-    server's own proof (see :mod:`superci.auth`)."""
+    """Server → client: the handshake is accepted; with a token, a challenge the client
+    must answer first (see :mod:`superci.handshake`)."""
 
     type: ClassVar[str] = "welcome"
     version: int
     server: str = _text(MAX_STRING)
     challenge: str | None = _check(_check_nonce, default=None)
-    proof: str | None = _check(_check_nonce, default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,6 +197,14 @@ class Auth(Message):
     """Client → server, after a welcome with a challenge: proof that it knows the token."""
 
     type: ClassVar[str] = "auth"
+    proof: str = _check(_check_nonce)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Authenticated(Message):
+    """Server → client, once the client's proof checked out: the server's own proof."""
+
+    type: ClassVar[str] = "authenticated"
     proof: str = _check(_check_nonce)
 
 
@@ -409,6 +416,7 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
         Hello,
         Welcome,
         Auth,
+        Authenticated,
         Error,
         Register,
         Registered,

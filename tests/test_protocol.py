@@ -68,6 +68,7 @@ SAMPLES: dict[str, protocol.Message] = {
     "submit": Submit(sha=SHA, branch="release-1.2", rebuild=True),
     "submitted": Submitted(build_id=9, sha=SHA, queued=False, status="passed"),
     "auth": protocol.Auth(proof="ab" * 32),
+    "authenticated": protocol.Authenticated(proof="cd" * 32),
     "started": protocol.Started(build_id=7, attempt=1, timeout=600.0, kill_grace=10.0),
     "artifact": protocol.Artifact(
         build_id=7, attempt=1, name="junit.xml", offset=0, data="PHRlc3RzdWl0ZS8+"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from helpers import async_test
+from helpers import async_test, frames_until_closed
 
 from superci import auth, client, protocol
 from superci.auth import Credentials
@@ -23,7 +23,7 @@ from superci.errors import AuthenticationError, ConfigError, DispatcherUnavailab
 from superci.results import ResultsFolder
 from superci.store import Store
 
-TOKEN = b"correct horse battery staple 42"
+TOKEN = b"correct horse battery staple 42, 128 bits"
 SHA = "c" * 40
 
 
@@ -160,3 +160,23 @@ async def test_client_with_a_token_refuses_a_dispatcher_that_does_not_ask_for_on
         with pytest.raises(AuthenticationError, match="does not ask for a token"):
             await client.submit_async(replace(address, credentials=Credentials(TOKEN)), SHA, "main")
     assert queued_builds(tmp_path) == 0
+
+
+@async_test()
+async def test_a_stranger_gets_no_proof_to_test_token_guesses_against(tmp_path):
+    """The dispatcher proves the token only after the client did: a connection that
+    cannot prove it learns nothing but the challenge."""
+    async with dispatcher(tmp_path, Credentials(token=TOKEN)) as address:
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        try:
+            hello = protocol.Hello(version=protocol.PROTOCOL_VERSION, role="client",
+                                   nonce="a" * 32)  # fmt: skip
+            writer.write(protocol.encode(hello) + protocol.encode(protocol.Auth(proof="b" * 64)))
+            await writer.drain()
+            frames = await frames_until_closed(reader)
+        finally:
+            writer.close()
+    assert [type(f) for f in frames] == [protocol.Welcome, protocol.Error]
+    assert frames[0].challenge is not None
+    assert frames[1].code == "auth"
+    assert not any(isinstance(f, protocol.Authenticated) for f in frames)
