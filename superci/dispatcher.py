@@ -33,6 +33,7 @@ from superci.errors import (
 )
 from superci.handshake import ServerHandshake
 from superci.logstream import LogFollower
+from superci.ratelimit import RateLimitedLog
 from superci.report import build_summary, result_document, status_document
 from superci.results import ResultsFolder
 from superci.scheduler import (
@@ -88,6 +89,8 @@ class Dispatcher:
         self._unrecorded: dict[int, tuple[Channel, Job, BuildStatus, str, protocol.Result]] = {}
         self._outbox: list[tuple[int, protocol.Message]] | None = None  # held while committing
         self._unauthenticated = 0  # connections still in their handshake
+        # What strangers cause (failed handshakes, floods) is logged at a bounded rate.
+        self._stranger_log = RateLimitedLog(log)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -161,7 +164,9 @@ class Dispatcher:
 
     async def _serve_connection(self, channel: Channel) -> None:
         if self._unauthenticated >= defaults.MAX_UNAUTHENTICATED:
-            log.warning("refused %s: too many connections in their handshake", channel.peer)
+            self._stranger_log.log(
+                logging.WARNING, "refused %s: too many connections in their handshake", channel.peer
+            )
             busy = protocol.Error(code="busy", message="too many pending connections; retry later")
             await channel.refuse(busy)
             return
@@ -176,10 +181,12 @@ class Dispatcher:
             else:
                 await self._serve_client(channel)
         except ProtocolError as e:
-            log.warning("refused %s: %s", channel.peer, e)
+            self._stranger_log.log(logging.WARNING, "refused %s: %s", channel.peer, e)
             await channel.refuse(e)
         except TimeoutError:
-            log.info("closing %s: it stayed silent too long", channel.peer)
+            self._stranger_log.log(
+                logging.INFO, "closing %s: it stayed silent too long", channel.peer
+            )
             await channel.refuse(ProtocolError("connection idle for too long", code="timeout"))
         except (ConnectionClosed, RemoteError) as e:
             log.debug("%s: %s", channel.peer, e)
@@ -204,8 +211,10 @@ class Dispatcher:
                 message = await channel.receive(defaults.HANDSHAKE_TIMEOUT)
             except ConnectionClosed:
                 if handshake.hello is not None and self._credentials.token is not None:
-                    log.warning(
-                        "%s left without authenticating (missing or wrong token?)", channel.peer
+                    self._stranger_log.log(
+                        logging.WARNING,
+                        "%s left without authenticating (missing or wrong token?)",
+                        channel.peer,
                     )
                 raise
             for answer in handshake.receive(message):
