@@ -343,10 +343,24 @@ def runner_command(
     envvar="SUPERCI_BRANCHES",
     help="Branch to watch; repeatable [default: the clone's current branch].",
 )
+@click.option(
+    "--max-backlog",
+    default=defaults.MAX_BACKLOG,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="SUPERCI_MAX_BACKLOG",
+    help="Most new commits of a branch sent in one poll, newest kept (a force push builds "
+    "its new tip, not its whole rewritten history).",
+)
 @_verbose_option
 @_reports_errors
 def observer_command(
-    address: Address, path: Path, interval: float, branches: tuple[str, ...], verbose: bool
+    address: Address,
+    path: Path,
+    interval: float,
+    branches: tuple[str, ...],
+    max_backlog: int,
+    verbose: bool,
 ) -> None:
     """Watch the clone at PATH and ask the dispatcher to build every new commit."""
     from superci.client import submit
@@ -358,7 +372,7 @@ def observer_command(
         reply = submit(address, sha, branch)
         log.info("commit %s (%s): %s", sha[:12], branch, "queued" if reply.queued else "known")
 
-    observer = Observer(path, deliver, branches)
+    observer = Observer(path, deliver, branches, max_backlog)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -21,6 +21,9 @@ MAX_HANDBACKS = 20
 
 #: Observer poll period (seconds): fast enough to feel live, slow enough to be no load.
 POLL_INTERVAL = 5.0
+#: Most new commits of one branch the observer sends in one poll, newest kept: a force
+#: push of a rewritten history builds its new tip, not hundreds of commits nobody asked for.
+MAX_BACKLOG = 50
 #: An observer's fetch is killed after this long (seconds), so a hung remote cannot stall it.
 FETCH_TIMEOUT = 120.0
 

@@ -38,7 +38,16 @@ START_REF_PREFIX = "refs/superci/start/"
 class Observer:
     """Watches branches of one clone and delivers every new commit once, oldest first."""
 
-    def __init__(self, repo_path: Path, deliver: Deliver, branches: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        repo_path: Path,
+        deliver: Deliver,
+        branches: Sequence[str] = (),
+        max_backlog: int = defaults.MAX_BACKLOG,
+    ) -> None:
+        if max_backlog < 1:
+            raise ConfigError(f"the backlog limit must be at least 1 commit, not {max_backlog}")
+        self._max_backlog = max_backlog
         self._path = Path(repo_path)
         self._repo = _open_repo(self._path)
         # Non-interactive: a remote asking for a password must fail, not wait for a terminal.
@@ -149,11 +158,20 @@ class Observer:
             )
             return
         pending, start = self._pending(branch, tip)
+        if len(pending) > self._max_backlog:
+            skipped = len(pending) - self._max_backlog
+            log.warning(
+                "branch %s has %d new commits (force-pushed or rewritten?); building the "
+                "newest %d, skipping %d older ones (--max-backlog)",
+                branch, len(pending), self._max_backlog, skipped,
+            )  # fmt: skip
+            pending = pending[skipped:]
         for sha in pending:
             self._deliver(sha, branch)
             self._git("update-ref", DELIVERED_REF_PREFIX + branch, sha)
-            if sha == start:
+            if start is not None:  # delivered, or skipped with the backlog: either way done
                 self._git("update-ref", "-d", START_REF_PREFIX + branch)
+                start = None
             delivered.append((sha, branch))
             log.info("delivered %s on %s", sha, branch)
 

@@ -393,3 +393,37 @@ def test_commits_made_while_the_first_delivery_fails_are_all_delivered_later(ups
 
     assert delivered == [(sha, "main") for sha in [first_tip, *later]]
     assert git(clone, "for-each-ref", "refs/superci/start/") == ""
+
+
+def test_force_push_of_a_long_rewritten_history_builds_only_the_newest_commits(
+    upstream, clone, dispatcher, caplog
+):
+    observer = Observer(clone, dispatcher, max_backlog=3)
+    observer.poll_once()
+    git(upstream, "checkout", "--quiet", "--orphan", "rewritten")
+    rewritten = [commit(upstream, f"rewritten {n}") for n in range(10)]
+    git(upstream, "branch", "--quiet", "-M", "main")  # force-replace main with it
+
+    with caplog.at_level(logging.WARNING, logger="superci.observer"):
+        delivered = observer.poll_once()
+
+    assert delivered == [(sha, "main") for sha in rewritten[-3:]]
+    assert "skipping 7 older ones" in caplog.text
+    assert delivered_ref(clone, "main") == rewritten[-1]
+    commit(upstream, "after")
+    assert len(observer.poll_once()) == 1  # the skipped ones stay skipped
+
+
+def test_first_look_at_a_long_history_with_a_small_backlog_forgets_its_start(upstream, clone):
+    dispatcher = FakeDispatcher(failures=1)
+    observer = Observer(clone, dispatcher, max_backlog=2)
+    with pytest.raises(DispatcherUnavailable):
+        observer.poll_once()  # remembers the first tip as its start
+    news = [commit(upstream, f"new {n}") for n in range(4)]
+    assert observer.poll_once() == [(sha, "main") for sha in news[-2:]]
+    assert git(clone, "for-each-ref", "refs/superci/start/") == ""
+
+
+def test_a_backlog_limit_below_one_is_a_config_error(clone, dispatcher):
+    with pytest.raises(ConfigError, match="at least 1"):
+        Observer(clone, dispatcher, max_backlog=0)
