@@ -20,6 +20,7 @@ from superci.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class BuildConfig:
     """How to build one commit, as the repository asks for it."""

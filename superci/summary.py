@@ -15,7 +15,9 @@ _UNITTEST_FAILURE = re.compile(r"^(?:FAIL|ERROR): (\S+) \(([^)\s]+)\)", re.M)
 _PYTEST_SUMMARY = re.compile(
     r"^(?:=+ )?((?:\d+ [a-z]+(?:, )?)+)(?: in [\d.]+s(?: \([^)]*\))?)?(?: =+)?\s*$", re.M
 )
-_PYTEST_NO_TESTS = re.compile(r"^(?:=+ )?no tests ran(?: in [\d.]+s(?: \([^)]*\))?)?(?: =+)?\s*$", re.M)
+_PYTEST_NO_TESTS = re.compile(
+    r"^(?:=+ )?no tests ran(?: in [\d.]+s(?: \([^)]*\))?)?(?: =+)?\s*$", re.M
+)
 # A node id ends at " - <message>" or the end of the line; a parametrize id in [...] may
 # hold spaces ("test_x[a b]").
 _PYTEST_FAILURE = re.compile(r"^(?:FAILED|ERROR) (\S+::[^\s\[]+(?:\[.*?\])?)(?= - |\s*$)", re.M)

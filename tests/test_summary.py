@@ -233,8 +233,10 @@ def test_a_pytest_run_after_one_that_ran_no_tests_counts_its_tests():
 
 
 def test_unittest_finding_no_test_gives_zero_counts():
-    output = "\n----------------------------------------------------------------------\n" \
+    output = (
+        "\n----------------------------------------------------------------------\n"
         "Ran 0 tests in 0.000s\n\nOK\n"
+    )
     assert parse_summary(output).counts == {
         "run": 0, "passed": 0, "failed": 0, "errors": 0, "skipped": 0,
     }  # fmt: skip
