@@ -314,7 +314,9 @@ async def test_a_runner_carries_its_build_across_a_dispatcher_restart(tmp_path, 
         f"superci: building {sha} (main) attempt 1 on runner-1",
         f"superci: $ {command}",
         *(f"{part} {i}" for part in ("before", "middle", "after") for i in range(1, 4)),
-        "superci: tests passed (exit code 0)",
+        # a script, not a test tool: nothing to count, and the verdict says so
+        "superci: tests passed (exit code 0), but superci could not read test counts from"
+        " the output",
     ]
 
 
