@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS runners (
 );
 """
 
+#: Columns of ``builds`` added after its first version, as (name, type and default). Each
+#: is added by name to a database that lacks it, old or new, so a new column is one line.
+ADDED_BUILD_COLUMNS: list[tuple[str, str]] = [
+    ("tests", "TEXT NOT NULL DEFAULT '{}'"),  # the test counts of a finished build, JSON
+    # ("lost", "INTEGER NOT NULL DEFAULT 0"),  # next: how often its runner was lost
+]
+
 
 @dataclass
 class BuildRecord:
@@ -63,6 +70,7 @@ class BuildRecord:
     finished_at: float | None = None
     message: str = ""
     runners: list[str] = field(default_factory=list)
+    tests: dict[str, int] = field(default_factory=dict)
 
     def to_job(self) -> Job:
         """The scheduler's view of an unfinished build."""
@@ -74,12 +82,13 @@ class BuildRecord:
 
 _COLUMNS = (
     "id, sha, branch, status, attempt, runner, queued_at, started_at, finished_at, message, runners"
+    ", tests"
 )
 
 
 def _record(row: tuple) -> BuildRecord:
-    *head, runners = row
-    record = BuildRecord(*head, runners=json.loads(runners))
+    *head, runners, tests = row
+    record = BuildRecord(*head, runners=json.loads(runners), tests=json.loads(tests))
     record.status = BuildStatus(record.status)
     return record
 
@@ -98,8 +107,17 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(SCHEMA)
+            self._add_missing_columns()
         except (sqlite3.Error, OSError) as e:
             raise StorageError(f"cannot open the state database {path}: {e}") from e
+
+    def _add_missing_columns(self) -> None:
+        """Bring a database written by an older superci up to date, keeping its rows."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(builds)")}
+        for name, definition in ADDED_BUILD_COLUMNS:
+            if name not in have:
+                log.info("adding column %s to the builds of %s", name, self.path)
+                self._db.execute(f"ALTER TABLE builds ADD COLUMN {name} {definition}")
 
     def close(self) -> None:
         self._db.close()
@@ -164,10 +182,18 @@ class Store:
             (BuildStatus.QUEUED, message, build_id),
         )
 
-    def finish(self, build_id: int, status: BuildStatus, now: float, message: str = "") -> None:
+    def finish(
+        self,
+        build_id: int,
+        status: BuildStatus,
+        now: float,
+        message: str = "",
+        tests: dict[str, int] | None = None,
+    ) -> None:
+        """Mark a build finished, with its test counts (none if no test run was read)."""
         self._write(
-            "UPDATE builds SET status = ?, finished_at = ?, message = ? WHERE id = ?",
-            (status, now, message, build_id),
+            "UPDATE builds SET status = ?, finished_at = ?, message = ?, tests = ? WHERE id = ?",
+            (status, now, message, json.dumps(tests or {}), build_id),
         )
 
     def get(self, build_id: int) -> BuildRecord | None:
