@@ -425,7 +425,7 @@ class Runner:
         message: str,
         summary: Summary | None = None,
     ) -> protocol.Result:
-        summary = summary or _summary(active)
+        summary = _summary(active) if summary is None else summary
         return protocol.Result(
             build_id=active.build.build_id,
             attempt=active.build.attempt,
