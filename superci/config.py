@@ -6,9 +6,11 @@ compromised or confused dispatcher cannot make runners execute arbitrary command
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -18,18 +20,19 @@ from superci.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-KNOWN_KEYS = frozenset({"command", "timeout", "junit"})
-
 
 @dataclass(frozen=True)
 class BuildConfig:
     """How to build one commit, as the repository asks for it."""
 
-    command: str = defaults.TEST_COMMAND
+    #: The test command; None means "pick the tool the repository uses" (superci.testtool).
+    command: str | None = None
     #: Seconds; None means "use the runner's --timeout".
     timeout: float | None = None
     #: Repository-relative path of a JUnit XML report the command writes.
     junit: str | None = None
+    #: Whether a build in which no test ran may pass (a repository without tests yet).
+    allow_no_tests: bool = False
 
 
 def load_build_config(workdir: Path) -> BuildConfig:
@@ -48,21 +51,18 @@ def load_build_config(workdir: Path) -> BuildConfig:
 
 
 def _parse(path: Path, data: dict[str, Any]) -> BuildConfig:
-    """Validate the parsed table; unknown keys only warn so newer configs still build."""
-    unknown = sorted(set(data) - KNOWN_KEYS)
+    """Validate the parsed table; an unknown key is refused, since a misspelt key silently
+    ignored is a setting the user believes in and superci does not apply."""
+    unknown = sorted(set(data) - set(KEYS))
     if unknown:
-        log.warning(
-            "%s: ignoring unknown key(s) %s (known: %s)",
-            path,
-            ", ".join(unknown),
-            ", ".join(sorted(KNOWN_KEYS)),
-        )
-    config = BuildConfig()
-    return BuildConfig(
-        command=_command(path, data["command"]) if "command" in data else config.command,
-        timeout=_timeout(path, data["timeout"]) if "timeout" in data else config.timeout,
-        junit=_junit(path, data["junit"]) if "junit" in data else config.junit,
-    )
+        raise ConfigError(f"{path}: " + "; ".join(_unknown_key(key) for key in unknown)
+                          + f" (known keys: {', '.join(KEYS)})")  # fmt: skip
+    return BuildConfig(**{key: KEYS[key](path, value) for key, value in data.items()})
+
+
+def _unknown_key(key: str) -> str:
+    close = difflib.get_close_matches(key, KEYS, n=1)
+    return f"unknown key {key!r}" + (f", did you mean {close[0]!r}?" if close else "")
 
 
 def _command(path: Path, value: Any) -> str:
@@ -98,3 +98,19 @@ def _junit(path: Path, value: Any) -> str:
     if "\0" in value:
         raise ConfigError(f"{path}: 'junit' contains a NUL byte")
     return value
+
+
+def _allow_no_tests(path: Path, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: 'allow_no_tests' must be true or false, got {value!r}")
+    return value
+
+
+#: Every key .superci.toml may hold, each with the function that checks its value; a key
+#: is a field of BuildConfig of the same name. A new setting is one line here.
+KEYS: dict[str, Callable[[Path, Any], Any]] = {
+    "command": _command,
+    "timeout": _timeout,
+    "junit": _junit,
+    "allow_no_tests": _allow_no_tests,
+}

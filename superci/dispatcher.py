@@ -34,7 +34,7 @@ from superci.errors import (
 from superci.handshake import ServerHandshake
 from superci.logstream import LogFollower
 from superci.ratelimit import RateLimitedLog
-from superci.report import build_summary, result_document, status_document
+from superci.report import build_summary, counts_text, result_document, status_document
 from superci.results import ResultsFolder
 from superci.scheduler import (
     Action,
@@ -502,11 +502,13 @@ class Dispatcher:
         finished_at = self._wall()
         document = result_document(record, status, message, result, finished_at)
         self.results.write_result(job.sha, document)
-        self.store.finish(job.build_id, status, finished_at, message)
+        self.store.finish(job.build_id, status, finished_at, message, document["tests"])
         return document
 
     def _announce(self, job: Job, status: BuildStatus, document: dict[str, Any]) -> None:
-        log.info("build %d of %s: %s", job.build_id, job.sha[:12], status)
+        counts = counts_text(document.get("tests"))
+        log.info("build %d of %s: %s%s: %s", job.build_id, job.sha[:12], status,
+                 f" ({counts})" if counts else "", document.get("message", ""))  # fmt: skip
         for follower in self._followers.pop(job.sha, ()):
             follower.end()
         if self._result_hook is not None:

@@ -3,6 +3,7 @@ status overview. Plain functions of the stored records, no I/O."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,21 @@ def iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+#: The counts every outcome line shows, in this order, even when zero: a build with only
+#: erroring tests must not read as "0 failed".
+COUNTED = (("passed", "passed", "passed"), ("failed", "failed", "failed"),
+           ("errors", "error", "errors"), ("skipped", "skipped", "skipped"))  # fmt: skip
+
+
+def counts_text(tests: Mapping[str, int] | None) -> str:
+    """Counts as "3 passed, 1 failed, 2 errors, 1 skipped"; "" when none were read."""
+    if not tests:
+        return ""
+    return ", ".join(
+        f"{n} {one if n == 1 else many}" for key, one, many in COUNTED for n in [tests.get(key, 0)]
+    )
 
 
 def result_document(
@@ -60,6 +76,7 @@ def build_summary(record: BuildRecord) -> dict[str, Any]:
         "runner": record.runner,
         "attempt": record.attempt,
         "runners": record.runners,
+        "tests": dict(record.tests),
         "queued_at": iso(record.queued_at),
         "started_at": iso(record.started_at),
         "finished_at": iso(record.finished_at),

@@ -17,14 +17,15 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from superci import client, defaults, protocol
+from superci import client, defaults, protocol, testtool
 from superci.backoff import Backoff
 from superci.channel import Address, Channel
-from superci.config import load_build_config
+from superci.config import BuildConfig, load_build_config
 from superci.errors import (
     AuthenticationError,
     ConfigError,
@@ -38,7 +39,8 @@ from superci.errors import (
 from superci.execute import Execution, build_environment, run_command
 from superci.junit import parse_junit_bytes, pytest_junit_option
 from superci.status import BuildStatus
-from superci.summary import parse_summary
+from superci.summary import Summary, parse_summary
+from superci.verdict import decide
 from superci.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class ActiveBuild:
     result: protocol.Result | None = None
     report: bytes = b""  # the JUnit XML report, sent with the result
     started: protocol.Started | None = None  # said again to a restarted dispatcher
+    ends_line: bool = True  # whether the output so far ends with a newline (or is empty)
 
     def matches(self, build_id: int, attempt: int) -> bool:
         return (self.build.build_id, self.build.attempt) == (build_id, attempt)
@@ -70,6 +73,8 @@ class ActiveBuild:
         self.spool.write(data)
         self.spool.flush()
         self.size += len(data)
+        if data:
+            self.ends_line = data.endswith(b"\n")
 
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self.spool.fileno(), size, offset)
@@ -373,19 +378,25 @@ class Runner:
         async def emit(data: bytes) -> None:
             await self._emit(active, data)
 
+        async def say(text: str) -> None:
+            """superci's own line, on a line of its own even after output cut mid-line."""
+            await emit(("" if active.ends_line else "\n").encode() + f"superci: {text}\n".encode())
+
         where = f"{build.sha} ({build.branch}) attempt {build.attempt} on {self.name}"
-        await emit(f"superci: building {where}\n".encode())
+        await say(f"building {where}")
         try:
             await asyncio.to_thread(self.workspace.prepare, build.sha)
             config = load_build_config(self.workspace.path)
             report = self._report_path(config.junit)
+            environment = self._environment(build, config.junit, report)
+            command = config.command or await self._chosen_command(environment, say)
         except WorkspaceBroken:
             raise  # not the commit's fault: the runner leaves, the build is queued again
         except (WorkspaceError, ConfigError) as e:
-            await emit(f"superci: {e}\n".encode())
+            await say(str(e))
             return self._result(active, BuildStatus.ERROR, None, started, str(e))
         if active.cancel.is_set():  # cancelled while the workspace was prepared
-            await emit(b"superci: cancelled before the tests started\n")
+            await say("cancelled before the tests started")
             return self._result(active, BuildStatus.CANCELLED, None, started, "cancelled")
         timeout = config.timeout or self.build_timeout
         active.started = protocol.Started(
@@ -393,15 +404,34 @@ class Runner:
             timeout=timeout, kill_grace=self.kill_grace,
         )  # fmt: skip
         await self._send_quietly(active.started)
-        await emit(f"superci: $ {config.command}\n".encode())
+        await say(f"$ {command}")
         execution = await run_command(
-            config.command, self.workspace.path, self._environment(build, config.junit, report),
-            timeout, self.kill_grace, emit, active.cancel,
+            command, self.workspace.path, environment, timeout, self.kill_grace, emit,
+            active.cancel,
         )  # fmt: skip
-        status, message = _outcome(execution, timeout)
-        await emit(f"superci: {message}\n".encode())
         active.report = _read_report(report)
-        return self._result(active, status, execution.exit_code, started, message)
+        summary = _summary(active)
+        status, message = _outcome(execution, summary, config, timeout)
+        await say(message)
+        return self._result(active, status, execution.exit_code, started, message, summary)
+
+    async def _chosen_command(
+        self, environment: dict[str, str], say: Callable[[str], Awaitable[None]]
+    ) -> str:
+        """The command of the tool the repository uses (it has no ``command`` of its own),
+        after making sure the build's ``python`` has that tool."""
+        tool = await asyncio.to_thread(testtool.choose, self.workspace.path)
+        await say(f"no command in {defaults.CONFIG_FILE}: using {tool.name}, as {tool.reason}")
+        python = shutil.which("python", path=environment.get("PATH"))
+        problem = await asyncio.to_thread(
+            testtool.missing_module, python, tool.module, self.workspace.path, environment
+        )
+        if problem is not None:
+            raise ConfigError(
+                f"{problem}: install it for the runner's Python (python -m pip install "
+                f"{tool.module}), or set command in {defaults.CONFIG_FILE}"
+            )
+        return tool.command
 
     def _report_path(self, junit: str | None) -> Path:
         """Where this build's JUnit report will be: the repository's own, or one we ask
@@ -438,8 +468,9 @@ class Runner:
         exit_code: int | None,
         started: float,
         message: str,
+        summary: Summary | None = None,
     ) -> protocol.Result:
-        summary = parse_junit_bytes(active.report) or parse_summary(active.tail(SUMMARY_TAIL_BYTES))
+        summary = _summary(active) if summary is None else summary
         return protocol.Result(
             build_id=active.build.build_id,
             attempt=active.build.attempt,
@@ -468,11 +499,12 @@ def _read_report(path: Path) -> bytes:
         return b""
 
 
-def _outcome(execution: Execution, timeout: float) -> tuple[BuildStatus, str]:
-    if execution.timed_out:
-        return BuildStatus.TIMEOUT, f"timed out after the limit of {timeout:g}s"
-    if execution.cancelled:
-        return BuildStatus.CANCELLED, "cancelled"
-    if execution.exit_code == 0:
-        return BuildStatus.PASSED, "tests passed (exit code 0)"
-    return BuildStatus.FAILED, f"tests failed (exit code {execution.exit_code})"
+def _summary(active: ActiveBuild) -> Summary:
+    """The test counts: the JUnit report's if there is one, else those of the output."""
+    return parse_junit_bytes(active.report) or parse_summary(active.tail(SUMMARY_TAIL_BYTES))
+
+
+def _outcome(
+    execution: Execution, summary: Summary, config: BuildConfig, timeout: float
+) -> tuple[BuildStatus, str]:
+    return decide(execution, summary, timeout=timeout, allow_no_tests=config.allow_no_tests)

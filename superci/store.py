@@ -33,8 +33,7 @@ CREATE TABLE IF NOT EXISTS builds (
     queued_at   REAL NOT NULL,
     started_at  REAL,
     finished_at REAL,
-    message     TEXT NOT NULL DEFAULT '',
-    lost        INTEGER NOT NULL DEFAULT 0
+    message     TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS builds_by_sha ON builds (sha);
 CREATE INDEX IF NOT EXISTS builds_unfinished ON builds (status)
@@ -48,13 +47,12 @@ CREATE TABLE IF NOT EXISTS runners (
 );
 """
 
-#: Columns added after the first release, with their definitions: a database made by an
-#: older superci gets them on open, so an upgrade keeps its queue and history.
-ADDED_COLUMNS = {
-    "builds": [
-        ("lost", "INTEGER NOT NULL DEFAULT 0"),
-    ],
-}
+#: Columns of ``builds`` added after its first version, as (name, type and default). Each
+#: is added by name to a database that lacks it, old or new, so a new column is one line.
+ADDED_BUILD_COLUMNS: list[tuple[str, str]] = [
+    ("tests", "TEXT NOT NULL DEFAULT '{}'"),  # the test counts of a finished build, JSON
+    ("lost", "INTEGER NOT NULL DEFAULT 0"),  # runners lost while they held it
+]
 
 
 @dataclass
@@ -72,6 +70,7 @@ class BuildRecord:
     finished_at: float | None = None
     message: str = ""
     runners: list[str] = field(default_factory=list)
+    tests: dict[str, int] = field(default_factory=dict)
     lost: int = 0  # runners lost while running it (runners that left on purpose excluded)
 
     def to_job(self) -> Job:
@@ -83,14 +82,14 @@ class BuildRecord:
 
 
 _COLUMNS = (
-    "id, sha, branch, status, attempt, runner, queued_at, started_at, finished_at, message,"
-    " runners, lost"
+    "id, sha, branch, status, attempt, runner, queued_at, started_at, finished_at, message, runners"
+    ", tests, lost"
 )
 
 
 def _record(row: tuple) -> BuildRecord:
-    *head, runners, lost = row
-    record = BuildRecord(*head, runners=json.loads(runners), lost=lost)
+    *head, runners, tests, lost = row
+    record = BuildRecord(*head, runners=json.loads(runners), tests=json.loads(tests), lost=lost)
     record.status = BuildStatus(record.status)
     return record
 
@@ -113,16 +112,16 @@ class Store:
         except (sqlite3.Error, OSError) as e:
             raise StorageError(f"cannot open the state database {path}: {e}") from e
 
+    def _add_missing_columns(self) -> None:
+        """Bring a database written by an older superci up to date, keeping its rows."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(builds)")}
+        for name, definition in ADDED_BUILD_COLUMNS:
+            if name not in have:
+                log.info("adding column %s to the builds of %s", name, self.path)
+                self._db.execute(f"ALTER TABLE builds ADD COLUMN {name} {definition}")
+
     def close(self) -> None:
         self._db.close()
-
-    def _add_missing_columns(self) -> None:
-        for table, columns in ADDED_COLUMNS.items():
-            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            for name, definition in columns:
-                if name not in have:
-                    log.info("upgrading %s: adding %s.%s", self.path, table, name)
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -186,10 +185,18 @@ class Store:
             (BuildStatus.QUEUED, message, int(lost), build_id),
         )
 
-    def finish(self, build_id: int, status: BuildStatus, now: float, message: str = "") -> None:
+    def finish(
+        self,
+        build_id: int,
+        status: BuildStatus,
+        now: float,
+        message: str = "",
+        tests: dict[str, int] | None = None,
+    ) -> None:
+        """Mark a build finished, with its test counts (none if no test run was read)."""
         self._write(
-            "UPDATE builds SET status = ?, finished_at = ?, message = ? WHERE id = ?",
-            (status, now, message, build_id),
+            "UPDATE builds SET status = ?, finished_at = ?, message = ?, tests = ? WHERE id = ?",
+            (status, now, message, json.dumps(tests or {}), build_id),
         )
 
     def get(self, build_id: int) -> BuildRecord | None:

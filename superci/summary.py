@@ -15,6 +15,9 @@ _UNITTEST_FAILURE = re.compile(r"^(?:FAIL|ERROR): (\S+) \(([^)\s]+)\)", re.M)
 _PYTEST_SUMMARY = re.compile(
     r"^(?:=+ )?((?:\d+ [a-z]+(?:, )?)+)(?: in [\d.]+s(?: \([^)]*\))?)?(?: =+)?\s*$", re.M
 )
+_PYTEST_NO_TESTS = re.compile(
+    r"^(?:=+ )?no tests ran(?: in [\d.]+s(?: \([^)]*\))?)?(?: =+)?\s*$", re.M
+)
 # A node id ends at " - <message>" or the end of the line; a parametrize id in [...] may
 # hold spaces ("test_x[a b]").
 _PYTEST_FAILURE = re.compile(r"^(?:FAILED|ERROR) (\S+::[^\s\[]+(?:\[.*?\])?)(?= - |\s*$)", re.M)
@@ -82,9 +85,12 @@ def _unittest_name(match: re.Match[str]) -> str:
 
 def _parse_pytest(output: str) -> tuple[int, Summary] | None:
     lines = [m for m in _PYTEST_SUMMARY.finditer(output) if _is_pytest_counts(m.group(1))]
+    nothing = list(_PYTEST_NO_TESTS.finditer(output))
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    if nothing and (not lines or nothing[-1].start() > lines[-1].start()):
+        return nothing[-1].start(), Summary({"run": 0, **counts})  # "no tests ran in 0.01s"
     if not lines:
         return None
-    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
     for part in lines[-1].group(1).split(", "):
         number, _, word = part.partition(" ")
         key = _PYTEST_WORDS.get(word.strip())

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from superci.report import counts_text
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Columns padded to their widest cell; ``-`` for a missing value."""
@@ -34,7 +36,7 @@ def status_tables(document: dict[str, Any]) -> str:
     ]
     builds = [
         (b["build_id"], _short(b["sha"]), b["branch"], b["status"], _seconds(b["duration"]),
-         b["runner"], b["attempt"])
+         b["runner"], b["attempt"], counts_text(b.get("tests")) or None)
         for b in document["builds"]
     ]  # fmt: skip
     return "\n\n".join(
@@ -45,7 +47,8 @@ def status_tables(document: dict[str, Any]) -> str:
             + table(["BUILD", "COMMIT", "BRANCH", "ATTEMPTS"], queue),
             "Last builds\n"
             + table(
-                ["BUILD", "COMMIT", "BRANCH", "STATUS", "DURATION", "RUNNER", "ATTEMPT"], builds
+                ["BUILD", "COMMIT", "BRANCH", "STATUS", "DURATION", "RUNNER", "ATTEMPT", "TESTS"],
+                builds,
             ),
         ]
     )
@@ -61,9 +64,9 @@ def result_summary(result: dict[str, Any]) -> str:
         f" on {result.get('runner') or '-'}",
         f"duration {_seconds(result.get('duration')) or '-'}",
     ]
-    tests = result.get("tests") or {}
+    tests = counts_text(result.get("tests"))
     if tests:
-        lines.append("tests    " + ", ".join(f"{v} {k}" for k, v in tests.items()))
+        lines.append(f"tests    {tests}")
     failures = result.get("failures") or []
     if failures:
         lines.append(f"failing  ({len(failures)})")

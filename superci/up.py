@@ -21,6 +21,7 @@ from superci.auth import Credentials, load_token
 from superci.channel import Address
 from superci.dispatcher import run_dispatcher
 from superci.errors import SuperCIError
+from superci.report import counts_text
 from superci.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,8 @@ STOP_GRACE = defaults.KILL_GRACE + 5
 
 def format_outcome(result: dict[str, Any]) -> str:
     """One line per finished build, for people watching the terminal."""
-    tests = result.get("tests") or {}
-    counts = f" [{tests.get('passed', 0)} passed, {tests.get('failed', 0)} failed]" if tests else ""
+    tests = counts_text(result.get("tests"))
+    counts = f" [{tests}]" if tests else ""
     duration = result.get("duration")
     took = f" in {duration:.1f}s" if isinstance(duration, int | float) else ""
     return (

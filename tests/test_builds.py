@@ -757,16 +757,113 @@ def test_status_and_show_describe_the_runners_the_queue_the_builds_and_failing_t
     last = {row[1]: row for row in table_rows(idle.stdout, "Last builds")}
     assert last[running[:12]][3] == "passed" and last[failing[:12]][3] == "failed"
     assert re.fullmatch(r"\d+\.\ds", last[failing[:12]][4])
-    assert last[failing[:12]][5:] == ["runner-a", "1"]
+    assert last[failing[:12]][5:7] == ["runner-a", "1"]
+    assert " ".join(last[failing[:12]][7:]) == "0 passed, 1 failed, 0 errors, 0 skipped"
 
     shown = cli(superci, "show", failing)
     assert shown.returncode == 0, shown.stderr
     assert "status   failed: tests failed (exit code 1)" in shown.stdout
     assert "failing  (1)\n  test_broken.Failing.test_broken" in shown.stdout
     [tests] = [line for line in shown.stdout.splitlines() if line.startswith("tests ")]
-    counts = dict(part.split()[::-1] for part in tests.removeprefix("tests").split(","))
-    assert counts == {"run": "1", "passed": "0", "failed": "1", "errors": "0", "skipped": "0"}
+    assert tests == "tests    0 passed, 1 failed, 0 errors, 0 skipped"
 
     unknown = cli(superci, "show", "f" * 40)
     assert unknown.returncode == 1
     assert f"no build of {'f' * 40} is known" in unknown.stderr
+
+
+# --- no verdict without evidence -------------------------------------------------------
+
+PYTEST_STYLE = """\
+import pytest
+
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("fixture broke")
+
+
+def test_x():
+    assert 1 + 1 == 2
+
+
+def test_errors_once(broken):
+    pass
+
+
+def test_errors_twice(broken):
+    pass
+"""
+
+SKIPPED_ONLY = """\
+import unittest
+
+
+class Later(unittest.TestCase):
+    @unittest.skip("not yet")
+    def test_later(self):
+        pass
+"""
+
+
+def test_pytest_style_tests_without_config_run_with_pytest_and_every_line_counts_errors(
+    repo: Repo, superci: Superci, tmp_path: Path
+):
+    sha = repo.commit({"tests/test_plain.py": PYTEST_STYLE})
+    start(superci, repo.clone(tmp_path / "runner-a"))
+    notify(superci, sha)
+
+    result = superci.wait_for_result(sha)
+
+    assert (result["status"], result["exit_code"]) == ("failed", 1), superci.output(sha)
+    assert result["tests"] == {"run": 3, "passed": 1, "failed": 0, "errors": 2, "skipped": 0}
+    log = superci.output(sha)
+    assert (
+        "superci: no command in .superci.toml: using pytest, as tests/test_plain.py has"
+        " pytest-style tests (def test_x)\nsuperci: $ python -m pytest\n"
+    ) in log
+    assert (superci.results / sha / "junit.xml").exists()
+    counts = "1 passed, 0 failed, 2 errors, 0 skipped"
+    status = cli(superci, "status")
+    [row] = table_rows(status.stdout, "Last builds")
+    assert row[:4] == ["1", sha[:12], "main", "failed"] and " ".join(row[7:]) == counts
+    shown = cli(superci, "show", sha)
+    assert f"tests    {counts}\n" in shown.stdout
+    assert "status   failed: tests failed (exit code 1)" in shown.stdout
+
+
+def test_builds_without_evidence_that_a_test_ran_are_errors_unless_allowed(
+    repo: Repo, superci: Superci, tmp_path: Path
+):
+    typo = repo.commit(
+        {".superci.toml": 'comand = "python -m pytest"\n', "tests/test_a.py": PASSING_TEST}
+    )
+    (repo.path / "tests/test_a.py").unlink()
+    (repo.path / ".superci.toml").unlink()
+    empty = repo.commit({"tests/__init__.py": "", "tests/helpers.py": "X = 1\n"})
+    allowed = repo.commit({".superci.toml": "allow_no_tests = true\n"})
+    collected_none = repo.commit({".superci.toml": 'command = "python -m pytest -q tests"\n'})
+    (repo.path / ".superci.toml").unlink()
+    skipped = repo.commit({"tests/test_later.py": SKIPPED_ONLY})
+    start(superci, repo.clone(tmp_path / "runner-a"))
+    for sha in (typo, empty, allowed, collected_none, skipped):
+        notify(superci, sha)
+
+    results = {sha: superci.wait_for_result(sha) for sha in (typo, empty, allowed, collected_none,
+                                                              skipped)}  # fmt: skip
+
+    assert results[typo]["status"] == "error"
+    assert "unknown key 'comand', did you mean 'command'?" in results[typo]["message"]
+    assert results[empty]["status"] == "error"
+    assert results[empty]["message"].startswith("no tests ran (exit code 0); set allow_no_tests")
+    assert "superci: $ python -m unittest discover -s tests\n" in superci.output(empty)
+    assert (results[allowed]["status"], results[allowed]["message"]) == (
+        "passed",
+        "no tests ran (exit code 0), which .superci.toml allows (allow_no_tests)",
+    )
+    assert (results[collected_none]["status"], results[collected_none]["exit_code"]) == ("error", 5)
+    assert results[collected_none]["message"].startswith("no tests ran (exit code 5)")
+    assert results[skipped]["status"] == "error"
+    assert results[skipped]["message"].startswith("no tests ran (1 skipped, exit code 0)")
+    shown = cli(superci, "show", empty)
+    assert "status   error: no tests ran (exit code 0)" in shown.stdout

@@ -1,6 +1,5 @@
 """The tested repository's .superci.toml: what is read, and what is refused."""
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,10 @@ def write_config(workdir: Path, text: str) -> Path:
 def test_missing_file_gives_defaults(tmp_path):
     config = load_build_config(tmp_path)
     assert config == BuildConfig()
-    assert config.command == defaults.TEST_COMMAND
+    assert config.command is None  # the runner picks the tool the repository uses
     assert config.timeout is None
     assert config.junit is None
+    assert config.allow_no_tests is False
 
 
 def test_empty_file_gives_defaults(tmp_path):
@@ -70,6 +70,9 @@ def test_fractional_timeout_is_kept(tmp_path):
         ('junit = "../outside.xml"\n', "must stay inside the repository"),
         ('junit = "reports/../../outside.xml"\n', "must stay inside the repository"),
         ('junit = "reports\\\\..\\\\..\\\\outside.xml"\n', "must stay inside the repository"),
+        ('allow_no_tests = "yes"\n', "'allow_no_tests' must be true or false"),
+        ("allow_no_tests = 1\n", "'allow_no_tests' must be true or false"),
+        ("[command]\nrun = 'make'\n", "'command' must be a non-empty string"),
     ],
 )
 def test_invalid_file_gives_config_error_naming_file_and_problem(tmp_path, text, problem):
@@ -89,15 +92,28 @@ def test_undecodable_file_gives_config_error(tmp_path):
     assert str(path) in str(excinfo.value)
 
 
-def test_unknown_key_warns_and_is_ignored(tmp_path, caplog):
+def test_a_misspelt_key_is_an_error_naming_it_and_the_key_meant(tmp_path):
     path = write_config(tmp_path, 'command = "make test"\ncomand = "typo"\n')
-    with caplog.at_level(logging.WARNING, logger="superci.config"):
-        config = load_build_config(tmp_path)
-    assert config == BuildConfig(command="make test")
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "comand" in warnings[0].getMessage()
-    assert str(path) in warnings[0].getMessage()
+    with pytest.raises(ConfigError) as excinfo:
+        load_build_config(tmp_path)
+    message = str(excinfo.value)
+    assert str(path) in message
+    assert "unknown key 'comand', did you mean 'command'?" in message
+
+
+def test_an_unknown_key_with_no_near_miss_lists_the_known_keys(tmp_path):
+    write_config(tmp_path, "parallel = true\n[tool.something]\nx = 1\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_build_config(tmp_path)
+    message = str(excinfo.value)
+    assert "unknown key 'parallel'" in message and "unknown key 'tool'" in message
+    assert "did you mean" not in message
+    assert "known keys: command, timeout, junit, allow_no_tests" in message
+
+
+def test_allow_no_tests_is_read(tmp_path):
+    write_config(tmp_path, "allow_no_tests = true\n")
+    assert load_build_config(tmp_path) == BuildConfig(allow_no_tests=True)
 
 
 def test_a_command_with_a_nul_character_is_refused(tmp_path):

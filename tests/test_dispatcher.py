@@ -7,6 +7,7 @@ moves the clock past the timeout, and the watchdog looks every 10 ms.
 
 import asyncio
 import json
+import logging
 import random
 import time
 from datetime import datetime
@@ -206,6 +207,30 @@ async def test_malformed_output_gets_an_error_frame_and_a_closed_connection(
 
 
 # --- a build's output and result ---------------------------------------------------------
+
+
+@async_test()
+async def test_a_finished_builds_counts_are_logged_stored_and_in_the_status(tmp_path, caplog):
+    counts = {"run": 7, "passed": 3, "failed": 1, "errors": 2, "skipped": 1}
+    async with Harness(tmp_path) as h:
+        runner, _ = await FakeRunner.connect(h.address, "runner-1")
+        submitted = await h.submit(SHA)
+        build = await runner.expect(protocol.Build)
+        with caplog.at_level(logging.INFO, logger="superci.dispatcher"):
+            ack = await runner.result(
+                build, "failed", exit_code=1, message="tests failed (exit code 1)", counts=counts
+            )
+        assert ack.accepted
+        assert h.dispatcher is not None and h.store is not None
+        status = h.dispatcher.query(protocol.Query(what="status", limit=5))
+        [shown] = json.loads(status.document or "{}")["builds"]
+
+    assert (
+        f"build {submitted.build_id} of {SHA[:12]}: failed (3 passed, 1 failed, 2 errors,"
+        " 1 skipped): tests failed (exit code 1)"
+    ) in caplog.messages
+    assert json.loads(h.db_build(submitted.build_id)["tests"]) == counts
+    assert shown["tests"] == counts
 
 
 @async_test()

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shlex
+import subprocess
 import sys
 import textwrap
 import threading
@@ -314,7 +315,9 @@ async def test_a_runner_carries_its_build_across_a_dispatcher_restart(tmp_path, 
         f"superci: building {sha} (main) attempt 1 on runner-1",
         f"superci: $ {command}",
         *(f"{part} {i}" for part in ("before", "middle", "after") for i in range(1, 4)),
-        "superci: tests passed (exit code 0)",
+        # a script, not a test tool: nothing to count, and the verdict says so
+        "superci: tests passed (exit code 0), but superci could not read test counts from"
+        " the output",
     ]
 
 
@@ -404,3 +407,57 @@ async def test_a_runner_whose_lease_expired_kills_its_build_and_takes_the_next(
     assert "attempt 2 ran to the end\n" in log
     assert "attempt 1" not in log, "attempt 2's log starts empty"
     assert (after["status"], after["attempt"]) == ("passed", 1)
+
+
+@async_test()
+async def test_a_cancelled_builds_log_ends_its_cut_line_before_superci_says_so(
+    tmp_path, repo, workspace
+):
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    script = gated_script(
+        gates,
+        """\
+        sys.stdout.write("half a line")
+        sys.stdout.flush()
+        (GATES / "printed").touch()
+        wait("never")
+        """,
+    )
+    sha = repo.commit({".superci.toml": config(f"{PYTHON} gated.py"), "gated.py": script})
+    async with Harness(tmp_path) as h, running(new_runner(h, workspace)):
+        await h.submit(sha)
+        await eventually((gates / "printed").exists, BUILD_WAIT, "the half line")
+        await h.wait_for_log(sha, b"half a line")
+        await client.request(h.address, protocol.CancelRequest(sha=sha))
+        cancelled = await h.results.wait(sha, BUILD_WAIT)
+
+    assert cancelled["status"] == "cancelled"
+    assert h.output_log(sha).decode().endswith("\nhalf a line\nsuperci: cancelled\n")
+
+
+@async_test(limit=60)
+async def test_a_repository_needing_pytest_is_an_error_when_the_builds_python_lacks_it(
+    tmp_path, repo, workspace, monkeypatch
+):
+    bare = tmp_path / "bare"  # a Python without pytest: a venv without even pip
+    await asyncio.to_thread(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=60
+        )
+    )
+    python = str(bare / "bin" / "python")
+    monkeypatch.setattr(sys, "executable", python)  # the runner's own, so the build's python
+    sha = repo.commit({"tests/test_plain.py": "def test_x():\n    assert 1 + 1 == 2\n"})
+    async with Harness(tmp_path) as h, running(new_runner(h, workspace)):
+        await h.submit(sha)
+        result = await h.results.wait(sha, BUILD_WAIT)
+
+    assert result["status"] == "error"
+    assert result["message"] == (
+        f"pytest is not installed for {python}: install it for the runner's Python"
+        " (python -m pip install pytest), or set command in .superci.toml"
+    )
+    log = h.output_log(sha).decode()
+    assert "superci: no command in .superci.toml: using pytest, as tests/test_plain.py has" in log
+    assert log.endswith(f"superci: {result['message']}\n")

@@ -211,3 +211,47 @@ def test_write_after_close_gives_storage_error(path):
     with pytest.raises(StorageError) as info:
         store.add_build(SHA_A, "main", now=1.0)
     assert str(path) in str(info.value)
+
+
+def test_finish_keeps_the_test_counts_of_the_build(store):
+    build = store.add_build(SHA_A, "main", now=1.0)
+    counts = {"run": 3, "passed": 1, "failed": 0, "errors": 2, "skipped": 0}
+    store.finish(build.id, BuildStatus.FAILED, now=2.0, message="tests failed", tests=counts)
+    assert store.get(build.id).tests == counts
+    assert store.add_build(SHA_B, "main", now=3.0).tests == {}
+    assert store.latest_for(SHA_B).tests == {}
+
+
+#: The builds table as the first superci wrote it, before any column was added.
+FIRST_SCHEMA = """
+CREATE TABLE builds (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sha TEXT NOT NULL, branch TEXT NOT NULL,
+    status TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0, runner TEXT,
+    runners TEXT NOT NULL DEFAULT '[]', queued_at REAL NOT NULL, started_at REAL,
+    finished_at REAL, message TEXT NOT NULL DEFAULT ''
+);
+INSERT INTO builds (sha, branch, status, attempt, runner, runners, queued_at, started_at,
+                    finished_at, message)
+VALUES ('aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 'main', 'passed', 1, 'r1', '["r1"]', 1.0,
+        2.0, 3.0, 'tests passed (exit code 0)');
+"""
+
+
+def test_a_database_of_an_older_superci_gets_the_new_columns_and_keeps_its_builds(path):
+    path.parent.mkdir(parents=True)
+    old = sqlite3.connect(path)
+    old.executescript(FIRST_SCHEMA)
+    old.close()
+
+    store = Store(path)
+    try:
+        [record] = store.recent(10)
+        assert (record.sha, record.status, record.runners, record.message) == (
+            SHA_A, BuildStatus.PASSED, ["r1"], "tests passed (exit code 0)",
+        )  # fmt: skip
+        assert record.tests == {}
+        store.finish(record.id, BuildStatus.FAILED, now=4.0, tests={"run": 1, "failed": 1})
+        assert store.get(record.id).tests == {"run": 1, "failed": 1}
+    finally:
+        store.close()
+    Store(path).close()  # opening it again adds nothing twice

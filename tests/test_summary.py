@@ -212,3 +212,31 @@ def test_output_without_a_summary_gives_empty_counts(output):
     assert parse_summary(output) == Summary()
     assert parse_summary(output).counts == {}
     assert parse_summary(output).failures == []
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "collected 0 items\n\n============================ no tests ran in 0.40s ======\n",
+        "\nno tests ran in 0.01s\n",
+        "=== 3 passed in 0.1s ===\n... a second run ...\n=== no tests ran in 0.01s ===\n",
+    ],
+)
+def test_pytest_saying_no_tests_ran_gives_zero_counts(output):
+    summary = parse_summary(output)
+    assert summary.counts == {"run": 0, "passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+
+
+def test_a_pytest_run_after_one_that_ran_no_tests_counts_its_tests():
+    output = "=== no tests ran in 0.01s ===\n=== 2 passed in 0.1s ===\n"
+    assert parse_summary(output).counts["passed"] == 2
+
+
+def test_unittest_finding_no_test_gives_zero_counts():
+    output = (
+        "\n----------------------------------------------------------------------\n"
+        "Ran 0 tests in 0.000s\n\nOK\n"
+    )
+    assert parse_summary(output).counts == {
+        "run": 0, "passed": 0, "failed": 0, "errors": 0, "skipped": 0,
+    }  # fmt: skip

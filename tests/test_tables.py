@@ -22,7 +22,8 @@ STATUS = {
         {"build_id": 6, "sha": SHA_A, "branch": "main", "status": "running",
          "duration": None, "runner": "runner-a", "attempt": 1},
         {"build_id": 5, "sha": SHA_C, "branch": "main", "status": "failed",
-         "duration": 3.214, "runner": "runner-b", "attempt": 2},
+         "duration": 3.214, "runner": "runner-b", "attempt": 2,
+         "tests": {"run": 3, "passed": 1, "failed": 0, "errors": 2, "skipped": 0}},
     ],
 }  # fmt: skip
 
@@ -49,11 +50,12 @@ def test_status_lists_the_queue_and_the_last_builds_with_dashes_for_missing_valu
         ["7", SHA_B[:12], "feature/x", "0"],
     ]
     assert section(text, "Last builds") == [
-        ["BUILD", "COMMIT", "BRANCH", "STATUS", "DURATION", "RUNNER", "ATTEMPT"],
-        ["7", SHA_B[:12], "feature/x", "queued", "-", "-", "0"],
-        ["6", SHA_A[:12], "main", "running", "-", "runner-a", "1"],
-        ["5", SHA_C[:12], "main", "failed", "3.2s", "runner-b", "2"],
-    ]
+        ["BUILD", "COMMIT", "BRANCH", "STATUS", "DURATION", "RUNNER", "ATTEMPT", "TESTS"],
+        ["7", SHA_B[:12], "feature/x", "queued", "-", "-", "0", "-"],
+        ["6", SHA_A[:12], "main", "running", "-", "runner-a", "1", "-"],
+        ["5", SHA_C[:12], "main", "failed", "3.2s", "runner-b", "2",
+         *"1 passed, 0 failed, 2 errors, 0 skipped".split()],
+    ]  # fmt: skip
 
 
 def test_status_of_an_empty_system_still_shows_every_section():
@@ -88,7 +90,7 @@ def test_result_summary_shows_status_message_counts_and_every_failing_test():
     assert lines[1] == "status   failed: tests failed (exit code 1)"
     assert lines[2] == "build    5, attempt 2 on runner-b"
     assert lines[3] == "duration 3.2s"
-    assert lines[4] == "tests    4 run, 2 passed, 1 failed, 1 errors, 0 skipped"
+    assert lines[4] == "tests    2 passed, 1 failed, 1 error, 0 skipped"
     assert lines[5:] == [
         "failing  (2)",
         "  test_parser.ParserTest.test_empty",
