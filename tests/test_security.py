@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -335,3 +336,40 @@ async def test_tls_data_after_close_notify_is_a_closed_connection_for_every_chan
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_runner_help_presents_the_token_file_option_as_a_file_and_superci_token_as_the_token():
+    done = subprocess.run(
+        [sys.executable, "-m", "superci", "runner", "--help"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    help_text = " ".join(done.stdout.split())
+    assert f"${auth.TOKEN_ENV}" not in help_text  # not offered as a default path
+    assert "--token-file FILE File holding the shared token (SUPERCI_TOKEN_FILE)" in help_text
+    assert f"or set {auth.TOKEN_ENV} to the token itself" in help_text
+
+
+def test_a_token_file_others_can_read_is_used_with_a_warning_naming_the_chmod(tmp_path, caplog):
+    token_file = tmp_path / "superci.token"
+    token_file.write_text(TOKEN.decode())
+    token_file.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="superci.auth"):
+        assert auth.load_token(token_file) == TOKEN
+    assert f"chmod 600 {token_file}" in caplog.text and "mode 644" in caplog.text
+    caplog.clear()
+    token_file.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="superci.auth"):
+        assert auth.load_token(token_file) == TOKEN
+    assert caplog.text == ""
+
+
+def test_the_token_recipe_makes_a_file_only_its_owner_can_read(tmp_path):
+    done = subprocess.run(
+        ["sh", "-c", auth.TOKEN_RECIPE.replace("python", shlex.quote(sys.executable))],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    token_file = tmp_path / "superci.token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert len(auth.load_token(token_file) or b"") == 64
