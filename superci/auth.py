@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import secrets
 from dataclasses import dataclass
@@ -21,8 +22,14 @@ from superci.errors import ConfigError
 if TYPE_CHECKING:  # ssl is imported only where TLS is used: it slows every command's start
     import ssl
 
-#: Environment variable that carries the shared token.
+log = logging.getLogger(__name__)
+
+#: Environment variable that carries the shared token itself (not a path to it).
 TOKEN_ENV = "SUPERCI_TOKEN"
+#: How to make a token file only its owner can read (README and error messages show it).
+TOKEN_RECIPE = (
+    "(umask 077; python -c 'import secrets; print(secrets.token_hex(32))' > superci.token)"
+)
 #: Shortest token accepted (characters): 32 hex characters are 128 bits, beyond any
 #: guessing, even offline; a guessable token is no protection.
 MIN_TOKEN_LENGTH = 32
@@ -47,6 +54,7 @@ def load_token(token_file: Path | None = None) -> bytes | None:
             text = token_file.read_text(encoding="utf-8").strip()
         except OSError as e:
             raise ConfigError(f"cannot read the token file {token_file}: {e.strerror or e}") from e
+        _warn_if_others_can_read(token_file)
         source = str(token_file)
     else:
         text = os.environ.get(TOKEN_ENV, "").strip()
@@ -56,10 +64,23 @@ def load_token(token_file: Path | None = None) -> bytes | None:
     if len(text) < MIN_TOKEN_LENGTH:
         raise ConfigError(
             f"the token in {source} is shorter than {MIN_TOKEN_LENGTH} characters "
-            "(128 bits as hex); "
-            "make one with: python -c 'import secrets; print(secrets.token_hex(32))'"
+            f"(128 bits as hex); make one with: {TOKEN_RECIPE}"
         )
     return text.encode("utf-8")
+
+
+def _warn_if_others_can_read(token_file: Path) -> None:
+    """Anyone who can read the token can run builds and read results: say how to fix it."""
+    try:
+        mode = token_file.stat().st_mode
+    except OSError:  # it was just read; a file that vanished since has nothing to warn about
+        return
+    if mode & 0o077:
+        log.warning(
+            "the token file %s can be read by other users (mode %03o); "
+            "make it private with: chmod 600 %s",
+            token_file, mode & 0o777, token_file,
+        )  # fmt: skip
 
 
 def new_nonce() -> str:

@@ -1,7 +1,9 @@
 """A framed message channel over an asyncio stream: the only place protocol meets socket.
 
 Both the dispatcher and its clients use it, so framing, size limits, send back-pressure
-and the handling of a peer's error frame are written once.
+and the handling of a peer's error frame are written once. Every way a connection can
+break under it (a reset, and with TLS also ``ssl.SSLError``: data after close_notify, an
+EOF inside a record) becomes :class:`ConnectionClosed`, so callers handle one thing.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class Channel:
         try:
             async with asyncio.timeout(self._send_timeout):
                 await self._writer.drain()
-        except (ConnectionError, TimeoutError) as e:
+        except OSError as e:  # ConnectionError, ssl.SSLError, and the timeout above
             self._writer.close()
             raise ConnectionClosed(f"cannot send to {self.peer}: {e or 'peer not reading'}") from e
 
@@ -96,7 +98,7 @@ class Channel:
                     break
                 try:
                     data = await self._reader.read(READ_SIZE)
-                except ConnectionError as e:
+                except OSError as e:  # ConnectionError, ssl.SSLError
                     raise ConnectionClosed(f"connection to {self.peer} lost: {e}") from e
                 if not data:
                     raise ConnectionClosed(f"{self.peer} closed the connection")
@@ -121,5 +123,5 @@ class Channel:
         try:
             async with asyncio.timeout(1.0):
                 await self._writer.wait_closed()
-        except (ConnectionError, TimeoutError):
+        except OSError:  # the reason it broke, if any; the connection is closed either way
             pass

@@ -42,7 +42,9 @@ def _verbose_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-_TOKEN_FILE_HELP = f"File holding the shared token [default: ${TOKEN_ENV}]."
+_TOKEN_FILE_HELP = (
+    f"File holding the shared token (SUPERCI_TOKEN_FILE); or set {TOKEN_ENV} to the token itself."
+)
 
 
 def _dispatcher_server_option(fn: Callable[..., Any]) -> Callable[..., Any]:
