@@ -52,6 +52,11 @@ class WorkspaceError(SuperCIError):
     """A git operation in a runner's or observer's clone failed."""
 
 
+class WorkspaceBroken(WorkspaceError):
+    """A runner's clone lost its git dir and could not be made again: the runner cannot
+    build anything until someone repairs it, so no build should be charged for it."""
+
+
 class StaleResult(SuperCIError):
     """A result or output arrived for a lease that is no longer current."""
 
