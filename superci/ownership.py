@@ -31,6 +31,7 @@ ROLES: tuple[Role, ...] = ("runner", "observer")
 
 #: The mark's file name, inside the clone's git dir (where no build or checkout looks).
 MARK_FILE = "superci-owner"
+_ARTICLE: dict[Role, str] = {"runner": "a", "observer": "an"}
 #: How many offending files a refusal lists.
 SHOWN_FILES = 5
 
@@ -56,7 +57,9 @@ def read_mark(git_dir: Path) -> Mark | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise WorkspaceError(f"cannot read {path}: {e}; remove it if this clone is superci's") from e
+        raise WorkspaceError(
+            f"cannot read {path}: {e}; remove it if this clone is superci's"
+        ) from e
     if not isinstance(data, dict) or data.get("role") not in ROLES:
         raise WorkspaceError(
             f"{path} does not say which superci process owns this clone; "
@@ -96,25 +99,30 @@ def claim(repo: git.Repo, role: Role, *, require_clean: bool) -> Mark:
         if mark.role != role:
             raise WorkspaceError(
                 f"{where} is the {mark.role}'s clone (marked in {mark_path(git_dir)} on "
-                f"{mark.host} at {mark.created}); a {role} needs a clone of its own: "
-                f"{clone_advice(repo, role)}"
+                f"{mark.host} at {mark.created}); {_ARTICLE[role]} {role} needs a clone of "
+                f"its own: {clone_advice(repo, role)}"
             )
         return mark
     if require_clean:
         found = foreign_files(repo)
         if found:
-            shown = "\n".join(f"  {line}" for line in found[:SHOWN_FILES])
-            more = f"\n  ... and {len(found) - SHOWN_FILES} more" if len(found) > SHOWN_FILES else ""
             raise WorkspaceError(
                 f"refusing to use {where} as a runner's clone: before every build a runner "
                 "deletes uncommitted changes, untracked and ignored files, and this clone "
-                f"has some that superci did not make:\n{shown}{more}\n"
+                f"has some that superci did not make:\n{_listing(found)}\n"
                 "Make a fresh clone for the runner and give its path instead: "
                 + clone_advice(repo, role)
             )
     mark = write_mark(git_dir, role)
     log.info("%s is now this %s's clone (%s)", where, role, mark_path(git_dir))
     return mark
+
+
+def _listing(lines: list[str]) -> str:
+    shown = [f"  {line}" for line in lines[:SHOWN_FILES]]
+    if len(lines) > SHOWN_FILES:
+        shown.append(f"  ... and {len(lines) - SHOWN_FILES} more")
+    return "\n".join(shown)
 
 
 def foreign_files(repo: git.Repo) -> list[str]:

@@ -202,8 +202,7 @@ def _open_clone(path: Path) -> git.Repo:
         ) from e
     if repo.bare or repo.working_tree_dir is None:
         raise WorkspaceError(
-            f"workspace {path} is a bare repository; a runner needs a clone "
-            "with a working tree"
+            f"workspace {path} is a bare repository; a runner needs a clone with a working tree"
         )
     dot_git = path / ".git"
     if dot_git.is_symlink() or not dot_git.is_dir():
