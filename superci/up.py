@@ -81,8 +81,9 @@ class Stack:
     def prepare(self) -> None:
         """Fail early on a busy port, then make the folders (hidden from git if inside)."""
         check_port_free(self.host, self.port)
-        for folder in (self.work, self.results):
-            self._exclude(folder)
+        self._exclude(self.work)
+        if not self.results.resolve().is_relative_to(self.work.resolve()):
+            self._exclude(self.results)
         for folder in (self.work, self.results, self.logs, self.work / "clones"):
             folder.mkdir(parents=True, exist_ok=True)
 
