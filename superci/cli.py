@@ -28,11 +28,12 @@ from superci.errors import SuperCIError
 log = logging.getLogger("superci")
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
+    """Log to stderr, or to ``log_file`` (appended to) when one is given."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
+        **({"filename": log_file} if log_file else {"stream": sys.stderr}),
     )
 
 
@@ -505,17 +506,14 @@ def show_command(address: Address, sha: str, as_json: bool) -> None:
 )
 @click.option(
     "--results",
-    default=defaults.RESULTS_DIR,
-    show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Results folder.",
+    help=f"Results folder [default: {defaults.RESULTS_DIR}/ in the work folder].",
 )
 @click.option(
     "--work",
-    default=".superci",
-    show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for the clones of the runners and the observer.",
+    help="Folder for the clones, the database and the logs "
+    "[default: ~/.local/state/superci/up/<repository>-<hash>, or under $XDG_STATE_HOME].",
 )
 @click.option(
     "--interval",
@@ -537,15 +535,16 @@ def up_command(
     runners: int,
     host: str,
     port: int,
-    results: Path,
-    work: Path,
+    results: Path | None,
+    work: Path | None,
     interval: float,
     branches: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Run a dispatcher, runners and an observer for the repository at PATH, here.
 
-    Each build's outcome is printed as it finishes; Ctrl-C stops everything.
+    PATH is the repository's top folder or a bare repository; superci writes nothing into
+    it. Each build's outcome is printed as it finishes; Ctrl-C stops everything.
     """
     from superci.up import Stack
 
@@ -554,7 +553,6 @@ def up_command(
             "superci up runs every part on this machine; keep --host on loopback. For the "
             "LAN, start `superci dispatcher` with a token (see README: On a LAN)."
         )
-    _setup_logging(verbose)
     stack = Stack(
         path,
         runners=runners,
@@ -566,6 +564,8 @@ def up_command(
         branches=branches,
         verbose=verbose,
     )
+    stack.prepare()
+    _setup_logging(verbose, None if verbose else stack.logs / "up.log")
     _run_until_signalled(stack.run(click.echo))
 
 

@@ -21,6 +21,7 @@ import git
 from superci import defaults
 from superci.backoff import Backoff
 from superci.errors import ConfigError, SuperCIError, WorkspaceError
+from superci.ownership import claim
 from superci.workspace import git_message
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Observer:
         self._max_backlog = max_backlog
         self._path = Path(repo_path)
         self._repo = _open_repo(self._path)
+        claim(self._repo, "observer", require_clean=False)  # it never touches the work tree
         # Non-interactive: a remote asking for a password must fail, not wait for a terminal.
         self._repo.git.update_environment(GIT_TERMINAL_PROMPT="0")
         self._deliver = deliver
@@ -253,6 +255,6 @@ def _current_branch(repo: git.Repo, path: Path) -> str:
     if repo.head.is_detached:
         raise WorkspaceError(
             f"{path} has a detached HEAD, so it has no current branch to watch; "
-            "name the branches to watch"
+            "name the branches to watch with --branch (e.g. --branch main)"
         )
     return repo.head.reference.name

@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
+import socket
+import subprocess
 import sys
 from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import git
+
 from superci import defaults
 from superci.auth import Credentials, load_token
 from superci.channel import Address
 from superci.dispatcher import run_dispatcher
-from superci.errors import SuperCIError
+from superci.errors import ConfigError, SuperCIError, WorkspaceError
 from superci.report import counts_text
-from superci.workspace import Workspace
+from superci.workspace import Workspace, clone_repository
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,12 @@ def format_outcome(result: dict[str, Any]) -> str:
 
 
 class Stack:
-    """Dispatcher + runners + observer for the repository at ``path``."""
+    """Dispatcher + runners + observer for the repository at ``path``.
+
+    Everything it makes (clones, database, results, logs) goes under its work folder,
+    outside the repository by default, so the user's repository never changes.
+    Call :meth:`prepare` before :meth:`run`.
+    """
 
     def __init__(
         self,
@@ -52,31 +63,66 @@ class Stack:
         runners: int = 2,
         host: str = defaults.HOST,
         port: int = defaults.PORT,
-        results: Path = Path(defaults.RESULTS_DIR),
-        work: Path = Path(".superci"),
+        results: Path | None = None,
+        work: Path | None = None,
         interval: float = defaults.POLL_INTERVAL,
         branches: Sequence[str] = (),
         verbose: bool = False,
     ) -> None:
-        self.source = Workspace(path).path.resolve()
+        self._repo = _open_source(Path(path))
+        self.source = Path(self._repo.working_tree_dir or self._repo.git_dir).resolve()
         self.runners, self.host, self.port = runners, host, port
-        self.results, self.work = results, work
+        self.work = Path(work or default_work_folder(self.source)).absolute()
+        self.results = Path(results or self.work / defaults.RESULTS_DIR).absolute()
+        self.state = self.work / defaults.STATE_FILE
+        self.logs = self.work / "logs"
         self.interval, self.branches, self.verbose = interval, tuple(branches), verbose
         self._children: list[asyncio.subprocess.Process] = []
 
-    def _clone(self, name: str) -> Path:
+    def prepare(self) -> None:
+        """Fail early on a busy port, then make the folders (hidden from git if inside)."""
+        check_port_free(self.host, self.port)
+        self._exclude(self.work)
+        if not self.results.resolve().is_relative_to(self.work.resolve()):
+            self._exclude(self.results)
+        for folder in (self.work, self.results, self.logs, self.work / "clones"):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def _exclude(self, folder: Path) -> None:
+        """Keep a folder chosen inside the repository out of its ``git status``."""
+        if self._repo.working_tree_dir is None:
+            return  # a bare repository has no work tree to keep clean
+        try:
+            inside = folder.resolve().relative_to(self.source)
+        except ValueError:
+            return
+        if inside == Path("."):
+            raise ConfigError(
+                f"{folder} is the repository itself; give superci a folder of its own "
+                "(--work, --results)"
+            )
+        exclude_from_git(Path(self._repo.common_dir) / "info" / "exclude", inside)
+
+    def _clone(self, name: str, *, runner: bool) -> Path:
         """A clone of the repository under the work folder, made once and reused."""
-        target = self.work / name
+        target = self.work / "clones" / name
         if not (target / ".git").exists():
-            Workspace.clone(str(self.source), target)
+            if runner:
+                Workspace.clone(str(self.source), target)  # marked as a runner's at once
+            else:
+                clone_repository(str(self.source), target)  # the observer marks its own
         return target
 
     async def run(self, echo: Callable[[str], None]) -> None:
         """Run until cancelled, printing each build's outcome; children stop with it."""
+        echo(
+            f"superci: working in {self.work}, logs in "
+            + ("this terminal (-v)" if self.verbose else str(self.logs))
+        )
         clones = await asyncio.to_thread(
             lambda: (
-                [self._clone(f"runner-{i}") for i in range(1, self.runners + 1)]
-                + [self._clone("observer")]
+                [self._clone(f"runner-{i}", runner=True) for i in range(1, self.runners + 1)]
+                + [self._clone("observer", runner=False)]
             )
         )
         ready: asyncio.Future[Address] = asyncio.get_running_loop().create_future()
@@ -85,7 +131,7 @@ class Stack:
                 self.host,
                 self.port,
                 self.results,
-                self.results.resolve().parent / defaults.STATE_FILE,
+                self.state,
                 credentials=Credentials(token=load_token()),  # SUPERCI_TOKEN, as the children
                 on_result=lambda result: echo(format_outcome(result)),
                 ready=ready.set_result,
@@ -98,11 +144,13 @@ class Stack:
             if not ready.done():
                 raise SuperCIError("the dispatcher did not start within 30 s")
             address = ready.result()
-            echo(f"superci: dispatcher on {address}, results in {self.results.resolve()}")
+            echo(f"superci: dispatcher on {address}, results in {self.results}")
             for i, clone in enumerate(clones[:-1], start=1):
-                await self._start("runner", str(address), "--name", f"runner-{i}", str(clone))
+                name = f"runner-{i}"
+                await self._start("runner", name, str(address), "--name", name, str(clone))
             branch_args = [arg for b in self.branches for arg in ("--branch", b)]
             await self._start(
+                "observer",
                 "observer",
                 str(address),
                 "--interval",
@@ -121,11 +169,19 @@ class Stack:
             with contextlib.suppress(asyncio.CancelledError):
                 await dispatcher
 
-    async def _start(self, command: str, address: str, *args: str) -> None:
+    async def _start(self, command: str, name: str, address: str, *args: str) -> None:
+        """Start a child; its output goes to logs/<name>.log (the terminal with -v)."""
         argv = [sys.executable, "-m", "superci", command, "--dispatcher-server", address, *args]
         if self.verbose:
             argv.insert(4, "--verbose")
-        self._children.append(await asyncio.create_subprocess_exec(*argv))
+            self._children.append(await asyncio.create_subprocess_exec(*argv))
+            return
+        with open(self.logs / f"{name}.log", "ab") as log_file:
+            self._children.append(
+                await asyncio.create_subprocess_exec(
+                    *argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+                )
+            )
 
     async def _stop_children(self) -> None:
         for child in self._children:
@@ -139,3 +195,59 @@ class Stack:
                 log.warning("pid %d did not stop; killing it", child.pid)
                 child.kill()
                 await child.wait()
+
+
+def default_work_folder(source: Path) -> Path:
+    """Where ``up`` keeps its files for ``source`` unless told: outside the repository,
+    under $XDG_STATE_HOME (~/.local/state), one folder per repository path."""
+    state = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
+    digest = hashlib.sha256(str(source).encode()).hexdigest()[:8]
+    return base / "superci" / "up" / f"{source.name or 'repo'}-{digest}"
+
+
+def exclude_from_git(exclude_file: Path, folder: Path) -> None:
+    """Add ``/folder/`` to a repository's info/exclude, once; the file is only appended to."""
+    line = f"/{folder.as_posix()}/"
+    try:
+        text = exclude_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    if line in text.splitlines():
+        return
+    exclude_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(exclude_file, "a", encoding="utf-8") as out:
+        out.write(("\n" if text and not text.endswith("\n") else "") + line + "\n")
+    log.info("added %s to %s", line, exclude_file)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on, before anything is made for it."""
+    if port == 0:
+        return  # the system picks a free one
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        ):
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the dispatcher
+                probe.bind(address)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}; another program (another "
+            "superci up?) may use it: stop it or choose another port with --port "
+            "(--port 0 picks a free one)"
+        ) from e
+
+
+def _open_source(path: Path) -> git.Repo:
+    """The repository to test: a clone with a work tree, or a bare repository."""
+    try:
+        return git.Repo(path)
+    except git.NoSuchPathError as e:
+        raise WorkspaceError(f"{path} does not exist; give the path of a git repository") from e
+    except git.InvalidGitRepositoryError as e:
+        raise WorkspaceError(
+            f"{path} is not a git repository; give the top folder of the repository to test "
+            "(or a bare repository)"
+        ) from e

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -15,6 +16,7 @@ from conftest import (
     Repo,
     Superci,
     free_port,
+    git,
     wait_until,
 )
 
@@ -178,12 +180,14 @@ def test_up_builds_new_commits_prints_outcomes_and_stops_cleanly_on_ctrl_c(
     repo: Repo, tmp_path: Path
 ):
     repo.commit({"tests/test_math.py": PASSING_TEST}, "passing")
+    before = git(repo.path, "status", "--porcelain", "--ignored")
     out = tmp_path / "up.out"
+    state = tmp_path / "state"
     with open(out, "w") as stdout:
         up = subprocess.Popen(
-            [sys.executable, "-m", "superci", "up", "--port", "0", "--interval", "0.2",
-             str(repo.path)],
-            stdout=stdout, stderr=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True,
+            [sys.executable, "-m", "superci", "up", "--port", "0", "--interval", "0.2", "."],
+            stdout=stdout, stderr=subprocess.DEVNULL, cwd=repo.path, start_new_session=True,
+            env={**os.environ, "XDG_STATE_HOME": str(state)},
         )  # fmt: skip
     try:
         wait_until(lambda: "PASSED" in out.read_text(), what="the first outcome")
@@ -198,7 +202,15 @@ def test_up_builds_new_commits_prints_outcomes_and_stops_cleanly_on_ctrl_c(
         ["pgrep", "-s", str(up.pid)], capture_output=True, text=True, timeout=10
     ).stdout.split()
     assert children == []  # runners and observer stopped with it
-    assert (tmp_path / "test_results" / failing / "result.json").exists()
+    # Everything up made is in its work folder outside the repository, which is as it was.
+    (work,) = (state / "superci" / "up").iterdir()
+    assert work.name.startswith("upstream-")
+    assert f"logs in {work / 'logs'}" in out.read_text()
+    assert (work / "test_results" / failing / "result.json").exists()
+    logs = sorted(p.name for p in (work / "logs").iterdir())
+    assert logs == ["observer.log", "runner-1.log", "runner-2.log", "up.log"]
+    assert "registered with the dispatcher" in (work / "logs" / "runner-1.log").read_text()
+    assert git(repo.path, "status", "--porcelain", "--ignored") == before
 
 
 def _read(path: Path) -> str | None:

@@ -12,6 +12,7 @@ import pytest
 from superci import defaults
 from superci.errors import ConfigError, DispatcherUnavailable, WorkspaceError
 from superci.observer import DELIVERED_REF_PREFIX, Observer
+from superci.ownership import read_mark, write_mark
 
 WAIT = 15.0  # upper bound for anything a test waits on; reached only when something is broken
 
@@ -239,6 +240,20 @@ def test_forgotten_last_commit_delivers_the_tip_with_a_warning(upstream, clone, 
 # errors and warnings
 
 
+def test_the_observer_marks_its_clone_and_refuses_a_runners_clone(
+    tmp_path, upstream, clone, dispatcher
+):
+    Observer(clone, dispatcher)
+    mark = read_mark(clone / ".git")
+    assert mark is not None and mark.role == "observer"
+    assert Observer(clone, dispatcher).branches == ("main",)  # its own clone, taken again
+
+    runners = clone_of(upstream, tmp_path / "runner")
+    write_mark(runners / ".git", "runner")
+    with pytest.raises(WorkspaceError, match="is the runner's clone .*an observer needs"):
+        Observer(runners, dispatcher)
+
+
 def test_missing_path_is_a_clear_workspace_error(tmp_path, dispatcher):
     with pytest.raises(WorkspaceError, match="does not exist"):
         Observer(tmp_path / "nowhere", dispatcher)
@@ -266,7 +281,7 @@ def test_branch_shorthand_is_a_config_error(clone, dispatcher):
 def test_detached_head_without_branches_is_a_workspace_error(clone, dispatcher):
     git(clone, "checkout", "--quiet", "--detach")
 
-    with pytest.raises(WorkspaceError, match="detached HEAD"):
+    with pytest.raises(WorkspaceError, match="detached HEAD.*--branch"):
         Observer(clone, dispatcher)
     assert Observer(clone, dispatcher, branches=["main"]).branches == ("main",)
 

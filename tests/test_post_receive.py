@@ -19,7 +19,7 @@ from conftest import Repo, Superci, free_port, git
 pytestmark = pytest.mark.e2e
 
 HOOK = Path(__file__).resolve().parent.parent / "scripts" / "post-receive"
-TOKEN = "a shared token of more than sixteen characters"
+TOKEN = "a shared token of more than thirty-two characters"
 
 
 @pytest.fixture
@@ -127,7 +127,7 @@ def test_a_push_the_hook_cannot_notify_succeeds_and_shows_notifys_reason(
         developer.path,
         SUPERCI_COMMAND=str(wrapper),
         SUPERCI_DISPATCHER=address,
-        SUPERCI_TOKEN_FILE=str(token_file(tmp_path, "another token, also long enough", "other")),
+        SUPERCI_TOKEN_FILE=str(token_file(tmp_path, "another token, also long enough: 128 bits", "other")),
     )
 
     assert pushed.returncode == 0, pushed.stderr

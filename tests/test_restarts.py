@@ -84,7 +84,7 @@ def test_ctrl_c_of_up_mid_build_three_times_then_up_again_passes(repo: Repo, tmp
         finally:
             if up.poll() is None:
                 up.kill()
-        assert build_row(tmp_path / "superci.db", sha)[0] == "queued"
+        assert build_row(tmp_path / "work" / "superci.db", sha)[0] == "queued"
 
     up = _up(repo, tmp_path, out)
     try:
@@ -95,7 +95,7 @@ def test_ctrl_c_of_up_mid_build_three_times_then_up_again_passes(repo: Repo, tmp
     finally:
         if up.poll() is None:
             up.kill()
-    assert build_row(tmp_path / "superci.db", sha) == ("passed", 4, 0)
+    assert build_row(tmp_path / "work" / "superci.db", sha) == ("passed", 4, 0)
     assert "runner lost" not in out.read_text()
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import git
 import pytest
 
-from superci.errors import WorkspaceError
+from superci.errors import WorkspaceBroken, WorkspaceError
+from superci.ownership import MARK_FILE, SHOWN_FILES, read_mark, write_mark
 from superci.workspace import Workspace
 
 
@@ -191,3 +192,149 @@ def test_submodules_are_checked_out_and_cleaned_when_present(
     workspace.prepare(sha)
     assert lib.read_text() == "NAME = 'library'\n"
     assert not (lib.parent / "junk.txt").exists()
+
+
+# ownership: a runner never destroys work it did not make
+
+
+def status(path: Path) -> str:
+    return git.Repo(path).git.status("--porcelain", "--ignored", "--untracked-files=all")
+
+
+def test_a_clone_with_someones_work_is_refused_and_nothing_in_it_changes(upstream, tmp_path):
+    mine = tmp_path / "mine"
+    git.Repo.clone_from(upstream.remote("origin").url, mine)
+    (mine / "app.py").write_text("VERSION = 'my edit'\n")
+    (mine / "notes.txt").write_text("my notes")
+    (mine / "build").mkdir()
+    (mine / "build" / "venv.pyc").write_bytes(b"ignored, but mine")
+    before = status(mine)
+
+    with pytest.raises(WorkspaceError) as excinfo:
+        Workspace(mine)
+
+    message = str(excinfo.value)
+    assert f"refusing to use {mine} as a runner's clone" in message
+    for line in (" M app.py", "?? notes.txt", "!! build/venv.pyc"):
+        assert line in message
+    assert f"git clone {upstream.remote('origin').url} {tmp_path / 'mine-runner'}" in message
+    assert status(mine) == before
+    assert (mine / "app.py").read_text() == "VERSION = 'my edit'\n"
+    assert (mine / "build" / "venv.pyc").read_bytes() == b"ignored, but mine"
+    assert read_mark(mine / ".git") is None
+
+
+def test_a_refusal_lists_a_few_files_and_counts_the_rest(upstream, tmp_path):
+    mine = tmp_path / "mine"
+    git.Repo.clone_from(upstream.remote("origin").url, mine)
+    for i in range(SHOWN_FILES + 3):
+        (mine / f"untracked-{i}.txt").write_text("mine")
+
+    with pytest.raises(WorkspaceError, match=r"\.\.\. and 3 more") as excinfo:
+        Workspace(mine)
+    assert str(excinfo.value).count("?? untracked-") == SHOWN_FILES
+
+
+def test_a_clean_clone_is_marked_as_the_runners_and_kept_after_builds_leave_files(
+    upstream, tmp_path
+):
+    workspace = Workspace.clone(upstream.remote("origin").url, tmp_path / "runner")
+    mark = read_mark(workspace.path / ".git")
+    assert mark is not None and mark.role == "runner" and mark.host and mark.created
+    (workspace.path / "cache.pyc").write_bytes(b"left by a build")
+
+    Workspace(workspace.path)  # a restarted runner takes its own clone again
+
+    assert read_mark(workspace.path / ".git") == mark
+
+
+def test_a_clone_marked_by_the_observer_is_refused_by_a_runner(upstream, tmp_path):
+    clone = tmp_path / "observed"
+    git.Repo.clone_from(upstream.remote("origin").url, clone)
+    write_mark(clone / ".git", "observer")
+
+    with pytest.raises(WorkspaceError, match="is the observer's clone .*a runner needs a clone"):
+        Workspace(clone)
+    assert read_mark(clone / ".git").role == "observer"
+
+
+def test_a_mark_superci_did_not_write_is_refused(workspace):
+    (workspace.path / ".git" / MARK_FILE).write_text("{not json")
+    with pytest.raises(WorkspaceError, match="cannot read .*superci-owner"):
+        Workspace(workspace.path)
+
+
+def test_a_worktree_without_a_git_folder_of_its_own_is_refused(upstream, tmp_path):
+    upstream.git.worktree("add", "--detach", str(tmp_path / "linked"))
+    with pytest.raises(WorkspaceError, match="no .git folder of its own"):
+        Workspace(tmp_path / "linked")
+
+
+# a clone that lost its .git: git never reaches an enclosing repository
+
+
+@pytest.fixture
+def nested(tmp_path, upstream):
+    """A developer's working copy with work in it, and a runner clone inside it."""
+    mine = tmp_path / "mine"
+    git.Repo.clone_from(upstream.remote("origin").url, mine)
+    (mine / "app.py").write_text("VERSION = 'my edit'\n")
+    (mine / "cache.pyc").write_bytes(b"ignored, but mine")
+    workspace = Workspace.clone(upstream.remote("origin").url, mine / "ci" / "runner")
+    return mine, workspace
+
+
+def test_a_clone_whose_git_dir_a_build_removed_is_cloned_again_and_the_enclosing_repo_is_untouched(
+    upstream, nested
+):
+    mine, workspace = nested
+    before = status(mine), git.Repo(mine).head.commit.hexsha
+    sha = commit_file(upstream, "app.py", "VERSION = 2\n")
+    upstream.remote("origin").push("main").raise_if_error()
+    shutil.rmtree(workspace.path / ".git")
+    (workspace.path / "output.bin").write_bytes(b"written by the build")
+
+    workspace.prepare(sha)
+
+    assert git.Repo(workspace.path).head.commit.hexsha == sha
+    assert (workspace.path / "app.py").read_text() == "VERSION = 2\n"
+    assert not (workspace.path / "output.bin").exists()
+    assert not any(p.name.startswith(".superci-repair") for p in workspace.path.iterdir())
+    assert read_mark(workspace.path / ".git").role == "runner"
+    assert (status(mine), git.Repo(mine).head.commit.hexsha) == before
+    assert (mine / "app.py").read_text() == "VERSION = 'my edit'\n"
+    assert (mine / "cache.pyc").read_bytes() == b"ignored, but mine"
+
+
+def test_a_git_dir_git_cannot_read_is_cloned_again(upstream, workspace):
+    sha = upstream.head.commit.hexsha
+    shutil.rmtree(workspace.path / ".git")
+    (workspace.path / ".git").mkdir()  # there, but empty
+
+    workspace.prepare(sha)
+
+    assert git.Repo(workspace.path).head.commit.hexsha == sha
+
+
+def test_a_lost_git_dir_with_the_remote_unreachable_is_broken_and_the_clone_kept(upstream, nested):
+    mine, workspace = nested
+    before = status(mine)
+    sha = upstream.head.commit.hexsha
+    shutil.rmtree(workspace.path / ".git")
+    shutil.rmtree(upstream.remote("origin").url)  # the remote is gone too
+
+    with pytest.raises(WorkspaceBroken) as excinfo:
+        workspace.prepare(sha)
+
+    message = str(excinfo.value)
+    assert f"the runner's clone {workspace.path} lost its .git and cannot be repaired" in message
+    assert "this runner cannot build" in message and "git clone" in message
+    assert (workspace.path / "app.py").read_text() == "VERSION = 1\n"  # nothing deleted
+    assert [p.name for p in workspace.path.iterdir() if p.name.startswith(".superci")] == []
+    # Without its .git the clone's files show up one by one; the developer's are as they were.
+    assert mine_only(status(mine)) == mine_only(before)
+    assert (mine / "app.py").read_text() == "VERSION = 'my edit'\n"
+
+
+def mine_only(status: str) -> list[str]:
+    return [line for line in status.splitlines() if not line[3:].startswith("ci/")]

@@ -1,0 +1,57 @@
+"""superci up's decisions about where its files go and whether its port is free."""
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from superci.errors import ConfigError
+from superci.up import check_port_free, default_work_folder, exclude_from_git
+
+
+def test_the_work_folder_is_under_xdg_state_home_one_per_repository_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    first = default_work_folder(Path("/home/me/project"))
+    other = default_work_folder(Path("/home/me/elsewhere/project"))
+
+    assert first.parent == tmp_path / "state" / "superci" / "up"
+    assert first.name.startswith("project-") and other.name.startswith("project-")
+    assert first != other
+    assert default_work_folder(Path("/home/me/project")) == first
+
+
+def test_the_work_folder_falls_back_to_local_state_when_xdg_state_home_is_relative(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/state")
+    folder = default_work_folder(Path("/srv/project"))
+    assert folder.parent == tmp_path / ".local" / "state" / "superci" / "up"
+
+
+def test_exclude_appends_one_line_once_and_keeps_what_the_file_had(tmp_path):
+    exclude = tmp_path / "info" / "exclude"
+    exclude.parent.mkdir()
+    exclude.write_text("# mine\n*.swp")  # no final newline
+
+    exclude_from_git(exclude, Path(".ci"))
+    exclude_from_git(exclude, Path(".ci"))
+
+    assert exclude.read_text() == "# mine\n*.swp\n/.ci/\n"
+
+
+def test_exclude_creates_a_missing_info_folder(tmp_path):
+    exclude = tmp_path / "info" / "exclude"
+    exclude_from_git(exclude, Path("build/superci"))
+    assert exclude.read_text() == "/build/superci/\n"
+
+
+def test_a_port_something_listens_on_is_refused_with_what_to_do():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port}.*--port 0 picks a free one"):
+            check_port_free("127.0.0.1", port)
+    check_port_free("127.0.0.1", port)  # free again once closed
+    check_port_free("127.0.0.1", 0)
