@@ -127,7 +127,9 @@ def test_a_push_the_hook_cannot_notify_succeeds_and_shows_notifys_reason(
         developer.path,
         SUPERCI_COMMAND=str(wrapper),
         SUPERCI_DISPATCHER=address,
-        SUPERCI_TOKEN_FILE=str(token_file(tmp_path, "another token, also long enough: 128 bits", "other")),
+        SUPERCI_TOKEN_FILE=str(
+            token_file(tmp_path, "another token, also long enough: 128 bits", "other")
+        ),
     )
 
     assert pushed.returncode == 0, pushed.stderr

@@ -4,6 +4,7 @@ its build back without using an attempt, through the real programs."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import E2E_WAIT, Repo, Superci, wait_until
+from conftest import E2E_WAIT, PASSING_TEST, Repo, Superci, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -120,3 +121,26 @@ def test_dispatcher_stopped_on_purpose_mid_build_costs_no_attempt(
     # result.json is written just before the database marks the build finished
     wait_until(lambda: build_row(superci.state, sha)[0] != "running", what="the database")
     assert build_row(superci.state, sha) == ("passed", 1, 0)
+
+
+def test_a_runner_whose_clone_cannot_be_repaired_leaves_and_its_build_is_queued_again(
+    repo: Repo, superci: Superci, tmp_path: Path
+):
+    sha = repo.commit({"tests/test_math.py": PASSING_TEST}, "passing")
+    clone = repo.clone(tmp_path / "broken")
+    superci.dispatcher("0", "--max-attempts", "1")
+    broken = superci.runner(clone, "broken")
+    broken.wait_for_log("registered with the dispatcher")
+    shutil.rmtree(clone / ".git")  # and its remote is gone too: nothing to repair from
+    moved = repo.path.rename(tmp_path / "moved")
+
+    assert "queued" in superci.notify(sha).stdout
+    assert broken.popen.wait(timeout=E2E_WAIT) == 1  # it leaves the pool, saying why
+    assert "Error: the runner's clone" in broken.log and "cannot be repaired" in broken.log
+    superci.processes[0].wait_for_log("runner broken is leaving")
+    assert build_row(superci.state, sha) == ("queued", 1, 0)  # given back, not an error
+
+    moved.rename(repo.path)
+    superci.runner(repo.clone(tmp_path / "healthy"), "healthy")
+    result = superci.wait_for_result(sha)
+    assert (result["status"], result["attempt"]) == ("passed", 2)
