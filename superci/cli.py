@@ -386,11 +386,15 @@ def notify_command(address: Address, commit: str, branch: str | None, rebuild: b
 
 
 def _commit_to_submit(address: Address, name: str, branch: str | None) -> tuple[str, str]:
-    """The full id and branch of the commit ``name`` means: git's names in a clone first,
-    then a full id as it is (on main unless told), then the dispatcher's names."""
+    """The full id and branch of the commit ``name`` means: git's names in a clone first
+    (a full id with its branch needs none), then a full id as it is (on main unless
+    told), then the dispatcher's names."""
     from superci import protocol
     from superci.client import query
 
+    commit = _commit_name(name)
+    if branch is not None and protocol.SHA_RE.fullmatch(commit):
+        return commit, branch  # all said: no need to ask git (the post-receive hook)
     clone = ""  # where git was asked, if it was
     if _may_be_in_clone():
         from superci import gitname
@@ -401,14 +405,13 @@ def _commit_to_submit(address: Address, name: str, branch: str | None) -> tuple[
             if found is not None:
                 return found.sha, found.branch
             clone = gitname.where(repo)
-    name = _commit_name(name)
     try:
-        protocol.check_commit_name(name)
+        protocol.check_commit_name(commit)
     except SuperCIError as e:
         raise click.ClickException(f"{e}{_unknown_to_git(clone)}") from e
-    if protocol.SHA_RE.fullmatch(name):
-        return name, branch or "main"
-    reply = query(address, "show", commit=name)
+    if protocol.SHA_RE.fullmatch(commit):
+        return commit, branch or "main"
+    reply = query(address, "show", commit=commit)
     if reply.status in ("unknown", "ambiguous"):
         raise click.ClickException(f"{reply.message}{_unknown_to_git(clone)}")
     known = json.loads(reply.document)

@@ -172,6 +172,11 @@ def test_notify_in_a_clone_refuses_a_name_git_does_not_know_and_a_commit_on_no_b
     assert bad.returncode == 1
     assert "not a commit name: 'HEAD~99'" in bad.stderr and "git know it in" in bad.stderr
 
+    # A full id git does not have (yet) is sent as it is, as outside a clone.
+    assert f"queued {'e' * 40} (main) as build 1" in ok(cli(superci, "notify", "e" * 40, cwd=mine))
+    hook = cli(superci, "notify", "d" * 40, "--branch", "release", cwd=mine)
+    assert f"queued {'d' * 40} (release) as build 2" in ok(hook)
+
     git(mine, "checkout", "--quiet", "--detach", "HEAD")
     git(mine, "commit", "--quiet", "--allow-empty", "-m", "on no branch")
     nowhere = cli(superci, "notify", "HEAD", cwd=mine)
@@ -179,4 +184,4 @@ def test_notify_in_a_clone_refuses_a_name_git_does_not_know_and_a_commit_on_no_b
     assert "is on no branch of" in nowhere.stderr and "--branch" in nowhere.stderr
     detached = git(mine, "rev-parse", "HEAD")
     told = cli(superci, "notify", "HEAD", "--branch", "hotfix", cwd=mine)
-    assert f"queued {detached} (hotfix) as build 1" in ok(told)
+    assert f"queued {detached} (hotfix) as build 3" in ok(told)
