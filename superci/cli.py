@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import re
 import signal
 import sys
 import threading
@@ -384,48 +386,119 @@ def observer_command(
 
 @main.command("notify")
 @_dispatcher_server_option
-@click.argument("sha")
+@click.argument("commit")
 @click.option(
     "--branch",
-    default="main",
-    show_default=True,
+    default=None,
     envvar="SUPERCI_BRANCH",
-    help="Branch the commit belongs to.",
+    help="Branch the commit belongs to [default: in a clone, the branch it is on; "
+    "else main, or for a short id or branch name the branch of its known build].",
 )
 @click.option("--rebuild", is_flag=True, help="Build again even if the commit is known.")
 @_reports_errors
-def notify_command(address: Address, sha: str, branch: str, rebuild: bool) -> None:
-    """Queue commit SHA (a full 40-character id), e.g. from a post-receive hook."""
+def notify_command(address: Address, commit: str, branch: str | None, rebuild: bool) -> None:
+    """Queue COMMIT, e.g. from a post-receive hook.
+
+    Inside a clone, COMMIT is anything git names a commit by (HEAD, a tag, a short id, a
+    branch); elsewhere a full 40-character id, or a short id or branch name the dispatcher
+    knows (to build it again with --rebuild).
+    """
     from superci.client import submit
 
-    reply = submit(address, sha.lower(), branch, rebuild)
+    sha, branch = _commit_to_submit(address, commit, branch)
+    reply = submit(address, sha, branch, rebuild)
     if reply.queued:
-        click.echo(f"queued {sha} as build {reply.build_id}")
+        click.echo(f"queued {sha} ({branch}) as build {reply.build_id}")
     else:
         click.echo(f"already known: {sha} is build {reply.build_id} ({reply.status})")
 
 
+def _commit_to_submit(address: Address, name: str, branch: str | None) -> tuple[str, str]:
+    """The full id and branch of the commit ``name`` means: git's names in a clone first
+    (a full id with its branch needs none), then a full id as it is (on main unless
+    told), then the dispatcher's names."""
+    from superci import protocol
+    from superci.client import query
+
+    commit = _commit_name(name)
+    if branch is not None and protocol.SHA_RE.fullmatch(commit):
+        return commit, branch  # all said: no need to ask git (the post-receive hook)
+    clone = ""  # where git was asked, if it was
+    if _may_be_in_clone():
+        from superci import gitname
+
+        repo = gitname.open_clone()
+        if repo is not None:
+            found = gitname.resolve(repo, name, branch)
+            if found is not None:
+                return found.sha, found.branch
+            clone = gitname.where(repo)
+    try:
+        protocol.check_commit_name(commit)
+    except SuperCIError as e:
+        raise click.ClickException(f"{e}{_unknown_to_git(clone)}") from e
+    if protocol.SHA_RE.fullmatch(commit):
+        return commit, branch or "main"
+    reply = query(address, "show", commit=commit)
+    if reply.status in ("unknown", "ambiguous"):
+        raise click.ClickException(f"{reply.message}{_unknown_to_git(clone)}")
+    known = json.loads(reply.document)
+    return known["sha"], branch or known["branch"]
+
+
+def _unknown_to_git(clone: str) -> str:
+    return f" (nor does git know it in {clone})" if clone else ""
+
+
+def _may_be_in_clone() -> bool:
+    """Whether a repository may hold the current folder: a cheap look before loading
+    GitPython (tens of milliseconds), which then finds it for certain."""
+    here = Path.cwd()
+    return "GIT_DIR" in os.environ or any(
+        (p / ".git").exists() or ((p / "HEAD").is_file() and (p / "objects").is_dir())
+        for p in (here, *here.parents)
+    )
+
+
+def _commit_name(name: str) -> str:
+    """Commit ids are lowercase hex; other names (branches) keep their case."""
+    return name.lower() if re.fullmatch(r"[0-9a-fA-F]{7,40}", name) else name
+
+
 @main.command("cancel")
 @_dispatcher_server_option
-@click.argument("sha")
+@click.argument("commit")
 @_reports_errors
-def cancel_command(address: Address, sha: str) -> None:
-    """Cancel the build of commit SHA (queued: at once; running: its tests are stopped)."""
+def cancel_command(address: Address, commit: str) -> None:
+    """Cancel the newest build of COMMIT (queued: at once; running: its tests are stopped).
+
+    COMMIT is a full id, a unique prefix of 7+ characters, or a branch (its latest build).
+    """
     from superci.client import cancel
 
-    reply = cancel(address, sha.lower())
+    reply = cancel(address, _commit_name(commit))
     click.echo(reply.message)
     if reply.status not in ("cancelled", "cancelling"):
         sys.exit(1)
 
 
+_BUILD_OPTION = click.option(
+    "--build",
+    "build_id",
+    type=click.IntRange(min=1),
+    help="That build of the commit (an earlier one) instead of the newest.",
+)
+
+
 @main.command("logs")
 @_dispatcher_server_option
-@click.argument("sha")
+@click.argument("commit")
 @click.option("-f", "--follow", is_flag=True, help="Stream the log live until the build ends.")
+@_BUILD_OPTION
 @_reports_errors
-def logs_command(address: Address, sha: str, follow: bool) -> None:
-    """Print the output of the build of commit SHA.
+def logs_command(address: Address, commit: str, follow: bool, build_id: int | None) -> None:
+    """Print the output of the build of COMMIT (a full id, a unique prefix of 7+
+    characters, or a branch: its latest build).
 
     With --follow, the exit code tells the outcome: 0 passed, 1 failed, 2 anything else.
     """
@@ -436,10 +509,10 @@ def logs_command(address: Address, sha: str, follow: bool) -> None:
         sys.stdout.buffer.flush()
 
     try:
-        reply = asyncio.run(read_log(address, sha.lower(), follow, write))
+        reply = asyncio.run(read_log(address, _commit_name(commit), follow, write, build_id))
     except KeyboardInterrupt:
         sys.exit(130)
-    if reply.status == "unknown":
+    if reply.status in ("unknown", "ambiguous"):
         raise click.ClickException(reply.message)
     if follow:
         click.echo(f"superci: build {reply.status}", err=True)
@@ -472,16 +545,18 @@ def status_command(address: Address, limit: int, as_json: bool) -> None:
 
 @main.command("show")
 @_dispatcher_server_option
-@click.argument("sha")
+@click.argument("commit")
+@_BUILD_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_reports_errors
-def show_command(address: Address, sha: str, as_json: bool) -> None:
-    """Show the result of the build of commit SHA and its failing tests."""
+def show_command(address: Address, commit: str, build_id: int | None, as_json: bool) -> None:
+    """Show the result of the build of COMMIT and its failing tests (a full id, a unique
+    prefix of 7+ characters, or a branch: its latest build)."""
     from superci.client import query
     from superci.tables import result_summary
 
-    reply = query(address, "show", sha=sha.lower())
-    if reply.status == "unknown":
+    reply = query(address, "show", commit=_commit_name(commit), build_id=build_id)
+    if reply.status in ("unknown", "ambiguous"):
         raise click.ClickException(reply.message)
     document = json.loads(reply.document)
     click.echo(json.dumps(document, indent=2) if as_json else result_summary(document))

@@ -131,23 +131,40 @@ async def _expect_reply(address: Address, message: protocol.Message) -> protocol
     return reply
 
 
-def cancel(address: Address, sha: str) -> protocol.Reply:
-    """Cancel the newest build of a commit; the reply says what happened."""
-    return asyncio.run(_expect_reply(address, protocol.CancelRequest(sha=protocol.check_sha(sha))))
+def cancel(address: Address, commit: str) -> protocol.Reply:
+    """Cancel the newest build of a commit (id, prefix or branch); the reply says what
+    happened."""
+    message = protocol.CancelRequest(commit=protocol.check_commit_name(commit))
+    return asyncio.run(_expect_reply(address, message))
 
 
-def query(address: Address, what: str, sha: str | None = None, limit: int = 20) -> protocol.Reply:
-    """``status`` or ``show`` (of one commit); the reply's document is JSON."""
-    if sha is not None:
-        protocol.check_sha(sha)
-    return asyncio.run(_expect_reply(address, protocol.Query(what=what, sha=sha, limit=limit)))
+def query(
+    address: Address,
+    what: str,
+    commit: str | None = None,
+    limit: int = 20,
+    build_id: int | None = None,
+) -> protocol.Reply:
+    """``status`` or ``show`` (of one commit, by id, prefix or branch; its newest build or
+    ``build_id``); the reply's document is JSON."""
+    if commit is not None:
+        protocol.check_commit_name(commit)
+    message = protocol.Query(what=what, commit=commit, limit=limit, build_id=build_id)
+    return asyncio.run(_expect_reply(address, message))
 
 
 async def read_log(
-    address: Address, sha: str, follow: bool, write: Callable[[bytes], None]
+    address: Address,
+    commit: str,
+    follow: bool,
+    write: Callable[[bytes], None],
+    build_id: int | None = None,
 ) -> protocol.Reply:
-    """Pass a commit's log to ``write`` (live until the build ends, with ``follow``)."""
-    request_ = protocol.LogRequest(sha=protocol.check_sha(sha), follow=follow)
+    """Pass a commit's log to ``write`` (live until the build ends, with ``follow``); of
+    its newest build, or of ``build_id``."""
+    request_ = protocol.LogRequest(
+        commit=protocol.check_commit_name(commit), follow=follow, build_id=build_id
+    )
     async with connection(address) as channel:
         await channel.send(request_)
         while True:

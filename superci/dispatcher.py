@@ -19,10 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from superci import __version__, defaults, protocol
+from superci import __version__, defaults, names, protocol
 from superci.auth import NO_CREDENTIALS, Credentials
 from superci.channel import Address, Channel
 from superci.errors import (
+    AmbiguousCommit,
     ConfigError,
     ConnectionClosed,
     ProtocolError,
@@ -48,7 +49,7 @@ from superci.scheduler import (
     StartBuild,
 )
 from superci.status import BuildStatus
-from superci.store import Store
+from superci.store import BuildRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ class Dispatcher:
             if isinstance(message, protocol.Submit):
                 channel.post(self.submit(message.sha, message.branch, message.rebuild))
             elif isinstance(message, protocol.CancelRequest):
-                channel.post(self.cancel(message.sha))
+                channel.post(self.cancel(message.commit))
             elif isinstance(message, protocol.Query):
                 channel.post(self.query(message))
             elif isinstance(message, protocol.LogRequest):
@@ -324,12 +325,13 @@ class Dispatcher:
         self._carry_out(self.scheduler.add_build(record.id, sha, branch, self._clock()))
         return protocol.Submitted(build_id=record.id, sha=sha, queued=True, status=record.status)
 
-    def cancel(self, sha: str) -> protocol.Reply:
+    def cancel(self, commit: str) -> protocol.Reply:
         """Cancel the newest build of a commit: at once if queued, through its runner if
         running; a finished or unknown commit is said to be so."""
-        record = self.store.latest_for(sha)
-        if record is None:
-            return protocol.Reply(status="unknown", message=f"no build of {sha} is known")
+        record = self._resolve(commit)
+        if isinstance(record, protocol.Reply):
+            return record
+        sha = record.sha
         if record.status.finished:  # "finished", not its status: it may be "cancelled"
             return protocol.Reply(
                 status="finished",
@@ -353,35 +355,44 @@ class Dispatcher:
         if message.what == "status":
             document = status_document(self.scheduler, self.store, self._clock(), message.limit)
             return protocol.Reply(status="ok", document=json.dumps(document))
-        assert message.sha is not None, "checked by the protocol"
-        record = self.store.latest_for(message.sha)
-        if record is None:
-            return protocol.Reply(status="unknown", message=f"no build of {message.sha} is known")
-        result = self.results.read_result(message.sha)
+        assert message.commit is not None, "checked by the protocol"
+        record = self._resolve(message.commit, message.build_id)
+        if isinstance(record, protocol.Reply):
+            return record
+        result = self.results.read_result(record.sha, message.build_id)
         if result is None or result.get("build_id") != record.id:
             result = build_summary(record)
         return protocol.Reply(status=record.status, document=json.dumps(result))
 
+    def _resolve(self, commit: str, build_id: int | None = None) -> BuildRecord | protocol.Reply:
+        """The build a client means, or the reply that says why there is none."""
+        try:
+            return names.resolve(self.store, commit, build_id)
+        except UnknownBuild as e:
+            return protocol.Reply(status="unknown", message=str(e))
+        except AmbiguousCommit as e:
+            return protocol.Reply(status="ambiguous", message=str(e))
+
     async def _send_log(self, channel: Channel, request: protocol.LogRequest) -> None:
         """Send a commit's log; when following, keep sending until the build ends, then
         say how it ended."""
-        record = self.store.latest_for(request.sha)
-        if record is None:
-            channel.post(
-                protocol.Reply(status="unknown", message=f"no build of {request.sha} is known")
-            )
+        record = self._resolve(request.commit, request.build_id)
+        if isinstance(record, protocol.Reply):
+            channel.post(record)
             return
+        sha = record.sha
         follower = None
         if request.follow and not record.status.finished:
             follower = LogFollower()
-            self._followers[request.sha].add(follower)
+            self._followers[sha].add(follower)
         try:
-            await _send_chunks(channel, self.results.read_log(request.sha, request.offset))
+            log_ = self.results.read_log(sha, request.offset, request.build_id)
+            await _send_chunks(channel, log_)
             while follower is not None and (data := await follower.next()) is not None:
                 await _send_chunks(channel, data)
         finally:
-            if follower is not None and request.sha in self._followers:
-                self._followers[request.sha].discard(follower)
+            if follower is not None and sha in self._followers:
+                self._followers[sha].discard(follower)
         record = self.store.get(record.id) or record
         if follower is not None and follower.overflowed:
             message = "the log reader fell too far behind; run the command again"
@@ -530,7 +541,7 @@ class Dispatcher:
                     self.store.mark_running(
                         action.build_id, action.attempt, action.runner, self._wall()
                     )
-                    self.results.start_log(action.sha)
+                    self.results.start_log(action.sha, action.build_id)
                 except StorageError as e:
                     # Not sent: dropping the session gives the lease back (re-queued).
                     log.error("cannot start build %d: %s; dropping runner %s",

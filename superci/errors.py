@@ -64,5 +64,9 @@ class UnknownBuild(SuperCIError):
     """A build id or commit is not known to the dispatcher."""
 
 
+class AmbiguousCommit(SuperCIError):
+    """A commit id prefix names more than one known commit."""
+
+
 class StorageError(SuperCIError):
     """The dispatcher could not persist state or write a result."""

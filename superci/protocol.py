@@ -33,6 +33,9 @@ PROTOCOL_VERSION: Final = 2
 HEADER: Final = struct.Struct("!I")
 
 SHA_RE: Final = re.compile(r"[0-9a-f]{40}")
+#: Shortest prefix of a commit id that names it (git's default abbreviation).
+MIN_PREFIX: Final = 7
+PREFIX_RE: Final = re.compile(rf"[0-9a-f]{{{MIN_PREFIX},40}}")
 NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 #: Longest ordinary string field (characters); output data and free text have their own.
@@ -78,6 +81,20 @@ def check_name(value: str) -> str:
             f"(starting with a letter or digit), got {value!r:.80}"
         )
     return value
+
+
+def check_commit_name(value: str) -> str:
+    """What a person calls a commit: its id, a prefix of 7+ hex characters, or a branch
+    (its latest build). Names never become paths: the dispatcher looks them up."""
+    if PREFIX_RE.fullmatch(value):
+        return value
+    try:
+        return check_branch(value)
+    except ProtocolError:
+        raise ProtocolError(
+            f"not a commit name: {value!r:.80}; give a full 40-character hex SHA, a prefix "
+            f"of one of {MIN_PREFIX} or more characters, or a branch name"
+        ) from None
 
 
 _BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
@@ -361,20 +378,22 @@ class Artifact(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class CancelRequest(Message):
-    """Client → dispatcher: cancel the newest build of this commit."""
+    """Client → dispatcher: cancel the newest build of this commit (any commit name)."""
 
     type: ClassVar[str] = "cancel_request"
-    sha: str = _check(check_sha)
+    commit: str = _check(check_commit_name, MAX_BRANCH)
 
 
 @dataclass(frozen=True, kw_only=True)
 class LogRequest(Message):
-    """Client → dispatcher: send a commit's log from ``offset``; with ``follow``, until it ends."""
+    """Client → dispatcher: send a commit's log from ``offset``; with ``follow``, until it
+    ends; with ``build_id``, that build's log rather than the newest."""
 
     type: ClassVar[str] = "log_request"
-    sha: str = _check(check_sha)
+    commit: str = _check(check_commit_name, MAX_BRANCH)
     offset: int = _check(_check_non_negative, default=0)
     follow: bool = False
+    build_id: int | None = _check(_check_positive, default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -387,16 +406,20 @@ class LogData(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class Query(Message):
-    """Client → dispatcher: ``status`` (pool, queue, last builds) or ``show`` (one commit)."""
+    """Client → dispatcher: ``status`` (pool, queue, last builds) or ``show`` (one commit;
+    its newest build, or ``build_id``)."""
 
     type: ClassVar[str] = "query"
     what: str = _check(_check_query)
-    sha: str | None = _check(check_sha, default=None)
+    commit: str | None = _check(check_commit_name, MAX_BRANCH, default=None)
     limit: int = _check(_check_limit, default=20)
+    build_id: int | None = _check(_check_positive, default=None)
 
     def __post_init__(self) -> None:
-        if self.what == "show" and self.sha is None:
-            raise ProtocolError("query: 'show' needs the sha of a commit")
+        if self.what == "show" and self.commit is None:
+            raise ProtocolError("query: 'show' needs the name of a commit")
+        if self.build_id is not None and self.what != "show":
+            raise ProtocolError("query: only 'show' takes a build id")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,6 +5,10 @@ fsynced and renamed into place (then the folder is fsynced): a crash leaves eith
 old file or the new one, never half of one. The log grows live while the build runs
 (see :mod:`superci.buildlog`); reports such as ``junit.xml`` arrive beside it and are
 put in place together with the result.
+
+The newest build of a commit keeps those paths; when another build of the commit starts
+(or ends without starting), the earlier build's files move to ``builds/<build_id>/``, so
+a rebuild never hides what the commit did before.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,8 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 LOG_FILE = "output.log"
+#: Where the files of a commit's earlier builds go: ``builds/<build_id>/``.
+EARLIER_BUILDS = "builds"
 
 
 class ResultsFolder:
@@ -40,11 +46,17 @@ class ResultsFolder:
 
     # --- the live log ---------------------------------------------------------------
 
-    def start_log(self, sha: str) -> None:
-        """Begin an empty log for a new attempt, so two attempts never mix; reports of an
-        earlier build of the commit go too."""
+    def build_folder(self, sha: str, build_id: int) -> Path:
+        """Where an earlier build of a commit keeps its files."""
+        return self.folder(sha) / EARLIER_BUILDS / str(build_id)
+
+    def start_log(self, sha: str, build_id: int | None = None) -> None:
+        """Begin an empty log for a new attempt, so two attempts never mix. The files of
+        an earlier build (one whose result is here; any, without ``build_id``) move to
+        ``builds/<its id>/``; reports a lost attempt left go."""
         self.close_log(sha)
         folder = self._make_folder(sha)
+        self._set_aside_earlier(folder, build_id)
         for name in ARTIFACT_NAMES:
             for path in (folder / name, folder / f".{name}.part"):
                 path.unlink(missing_ok=True)
@@ -78,10 +90,14 @@ class ResultsFolder:
         bytes (for the people following the log)."""
         return self._log(sha).append(offset, data)
 
-    def read_log(self, sha: str, offset: int = 0) -> bytes:
-        """The log file from ``offset`` (bounded by the cap); empty if there is none."""
+    def read_log(self, sha: str, offset: int = 0, build_id: int | None = None) -> bytes:
+        """The log file from ``offset`` (bounded by the cap), of the newest build or of
+        ``build_id``; empty if there is none."""
+        folder = self._files_of(sha, build_id)
+        if folder is None:
+            return b""
         try:
-            with open(self.folder(sha) / LOG_FILE, "rb") as f:
+            with open(folder / LOG_FILE, "rb") as f:
                 f.seek(offset)
                 return f.read()
         except FileNotFoundError:
@@ -121,11 +137,14 @@ class ResultsFolder:
     # --- the result -----------------------------------------------------------------
 
     def write_result(self, sha: str, result: dict[str, Any]) -> Path:
-        """Atomically replace ``result.json``; the log is closed and synced first."""
+        """Atomically replace ``result.json``; the log is closed and synced first. The
+        result of another build (one that ended without starting) moves aside first."""
         folder = self.folder(sha)
         try:
             self.close_log(sha)
             folder.mkdir(parents=True, exist_ok=True)
+            if isinstance(result.get("build_id"), int):
+                self._set_aside_earlier(folder, result["build_id"])
             self._publish_artifacts(folder)
             for stale in folder.glob(f".{RESULT_FILE}.*"):  # a crash mid-write left it
                 stale.unlink(missing_ok=True)
@@ -133,15 +152,68 @@ class ResultsFolder:
         except OSError as e:
             raise StorageError(f"cannot write the result of {sha} to {folder}: {e}") from e
 
-    def read_result(self, sha: str) -> dict[str, Any] | None:
+    def read_result(self, sha: str, build_id: int | None = None) -> dict[str, Any] | None:
+        """``result.json`` of the newest build, or of ``build_id``; None if there is none."""
+        folder = self._files_of(sha, build_id)
+        return None if folder is None else _read_json(folder / RESULT_FILE)
+
+    # --- earlier builds -------------------------------------------------------------
+
+    def _files_of(self, sha: str, build_id: int | None) -> Path | None:
+        """The folder with a build's files: its own under ``builds/``, else the commit's
+        while no other build's result is there; None if it has none."""
+        folder = self.folder(sha)
+        if build_id is None:
+            return folder
+        earlier = self.build_folder(sha, build_id)
+        if earlier.is_dir():
+            return earlier
+        newest = _build_id_of(folder)
+        return folder if newest in (None, build_id) else None
+
+    def _set_aside_earlier(self, folder: Path, build_id: int | None) -> None:
+        """Move the files of the build whose result is in ``folder`` to ``builds/<id>/``,
+        unless it is ``build_id`` itself; the result goes last, so a crash midway is
+        finished by the next call."""
+        earlier = _build_id_of(folder)
+        if earlier is None or earlier == build_id:
+            return
+        target = folder / EARLIER_BUILDS / str(earlier)
         try:
-            return json.loads((self.folder(sha) / RESULT_FILE).read_text("utf-8"))
-        except FileNotFoundError:
-            return None
+            target.mkdir(parents=True, exist_ok=True)
+            for name in (LOG_FILE, *ARTIFACT_NAMES, RESULT_FILE):
+                if (folder / name).exists() and not (target / name).exists():
+                    os.replace(folder / name, target / name)
+            _fsync_folder(target)
+            _fsync_folder(folder)
+        except OSError as e:
+            raise StorageError(f"cannot keep build {earlier}'s files in {target}: {e}") from e
+        log.info("kept the files of build %d of %s in %s", earlier, folder.name[:12], target)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def _build_id_of(folder: Path) -> int | None:
+    """The build whose result is in ``folder``, if one is there and says so."""
+    try:
+        result = _read_json(folder / RESULT_FILE)
+    except (OSError, ValueError):
+        return None
+    build_id = result.get("build_id") if isinstance(result, dict) else None
+    return build_id if isinstance(build_id, int) and not isinstance(build_id, bool) else None
 
 
 def _atomic_write(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write, fsync, rename into place, fsync the folder. The temporary file is created
+    like any other (mode 0666 less the umask, as ``output.log``), not 0600 as by mkstemp:
+    a result must be as readable as the log beside it."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -149,11 +221,15 @@ def _atomic_write(path: Path, text: str) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_folder(path.parent)
+    return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return path

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS builds (
     message     TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS builds_by_sha ON builds (sha);
+CREATE INDEX IF NOT EXISTS builds_by_branch ON builds (branch);
 CREATE INDEX IF NOT EXISTS builds_unfinished ON builds (status)
     WHERE status IN ('queued', 'running');
 CREATE TABLE IF NOT EXISTS runners (
@@ -206,6 +207,21 @@ class Store:
         """The newest build of a commit, if it was ever asked for."""
         return self._one(
             f"SELECT {_COLUMNS} FROM builds WHERE sha = ? ORDER BY id DESC LIMIT 1", (sha,)
+        )
+
+    def latest_by_prefix(self, prefix: str, limit: int) -> list[BuildRecord]:
+        """The newest build of each commit whose id starts with ``prefix`` (lowercase hex),
+        newest first, at most ``limit``: a range scan of the sha index."""
+        return self._all(
+            f"SELECT {_COLUMNS} FROM builds WHERE id IN (SELECT max(id) FROM builds"
+            " WHERE sha >= ? AND sha < ? GROUP BY sha) ORDER BY id DESC LIMIT ?",
+            (prefix, prefix + "g", limit),  # "g" sorts after every hex digit
+        )
+
+    def latest_on_branch(self, branch: str) -> BuildRecord | None:
+        """The newest build asked for on a branch."""
+        return self._one(
+            f"SELECT {_COLUMNS} FROM builds WHERE branch = ? ORDER BY id DESC LIMIT 1", (branch,)
         )
 
     def unfinished(self) -> list[BuildRecord]:

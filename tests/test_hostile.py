@@ -94,6 +94,16 @@ def traversal_ids(escape: Path) -> list[Any]:
     ]  # fmt: skip
 
 
+def is_commit_name(value: Any) -> bool:
+    if not isinstance(value, str) or len(value) > protocol.MAX_BRANCH:
+        return False
+    try:
+        protocol.check_commit_name(value)
+    except protocol.ProtocolError:
+        return False
+    return True
+
+
 def snapshot(root: Path, allowed: list[Path]) -> dict[str, tuple[int, int] | None]:
     """Every file (size, mtime) and folder under ``root``, except where changes are allowed."""
     found: dict[str, tuple[int, int] | None] = {}
@@ -144,6 +154,11 @@ class Attack:
         assert frames and isinstance(frames[-1], protocol.Error), f"{what}: {frames}"
         assert frames[-1].code == code, f"{what}: {frames[-1]}"
         assert all(f.type in ("welcome", "registered") for f in frames[:-1]), f"{what}: {frames}"
+
+    async def expect_unknown(self, what: str, data: bytes) -> None:
+        frames = await self.raw(what, data)
+        replies = [f for f in frames if isinstance(f, protocol.Reply)]
+        assert [r.status for r in replies] == ["unknown"], f"{what}: {frames}"
 
     # --- the barrage ----------------------------------------------------------------
 
@@ -215,16 +230,23 @@ class Attack:
         """Every field that could become a path, with ids that would escape if used as one."""
         attacks = []
         for i, bad in enumerate(traversal_ids(escape)):
+            submit = {"type": "submit", "sha": bad, "branch": "main"}
+            attacks.append(
+                self.expect_error(f"submit sha #{i}", HELLO_CLIENT + frame(submit), "bad-message")
+            )
+            # Commit names are looked up, never made into paths: a name git would take as a
+            # branch (sha[:38] + "/x") is merely unknown, anything else refused.
             requests = {
-                "submit": {"type": "submit", "sha": bad, "branch": "main"},
-                "log_request": {"type": "log_request", "sha": bad, "follow": True},
-                "cancel_request": {"type": "cancel_request", "sha": bad},
-                "query": {"type": "query", "what": "show", "sha": bad},
+                "log_request": {"type": "log_request", "commit": bad, "follow": True},
+                "cancel_request": {"type": "cancel_request", "commit": bad},
+                "query": {"type": "query", "what": "show", "commit": bad},
             }
             for kind, body in requests.items():
-                attacks.append(
-                    self.expect_error(f"{kind} sha #{i}", HELLO_CLIENT + frame(body), "bad-message")
-                )
+                what, data = f"{kind} commit #{i}", HELLO_CLIENT + frame(body)
+                if is_commit_name(bad):
+                    attacks.append(self.expect_unknown(what, data))
+                else:
+                    attacks.append(self.expect_error(what, data, "bad-message"))
             artifact = {"type": "artifact", "build_id": 1, "attempt": 1, "name": bad,
                         "offset": 0, "data": b64(b"<testsuite/>")}  # fmt: skip
             attacks.append(

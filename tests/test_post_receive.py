@@ -99,7 +99,7 @@ def test_post_receive_in_a_bare_repository_queues_every_pushed_commit_oldest_fir
     first = developer.commit({"a.txt": "1"}, "first")
     pushed = push(developer.path)
     assert pushed.returncode == 0, pushed.stderr
-    assert f"queued {first} as build" in pushed.stderr  # git shows the hook's output
+    assert f"queued {first} (main) as build" in pushed.stderr  # git shows the hook's output
     later = [developer.commit({"a.txt": str(n)}, f"change {n}") for n in (2, 3)]
     pushed = push(developer.path)
     assert pushed.returncode == 0, pushed.stderr

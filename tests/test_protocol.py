@@ -73,10 +73,10 @@ SAMPLES: dict[str, protocol.Message] = {
     "artifact": protocol.Artifact(
         build_id=7, attempt=1, name="junit.xml", offset=0, data="PHRlc3RzdWl0ZS8+"
     ),
-    "cancel_request": protocol.CancelRequest(sha=SHA),
-    "log_request": protocol.LogRequest(sha=SHA, offset=100, follow=True),
+    "cancel_request": protocol.CancelRequest(commit=SHA),
+    "log_request": protocol.LogRequest(commit=SHA, offset=100, follow=True, build_id=3),
     "log_data": protocol.LogData(data="aGVsbG8K"),
-    "query": protocol.Query(what="show", sha=SHA, limit=5),
+    "query": protocol.Query(what="show", commit=SHA, limit=5, build_id=2),
     "reply": protocol.Reply(status="ok", message="done", document='{"runners": []}'),
 }
 
@@ -430,6 +430,46 @@ def test_message_with_invalid_branch_is_refused(kind, branch):
 def test_valid_branch_name_is_accepted(branch):
     assert check_branch(branch) == branch
     assert decode_one(frame_json(with_field("submit", branch=branch))).branch == branch
+
+
+COMMIT_REQUESTS = ["cancel_request", "log_request", "query"]
+BAD_COMMIT_NAMES = ["../../etc", "", "-x", "a..b", "HEAD~1", "v1^{}", SHA + "\n", "a b", "/abs"]
+
+
+@pytest.mark.parametrize("name", BAD_COMMIT_NAMES)
+@pytest.mark.parametrize("kind", COMMIT_REQUESTS)
+def test_commit_name_that_is_neither_a_prefix_nor_a_branch_is_refused(kind, name):
+    error = refused(with_field(kind, commit=name))
+    assert error.code == "bad-message"
+    assert f"{kind}.commit: not a commit name" in str(error)
+    assert "full 40-character hex SHA" in str(error)
+
+
+@pytest.mark.parametrize(
+    "name", [SHA, SHA[:7], SHA[:12], "main", "feature/x-1", "deadbeef", "ABCDEF1", "abc"]
+)
+@pytest.mark.parametrize("kind", COMMIT_REQUESTS)
+def test_full_id_prefix_or_branch_is_a_commit_name(kind, name):
+    assert protocol.check_commit_name(name) == name
+    assert decode_one(frame_json(with_field(kind, commit=name))).commit == name
+
+
+@pytest.mark.parametrize("kind", COMMIT_REQUESTS)
+def test_commit_name_longer_than_a_branch_may_be_is_refused(kind):
+    error = refused(with_field(kind, commit="b" * (MAX_BRANCH + 1)))
+    assert f"{kind}.commit" in str(error) and "longer than" in str(error)
+
+
+def test_show_without_a_commit_and_status_with_a_build_id_are_refused():
+    assert "'show' needs the name of a commit" in str(refused({"type": "query", "what": "show"}))
+    error = refused({"type": "query", "what": "status", "build_id": 3})
+    assert "only 'show' takes a build id" in str(error)
+
+
+@pytest.mark.parametrize("kind", ["log_request", "query"])
+def test_build_id_zero_in_a_client_request_is_refused(kind):
+    error = refused(with_field(kind, build_id=0))
+    assert f"{kind}.build_id" in str(error)
 
 
 @pytest.mark.parametrize("status", ["bogus", "PASSED", "", "finished"])

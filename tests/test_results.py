@@ -1,5 +1,8 @@
 """test_results/<sha>/: the live log and the atomically written result, on a real disk."""
 
+import os
+import stat
+
 import pytest
 
 from superci.errors import ProtocolError, StorageError
@@ -191,3 +194,94 @@ def test_unwritable_root_gives_storage_error_for_the_result(tmp_path):
     with pytest.raises(StorageError) as info:
         ResultsFolder(blocker).write_result(SHA, {"status": "passed"})
     assert str(blocker / SHA) in str(info.value)
+
+
+# --- earlier builds of a commit -----------------------------------------------------
+
+
+def finish_build(results, build_id: int, output: bytes, report: bytes | None = None) -> None:
+    """One whole build of SHA: its log, maybe a JUnit report, its result."""
+    results.start_log(SHA, build_id)
+    results.append_output(SHA, 0, output)
+    if report is not None:
+        results.append_artifact(SHA, "junit.xml", 0, report)
+    results.write_result(SHA, {"build_id": build_id, "status": "passed"})
+
+
+def test_a_new_build_moves_the_earlier_builds_files_to_builds_its_id(results, root):
+    finish_build(results, 1, b"first build\n", b"<testsuite name='one'/>")
+    results.start_log(SHA, 2)
+    results.append_output(SHA, 0, b"second build\n")
+
+    earlier = root / SHA / "builds" / "1"
+    assert sorted(p.name for p in earlier.iterdir()) == sorted([RESULT_FILE, "junit.xml", LOG_FILE])
+    assert (earlier / LOG_FILE).read_bytes() == b"first build\n"
+    assert (earlier / "junit.xml").read_bytes() == b"<testsuite name='one'/>"
+    assert log_of(root) == b"second build\n"
+    assert results.read_result(SHA) is None  # the newest build has none yet
+    assert results.read_result(SHA, 1) == {"build_id": 1, "status": "passed"}
+
+    results.write_result(SHA, {"build_id": 2, "status": "failed"})
+    assert results.read_result(SHA) == {"build_id": 2, "status": "failed"}
+    assert results.read_result(SHA, 2) == results.read_result(SHA)
+    assert results.read_log(SHA, 0, 1) == b"first build\n"
+    assert results.read_log(SHA, 0, 2) == results.read_log(SHA) == b"second build\n"
+    assert sorted(p.name for p in (root / SHA).iterdir()) == sorted(
+        ["builds", LOG_FILE, RESULT_FILE]
+    )
+
+
+def test_every_earlier_build_keeps_its_own_folder(results, root):
+    for build_id in (3, 5, 9):
+        finish_build(results, build_id, f"build {build_id}\n".encode())
+    assert sorted(p.name for p in (root / SHA / "builds").iterdir()) == ["3", "5"]
+    for build_id in (3, 5, 9):
+        assert results.read_log(SHA, 0, build_id) == f"build {build_id}\n".encode()
+        assert results.read_result(SHA, build_id)["build_id"] == build_id  # type: ignore[index]
+
+
+def test_another_attempt_of_the_same_build_replaces_its_log_and_moves_nothing(results, root):
+    finish_build(results, 4, b"attempt whose result was written before a crash\n")
+    results.start_log(SHA, 4)  # the build runs again: its result was never marked in the db
+    assert not (root / SHA / "builds").exists()
+    assert log_of(root) == b""
+
+
+def test_a_build_that_ends_without_starting_keeps_the_earlier_builds_files(results, root):
+    finish_build(results, 1, b"first build\n")
+    results.write_result(SHA, {"build_id": 2, "status": "cancelled"})  # cancelled in the queue
+    assert results.read_result(SHA) == {"build_id": 2, "status": "cancelled"}
+    assert results.read_result(SHA, 1) == {"build_id": 1, "status": "passed"}
+    assert results.read_log(SHA, 0, 1) == b"first build\n"
+    assert results.read_log(SHA, 0, 2) == b""  # it never started
+    assert not (root / SHA / LOG_FILE).exists()
+
+
+def test_a_build_with_no_files_yet_reads_as_none_not_as_another_builds(results):
+    finish_build(results, 1, b"first build\n")
+    assert results.read_result(SHA, 2) is None  # queued: the folder still holds build 1's
+    assert results.read_log(SHA, 0, 2) == b""
+
+
+def test_a_move_cut_short_by_a_crash_is_finished_by_the_next_start(results, root):
+    finish_build(results, 1, b"first build\n")
+    earlier = root / SHA / "builds" / "1"
+    earlier.mkdir(parents=True)
+    (root / SHA / LOG_FILE).rename(earlier / LOG_FILE)  # moved; the result was not yet
+    results.start_log(SHA, 2)
+    assert sorted(p.name for p in earlier.iterdir()) == sorted([RESULT_FILE, LOG_FILE])
+    assert (earlier / LOG_FILE).read_bytes() == b"first build\n"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_result_json_gets_the_same_mode_as_output_log(results, root, umask):
+    previous = os.umask(umask)
+    try:
+        results.start_log(SHA)
+        results.append_output(SHA, 0, b"output\n")
+        results.write_result(SHA, {"status": "passed"})
+    finally:
+        os.umask(previous)
+    log_mode = stat.S_IMODE((root / SHA / LOG_FILE).stat().st_mode)
+    assert log_mode == 0o666 & ~umask
+    assert stat.S_IMODE((root / SHA / RESULT_FILE).stat().st_mode) == log_mode

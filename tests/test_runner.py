@@ -209,7 +209,7 @@ async def test_a_build_cancelled_while_its_checkout_runs_never_starts_its_tests(
         async with running(runner):
             await h.submit(sha)
             await eventually(checkout_started.is_set, WAIT, "the checkout to start")
-            reply = await client.request(h.address, protocol.CancelRequest(sha=sha))
+            reply = await client.request(h.address, protocol.CancelRequest(commit=sha))
             await eventually(
                 lambda: runner._current is not None and runner._current.cancel.is_set(),
                 WAIT,
@@ -367,7 +367,7 @@ async def test_a_runner_told_to_cancel_kills_its_build_and_takes_the_next(
         await h.submit(project.passing)
         pid = await project.started(h)
 
-        reply = await client.request(h.address, protocol.CancelRequest(sha=project.blocked))
+        reply = await client.request(h.address, protocol.CancelRequest(commit=project.blocked))
         cancelled = await h.results.wait(project.blocked, BUILD_WAIT)
         assert not process_alive(pid), "the cancelled build's process must be killed"
         after = await h.results.wait(project.passing, BUILD_WAIT)
@@ -429,7 +429,7 @@ async def test_a_cancelled_builds_log_ends_its_cut_line_before_superci_says_so(
         await h.submit(sha)
         await eventually((gates / "printed").exists, BUILD_WAIT, "the half line")
         await h.wait_for_log(sha, b"half a line")
-        await client.request(h.address, protocol.CancelRequest(sha=sha))
+        await client.request(h.address, protocol.CancelRequest(commit=sha))
         cancelled = await h.results.wait(sha, BUILD_WAIT)
 
     assert cancelled["status"] == "cancelled"

@@ -47,6 +47,49 @@ def test_status_is_read_back_as_a_build_status(store):
     assert type(store.get(record.id).status) is BuildStatus
 
 
+#: Two commit ids that share their first nine characters, and one that sorts just after.
+TWIN_1 = "abcdef012" + "1" * 31
+TWIN_2 = "abcdef012" + "2" * 31
+NEIGHBOUR = "abcdef013" + "0" * 31
+
+
+def test_latest_by_prefix_gives_the_newest_build_of_each_matching_commit(store):
+    old = store.add_build(TWIN_1, "main", now=1.0)
+    neighbour = store.add_build(NEIGHBOUR, "main", now=2.0)
+    twin_2 = store.add_build(TWIN_2, "feature/x", now=3.0)
+    store.finish(old.id, BuildStatus.PASSED, now=4.0)
+    rebuilt = store.add_build(TWIN_1, "main", now=5.0)
+
+    newest_first = [rebuilt.id, twin_2.id, neighbour.id]
+    assert [r.id for r in store.latest_by_prefix("abcdef0", 10)] == newest_first
+    assert [r.id for r in store.latest_by_prefix("abcdef012", 10)] == newest_first[:2]
+    assert [r.id for r in store.latest_by_prefix("abcdef012", 1)] == [rebuilt.id]
+    assert [r.sha for r in store.latest_by_prefix("abcdef0122", 10)] == [TWIN_2]
+    assert [r.sha for r in store.latest_by_prefix("abcdef013", 10)] == [NEIGHBOUR]
+    assert [r.sha for r in store.latest_by_prefix(TWIN_2, 10)] == [TWIN_2]
+    assert store.latest_by_prefix("abcdef01f", 10) == []
+    assert store.latest_by_prefix("fffffff", 10) == []
+
+
+def test_latest_on_branch_gives_the_newest_build_asked_for_on_it(store):
+    store.add_build(SHA_A, "feature/x", now=1.0)
+    newest = store.add_build(SHA_B, "feature/x", now=2.0)
+    store.add_build(SHA_C, "main", now=3.0)
+    assert store.latest_on_branch("feature/x") == newest
+    assert store.latest_on_branch("feature") is None
+
+
+def test_prefix_and_branch_lookups_use_indexes(store):
+    def plan(sql: str, params: tuple) -> str:
+        return " ".join(row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+    by_prefix = plan("SELECT max(id) FROM builds WHERE sha >= ? AND sha < ? GROUP BY sha",
+                     ("abc", "abcg"))  # fmt: skip
+    assert "INDEX builds_by_sha" in by_prefix and "SCAN" not in by_prefix
+    by_branch = plan("SELECT id FROM builds WHERE branch = ? ORDER BY id DESC LIMIT 1", ("x",))
+    assert "INDEX builds_by_branch" in by_branch and "SCAN" not in by_branch
+
+
 def test_latest_for_gives_the_newest_build_of_a_commit(store):
     first = store.add_build(SHA_A, "main", now=1.0)
     store.add_build(SHA_B, "main", now=2.0)
