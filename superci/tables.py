@@ -25,6 +25,18 @@ def _seconds(value: float | None) -> str | None:
     return None if value is None else f"{value:.1f}s"
 
 
+#: Longest reason shown in the status table; ``superci show`` has the whole message.
+REASON_WIDTH = 60
+
+
+def _reason(build: dict[str, Any]) -> str | None:
+    """Why a build did not pass, shortened to fit a table row."""
+    message = build.get("message") or ""
+    if build["status"] in ("passed", "queued", "running") or not message:
+        return None
+    return message if len(message) <= REASON_WIDTH else message[: REASON_WIDTH - 1] + "…"
+
+
 def status_tables(document: dict[str, Any]) -> str:
     """The three sections of ``superci status``."""
     runners = [
@@ -36,7 +48,7 @@ def status_tables(document: dict[str, Any]) -> str:
     ]
     builds = [
         (b["build_id"], _short(b["sha"]), b["branch"], b["status"], _seconds(b["duration"]),
-         b["runner"], b["attempt"], counts_text(b.get("tests")) or None)
+         b["runner"], b["attempt"], counts_text(b.get("tests")) or None, _reason(b))
         for b in document["builds"]
     ]  # fmt: skip
     return "\n\n".join(
@@ -47,7 +59,17 @@ def status_tables(document: dict[str, Any]) -> str:
             + table(["BUILD", "COMMIT", "BRANCH", "ATTEMPTS"], queue),
             "Last builds\n"
             + table(
-                ["BUILD", "COMMIT", "BRANCH", "STATUS", "DURATION", "RUNNER", "ATTEMPT", "TESTS"],
+                [
+                    "BUILD",
+                    "COMMIT",
+                    "BRANCH",
+                    "STATUS",
+                    "DURATION",
+                    "RUNNER",
+                    "ATTEMPT",
+                    "TESTS",
+                    "REASON",
+                ],  # fmt: skip
                 builds,
             ),
         ]

@@ -758,7 +758,8 @@ def test_status_and_show_describe_the_runners_the_queue_the_builds_and_failing_t
     assert last[running[:12]][3] == "passed" and last[failing[:12]][3] == "failed"
     assert re.fullmatch(r"\d+\.\ds", last[failing[:12]][4])
     assert last[failing[:12]][5:7] == ["runner-a", "1"]
-    assert " ".join(last[failing[:12]][7:]) == "0 passed, 1 failed, 0 errors, 0 skipped"
+    assert " ".join(last[failing[:12]][7:15]) == "0 passed, 1 failed, 0 errors, 0 skipped"
+    assert " ".join(last[failing[:12]][15:]) == "tests failed (exit code 1)"  # the reason
 
     shown = cli(superci, "show", failing)
     assert shown.returncode == 0, shown.stderr
@@ -826,7 +827,7 @@ def test_pytest_style_tests_without_config_run_with_pytest_and_every_line_counts
     counts = "1 passed, 0 failed, 2 errors, 0 skipped"
     status = cli(superci, "status")
     [row] = table_rows(status.stdout, "Last builds")
-    assert row[:4] == ["1", sha[:12], "main", "failed"] and " ".join(row[7:]) == counts
+    assert row[:4] == ["1", sha[:12], "main", "failed"] and " ".join(row[7:15]) == counts
     shown = cli(superci, "show", sha)
     assert f"tests    {counts}\n" in shown.stdout
     assert "status   failed: tests failed (exit code 1)" in shown.stdout

@@ -50,11 +50,12 @@ def test_status_lists_the_queue_and_the_last_builds_with_dashes_for_missing_valu
         ["7", SHA_B[:12], "feature/x", "0"],
     ]
     assert section(text, "Last builds") == [
-        ["BUILD", "COMMIT", "BRANCH", "STATUS", "DURATION", "RUNNER", "ATTEMPT", "TESTS"],
-        ["7", SHA_B[:12], "feature/x", "queued", "-", "-", "0", "-"],
-        ["6", SHA_A[:12], "main", "running", "-", "runner-a", "1", "-"],
+        ["BUILD", "COMMIT", "BRANCH", "STATUS", "DURATION", "RUNNER", "ATTEMPT", "TESTS",
+         "REASON"],
+        ["7", SHA_B[:12], "feature/x", "queued", "-", "-", "0", "-", "-"],
+        ["6", SHA_A[:12], "main", "running", "-", "runner-a", "1", "-", "-"],
         ["5", SHA_C[:12], "main", "failed", "3.2s", "runner-b", "2",
-         *"1 passed, 0 failed, 2 errors, 0 skipped".split()],
+         *"1 passed, 0 failed, 2 errors, 0 skipped".split(), "-"],
     ]  # fmt: skip
 
 
@@ -122,3 +123,20 @@ def test_status_table_counts_the_whole_queue_when_only_its_head_is_listed():
     }
     text = status_tables(document)
     assert "Queue (5000)" in text and "aaaaaaaaaaaa" in text
+
+
+def test_status_gives_the_reason_of_a_build_that_did_not_pass_shortened_to_fit():
+    long = "runner lost on 3 attempts, the limit (a, b, c); last: no heartbeat for 10.2s"
+    builds = [
+        {"build_id": 9, "sha": SHA_A, "branch": "main", "status": "error", "duration": None,
+         "runner": None, "attempt": 3, "message": long},
+        {"build_id": 8, "sha": SHA_B, "branch": "main", "status": "error", "duration": 0.5,
+         "runner": "r", "attempt": 1, "message": "no tests ran (exit code 5)"},
+        {"build_id": 7, "sha": SHA_C, "branch": "main", "status": "passed", "duration": 0.5,
+         "runner": "r", "attempt": 1, "message": "tests passed (exit code 0)"},
+    ]  # fmt: skip
+    lines = status_tables({"runners": [], "queue": [], "builds": builds}).splitlines()
+    rows = lines[lines.index("Last builds") + 2 :]
+    assert rows[0].endswith(long[:59] + "…")
+    assert rows[1].endswith("no tests ran (exit code 5)")
+    assert rows[2].endswith("-")
