@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from superci import defaults
+from superci import buildlog
 from superci.buildlog import BuildLog
 from superci.errors import StorageError
 from superci.protocol import ARTIFACT_NAMES, check_sha
@@ -84,24 +85,22 @@ class ResultsFolder:
             return 0
         return self._log(sha).raw
 
-    def append_output(self, sha: str, offset: int, data: bytes) -> bytes:
+    def append_output(self, sha: str, offset: int, data: bytes, *, skipped: bool = False) -> bytes:
         """Write bytes ``offset``.. of the output; bytes already written are skipped, so a
         runner that resends after a reconnect never duplicates output. Returns the new
-        bytes (for the people following the log)."""
-        return self._log(sha).append(offset, data)
+        bytes (for the people following the log). ``skipped``: the runner no longer has
+        the bytes before ``offset`` (see :meth:`BuildLog.append`)."""
+        return self._log(sha).append(offset, data, skipped=skipped)
 
-    def read_log(self, sha: str, offset: int = 0, build_id: int | None = None) -> bytes:
-        """The log file from ``offset`` (bounded by the cap), of the newest build or of
-        ``build_id``; empty if there is none."""
+    def read_log(
+        self, sha: str, offset: int = 0, build_id: int | None = None, limit: int | None = None
+    ) -> bytes:
+        """The log (head, marker, tail; bounded by the cap) from ``offset``, at most
+        ``limit`` bytes, of the newest build or of ``build_id``; empty if there is none."""
         folder = self._files_of(sha, build_id)
         if folder is None:
             return b""
-        try:
-            with open(folder / LOG_FILE, "rb") as f:
-                f.seek(offset)
-                return f.read()
-        except FileNotFoundError:
-            return b""
+        return buildlog.read(folder / LOG_FILE, offset, limit)
 
     def close_log(self, sha: str) -> None:
         """Flush the log to disk and stop writing it."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from superci.buildlog import BuildLog
+from superci.buildlog import BuildLog, read
 from superci.errors import StorageError
 
 CAP = 4096
@@ -69,10 +69,10 @@ def test_output_under_the_cap_is_written_verbatim_with_raw_counting_every_byte(
 
     write_all(log, output, 100)
 
-    assert path.read_bytes() == output
+    assert read(path) == output
     assert log.raw == len(output)
     assert log.dropped == 0
-    assert not MARKER_RE.search(path.read_bytes())
+    assert not MARKER_RE.search(read(path))
 
 
 def test_output_past_the_cap_keeps_head_and_tail_around_one_marker_with_the_dropped_count(
@@ -84,7 +84,7 @@ def test_output_past_the_cap_keeps_head_and_tail_around_one_marker_with_the_drop
 
     write_all(log, output, 1000)
 
-    content = path.read_bytes()
+    content = read(path)
     assert len(content) <= CAP
     m = marker(content)
     assert int(m.group(2)) == CAP
@@ -107,20 +107,20 @@ def test_repeated_cuts_keep_the_log_bounded_with_one_marker_whose_count_grows(
 
     for round_ in range(6):
         write_all(log, numbered_lines(round_ * 500, 500), 700)
-        content = path.read_bytes()
+        content = read(path)
         assert len(content) <= CAP
         counts.append(dropped_count(content))
         assert len(without_marker(content)) + counts[-1] == log.raw
 
     assert counts == sorted(counts) and len(set(counts)) == len(counts)
-    assert path.read_bytes().startswith(numbered_lines(0, 1)[:40])
-    assert path.read_bytes().endswith(numbered_lines(2999, 1))
+    assert read(path).startswith(numbered_lines(0, 1)[:40])
+    assert read(path).endswith(numbered_lines(2999, 1))
 
 
 def test_a_short_head_followed_by_a_huge_chunk_and_more_output_still_has_a_single_marker(
     tmp_path: Path, open_log: Callable[..., BuildLog]
 ):
-    """The head is fixed by the first cut; a later cut must not copy the marker into it."""
+    """The head is the first quarter of the cap, whatever the chunks; one marker follows it."""
     path = tmp_path / "output.log"
     log = open_log()
     first = b"superci: building abc\n"
@@ -129,9 +129,9 @@ def test_a_short_head_followed_by_a_huge_chunk_and_more_output_still_has_a_singl
     log.append(log.raw, b"b" * (3 * CAP))
     log.append(log.raw, b"the end\n")
 
-    content = path.read_bytes()
+    content = read(path)
     assert len(content) <= CAP
-    assert content.startswith(first + MARKER_RE.search(content).group(0))  # type: ignore[union-attr]
+    assert content.startswith(first + b"a" * (CAP // 4 - len(first)) + marker(content).group(0))
     assert content.endswith(b"b" * 100 + b"the end\n")
     assert len(without_marker(content)) + dropped_count(content) == log.raw
 
@@ -144,18 +144,18 @@ def test_raw_offsets_keep_counting_across_cuts_so_a_resend_adds_nothing(
     output = numbered_lines(0, 1000)
     write_all(log, output, 512)
     assert log.raw == len(output) > CAP
-    before = path.read_bytes()
+    before = read(path)
 
     assert log.append(0, output[:512]) == b""  # a resend from the start
     assert log.append(len(output) - 512, output[-512:]) == b""  # a resend of the last chunk
-    assert path.read_bytes() == before and log.raw == len(output)
+    assert read(path) == before and log.raw == len(output)
 
     more = numbered_lines(1000, 3)
     overlapping = output[-10:] + more  # a resend that also carries new bytes
     assert log.append(len(output) - 10, overlapping) == more
     assert log.raw == len(output) + len(more)
-    assert path.read_bytes().endswith(output[-50:] + more)
-    assert output[-10:] + output[-10:] not in path.read_bytes()
+    assert read(path).endswith(output[-50:] + more)
+    assert output[-10:] + output[-10:] not in read(path)
 
 
 def test_output_past_what_was_received_is_refused_as_a_gap(open_log: Callable[..., BuildLog]):
@@ -182,7 +182,7 @@ def test_a_restarted_dispatcher_resumes_a_cut_log_at_the_same_raw_offset(
     assert resumed.append(raw - 600, output[-600:]) == b""  # the runner resends its last chunk
     tail = numbered_lines(1000, 200)
     write_all(resumed, tail, 600)
-    content = path.read_bytes()
+    content = read(path)
     assert len(content) <= CAP
     assert content.endswith(tail[-CAP // 4 :])
     assert len(without_marker(content)) + dropped_count(content) == len(output) + len(tail)
@@ -201,7 +201,7 @@ def test_a_restarted_dispatcher_resumes_an_uncut_log_at_its_size(
     resumed.append(resumed.raw, b"second line\n")
 
     assert resumed.raw == len(b"first line\nsecond line\n")
-    assert path.read_bytes() == b"first line\nsecond line\n"
+    assert read(path) == b"first line\nsecond line\n"
 
 
 def test_a_fresh_log_forgets_an_earlier_attempt_and_its_cut(
@@ -216,20 +216,23 @@ def test_a_fresh_log_forgets_an_earlier_attempt_and_its_cut(
     again.append(0, b"attempt 2\n")
     again.finish()
 
-    assert path.read_bytes() == b"attempt 2\n"
+    assert read(path) == b"attempt 2\n"
     resumed = open_log(fresh=False)
     assert resumed.raw == len(b"attempt 2\n")
 
 
-def test_finish_removes_the_sidecar_that_only_a_running_build_needs(
+def test_finish_makes_output_log_the_whole_log_and_its_resume_point_is_kept(
     tmp_path: Path, open_log: Callable[..., BuildLog]
 ):
     path = tmp_path / "output.log"
     log = open_log()
     write_all(log, numbered_lines(0, 1000), 600)
-    assert (tmp_path / ".output.log.state").exists()
+    view = read(path)
+    assert len(path.read_bytes()) == CAP // 4  # the head; the tail is in segments
 
     log.finish()
 
-    assert not (tmp_path / ".output.log.state").exists()
-    assert len(path.read_bytes()) <= CAP
+    assert path.read_bytes() == view and len(view) <= CAP
+    assert [p.name for p in tmp_path.iterdir() if ".tail." in p.name] == []
+    resumed = open_log(fresh=False)  # e.g. a result that could not be written, resent
+    assert resumed.raw == log.raw and resumed.append(0, b"old") == b""
