@@ -121,7 +121,8 @@ class BuildLog:
         """
         if offset > self.raw:
             if not skipped:
-                raise StorageError(f"{self.path}: gap in the output (have {self.raw}, got {offset})")
+                have = f"have {self.raw}, got {offset}"
+                raise StorageError(f"{self.path}: gap in the output ({have})")
             self._skip_to(offset)
         new = data[self.raw - offset :]
         try:

@@ -302,6 +302,14 @@ def dispatcher_command(
     envvar="SUPERCI_KILL_GRACE",
     help="Seconds between SIGTERM and SIGKILL of a stopped build.",
 )
+@click.option(
+    "--max-spool-bytes",
+    default=defaults.MAX_SPOOL_BYTES,
+    show_default=True,
+    type=click.IntRange(min=1024),
+    envvar="SUPERCI_MAX_SPOOL_BYTES",
+    help="Largest local copy of a build's output; past it the middle is dropped.",
+)
 @_verbose_option
 @_reports_errors
 def runner_command(
@@ -311,6 +319,7 @@ def runner_command(
     heartbeat_interval: float,
     timeout: float,
     kill_grace: float,
+    max_spool_bytes: int,
     verbose: bool,
 ) -> None:
     """Run builds in the clone at PATH for the dispatcher at --dispatcher-server."""
@@ -326,6 +335,7 @@ def runner_command(
         heartbeat_interval=heartbeat_interval,
         build_timeout=timeout,
         kill_grace=kill_grace,
+        max_spool_bytes=max_spool_bytes,
     )
     _run_until_signalled(runner.run_forever())
 

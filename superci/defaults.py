@@ -77,6 +77,17 @@ DEADLINE_MARGIN = 5.0
 #: Largest output.log kept per build (bytes); past it the middle is dropped with a marker,
 #: keeping the start and the tail (where test summaries are). Protects the dispatcher's disk.
 MAX_LOG_BYTES = 16 * 1024 * 1024
+#: A database write waits this long (seconds) for another process's lock before it is
+#: retried later: short, so a locked database never stalls heartbeats and logs.
+DB_BUSY_TIMEOUT = 0.05
+#: A submit is retried this long (seconds) while the database is locked, then refused;
+#: below CLIENT_TIMEOUT, so the submitter hears why.
+STORE_RETRY_LIMIT = 8.0
+#: First wait (seconds) before such a retry; it doubles up to one second.
+STORE_RETRY_INITIAL = 0.05
+#: Largest spool a runner keeps of one build's output (bytes), head and tail as the log:
+#: twice the log's cap, so a dispatcher that reconnects asks only for bytes it still has.
+MAX_SPOOL_BYTES = 2 * MAX_LOG_BYTES
 #: Largest JUnit report a runner sends with a result (bytes).
 MAX_REPORT_BYTES = 8 * 1024 * 1024
 #: Connections allowed at once in their opening handshake (not yet authenticated), so a

@@ -92,6 +92,13 @@ class Dispatcher:
         self._unauthenticated = 0  # connections still in their handshake
         # What strangers cause (failed handshakes, floods) is logged at a bounded rate.
         self._stranger_log = RateLimitedLog(log)
+        # Faults retried every tick (a full disk, a locked database) are logged sparingly.
+        self._fault_log = RateLimitedLog(log, burst=3, period=10.0)
+        # Requeue and EndBuild whose write failed, per build, in order: retried each tick,
+        # and before anything else is done to the build, so the store catches up.
+        self._unwritten: dict[int, list[Requeue | EndBuild]] = {}
+        self._detached: set[int] = set()  # sessions closed to make their runner resend
+        self._last_tick: float | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -134,15 +141,27 @@ class Dispatcher:
             await self._server.wait_closed()
 
     async def _watch(self) -> None:
-        """Silent runners and overdue builds are found here, not by any one connection."""
+        """Silent runners and overdue builds are found here, not by any one connection;
+        writes that failed and builds that could not start are retried here."""
         while True:
             await asyncio.sleep(defaults.HEARTBEAT_CHECK_INTERVAL)
-            now = self._clock()
             try:
-                self._carry_out(self.scheduler.check_heartbeats(now))
-                self._carry_out(self.scheduler.check_deadlines(now))
+                self._tick(self._clock())
             except Exception:  # the watchdog must outlive any one bad tick
                 log.exception("internal error in the heartbeat and deadline checks")
+
+    def _tick(self, now: float) -> None:
+        if self._last_tick is not None:
+            gap = now - self._last_tick
+            if gap > 2 * defaults.HEARTBEAT_CHECK_INTERVAL:
+                log.warning("the dispatcher was paused for %.1fs; runners get that time back", gap)
+                self.scheduler.resumed(gap - defaults.HEARTBEAT_CHECK_INTERVAL)
+        self._last_tick = now
+        for build_id in list(self._unwritten):
+            self._write_unwritten(build_id)
+        self._carry_out(self.scheduler.dispatch(now))  # builds given back earlier
+        self._carry_out(self.scheduler.check_heartbeats(now))
+        self._carry_out(self.scheduler.check_deadlines(now))
 
     # --- connections ----------------------------------------------------------------
 
@@ -227,7 +246,7 @@ class Dispatcher:
         while True:
             message = await channel.receive(defaults.CLIENT_IDLE_TIMEOUT)
             if isinstance(message, protocol.Submit):
-                channel.post(self.submit(message.sha, message.branch, message.rebuild))
+                channel.post(await self._submit_when_stored(message))
             elif isinstance(message, protocol.CancelRequest):
                 channel.post(self.cancel(message.commit))
             elif isinstance(message, protocol.Query):
@@ -247,10 +266,13 @@ class Dispatcher:
             self._register(channel, session, register)
             while True:
                 message = await channel.receive()  # silence is the watchdog's job
+                if session in self._detached:
+                    return  # what is still buffered is sent again after it registers
                 self.scheduler.heartbeat(name, session, self._clock())
                 self._on_runner_message(channel, name, session, message)
         finally:
             del self._sessions[session]
+            self._detached.discard(session)
             if self._unrecorded:  # results this runner sent just before it went away
                 self._record_results()
             if not self._closing:
@@ -260,7 +282,10 @@ class Dispatcher:
         lease = None
         if message.build_id is not None and message.attempt is not None:
             lease = Lease(message.build_id, message.attempt)
-        self.store.runner_seen(message.name, message.host, message.pid, self._wall())
+        try:
+            self.store.runner_seen(message.name, message.host, message.pid, self._wall())
+        except StorageError as e:  # a note for people, not state: the runner may join
+            self._fault_log.log(logging.WARNING, "runner %s not noted: %s", message.name, e)
         actions = self.scheduler.register(
             message.name, session, message.host, message.pid, lease, self._clock()
         )
@@ -324,6 +349,21 @@ class Dispatcher:
         log.info("queued build %d of %s (%s)", record.id, sha[:12], branch)
         self._carry_out(self.scheduler.add_build(record.id, sha, branch, self._clock()))
         return protocol.Submitted(build_id=record.id, sha=sha, queued=True, status=record.status)
+
+    async def _submit_when_stored(self, message: protocol.Submit) -> protocol.Submitted:
+        """:meth:`submit`, retried while the database is locked by another process (the
+        loop goes on meanwhile); the submitter hears back only once it is committed."""
+        give_up = self._clock() + defaults.STORE_RETRY_LIMIT
+        delay = defaults.STORE_RETRY_INITIAL
+        while True:
+            try:
+                return self.submit(message.sha, message.branch, message.rebuild)
+            except StorageError as e:
+                if self._clock() + delay > give_up:
+                    raise
+                self._fault_log.log(logging.WARNING, "submit of %s waits: %s", message.sha[:12], e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def cancel(self, commit: str) -> protocol.Reply:
         """Cancel the newest build of a commit: at once if queued, through its runner if
@@ -414,12 +454,16 @@ class Dispatcher:
         if job is None:
             return
         try:
-            new = self.results.append_output(job.sha, message.offset, data)
+            new = self.results.append_output(
+                job.sha, message.offset, data, skipped=message.skipped
+            )
         except StorageError as e:
-            # Drop the connection: the runner registers again and resends from what the
-            # log really holds, instead of every later chunk being refused as a gap.
-            log.error("build %d: %s; reconnecting its runner", job.build_id, e)
-            self._drop_session(session)
+            # Close the connection but keep the lease: the runner registers again and
+            # resends from what the log really holds (no attempt is counted).
+            self._fault_log.log(logging.ERROR, "build %d: %s; its runner will resend",
+                                job.build_id, e)  # fmt: skip
+            self._carry_out(self.scheduler.detach(name, session, self._clock()))
+            self._detached.add(session)
             return
         for follower in self._followers.get(job.sha, ()):
             follower.push(new)
@@ -492,11 +536,31 @@ class Dispatcher:
             with self.store.transaction():
                 self._carry_out(actions)
         except StorageError as e:
-            log.error("could not store the builds handed out: %s", e)
+            self._fault_log.log(logging.ERROR, "could not store the builds handed out: %s", e)
+            self._outbox = self._not_committed(actions, self._outbox)
         finally:
             outbox, self._outbox = self._outbox, None
             for session, outgoing in outbox:
                 self._post(session, outgoing)
+
+    def _not_committed(
+        self, actions: list[Action], outbox: list[tuple[int, protocol.Message]]
+    ) -> list[tuple[int, protocol.Message]]:
+        """A transaction of actions was rolled back: builds it started are given back
+        (and not sent), its requeues and ends are written again later. Returns what may
+        still be sent."""
+        given_back = set()
+        for action in actions:
+            if isinstance(action, StartBuild):
+                self.scheduler.give_back(action.build_id, action.attempt)
+                given_back.add((action.build_id, action.attempt))
+            elif isinstance(action, Requeue | EndBuild):
+                self._unwritten.setdefault(action.build_id, []).append(action)
+        return [
+            (session, message) for session, message in outbox
+            if not (isinstance(message, protocol.Build)
+                    and (message.build_id, message.attempt) in given_back)
+        ]  # fmt: skip
 
     def _record(
         self, job: Job, status: BuildStatus, message: str, result: protocol.Result | None
@@ -529,24 +593,50 @@ class Dispatcher:
 
     def _carry_out(self, actions: list[Action]) -> None:
         for action in actions:
+            if isinstance(action, Requeue | EndBuild) and action.build_id in self._unwritten:
+                self._unwritten[action.build_id].append(action)  # after what is still due
+                self._write_unwritten(action.build_id)
+                continue
             try:
                 self._carry_out_one(action)
             except StorageError as e:
-                log.error("could not carry out %s: %s", type(action).__name__, e)
+                if isinstance(action, Requeue | EndBuild):
+                    self._fault_log.log(logging.ERROR, "could not record %s of build %d "
+                                        "(retried): %s", type(action).__name__,
+                                        action.build_id, e)  # fmt: skip
+                    self._unwritten.setdefault(action.build_id, []).append(action)
+                else:
+                    log.error("could not carry out %s: %s", type(action).__name__, e)
+
+    def _write_unwritten(self, build_id: int) -> bool:
+        """Write what is due for a build, in order; True once nothing is left."""
+        due = self._unwritten.get(build_id, [])
+        while due:
+            try:
+                self._carry_out_one(due[0])
+            except StorageError as e:
+                self._fault_log.log(logging.ERROR, "build %d still not recorded: %s", build_id, e)
+                return False
+            due.pop(0)
+        self._unwritten.pop(build_id, None)
+        return True
 
     def _carry_out_one(self, action: Action) -> None:
         match action:
             case StartBuild():
                 try:
+                    if not self._write_unwritten(action.build_id):
+                        raise StorageError("its earlier state is not recorded yet")
+                    self.results.start_log(action.sha, action.build_id)
                     self.store.mark_running(
                         action.build_id, action.attempt, action.runner, self._wall()
                     )
-                    self.results.start_log(action.sha, action.build_id)
                 except StorageError as e:
-                    # Not sent: dropping the session gives the lease back (re-queued).
-                    log.error("cannot start build %d: %s; dropping runner %s",
-                              action.build_id, e, action.runner)  # fmt: skip
-                    self._drop_session(action.session)
+                    # Not sent: the build waits again, uncounted, and the runner stays;
+                    # the watchdog hands it out again on a later tick.
+                    self._fault_log.log(logging.ERROR, "cannot start build %d yet: %s",
+                                        action.build_id, e)  # fmt: skip
+                    self.scheduler.give_back(action.build_id, action.attempt)
                     return
                 log.info(
                     "build %d (%s) attempt %d → runner %s",
@@ -580,12 +670,6 @@ class Dispatcher:
                     build_id=action.build_id, attempt=action.attempt, reason=action.reason
                 )
                 self._post(action.session, cancel)
-
-    def _drop_session(self, session: int) -> None:
-        """Close a runner's connection; the usual lost-runner path takes it from there."""
-        channel = self._sessions.get(session)
-        if channel is not None:
-            channel.close_nowait()
 
     def _post(self, session: int, message: protocol.Message) -> None:
         if self._outbox is not None:

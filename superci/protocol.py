@@ -284,13 +284,16 @@ class Build(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class Output(Message):
-    """Runner → dispatcher: bytes ``offset``.. of a build's output (base64 in ``data``)."""
+    """Runner → dispatcher: bytes ``offset``.. of a build's output (base64 in ``data``);
+    ``skipped``: the runner's bounded spool no longer has the bytes before ``offset`` that
+    the dispatcher lacks, which are then counted as dropped."""
 
     type: ClassVar[str] = "output"
     build_id: int = _check(_check_positive)
     attempt: int = _check(_check_positive)
     offset: int = _check(_check_non_negative)
     data: str = _text(defaults.OUTPUT_CHUNK_BYTES * 2)
+    skipped: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

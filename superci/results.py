@@ -20,8 +20,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from superci import defaults
-from superci import buildlog
+from superci import buildlog, defaults
 from superci.buildlog import BuildLog
 from superci.errors import StorageError
 from superci.protocol import ARTIFACT_NAMES, check_sha

@@ -3,7 +3,10 @@
 A runner never gives up: when the dispatcher is unreachable or goes away it retries
 with backoff and registers again, claiming the lease of a build it is still running (or
 whose result the dispatcher has not acknowledged). A build's output is kept in a local
-spool file, so after a reconnect it resends exactly the bytes the dispatcher lacks.
+spool, so after a reconnect it resends exactly the bytes the dispatcher lacks. The spool
+is capped like the dispatcher's log (head and tail, see :mod:`superci.buildlog`) but
+larger; bytes it dropped that a dispatcher still asks for are sent as ``skipped``, so
+that dispatcher counts them as dropped instead of waiting for them for ever.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from superci import client, defaults, protocol, testtool
 from superci.backoff import Backoff
+from superci.buildlog import BuildLog
 from superci.channel import Address, Channel
 from superci.config import BuildConfig, load_build_config
 from superci.errors import (
@@ -54,8 +57,7 @@ class ActiveBuild:
     """A build this runner holds a lease for: running, or finished and not yet acknowledged."""
 
     build: protocol.Build
-    spool: IO[bytes] = field(default_factory=lambda: tempfile.TemporaryFile(prefix="superci-"))
-    size: int = 0  # bytes of output produced so far
+    spool_bytes: int = defaults.MAX_SPOOL_BYTES
     sent: int = 0  # bytes of output the dispatcher has (or is being sent on this connection)
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -64,24 +66,39 @@ class ActiveBuild:
     started: protocol.Started | None = None  # said again to a restarted dispatcher
     ends_line: bool = True  # whether the output so far ends with a newline (or is empty)
 
+    def __post_init__(self) -> None:
+        self._spool_dir = Path(tempfile.mkdtemp(prefix="superci-spool-"))  # private: 0700
+        self.spool = BuildLog(self._spool_dir / "output", self.spool_bytes, fresh=True)
+
+    @property
+    def size(self) -> int:
+        """Bytes of output produced so far (kept or not)."""
+        return self.spool.raw
+
     def matches(self, build_id: int, attempt: int) -> bool:
         return (self.build.build_id, self.build.attempt) == (build_id, attempt)
 
     async def write(self, data: bytes) -> None:
-        """Append output (the spool is the runner's own record of the full log)."""
-        self.spool.seek(0, os.SEEK_END)
-        self.spool.write(data)
-        self.spool.flush()
-        self.size += len(data)
+        """Append output to the spool (head and tail kept, the middle dropped past its cap)."""
+        self.spool.append(self.spool.raw, data)
         if data:
             self.ends_line = data.endswith(b"\n")
 
-    def read(self, offset: int, size: int) -> bytes:
-        return os.pread(self.spool.fileno(), size, offset)
+    def read(self, offset: int, size: int) -> tuple[int, bytes]:
+        """Up to ``size`` bytes from ``offset``, or from the first kept byte after it."""
+        return self.spool.read_raw(offset, size)
 
     def tail(self, size: int) -> str:
-        start = max(0, self.size - size)
-        return self.read(start, self.size - start).decode("utf-8", errors="replace")
+        start, data = max(0, self.size - size), bytearray()
+        while start < self.size and len(data) < size:
+            start, piece = self.read(start, size - len(data))
+            data += piece
+            start += len(piece)
+        return bytes(data).decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        self.spool.close()
+        shutil.rmtree(self._spool_dir, ignore_errors=True)
 
 
 def default_runner_name(workspace: Workspace) -> str:
@@ -103,6 +120,7 @@ class Runner:
         heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL,
         build_timeout: float = defaults.BUILD_TIMEOUT,
         kill_grace: float = defaults.KILL_GRACE,
+        max_spool_bytes: int = defaults.MAX_SPOOL_BYTES,
     ) -> None:
         self.address = address
         self.workspace = workspace
@@ -110,6 +128,7 @@ class Runner:
         self.heartbeat_interval = heartbeat_interval
         self.build_timeout = build_timeout
         self.kill_grace = kill_grace
+        self.max_spool_bytes = max_spool_bytes
         self._channel: Channel | None = None
         self._current: ActiveBuild | None = None
         self._scratch = Path(tempfile.mkdtemp(prefix="superci-runner-"))  # private: 0700
@@ -246,7 +265,7 @@ class Runner:
                 self._current.build.build_id,
             )
             return
-        active = self._current = ActiveBuild(build)
+        active = self._current = ActiveBuild(build, self.max_spool_bytes)
         active.task = asyncio.create_task(self._run_and_report(active))
 
     def _on_cancel(self, message: protocol.Cancel) -> None:
@@ -292,9 +311,9 @@ class Runner:
         if self._current is active:
             self._current = None
         if active.task is None or active.task.done():
-            active.spool.close()
+            active.close()
         else:
-            active.task.add_done_callback(lambda _: active.spool.close())
+            active.task.add_done_callback(lambda _: active.close())
 
     # --- running one build ----------------------------------------------------------
 
@@ -356,14 +375,15 @@ class Runner:
         """Send what the dispatcher lacks; ``sent`` moves before each await, so two
         concurrent calls never send the same bytes."""
         while self._channel is not None and active.sent < active.size:
-            channel, offset = self._channel, active.sent
-            data = active.read(offset, protocol.DATA_CHUNK)
-            active.sent += len(data)
+            channel, wanted = self._channel, active.sent
+            offset, data = active.read(wanted, protocol.DATA_CHUNK)
+            active.sent = offset + len(data)
             message = protocol.Output(
                 build_id=active.build.build_id,
                 attempt=active.build.attempt,
                 offset=offset,
                 data=protocol.pack_data(data),
+                skipped=offset > wanted,  # our spool no longer has wanted..offset
             )
             try:
                 await channel.send(message)

@@ -235,6 +235,50 @@ class Scheduler:
             actions += self._hand_back_job(job, name, reason)
         return actions + self._dispatch(now)
 
+    def give_back(self, build_id: int, attempt: int) -> None:
+        """A build could not be started (its lease was never sent: the results disk or the
+        database refused it): it waits again as if never handed out, its runner is free,
+        and no attempt is counted. It is not handed out again here (that would retry at
+        once, in a loop): the next dispatch does, e.g. :meth:`dispatch` on a later tick."""
+        job = self.jobs.get(build_id)
+        if job is None or job.attempt != attempt or job.status is not BuildStatus.RUNNING:
+            return
+        runner = self.runners.get(job.runner) if job.runner else None
+        if runner is not None and runner.build_id == build_id:
+            runner.build_id = None
+            if runner.session is not None:
+                self._idle[runner.name] = None
+        job.attempt -= 1
+        job.runners.pop()
+        job.runner, job.deadline = None, None
+        job.status = BuildStatus.QUEUED
+        heapq.heappush(self._queue, build_id)
+
+    def detach(self, name: str, session: int, now: float) -> list[Action]:
+        """Close a runner's connection on purpose (its output could not be written) but keep
+        its lease, as after a dispatcher restart: it registers again and resends from what
+        the log holds. If it does not come back, the heartbeat timeout judges it."""
+        runner = self.runners.get(name)
+        if runner is None or runner.session != session:
+            return []
+        self._idle.pop(name, None)
+        runner.session, runner.last_seen = None, now
+        if runner.build_id is None:
+            del self.runners[name]
+        return [CloseSession(session, "the dispatcher could not store the output; resend it")]
+
+    def dispatch(self, now: float) -> list[Action]:
+        """Hand out queued builds to idle runners (after builds were given back)."""
+        return self._dispatch(now)
+
+    def resumed(self, paused_for: float) -> None:
+        """The dispatcher could not listen for ``paused_for`` seconds (its process or VM
+        was paused, its loop blocked): that time is not the runners' silence. Each runner
+        is judged as if the clock had stopped, so heartbeats that waited in the socket
+        are read before anyone is declared dead."""
+        for runner in self.runners.values():
+            runner.last_seen += paused_for
+
     def check_heartbeats(self, now: float) -> list[Action]:
         """Declare dead every runner silent for longer than the heartbeat timeout."""
         actions: list[Action] = []

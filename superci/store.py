@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from superci import defaults
 from superci.errors import StorageError
 from superci.scheduler import Job
 from superci.status import BuildStatus
@@ -98,7 +99,7 @@ def _record(row: tuple) -> BuildRecord:
 class Store:
     """A SQLite database file; one instance per dispatcher process."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout: float = defaults.DB_BUSY_TIMEOUT) -> None:
         self.path = path
         self._in_transaction = False
         try:
@@ -107,9 +108,12 @@ class Store:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute("PRAGMA busy_timeout=5000")  # opening: nothing else runs yet
             self._db.executescript(SCHEMA)
             self._add_missing_columns()
+            # Then short: another process's lock makes a write fail fast (the dispatcher
+            # retries it later) rather than stall the event loop with it.
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         except (sqlite3.Error, OSError) as e:
             raise StorageError(f"cannot open the state database {path}: {e}") from e
 

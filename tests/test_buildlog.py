@@ -4,6 +4,8 @@ bytes of the runner's output (not of the file), and resumable by a restarted dis
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -236,3 +238,125 @@ def test_finish_makes_output_log_the_whole_log_and_its_resume_point_is_kept(
     assert [p.name for p in tmp_path.iterdir() if ".tail." in p.name] == []
     resumed = open_log(fresh=False)  # e.g. a result that could not be written, resent
     assert resumed.raw == log.raw and resumed.append(0, b"old") == b""
+
+
+# --- bounded work, crashes, short writes --------------------------------------------------
+
+
+def test_a_big_build_writes_each_byte_about_once_and_keeps_the_disk_bounded(
+    tmp_path: Path, open_log: Callable[..., BuildLog], monkeypatch: pytest.MonkeyPatch
+):
+    import superci.buildlog as module
+
+    written = []
+    real_write = os.write
+    monkeypatch.setattr(module.os, "write", lambda fd, b: written.append(len(b)) or real_write(fd, b))
+    log = open_log()
+    output = numbered_lines(0, 5000)  # ~40 times the cap
+    write_all(log, output, 512)
+
+    assert sum(written) == len(output)  # nothing rewritten while the build runs
+    on_disk = sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert on_disk <= CAP
+    log.finish()
+    assert sum(written) <= len(output) + CAP  # finishing copies the kept tail once
+
+
+def test_a_crash_mid_cut_then_the_resend_fills_exactly_what_is_missing(
+    tmp_path: Path, open_log: Callable[..., BuildLog]
+):
+    """SIGKILL leaves whatever the files hold: a new segment half written, or an older one
+    not yet deleted; the raw offset comes from the files, and the resend completes them."""
+    path = tmp_path / "output.log"
+    output = numbered_lines(0, 1000)
+    log = open_log()
+    write_all(log, output[:20000], 700)
+    newest = max(p for p in tmp_path.iterdir() if ".tail." in p.name)
+    with open(newest, "ab") as f:  # a chunk the crash cut short: 7 bytes of the next one
+        f.write(output[log.raw : log.raw + 7])
+    # no close(): the process died
+
+    resumed = open_log(fresh=False)
+
+    assert resumed.raw == 20007
+    write_all(resumed, output[20007:], 700)  # the runner resends from the offset it is told
+    resumed.finish()
+    content = path.read_bytes()
+    assert len(without_marker(content)) + dropped_count(content) == len(output)
+    assert output.endswith(content[marker(content).end() :])
+    assert output.startswith(content[: marker(content).start()])
+
+
+def test_a_crash_while_finishing_is_undone_and_finished_again(
+    tmp_path: Path, open_log: Callable[..., BuildLog]
+):
+    path = tmp_path / "output.log"
+    output = numbered_lines(0, 1000)
+    log = open_log()
+    write_all(log, output, 700)
+    expected = read(path)
+    with open(path, "ab") as f:  # finish() died after appending part of the tail
+        f.write(expected[CAP // 4 : CAP // 2])
+
+    resumed = open_log(fresh=False)
+
+    assert resumed.raw == len(output) and read(path) == expected
+    resumed.finish()
+    assert path.read_bytes() == expected
+
+
+def test_short_writes_on_a_nearly_full_disk_leave_no_hole(
+    tmp_path: Path, open_log: Callable[..., BuildLog], monkeypatch: pytest.MonkeyPatch
+):
+    import superci.buildlog as module
+
+    path = tmp_path / "output.log"
+    real_write = os.write
+    room = [5000]
+
+    def nearly_full(fd: int, data: bytes) -> int:  # writes what fits, then ENOSPC
+        if room[0] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        take = min(len(data), room[0], 333)
+        room[0] -= take
+        return real_write(fd, bytes(data[:take]))
+
+    monkeypatch.setattr(module.os, "write", nearly_full)
+    output = numbered_lines(0, 300)
+    log = open_log()
+    with pytest.raises(StorageError, match="No space left"):
+        log.append(0, output)
+    assert log.raw == 5000  # what was written is accounted, nothing more
+
+    room[0] = 10**9  # the disk was grown; the runner resends from where the log is
+    log.append(0, output)
+    log.finish()
+    content = path.read_bytes()
+    assert len(without_marker(content)) + dropped_count(content) == len(output)
+    assert output.startswith(content[: marker(content).start()])
+    assert output.endswith(content[marker(content).end() :])
+
+
+def test_bytes_a_runner_no_longer_has_are_counted_as_dropped_when_it_says_so(
+    tmp_path: Path, open_log: Callable[..., BuildLog]
+):
+    path = tmp_path / "output.log"
+    log = open_log()
+    log.append(0, b"head\n")
+    with pytest.raises(StorageError, match="gap"):
+        log.append(1000, b"late\n")
+    assert log.append(1000, b"late\n", skipped=True) == b"late\n"
+    assert log.raw == 1005 and log.dropped == 995
+    assert read(path) == b"head\n" + MARKER_RE.search(read(path)).group(0) + b"late\n"  # type: ignore[union-attr]
+    assert dropped_count(read(path)) == 995
+
+
+def test_read_returns_a_bounded_range_of_head_marker_and_tail(
+    tmp_path: Path, open_log: Callable[..., BuildLog]
+):
+    path = tmp_path / "output.log"
+    log = open_log()
+    write_all(log, numbered_lines(0, 1000), 700)
+    whole = read(path)
+    assert b"".join(read(path, start, 100) for start in range(0, len(whole), 100)) == whole
+    assert read(path, len(whole)) == b""

@@ -622,3 +622,67 @@ def test_an_idle_runner_that_leaves_is_no_longer_handed_builds(sched):
     register(sched, "a", 1)
     assert sched.leave("a", 1, "stopped", 0.0) == [CloseSession(1, "runner a left: stopped")]
     assert add(sched, 1) == []
+
+
+# --- faults: builds that cannot start, output that cannot be stored, a paused dispatcher --
+
+
+def test_a_build_that_cannot_be_started_is_given_back_uncounted_and_its_runner_stays(sched):
+    register(sched, "r1", 1)
+    assert add(sched, 1) == [start(1, "r1", 1, 1)]
+
+    sched.give_back(1, 1)  # e.g. the results disk is full
+
+    job = sched.jobs[1]
+    assert (job.status, job.attempt, job.lost, job.runners) == (BuildStatus.QUEUED, 0, 0, [])
+    assert sched.runners["r1"].state is RunnerState.IDLE
+    assert [j.build_id for j in sched.queued()] == [1]
+    # Handed out again only on a later dispatch, under the same attempt number.
+    assert sched.dispatch(1.0) == [start(1, "r1", 1, 1)]
+
+
+def test_giving_back_a_lease_that_is_no_longer_current_changes_nothing(sched):
+    register(sched, "r1", 1)
+    add(sched, 1)
+    sched.check_heartbeats(TIMEOUT + 1)  # r1 is lost: build 1 waits, attempt 1 counted
+    sched.give_back(1, 1)
+    assert sched.jobs[1].lost == 1 and sched.jobs[1].attempt == 1
+
+
+def test_a_detached_runner_keeps_its_lease_and_is_adopted_when_it_registers_again(sched):
+    register(sched, "r1", 1)
+    add(sched, 1)
+
+    actions = sched.detach("r1", 1, 5.0)  # its output could not be stored
+
+    assert actions == [CloseSession(1, "the dispatcher could not store the output; resend it")]
+    assert sched.disconnect("r1", 1, 5.0) == []  # the closed connection is no loss
+    again = register(sched, "r1", 2, 6.0, lease=Lease(1, 1))
+    assert again == []
+    assert sched.runners["r1"].build_id == 1 and sched.jobs[1].lost == 0
+    assert sched.check_lease(1, 1, "r1", 2) is sched.jobs[1]
+
+
+def test_a_detached_runner_that_never_comes_back_is_judged_by_the_heartbeat_timeout(sched):
+    register(sched, "r1", 1)
+    add(sched, 1)
+    sched.detach("r1", 1, 5.0)
+    assert sched.check_heartbeats(5.0 + TIMEOUT - 1) == []
+    lost = sched.check_heartbeats(5.0 + TIMEOUT + 1)
+    assert of_type(lost, Requeue) and sched.jobs[1].lost == 1
+
+
+def test_a_dispatcher_resumed_after_a_pause_does_not_judge_runners_by_the_pause(sched):
+    register(sched, "r1", 1, 0.0)
+    register(sched, "r2", 2, 0.0)
+    sched.heartbeat("r1", 1, 9.0)  # r1 heartbeat just before the pause; r2 silent since 0
+    sched.check_heartbeats(9.5)
+
+    sched.resumed(30.0)  # paused from 9.5 to 40: its heartbeats wait in the sockets
+
+    assert sched.check_heartbeats(40.0) == []
+    sched.heartbeat("r1", 1, 40.0)  # the waiting heartbeat is read after the tick
+    # r2 was already silent for 9.5 s before the pause: judged on that, not on the pause.
+    dead = sched.check_heartbeats(41.0)
+    assert [a.session for a in of_type(dead, CloseSession)] == [2]
+    assert "r1" in sched.runners
