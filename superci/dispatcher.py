@@ -143,6 +143,7 @@ class Dispatcher:
     async def _watch(self) -> None:
         """Silent runners and overdue builds are found here, not by any one connection;
         writes that failed and builds that could not start are retried here."""
+        self._last_tick = self._clock()
         while True:
             await asyncio.sleep(defaults.HEARTBEAT_CHECK_INTERVAL)
             try:
@@ -151,6 +152,8 @@ class Dispatcher:
                 log.exception("internal error in the heartbeat and deadline checks")
 
     def _tick(self, now: float) -> None:
+        """One turn of the watchdog; a turn that comes far too late means the process was
+        paused (SIGSTOP, a VM pause): that time is not held against the runners."""
         if self._last_tick is not None:
             gap = now - self._last_tick
             if gap > 2 * defaults.HEARTBEAT_CHECK_INTERVAL:
@@ -454,9 +457,7 @@ class Dispatcher:
         if job is None:
             return
         try:
-            new = self.results.append_output(
-                job.sha, message.offset, data, skipped=message.skipped
-            )
+            new = self.results.append_output(job.sha, message.offset, data, skipped=message.skipped)
         except StorageError as e:
             # Close the connection but keep the lease: the runner registers again and
             # resends from what the log really holds (no attempt is counted).

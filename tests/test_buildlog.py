@@ -250,7 +250,9 @@ def test_a_big_build_writes_each_byte_about_once_and_keeps_the_disk_bounded(
 
     written = []
     real_write = os.write
-    monkeypatch.setattr(module.os, "write", lambda fd, b: written.append(len(b)) or real_write(fd, b))
+    monkeypatch.setattr(
+        module.os, "write", lambda fd, b: written.append(len(b)) or real_write(fd, b)
+    )
     log = open_log()
     output = numbered_lines(0, 5000)  # ~40 times the cap
     write_all(log, output, 512)
