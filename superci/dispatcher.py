@@ -98,7 +98,6 @@ class Dispatcher:
         # and before anything else is done to the build, so the store catches up.
         self._unwritten: dict[int, list[Requeue | EndBuild]] = {}
         self._detached: set[int] = set()  # sessions closed to make their runner resend
-        self._last_tick: float | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -143,23 +142,24 @@ class Dispatcher:
     async def _watch(self) -> None:
         """Silent runners and overdue builds are found here, not by any one connection;
         writes that failed and builds that could not start are retried here."""
-        self._last_tick = self._clock()
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
             await asyncio.sleep(defaults.HEARTBEAT_CHECK_INTERVAL)
+            awake = loop.time()  # the process's own clock, not the injected one
+            late, last = awake - last - defaults.HEARTBEAT_CHECK_INTERVAL, awake
             try:
-                self._tick(self._clock())
+                self._tick(self._clock(), late)
             except Exception:  # the watchdog must outlive any one bad tick
                 log.exception("internal error in the heartbeat and deadline checks")
 
-    def _tick(self, now: float) -> None:
-        """One turn of the watchdog; a turn that comes far too late means the process was
-        paused (SIGSTOP, a VM pause): that time is not held against the runners."""
-        if self._last_tick is not None:
-            gap = now - self._last_tick
-            if gap > 2 * defaults.HEARTBEAT_CHECK_INTERVAL:
-                log.warning("the dispatcher was paused for %.1fs; runners get that time back", gap)
-                self.scheduler.resumed(gap - defaults.HEARTBEAT_CHECK_INTERVAL)
-        self._last_tick = now
+    def _tick(self, now: float, late: float = 0.0) -> None:
+        """One turn of the watchdog. A turn ``late`` by far more than its interval means
+        the process was paused (SIGSTOP, a VM pause) or its loop blocked: that time is
+        not held against the runners, whose heartbeats wait unread in the sockets."""
+        if late > defaults.HEARTBEAT_CHECK_INTERVAL:
+            log.warning("the dispatcher was paused for %.1fs; runners get that time back", late)
+            self.scheduler.resumed(late)
         for build_id in list(self._unwritten):
             self._write_unwritten(build_id)
         self._carry_out(self.scheduler.dispatch(now))  # builds given back earlier

@@ -105,7 +105,7 @@ def test_a_results_disk_that_fills_and_is_grown_mid_build_burns_no_attempt(
         superci.runner(repo.clone(tmp_path / "clone"), "r1")
         dispatcher.wait_for_log("runner r1 registered")
         filler = results / "filler"
-        with open(filler, "wb", buffering=0) as f, pytest.raises(OSError):  # fill the disk to the brim
+        with open(filler, "wb", buffering=0) as f, pytest.raises(OSError):  # fill it up
             while True:
                 f.write(b"x" * 4096)
         build_id = notified_build_id(superci, sha)
