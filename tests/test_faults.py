@@ -61,6 +61,16 @@ def db_row(superci: Superci, build_id: int) -> tuple:
         ).fetchone()
 
 
+def finished_row(superci: Superci, build_id: int) -> tuple:
+    """The build's row once the database marks it finished (just after result.json)."""
+
+    def finished() -> tuple | None:
+        row = db_row(superci, build_id)
+        return row if row[0] not in ("queued", "running") else None
+
+    return wait_until(finished, what=f"build {build_id} to be marked finished")
+
+
 def notified_build_id(superci: Superci, sha: str) -> int:
     done = superci.notify(sha)
     assert done.returncode == 0, done.stderr
@@ -120,7 +130,7 @@ def test_a_results_disk_that_fills_and_is_grown_mid_build_burns_no_attempt(
 
         result = superci.wait_for_result(sha)
         assert result["status"] == "passed" and result["attempt"] == 1
-        assert db_row(superci, build_id) == ("passed", 1, 0)
+        assert finished_row(superci, build_id) == ("passed", 1, 0)
         assert dispatcher.log.count(f"build {build_id} of {sha[:12]}: passed") == 1
         assert_exact_head_and_tail(superci.output(sha).encode(), 20000)
     finally:
@@ -194,7 +204,7 @@ def test_a_database_locked_for_a_while_stalls_no_heartbeat_and_no_log(
         follow.kill()
 
     assert superci.wait_for_result(sha)["status"] == "passed"
-    assert db_row(superci, build_id) == ("passed", 1, 0)
+    assert finished_row(superci, build_id) == ("passed", 1, 0)
     superci.wait_for_result(later)
     assert "declared dead" not in dispatcher.log and "no heartbeat" not in dispatcher.log
 
