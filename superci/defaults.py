@@ -79,6 +79,11 @@ DEADLINE_MARGIN = 5.0
 MAX_LOG_BYTES = 16 * 1024 * 1024
 #: Largest JUnit report a runner sends with a result (bytes).
 MAX_REPORT_BYTES = 8 * 1024 * 1024
+#: Largest .superci.toml a runner reads (bytes): a few settings, never megabytes.
+MAX_CONFIG_BYTES = 64 * 1024
+#: A file of the checkout (.superci.toml, a report, the files that choose the test tool)
+#: not read within this time (seconds) is an error: a hung disk must not wedge a runner.
+FILE_READ_TIMEOUT = 30.0
 #: Connections allowed at once in their opening handshake (not yet authenticated), so a
 #: flood of idle sockets cannot exhaust the dispatcher.
 MAX_UNAUTHENTICATED = 128
