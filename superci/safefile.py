@@ -64,7 +64,8 @@ def read_inside(root: Path, relative: str | Path, limit: int, *, what: str = "")
 def _read_fd(fd: int, root_real: str, label: str, limit: int) -> bytes:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
-        raise UnsafeFile(f"{label} is {_kind(info.st_mode)}, not a regular file; refusing to read it")
+        kind = _kind(info.st_mode)
+        raise UnsafeFile(f"{label} is {kind}, not a regular file; refusing to read it")
     opened = _opened_path(fd)
     if opened is not None and not _is_within(opened, root_real):
         raise UnsafeFile(f"{label} moved outside {root_real} while being opened")
