@@ -85,12 +85,12 @@ def test_a_fifo_at_the_repositorys_junit_path_is_an_error_naming_it(
     repo: Repo, superci: Superci, tmp_path: Path
 ):
     dispatcher, _ = start(superci, repo, tmp_path)
-    command = f"{sys.executable} make_fifo.py reports/junit.xml"
-    sha = repo.commit({"make_fifo.py": MAKE_FIFO, "reports/.keep": "",
-                       defaults.CONFIG_FILE: config(command=command, junit="reports/junit.xml")})  # fmt: skip
+    command = f"{sys.executable} make_fifo.py report.xml"
+    settings = config(command=command, junit="report.xml")
+    sha = repo.commit({"make_fifo.py": MAKE_FIFO, defaults.CONFIG_FILE: settings})
     result = build(superci, sha)
     assert result["status"] == "error", superci.output(sha)
-    assert "reports/junit.xml is a FIFO, not a regular file" in result["message"]
+    assert "report.xml is a FIFO, not a regular file" in result["message"]
     assert_runner_goes_on(superci, repo, dispatcher)
 
 
@@ -167,7 +167,7 @@ def program(name, body):
 cheat = "for f in tests/test_*.py; do cat > \\"$f\\" <<'EOF'\\n" + passing + "EOF\\ndone"
 program("hooks/post-checkout", "touch {evidence}/hook; " + cheat)
 monitor = program("monitor.sh", "touch {evidence}/fsmonitor; " + cheat)
-smudge = program("smudge.sh", "touch {evidence}/smudge; cat >/dev/null; echo '" + "import unittest" + "'")
+smudge = program("smudge.sh", "touch {evidence}/smudge; cat >/dev/null; echo 'import os'")
 subprocess.run(["git", "config", "core.fsmonitor", monitor], check=True)
 subprocess.run(["git", "config", "filter.evil.smudge", smudge], check=True)
 subprocess.run(["git", "config", "filter.evil.required", "true"], check=True)
@@ -185,9 +185,9 @@ def test_hooks_and_config_a_build_writes_into_the_clone_run_nothing_in_the_next_
     dispatcher, _ = start(superci, repo, tmp_path)
     tamper = TAMPER.format(passing=PASSING_TEST, evidence=evidence)
     command = f"{sys.executable} tamper.py {evidence}"
-    hostile = repo.commit({"tamper.py": tamper, "tests/__init__.py": "",
-                           "tests/test_ok.py": PASSING_TEST,
-                           defaults.CONFIG_FILE: config(command=command, allow_no_tests=True)})  # fmt: skip
+    settings = config(command=command, allow_no_tests=True)
+    files = {"tamper.py": tamper, "tests/__init__.py": "", "tests/test_ok.py": PASSING_TEST}
+    hostile = repo.commit({**files, defaults.CONFIG_FILE: settings})
     result = build(superci, hostile)
     assert "tampered with" in superci.output(hostile), result
 

@@ -675,7 +675,7 @@ def test_a_good_checkout_between_failures_clears_the_runners_record(sched):
     assert sched.runners["r1"].state is RunnerState.IDLE
 
 
-def test_a_benched_runner_gets_builds_again_after_its_time_and_is_benched_longer_on_the_next_failure(
+def test_a_benched_runner_gets_builds_after_its_time_and_is_benched_longer_on_one_more_failure(
     sched,
 ):
     register(sched, "r1", 1)

@@ -127,7 +127,10 @@ def test_a_fifo_named_like_a_test_or_a_config_file_does_not_wedge_the_choice(tmp
         os.mkfifo(tmp_path / name)
     (tmp_path / "tests" / "test_y.py").write_text("def test_y():\n    pass\n")
     tool = choose_within(tmp_path, seconds=10)
-    assert (tool.name, tool.reason) == ("pytest", "tests/test_y.py has pytest-style tests (def test_y)")
+    assert (tool.name, tool.reason) == (
+        "pytest",
+        "tests/test_y.py has pytest-style tests (def test_y)",
+    )
 
 
 def test_files_linked_to_dev_zero_or_out_of_the_checkout_are_not_read(tmp_path):
