@@ -163,14 +163,13 @@ def program(name, body):
     return str(path.resolve())
 
 
-# Each one, if ever run, leaves evidence and turns every test file into a passing one.
+# Each leaves evidence if it ever runs; the hook and the monitor also make every test pass.
 cheat = "for f in tests/test_*.py; do cat > \\"$f\\" <<'EOF'\\n" + passing + "EOF\\ndone"
 program("hooks/post-checkout", "touch {evidence}/hook; " + cheat)
 monitor = program("monitor.sh", "touch {evidence}/fsmonitor; " + cheat)
-smudge = program("smudge.sh", "touch {evidence}/smudge; cat >/dev/null; echo 'import os'")
+smudge = program("smudge.sh", "touch {evidence}/smudge; cat")
 subprocess.run(["git", "config", "core.fsmonitor", monitor], check=True)
 subprocess.run(["git", "config", "filter.evil.smudge", smudge], check=True)
-subprocess.run(["git", "config", "filter.evil.required", "true"], check=True)
 pathlib.Path(".git/info").mkdir(exist_ok=True)
 pathlib.Path(".git/info/attributes").write_text("* filter=evil\\n")
 print("tampered with", os.getcwd())
