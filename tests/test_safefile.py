@@ -90,6 +90,7 @@ def test_a_read_that_takes_too_long_is_given_up_on_without_stalling_the_loop():
         ticker = asyncio.create_task(tick())
         with pytest.raises(UnsafeFile, match="slow file was not read within 0.2s"):
             await read_off_loop(slow, timeout=0.2, what="slow file")
+        release.set()  # the thread may end now (asyncio.run waits for it)
         ticker.cancel()
         return ticks
 
