@@ -17,6 +17,7 @@ from typing import Any
 
 from superci import defaults
 from superci.errors import ConfigError
+from superci.safefile import read_inside
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,21 @@ class BuildConfig:
 
 
 def load_build_config(workdir: Path) -> BuildConfig:
-    """Read ``workdir/.superci.toml``; a repository without one gets the defaults."""
+    """Read ``workdir/.superci.toml``; a repository without one gets the defaults.
+
+    Only a regular file inside the checkout, of at most MAX_CONFIG_BYTES, is read (see
+    :mod:`superci.safefile`); anything else is a :class:`ConfigError` naming it.
+    """
     path = Path(workdir) / defaults.CONFIG_FILE
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    raw = read_inside(workdir, defaults.CONFIG_FILE, defaults.MAX_CONFIG_BYTES)
+    if raw is None:
         log.debug("no %s in %s, using defaults", defaults.CONFIG_FILE, workdir)
         return BuildConfig()
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: cannot be read: {e}") from e
     return _parse(path, data)
 

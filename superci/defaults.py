@@ -90,11 +90,26 @@ STORE_RETRY_INITIAL = 0.05
 MAX_SPOOL_BYTES = 2 * MAX_LOG_BYTES
 #: Largest JUnit report a runner sends with a result (bytes).
 MAX_REPORT_BYTES = 8 * 1024 * 1024
+#: Largest .superci.toml a runner reads (bytes): a few settings, never megabytes.
+MAX_CONFIG_BYTES = 64 * 1024
+#: A file of the checkout (.superci.toml, a report, the files that choose the test tool)
+#: not read within this time (seconds) is an error: a hung disk must not wedge a runner.
+FILE_READ_TIMEOUT = 30.0
 #: Connections allowed at once in their opening handshake (not yet authenticated), so a
 #: flood of idle sockets cannot exhaust the dispatcher.
 MAX_UNAUTHENTICATED = 128
 #: Connections open at once (runners and clients); beyond it new ones get "busy".
 MAX_CONNECTIONS = 4096
+#: A runner whose checkouts failed for this many different commits in a row gets no
+#: builds for a while ("benched"): its clone or its network is at fault, not the commits.
+#: Different commits, so that one commit missing upstream, rebuilt again and again, never
+#: benches a healthy runner.
+BENCH_AFTER = 3
+#: How long (seconds) a runner is benched the first time; each bench that follows without
+#: a good checkout between doubles it, up to BENCH_MAX. A runner that registers again
+#: (restarted, presumably mended) starts with a clean record.
+BENCH_TIME = 300.0
+BENCH_MAX = 3600.0
 #: Pending connections the kernel queues for the dispatcher (a burst of runners and clients).
 LISTEN_BACKLOG = 1024
 #: A runner that leaves on purpose waits this long (seconds) for the dispatcher to take

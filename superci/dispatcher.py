@@ -165,6 +165,7 @@ class Dispatcher:
         self._carry_out(self.scheduler.dispatch(now))  # builds given back earlier
         self._carry_out(self.scheduler.check_heartbeats(now))
         self._carry_out(self.scheduler.check_deadlines(now))
+        self._carry_out(self.scheduler.check_benched(now))
 
     # --- connections ----------------------------------------------------------------
 
@@ -531,7 +532,8 @@ class Dispatcher:
         for (channel, job, status, _, message), document in zip(pending, documents, strict=True):
             self._announce(job, status, document)
             channel.post(_ack(message, accepted=True))
-            actions += self.scheduler.finish(job.build_id, now)
+            checkout_error = message.message if message.checkout_failed else None
+            actions += self.scheduler.finish(job.build_id, now, checkout_error)
         self._outbox = []  # builds go out once their lease is committed
         try:
             with self.store.transaction():

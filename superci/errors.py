@@ -70,3 +70,7 @@ class AmbiguousCommit(SuperCIError):
 
 class StorageError(SuperCIError):
     """The dispatcher could not persist state or write a result."""
+
+
+class UnsafeFile(ConfigError):
+    """A file of a checkout is not a regular file inside it, or is too large to read."""

@@ -310,6 +310,9 @@ class Result(Message):
     message: str = _text()
     counts: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    #: The build ended because the runner could not check the commit out: the scheduler
+    #: counts these to bench a runner whose clone keeps failing.
+    checkout_failed: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from superci import protocol
-from superci.scheduler import Scheduler
-from superci.status import BuildStatus
+from superci.scheduler import Runner, Scheduler
+from superci.status import BuildStatus, RunnerState
 from superci.store import BuildRecord, Store
 
 
@@ -83,6 +83,13 @@ def build_summary(record: BuildRecord) -> dict[str, Any]:
     }
 
 
+def _bench_reason(runner: Runner, now: float) -> str | None:
+    """Why a benched runner gets no builds, and for how much longer."""
+    if runner.state is not RunnerState.BENCHED or runner.benched_until is None:
+        return None
+    return f"{runner.bench_reason} ({max(0.0, runner.benched_until - now):.0f}s left)"
+
+
 def status_document(scheduler: Scheduler, store: Store, now: float, limit: int) -> dict[str, Any]:
     """The pool, the queue (its first ``limit`` builds and its length) and the last
     ``limit`` builds, for ``superci status``."""
@@ -95,6 +102,7 @@ def status_document(scheduler: Scheduler, store: Store, now: float, limit: int) 
             if runner.build_id in scheduler.jobs
             else None,
             "since_heartbeat": round(now - runner.last_seen, 1),
+            "reason": _bench_reason(runner, now),
         }
         for runner in sorted(scheduler.runners.values(), key=lambda r: r.name)
     ]

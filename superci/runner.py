@@ -36,11 +36,13 @@ from superci.errors import (
     DispatcherUnavailable,
     ProtocolError,
     RemoteError,
+    UnsafeFile,
     WorkspaceBroken,
     WorkspaceError,
 )
 from superci.execute import Execution, build_environment, run_command
 from superci.junit import parse_junit_bytes, pytest_junit_option
+from superci.safefile import read_inside, read_off_loop
 from superci.status import BuildStatus
 from superci.summary import Summary, parse_summary
 from superci.verdict import decide
@@ -406,12 +408,19 @@ class Runner:
         await say(f"building {where}")
         try:
             await asyncio.to_thread(self.workspace.prepare, build.sha)
-            config = load_build_config(self.workspace.path)
-            report = self._report_path(config.junit)
-            environment = self._environment(build, config.junit, report)
-            command = config.command or await self._chosen_command(environment, say)
         except WorkspaceBroken:
             raise  # not the commit's fault: the runner leaves, the build is queued again
+        except WorkspaceError as e:  # counted by the dispatcher: see Result.checkout_failed
+            await say(str(e))
+            return self._result(active, BuildStatus.ERROR, None, started, str(e), checkout=True)
+        try:
+            config = await read_off_loop(
+                load_build_config, self.workspace.path,
+                timeout=defaults.FILE_READ_TIMEOUT, what=defaults.CONFIG_FILE,
+            )  # fmt: skip
+            report = self._report_path(config.junit)
+            environment = self._environment(build, config.junit, report.path)
+            command = config.command or await self._chosen_command(environment, say)
         except (WorkspaceError, ConfigError) as e:
             await say(str(e))
             return self._result(active, BuildStatus.ERROR, None, started, str(e))
@@ -429,7 +438,16 @@ class Runner:
             command, self.workspace.path, environment, timeout, self.kill_grace, emit,
             active.cancel,
         )  # fmt: skip
-        active.report = _read_report(report)
+        try:
+            active.report = await read_off_loop(
+                report.read, timeout=defaults.FILE_READ_TIMEOUT, what=f"JUnit report {report.path}"
+            )
+        except UnsafeFile as e:
+            await say(str(e))
+            if not (execution.timed_out or execution.cancelled):  # those say more
+                return self._result(
+                    active, BuildStatus.ERROR, execution.exit_code, started, str(e)
+                )  # fmt: skip
         summary = _summary(active)
         status, message = _outcome(execution, summary, config, timeout)
         await say(message)
@@ -440,7 +458,10 @@ class Runner:
     ) -> str:
         """The command of the tool the repository uses (it has no ``command`` of its own),
         after making sure the build's ``python`` has that tool."""
-        tool = await asyncio.to_thread(testtool.choose, self.workspace.path)
+        tool = await read_off_loop(
+            testtool.choose, self.workspace.path,
+            timeout=defaults.FILE_READ_TIMEOUT, what="the files that choose the test tool",
+        )  # fmt: skip
         await say(f"no command in {defaults.CONFIG_FILE}: using {tool.name}, as {tool.reason}")
         python = shutil.which("python", path=environment.get("PATH"))
         problem = await asyncio.to_thread(
@@ -453,18 +474,17 @@ class Runner:
             )
         return tool.command
 
-    def _report_path(self, junit: str | None) -> Path:
+    def _report_path(self, junit: str | None) -> Report:
         """Where this build's JUnit report will be: the repository's own, or one we ask
         pytest for, outside the checkout (so ``clean -xdff`` and the tests leave it be)."""
         if junit is None:
             path = self._scratch / "junit.xml"
-            path.unlink(missing_ok=True)
-            return path
-        root = self.workspace.path.resolve()
-        path = (root / junit).resolve()
-        if not path.is_relative_to(root):
-            raise ConfigError(f"junit = {junit!r} in .superci.toml points outside the checkout")
-        return path
+            if path.is_dir() and not path.is_symlink():  # left by an earlier build
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+            return Report(self._scratch, "junit.xml")
+        return Report(self.workspace.path, junit)
 
     def _environment(
         self, build: protocol.Build, junit: str | None, report: Path
@@ -489,7 +509,10 @@ class Runner:
         started: float,
         message: str,
         summary: Summary | None = None,
+        *,
+        checkout: bool = False,
     ) -> protocol.Result:
+        """The build's result; ``checkout``: it ended because its checkout failed."""
         summary = _summary(active) if summary is None else summary
         return protocol.Result(
             build_id=active.build.build_id,
@@ -503,20 +526,25 @@ class Runner:
             failures=[
                 name[: protocol.MAX_STRING] for name in summary.failures[: protocol.MAX_LIST]
             ],
+            checkout_failed=checkout,
         )
 
 
-def _read_report(path: Path) -> bytes:
-    """The report's bytes, if the run wrote one of a size worth keeping."""
-    try:
-        if path.stat().st_size > defaults.MAX_REPORT_BYTES:
-            log.warning(
-                "JUnit report %s is larger than %d bytes; not kept", path, defaults.MAX_REPORT_BYTES
-            )
-            return b""
-        return path.read_bytes()
-    except OSError:
-        return b""
+@dataclass(frozen=True)
+class Report:
+    """A build's JUnit report: a path inside a folder it must not lead out of."""
+
+    folder: Path
+    name: str
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.name
+
+    def read(self) -> bytes:
+        """The report's bytes (b"" when the run wrote none); blocks, see safefile."""
+        data = read_inside(self.folder, self.name, defaults.MAX_REPORT_BYTES, what="JUnit report")
+        return data or b""
 
 
 def _summary(active: ActiveBuild) -> Summary:

@@ -61,12 +61,18 @@ class Runner:
     pid: int
     last_seen: float
     build_id: int | None = None
+    failed_checkouts: list[str] = field(default_factory=list)  # commits, since a good one
+    benches: int = 0  # times benched since its last good checkout
+    benched_until: float | None = None
+    bench_reason: str = ""
 
     @property
     def state(self) -> RunnerState:
         if self.session is None:
             return RunnerState.DISCONNECTED
-        return RunnerState.BUSY if self.build_id is not None else RunnerState.IDLE
+        if self.build_id is not None:
+            return RunnerState.BUSY
+        return RunnerState.BENCHED if self.benched_until is not None else RunnerState.IDLE
 
 
 # --- actions: what the I/O layer must do ---------------------------------------------
@@ -350,13 +356,33 @@ class Scheduler:
             raise StaleResult(f"build {build_id} is not leased to this connection")
         return job
 
-    def finish(self, build_id: int, now: float) -> list[Action]:
-        """The build's result is recorded: forget the job, free its runner."""
+    def finish(self, build_id: int, now: float, checkout_error: str | None = None) -> list[Action]:
+        """The build's result is recorded: forget the job, free its runner.
+
+        ``checkout_error``: the build ended because its runner could not check the commit
+        out (the runner's message); see :meth:`_note_checkout`.
+        """
         job = self.jobs.get(build_id)
         if job is None:
             raise UnknownBuild(f"build {build_id} is not known to the scheduler")
+        runner = self.runners.get(job.runner) if job.runner else None
+        if runner is not None and runner.build_id == build_id:
+            self._note_checkout(runner, job.sha, checkout_error, now)
         self._drop_job(job)
         return self._dispatch(now)
+
+    def check_benched(self, now: float) -> list[Action]:
+        """Give benched runners whose time is up builds again, on probation: their next
+        checkout failure benches them again (for longer), a good checkout clears them."""
+        actions: list[Action] = []
+        for runner in self.runners.values():
+            if runner.benched_until is not None and now >= runner.benched_until:
+                runner.benched_until = None
+                if runner.session is not None and runner.build_id is None:
+                    self._idle[runner.name] = None
+        if self._idle:
+            actions += self._dispatch(now)
+        return actions
 
     # --- views ----------------------------------------------------------------------
 
@@ -366,13 +392,34 @@ class Scheduler:
 
     # --- internals ------------------------------------------------------------------
 
+    def _note_checkout(self, runner: Runner, sha: str, error: str | None, now: float) -> None:
+        """Count the runner's failed checkouts of different commits in a row and bench it
+        after BENCH_AFTER of them (or after one more once it was benched): a runner that
+        cannot check out takes builds only to fail them."""
+        if error is None:
+            runner.failed_checkouts.clear()
+            runner.benches = 0
+            return
+        if sha not in runner.failed_checkouts:
+            runner.failed_checkouts.append(sha)
+        if len(runner.failed_checkouts) < defaults.BENCH_AFTER and runner.benches == 0:
+            return
+        seconds = min(defaults.BENCH_TIME * 2**runner.benches, defaults.BENCH_MAX)
+        runner.benches += 1
+        runner.benched_until = now + seconds
+        count = len(runner.failed_checkouts)
+        runner.bench_reason = (
+            f"checkouts of {count} different commits failed in a row, "
+            f"no builds for {seconds:g}s; last: {error}"
+        )
+
     def _drop_job(self, job: Job) -> None:
         """Forget a job (its heap entry is skipped later) and free the runner it held."""
         del self.jobs[job.build_id]
         runner = self.runners.get(job.runner) if job.runner else None
         if runner is not None and runner.build_id == job.build_id:
             runner.build_id = None
-            if runner.session is not None:
+            if runner.session is not None and runner.benched_until is None:
                 self._idle[runner.name] = None
 
     def _mark_runner_dead(self, runner: Runner, reason: str, now: float) -> list[Action]:

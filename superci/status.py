@@ -22,8 +22,10 @@ class BuildStatus(StrEnum):
 
 
 class RunnerState(StrEnum):
-    """A runner in the pool is idle or busy; a dead one leaves the pool."""
+    """A runner in the pool is idle or busy, or benched (its checkouts keep failing);
+    a dead one leaves the pool."""
 
     IDLE = "idle"
     BUSY = "busy"
+    BENCHED = "benched"
     DISCONNECTED = "disconnected"

@@ -51,10 +51,13 @@ def status_tables(document: dict[str, Any]) -> str:
          b["runner"], b["attempt"], counts_text(b.get("tests")) or None, _reason(b))
         for b in document["builds"]
     ]  # fmt: skip
+    benched = [f"{r['name']} is {r['state']}: {r['reason']}" for r in document["runners"]
+               if r.get("reason")]  # fmt: skip
     return "\n\n".join(
         [
             f"Runners ({len(runners)})\n"
-            + table(["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT"], runners),
+            + table(["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT"], runners)
+            + "".join(f"\n{line}" for line in benched),
             f"Queue ({document.get('queued', len(queue))})\n"
             + table(["BUILD", "COMMIT", "BRANCH", "ATTEMPTS"], queue),
             "Last builds\n"

@@ -3,7 +3,8 @@
 pytest when the repository configures it or its tests are written for it (unittest would
 find none of them and pass with nothing run), else unittest as in the original design.
 The tests are read with :mod:`ast`, never imported, and within bounds: big files, git's
-folder and virtualenvs are skipped, and only so many files are read.
+folder and virtualenvs are skipped, only so many files are read, and only regular files
+inside the checkout (:mod:`superci.safefile`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import ast
 import configparser
 import logging
 import os
+import stat
 import subprocess
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from superci import defaults
+from superci.errors import UnsafeFile
+from superci.safefile import read_inside
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ def _pytest_configured(root: Path) -> str | None:
     for conftest in (root / "conftest.py", root / "tests" / "conftest.py"):
         if conftest.is_file():
             return f"{conftest.relative_to(root)} is pytest's"
-    tool = _toml(root / "pyproject.toml").get("tool")
+    tool = _toml(root, "pyproject.toml").get("tool")
     if (
         isinstance(tool, dict)
         and isinstance(tool.get("pytest"), dict)
@@ -79,33 +83,49 @@ def _pytest_configured(root: Path) -> str | None:
     ):
         return "pyproject.toml has [tool.pytest.ini_options]"
     for name, section in (("setup.cfg", "tool:pytest"), ("tox.ini", "pytest")):
-        if _has_section(root / name, section):
+        if _has_section(root, name, section):
             return f"{name} has [{section}]"
     return None
 
 
-def _toml(path: Path) -> dict:
+def _read(root: Path, name: str | Path) -> bytes | None:
+    """A file of the checkout, if it is a regular one inside it and not too big to read
+    (a FIFO or a link to /dev/zero named like a test must not wedge the runner)."""
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError):
+        return read_inside(root, name, MAX_FILE_BYTES)
+    except UnsafeFile as e:
+        log.warning("not read to choose the test tool: %s", e)
+        return None
+
+
+def _toml(root: Path, name: str) -> dict:
+    data = _read(root, name)
+    try:
+        return tomllib.loads(data.decode("utf-8")) if data is not None else {}
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
         return {}
 
 
-def _has_section(path: Path, section: str) -> bool:
+def _has_section(root: Path, name: str, section: str) -> bool:
+    data = _read(root, name)
+    if data is None:
+        return False
     parser = configparser.ConfigParser(interpolation=None, strict=False)
     try:
-        parser.read_string(path.read_text(encoding="utf-8", errors="replace"))
-    except (OSError, configparser.Error):
+        parser.read_string(data.decode("utf-8", errors="replace"))
+    except configparser.Error:
         return False
     return parser.has_section(section)
 
 
 def _pytest_style_tests(root: Path) -> str | None:
     for path in _test_files(root):
+        data = _read(root, path.relative_to(root))
         try:
-            tree = ast.parse(path.read_bytes(), filename=str(path))
-        except (OSError, SyntaxError, ValueError):
+            tree = ast.parse(data, filename=str(path)) if data is not None else None
+        except (SyntaxError, ValueError):
+            continue
+        if tree is None:
             continue
         found = _pytest_style(tree)
         if found is not None:
@@ -128,10 +148,11 @@ def _test_files(root: Path) -> Iterator[Path]:
             ):
                 continue
             path = Path(folder, name)
-            try:
-                if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
-                    continue
+            try:  # lstat: a link is read (or refused) by _read, never stat'ed through
+                info = path.lstat()
             except OSError:
+                continue
+            if stat.S_ISDIR(info.st_mode) or info.st_size > MAX_FILE_BYTES:
                 continue
             count += 1
             if count > MAX_FILES:

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import git
@@ -18,13 +19,39 @@ import git
 from superci import defaults
 from superci.errors import WorkspaceBroken, WorkspaceError
 from superci.ownership import claim, clone_advice, write_mark
+from superci.pristine import Pristine
 from superci.protocol import SHA_RE
 
 log = logging.getLogger(__name__)
 
 
-#: Git must fail instead of waiting for a password nobody will type.
-GIT_ENV = {"GIT_TERMINAL_PROMPT": "0"}
+#: Settings every git command of superci runs with, above any config file: no hook runs
+#: (a build can write them into the clone), no fsmonitor command, no ``ext::`` transport.
+SAFE_GIT_CONFIG = {
+    "core.hooksPath": os.devnull,
+    "core.fsmonitor": "false",
+    "protocol.ext.allow": "never",
+}
+
+#: Git fails instead of waiting for a password nobody will type, and does not swap a
+#: commit for a replacement a build recorded (refs/replace).
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_NO_REPLACE_OBJECTS": "1"}
+
+
+def git_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """GIT_ENV plus SAFE_GIT_CONFIG as environment, for a ``git clone`` (which has no
+    repository to pin yet), after any ``GIT_CONFIG_*`` settings ``base`` (the process's
+    environment) already has, so that SAFE_GIT_CONFIG wins."""
+    base = os.environ if base is None else base
+    try:
+        count = max(0, int(base.get("GIT_CONFIG_COUNT", "0")))
+    except ValueError:
+        count = 0
+    env = dict(GIT_ENV)
+    for i, (key, value) in enumerate(SAFE_GIT_CONFIG.items(), start=count):
+        env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value
+    env["GIT_CONFIG_COUNT"] = str(count + len(SAFE_GIT_CONFIG))
+    return env
 
 
 class Workspace:
@@ -42,6 +69,7 @@ class Workspace:
         self.remote_url = _origin_url(repo)  # where a broken clone is cloned from again
         self._repo = self._pin(repo)
         claim(repo, "runner", require_clean=True)
+        self._pristine = Pristine.take(self.path / ".git")
 
     @classmethod
     def clone(cls, source: str, path: Path) -> Workspace:
@@ -53,17 +81,43 @@ class Workspace:
         return f"Workspace({str(self.path)!r})"
 
     def prepare(self, sha: str) -> None:
-        """Make the working tree exactly commit ``sha``, with nothing left from earlier builds."""
+        """Make the working tree exactly commit ``sha``, with nothing left from earlier builds.
+
+        What the last build wrote into the git dir is undone first (see
+        :mod:`superci.pristine`), and its untracked files (a ``.gitattributes`` git would
+        apply) go before the checkout. The index goes too: a build can forge its stat
+        data so that git takes an edited file for the committed one; without an index,
+        every file is written from the commit.
+        """
         if not isinstance(sha, str) or not SHA_RE.fullmatch(sha):
             raise WorkspaceError(f"refusing to check out {sha!r}: not a full 40-hex commit id")
+        if self._git_dir_is_real():
+            self._pristine.restore()
         if not self._intact():
             self._repair()
         self._fetch(sha)
+        self._git("clean", "-x", "-d", "-f", "-f")
+        self._forget_index()
         self._git("checkout", "--force", "--detach", sha)
         self._git("clean", "-x", "-d", "-f", "-f")
         if (self.path / ".gitmodules").is_file():
             self._update_submodules()
+        self._pristine = Pristine.take(self.path / ".git")  # the state the next build gets
         log.info("workspace %s is at %s", self.path, sha)
+
+    def _git_dir_is_real(self) -> bool:
+        dot_git = self.path / ".git"
+        return dot_git.is_dir() and not dot_git.is_symlink()
+
+    def _forget_index(self) -> None:
+        index = self.path / ".git" / "index"
+        try:
+            if index.is_dir() and not index.is_symlink():
+                shutil.rmtree(index)
+            else:
+                index.unlink(missing_ok=True)
+        except OSError as e:
+            raise WorkspaceError(f"cannot remove {index} before the checkout: {e}") from e
 
     def _fetch(self, sha: str) -> None:
         """Fetch every remote; a fetch failure only matters when the commit is missing."""
@@ -96,12 +150,14 @@ class Workspace:
         self._git("submodule", "foreach", "--recursive", "git clean -x -d -f -f")
 
     def _pin(self, repo: git.Repo) -> git.Repo:
-        """Make every git command of ``repo`` use this clone and nothing above it.
+        """Make every git command of ``repo`` use this clone and nothing above it, with
+        SAFE_GIT_CONFIG on its command line (git hands it on to the gits it starts).
 
         Submodule commands still work: git gives the commands it runs inside a submodule
         (``submodule update``, ``submodule foreach``) that submodule's own GIT_DIR.
         """
         root = self.path.resolve()
+        repo.git.set_persistent_git_options(c=[f"{k}={v}" for k, v in SAFE_GIT_CONFIG.items()])
         repo.git.update_environment(
             **GIT_ENV,
             GIT_DIR=str(root / ".git"),
@@ -154,6 +210,7 @@ class Workspace:
                 shutil.rmtree(staging, ignore_errors=True)
         self._repo = self._pin(git.Repo(self.path))
         write_mark(dot_git, "runner")
+        self._pristine = Pristine.take(dot_git)
         log.info("%s is a clone of %s again", self.path, self.remote_url)
 
     def _broken_message(self, why: str) -> str:
@@ -181,7 +238,7 @@ class Workspace:
 def clone_repository(source: str, path: Path, *, no_checkout: bool = False) -> None:
     """``git clone``, with git's own message in the error when it fails."""
     try:
-        git.Repo.clone_from(source, Path(path), env=GIT_ENV, no_checkout=no_checkout)
+        git.Repo.clone_from(source, Path(path), env=git_environment(), no_checkout=no_checkout)
     except git.GitCommandError as e:
         raise WorkspaceError(f"cannot clone {source} into {path}: {git_message(e)}") from e
     except (git.UnsafeProtocolError, git.UnsafeOptionError) as e:

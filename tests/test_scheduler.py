@@ -2,6 +2,7 @@
 
 import pytest
 
+from superci import defaults
 from superci.errors import StaleResult, UnknownBuild
 from superci.scheduler import (
     CancelLease,
@@ -686,3 +687,105 @@ def test_a_dispatcher_resumed_after_a_pause_does_not_judge_runners_by_the_pause(
     dead = sched.check_heartbeats(41.0)
     assert [a.session for a in of_type(dead, CloseSession)] == [2]
     assert "r1" in sched.runners
+
+
+# --- benching a runner whose checkouts keep failing ------------------------------------
+
+
+def fail_checkout(s: Scheduler, build_id: int, now: float, runner: str = "r1"):
+    """Build ``build_id`` is running on ``runner``; its checkout fails."""
+    assert s.jobs[build_id].runner == runner
+    return s.finish(build_id, now, checkout_error=f"commit {sha(build_id)} not found")
+
+
+def test_a_runner_whose_checkouts_of_three_different_commits_fail_is_benched_with_a_reason(
+    sched,
+):
+    register(sched, "r1", 1)
+    for build_id in (1, 2, 3, 4):
+        add(sched, build_id)
+    fail_checkout(sched, 1, 10.0)
+    fail_checkout(sched, 2, 11.0)
+    assert fail_checkout(sched, 3, 12.0) == []  # benched: build 4 is not handed to it
+    runner = sched.runners["r1"]
+    assert runner.state is RunnerState.BENCHED
+    assert runner.benched_until == 12.0 + defaults.BENCH_TIME
+    assert runner.bench_reason == (
+        f"checkouts of 3 different commits failed in a row, no builds for "
+        f"{defaults.BENCH_TIME:g}s; last: commit {sha(3)} not found"
+    )
+    assert [job.build_id for job in sched.queued()] == [4]
+    sched.heartbeat("r1", 1, 12.0)
+    assert sched.check_heartbeats(12.0 + TIMEOUT / 2) == []  # benched, alive, in the pool
+
+
+def test_one_missing_commit_rebuilt_again_and_again_benches_no_runner(sched):
+    register(sched, "r1", 1)
+    for build_id in (1, 2, 3, 4):
+        sched.add_build(build_id, sha(99), "main", 0.0)  # one commit, four builds of it
+        sched.finish(build_id, float(build_id), checkout_error="commit not found")
+    assert sched.runners["r1"].state is RunnerState.IDLE
+
+
+def test_a_good_checkout_between_failures_clears_the_runners_record(sched):
+    register(sched, "r1", 1)
+    for build_id in range(1, 6):
+        add(sched, build_id)
+    fail_checkout(sched, 1, 1.0)
+    fail_checkout(sched, 2, 2.0)
+    sched.finish(3, 3.0)  # checked out and built (whatever its verdict)
+    fail_checkout(sched, 4, 4.0)
+    fail_checkout(sched, 5, 5.0)
+    assert sched.runners["r1"].state is RunnerState.IDLE
+
+
+def test_a_benched_runner_gets_builds_after_its_time_and_is_benched_longer_on_one_more_failure(
+    sched,
+):
+    register(sched, "r1", 1)
+    for build_id in (1, 2, 3, 4, 5):
+        add(sched, build_id)
+    for build_id in (1, 2, 3):
+        fail_checkout(sched, build_id, 0.0)
+    assert sched.check_benched(defaults.BENCH_TIME - 1) == []
+    back = defaults.BENCH_TIME
+    assert sched.check_benched(back) == [start(1, "r1", 4, 1)]
+    fail_checkout(sched, 4, back)  # on probation: one more failure benches it, for longer
+    runner = sched.runners["r1"]
+    assert runner.state is RunnerState.BENCHED
+    assert runner.benched_until == back + 2 * defaults.BENCH_TIME
+    assert sched.check_benched(back + 2 * defaults.BENCH_TIME) == [start(1, "r1", 5, 1)]
+    sched.finish(5, back + 2 * defaults.BENCH_TIME + 1)  # a good checkout: record cleared
+    assert (runner.benches, runner.failed_checkouts) == (0, [])
+
+
+def test_the_bench_time_doubles_up_to_its_cap(sched):
+    register(sched, "r1", 1)
+    now = 0.0
+    for build_id in range(1, 12):
+        add(sched, build_id)
+        if sched.runners["r1"].state is RunnerState.BENCHED:
+            now = sched.runners["r1"].benched_until
+            sched.check_benched(now)
+        fail_checkout(sched, build_id, now)
+    runner = sched.runners["r1"]
+    assert runner.benched_until - now == defaults.BENCH_MAX
+
+
+def test_a_benched_runner_that_registers_again_starts_with_a_clean_record(sched):
+    register(sched, "r1", 1)
+    for build_id in (1, 2, 3, 4):
+        add(sched, build_id)
+    for build_id in (1, 2, 3):
+        fail_checkout(sched, build_id, 0.0)
+    assert register(sched, "r1", 2, now=1.0)[-1] == start(2, "r1", 4, 1)
+    assert sched.runners["r1"].failed_checkouts == []
+
+
+def test_other_runners_take_the_builds_a_benched_runner_does_not(sched):
+    register(sched, "r1", 1)
+    for build_id in (1, 2, 3, 4):
+        add(sched, build_id)
+    for build_id in (1, 2, 3):
+        fail_checkout(sched, build_id, 0.0)
+    assert register(sched, "r2", 2, now=1.0) == [start(2, "r2", 4, 1)]

@@ -140,3 +140,15 @@ def test_status_gives_the_reason_of_a_build_that_did_not_pass_shortened_to_fit()
     assert rows[0].endswith(long[:59] + "…")
     assert rows[1].endswith("no tests ran (exit code 5)")
     assert rows[2].endswith("-")
+
+
+def test_status_says_under_the_runners_why_a_benched_runner_gets_no_builds():
+    reason = "checkouts of 3 different commits failed in a row, no builds for 300s; last: x"
+    benched = {"name": "runner-c", "host": "box-3", "state": "benched", "build": None,
+               "since_heartbeat": 0.1, "reason": f"{reason} (299s left)"}  # fmt: skip
+    text = status_tables({**STATUS, "runners": [*STATUS["runners"], benched]})
+
+    block = next(b for b in text.split("\n\n") if b.startswith("Runners (3)"))
+    lines = block.splitlines()
+    assert lines[4].split() == ["runner-c", "box-3", "benched", "-", "0.1s"]
+    assert lines[5:] == [f"runner-c is benched: {reason} (299s left)"]

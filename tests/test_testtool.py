@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,40 @@ def test_pytest_missing_from_an_interpreter_is_said(tmp_path):
     python = str(venv / "bin" / "python")
     assert missing_module(python, "pytest", tmp_path) == f"pytest is not installed for {python}"
     assert missing_module(python, "unittest", tmp_path) is None
+
+
+def test_a_fifo_named_like_a_test_or_a_config_file_does_not_wedge_the_choice(tmp_path):
+    (tmp_path / "tests").mkdir()
+    os.mkfifo(tmp_path / "tests" / "test_x.py")
+    for name in ("pyproject.toml", "setup.cfg", "tox.ini"):
+        os.mkfifo(tmp_path / name)
+    (tmp_path / "tests" / "test_y.py").write_text("def test_y():\n    pass\n")
+    tool = choose_within(tmp_path, seconds=10)
+    assert (tool.name, tool.reason) == (
+        "pytest",
+        "tests/test_y.py has pytest-style tests (def test_y)",
+    )
+
+
+def test_files_linked_to_dev_zero_or_out_of_the_checkout_are_not_read(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "test_out.py").write_text("def test_out():\n    pass\n")
+    root = tmp_path / "checkout"
+    (root / "tests").mkdir(parents=True)
+    (root / "pyproject.toml").symlink_to("/dev/zero")
+    (root / "setup.cfg").symlink_to("/dev/zero")
+    (root / "tests" / "test_zero.py").symlink_to("/dev/zero")
+    (root / "tests" / "test_out.py").symlink_to(outside / "test_out.py")
+    tool = choose_within(root, seconds=10)
+    assert tool.name == "unittest"  # nothing outside the checkout chose pytest
+
+
+def choose_within(root, seconds):
+    """testtool.choose in a thread, failing the test (not hanging it) if it blocks."""
+    found = []
+    worker = threading.Thread(target=lambda: found.append(choose(root)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert found, f"choosing the test tool in {root} blocked for {seconds}s"
+    return found[0]

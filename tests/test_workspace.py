@@ -338,3 +338,86 @@ def test_a_lost_git_dir_with_the_remote_unreachable_is_broken_and_the_clone_kept
 
 def mine_only(status: str) -> list[str]:
     return [line for line in status.splitlines() if not line[3:].startswith("ci/")]
+
+
+# a build cannot change what the next checkout writes or runs
+
+
+def clone_git(workspace: Workspace, *args: str) -> str:
+    """git as a build runs it: in the clone, with nothing of superci's pinning."""
+    return git.Git(workspace.path).execute(["git", *args])
+
+
+def test_a_replace_ref_a_build_records_does_not_swap_the_next_commit(upstream, workspace):
+    first = upstream.head.commit.hexsha
+    second = commit_file(upstream, "app.py", "VERSION = 2\n")
+    upstream.remote("origin").push("main").raise_if_error()
+    workspace.prepare(first)
+    clone_git(workspace, "fetch", "--quiet", "origin")
+    clone_git(workspace, "replace", second, first)  # "second is first", says the build
+    workspace.prepare(second)
+    assert (workspace.path / "app.py").read_text() == "VERSION = 2\n"
+
+
+@pytest.mark.parametrize("flag", ["--skip-worktree", "--assume-unchanged"])
+def test_a_tracked_file_a_build_edits_and_hides_in_the_index_is_written_again(
+    upstream, workspace, flag
+):
+    sha = upstream.head.commit.hexsha
+    workspace.prepare(sha)
+    (workspace.path / "app.py").write_text("VERSION = 9\n")  # same size, new content
+    clone_git(workspace, "update-index", flag, "app.py")
+    workspace.prepare(sha)
+    assert (workspace.path / "app.py").read_text() == "VERSION = 1\n"
+
+
+def test_an_untracked_gitattributes_a_build_leaves_does_not_change_the_next_checkout(
+    upstream, workspace
+):
+    first = upstream.head.commit.hexsha
+    second = commit_file(upstream, "app.py", "VERSION = 2\n")
+    upstream.remote("origin").push("main").raise_if_error()
+    workspace.prepare(first)
+    (workspace.path / ".gitattributes").write_text("*.py text eol=crlf\n")
+    workspace.prepare(second)
+    assert (workspace.path / "app.py").read_bytes() == b"VERSION = 2\n"
+
+
+def test_files_of_the_git_dir_a_build_changes_are_put_back_before_the_next_checkout(
+    upstream, workspace, tmp_path
+):
+    sha = upstream.head.commit.hexsha
+    workspace.prepare(sha)
+    dot_git = workspace.path / ".git"
+    config = (dot_git / "config").read_bytes()
+    clone_git(workspace, "config", "alias.checkout", "!touch pwned")
+    clone_git(workspace, "config", "core.pager", "touch pwned")
+    clone_git(workspace, "config", "include.path", str(tmp_path / "evil.cfg"))
+    (dot_git / "info").mkdir(exist_ok=True)
+    (dot_git / "info" / "attributes").write_text("* filter=evil\n")
+    (dot_git / "modules" / "planted").mkdir(parents=True)
+    (dot_git / "modules" / "planted" / "HEAD").write_text("ref: refs/heads/main\n")
+    workspace.prepare(sha)
+    assert (dot_git / "config").read_bytes() == config
+    assert not (dot_git / "info" / "attributes").exists()
+    assert not (dot_git / "modules" / "planted").exists()
+    assert (workspace.path / "app.py").read_text() == "VERSION = 1\n"
+
+
+def test_a_git_dir_file_a_build_turns_into_a_symlink_is_replaced_and_its_target_untouched(
+    upstream, workspace, tmp_path
+):
+    sha = upstream.head.commit.hexsha
+    workspace.prepare(sha)
+    dot_git = workspace.path / ".git"
+    config = (dot_git / "config").read_bytes()
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "attributes").write_text("someone's file\n")
+    (dot_git / "config").unlink()
+    (dot_git / "config").symlink_to(precious / "attributes")
+    shutil.rmtree(dot_git / "info", ignore_errors=True)
+    (dot_git / "info").symlink_to(precious)
+    workspace.prepare(sha)
+    assert (dot_git / "config").read_bytes() == config and not (dot_git / "config").is_symlink()
+    assert (precious / "attributes").read_text() == "someone's file\n"
