@@ -70,3 +70,16 @@ class AmbiguousCommit(SuperCIError):
 
 class StorageError(SuperCIError):
     """The dispatcher could not persist state or write a result."""
+
+
+class RunnerRefused(SuperCIError):
+    """A runner may not join under this name: another runner holds it (``name-taken``),
+    or a copy of this runner with the same identity is connected (``identity-in-use``)."""
+
+    def __init__(self, message: str, code: str = "name-taken") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ReportTooLarge(SuperCIError):
+    """A runner sent more of a report than the dispatcher keeps."""

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import dataclasses
 import gc
+import itertools
 import logging
 import os
 import random
@@ -349,8 +350,14 @@ def batches(items: list[Any], size: int = 50) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+_REGISTRATIONS = itertools.count(1)
+
+
 def register(name: str) -> bytes:
-    return protocol.encode(protocol.Register(name=name, host="hostile", pid=1))
+    """A registration under a name of its own: a name registered once is bound to the
+    identity it was issued, and each attack must reach the dispatcher past registering."""
+    unique = f"{name}-{next(_REGISTRATIONS)}"
+    return protocol.encode(protocol.Register(name=unique, host="hostile", pid=1))
 
 
 def b64(data: bytes) -> str:

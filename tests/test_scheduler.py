@@ -9,6 +9,7 @@ from superci.scheduler import (
     EndBuild,
     Job,
     Lease,
+    Proof,
     Requeue,
     Scheduler,
     StartBuild,
@@ -32,7 +33,9 @@ def sched() -> Scheduler:
 
 
 def register(s: Scheduler, name: str, session: int, now: float = 0.0, lease=None):
-    return s.register(name, session, f"{name}.lan", 1000 + session, lease, now)
+    return s.register(
+        name, session, f"{name}.lan", 1000 + session, lease, now, proof=Proof.PROVEN, instance=name
+    )
 
 
 def add(s: Scheduler, build_id: int, branch: str = "main"):
@@ -542,7 +545,7 @@ def test_a_stop_asked_for_before_a_reconnect_is_asked_again_of_the_adopted_sessi
     add(timed, 1)
     register(timed, "r1", 1, now=0.0)
     timed.cancel(1, now=1.0, reason="by request")
-    actions = timed.register("r1", 2, "r1.lan", 1002, Lease(1, 1), 2.0)
+    actions = register(timed, "r1", 2, now=2.0, lease=Lease(1, 1))
     assert CancelLease(2, 1, 1, "by request") in actions
     assert timed.jobs[1].stopping is BuildStatus.CANCELLED
 
