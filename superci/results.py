@@ -117,13 +117,14 @@ class ResultsFolder:
         name: str,
         offset: int,
         data: bytes,
-        max_bytes: int = defaults.MAX_REPORT_BYTES,
+        max_bytes: int | None = None,
     ) -> None:
         """Receive bytes ``offset``.. of a report; it is put in place with the result.
-        A report that would grow past ``max_bytes`` is dropped, whatever the runner sent
-        before: :class:`ReportTooLarge`."""
+        A report that would grow past ``max_bytes`` (default: the largest a runner
+        sends) is dropped, whatever the runner sent before: :class:`ReportTooLarge`."""
         if name not in ARTIFACT_NAMES:
             raise StorageError(f"unknown report {name!r}")
+        max_bytes = defaults.MAX_REPORT_BYTES if max_bytes is None else max_bytes
         part = self._make_folder(sha) / f".{name}.part"
         if offset + len(data) > max_bytes:
             part.unlink(missing_ok=True)

@@ -165,11 +165,13 @@ class Attack:
 
     def random_bytes(self, count: int) -> list[Awaitable[Any]]:
         """Random bytes: raw, after a hello, inside a well-formed frame, after a register."""
-        openings = [b"", HELLO_CLIENT, HELLO_RUNNER + register("random-runner")]
+        openings = [b"", HELLO_CLIENT, HELLO_RUNNER]
         attacks = []
         for i in range(count):
             junk = self.rng.randbytes(self.rng.randint(1, 4096))
             opening = self.rng.choice(openings)
+            if opening == HELLO_RUNNER:
+                opening += register("random-runner")
             body = frame(junk) if self.rng.random() < 0.3 else junk
             # Else it stalls, to be closed by a timeout; not once registered: a registered
             # runner's silence is only ended by the heartbeat timeout.
