@@ -2,7 +2,7 @@
 
 import pytest
 
-from superci.errors import StaleResult, UnknownBuild
+from superci.errors import RunnerRefused, StaleResult, UnknownBuild
 from superci.scheduler import (
     CancelLease,
     CloseSession,
@@ -625,3 +625,67 @@ def test_an_idle_runner_that_leaves_is_no_longer_handed_builds(sched):
     register(sched, "a", 1)
     assert sched.leave("a", 1, "stopped", 0.0) == [CloseSession(1, "runner a left: stopped")]
     assert add(sched, 1) == []
+
+
+# --- who may register under a name ----------------------------------------------------------
+
+
+def claim(s: Scheduler, name: str, session: int, now: float, *, proof: Proof, instance: str,
+          host: str = "other.lan", lease=None):  # fmt: skip
+    return s.register(name, session, host, 7, lease, now, proof=proof, instance=instance)
+
+
+@pytest.mark.parametrize("proof", [Proof.UNPROVEN, Proof.NEW])
+def test_a_busy_runners_name_and_lease_give_a_stranger_nothing(sched, proof):
+    add(sched, 1)
+    register(sched, "busy", 1)
+    with pytest.raises(RunnerRefused, match=r"connected from 'busy.lan' .*--name") as refused:
+        claim(sched, "busy", 2, 1.0, proof=proof, instance="x", lease=Lease(1, 1))
+    assert refused.value.code == "name-taken"
+    assert (sched.runners["busy"].session, sched.jobs[1].runner) == (1, "busy")
+    with pytest.raises(StaleResult):
+        sched.check_lease(1, 1, "busy", 2)
+    assert sched.check_lease(1, 1, "busy", 1) is sched.jobs[1]
+
+
+def test_an_unproven_claim_on_a_name_nobody_holds_is_told_to_forget_the_runner(sched):
+    with pytest.raises(RunnerRefused, match="forget-runner gone") as refused:
+        sched.admit("gone", "x", Proof.UNPROVEN, 0.0, last_host="old.lan")
+    assert "'old.lan'" in str(refused.value) and refused.value.code == "name-taken"
+
+
+def test_a_lease_held_since_a_dispatcher_restart_is_adopted_only_with_the_identity(sched):
+    sched.restore([Job(1, sha(1), "main", BuildStatus.RUNNING, 1, "r1", ["r1"])], 0.0)
+    for proof in (Proof.NEW, Proof.UNPROVEN):
+        with pytest.raises(RunnerRefused, match="r1"):
+            claim(sched, "r1", 2, 1.0, proof=proof, instance="x", lease=Lease(1, 1))
+    actions = claim(sched, "r1", 3, 1.0, proof=Proof.PROVEN, instance="y", lease=Lease(1, 1))
+    assert actions == [] and sched.check_lease(1, 1, "r1", 3) is sched.jobs[1]
+
+
+def test_a_copy_with_the_same_identity_is_refused_while_the_first_is_heard_from(sched):
+    register(sched, "r1", 1, now=0.0)  # instance "r1"
+    sched.heartbeat("r1", 1, now=9.0)
+    with pytest.raises(RunnerRefused, match=r"'r1.lan'.*same identity.*--name") as refused:
+        claim(sched, "r1", 2, 9.5, proof=Proof.PROVEN, instance="copy")
+    assert refused.value.code == "identity-in-use"
+    assert sched.runners["r1"].session == 1
+    actions = claim(sched, "r1", 3, 9.0 + TIMEOUT + 0.1, proof=Proof.PROVEN, instance="copy")
+    assert [close.session for close in of_type(actions, CloseSession)] == [1]
+    assert sched.runners["r1"].session == 3
+
+
+def test_the_same_runner_reconnecting_replaces_its_ghost_at_once_and_keeps_its_build(sched):
+    add(sched, 1)
+    register(sched, "r1", 1, now=0.0)
+    sched.heartbeat("r1", 1, now=5.0)
+    actions = register(sched, "r1", 2, now=5.1, lease=Lease(1, 1))
+    assert actions == [CloseSession(1, replaced("r1", 2))]
+    assert sched.check_lease(1, 1, "r1", 2) is sched.jobs[1]
+
+
+def test_a_new_name_is_admitted_and_a_proven_one_after_its_runner_died(sched):
+    assert claim(sched, "fresh", 1, 0.0, proof=Proof.NEW, instance="a") == []
+    sched.disconnect("fresh", 1, 0.5)
+    assert claim(sched, "fresh", 2, 0.6, proof=Proof.PROVEN, instance="b") == []
+    assert sched.runners["fresh"].session == 2
