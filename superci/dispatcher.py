@@ -267,12 +267,15 @@ class Dispatcher:
         if message.build_id is not None and message.attempt is not None:
             lease = Lease(message.build_id, message.attempt)
         known = self.store.runner(message.name)
+        issued = None
         if known is None or known.identity is None:
-            proof, issued = Proof.NEW, None if message.identity else identity.new_secret()
+            proof = Proof.NEW
+            if message.identity is None:
+                issued = identity.new_secret()
+        elif identity.proves(message.identity, known.identity):
+            proof = Proof.PROVEN
         else:
-            proof, issued = Proof.UNPROVEN, None
-            if identity.proves(message.identity, known.identity):
-                proof = Proof.PROVEN
+            proof = Proof.UNPROVEN
         now = self._clock()
         try:
             self.scheduler.admit(
