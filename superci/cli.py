@@ -310,6 +310,13 @@ def dispatcher_command(
     envvar="SUPERCI_MAX_SPOOL_BYTES",
     help="Largest local copy of a build's output; past it the middle is dropped.",
 )
+@click.option(
+    "--identity-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SUPERCI_IDENTITY_FILE",
+    help="Where the runner keeps the secret that proves its name (mode 0600) "
+    "[default: PATH/.git/superci-identity].",
+)
 @_verbose_option
 @_reports_errors
 def runner_command(
@@ -320,6 +327,7 @@ def runner_command(
     timeout: float,
     kill_grace: float,
     max_spool_bytes: int,
+    identity_file: Path | None,
     verbose: bool,
 ) -> None:
     """Run builds in the clone at PATH for the dispatcher at --dispatcher-server."""
@@ -336,8 +344,50 @@ def runner_command(
         build_timeout=timeout,
         kill_grace=kill_grace,
         max_spool_bytes=max_spool_bytes,
+        identity_file=identity_file,
     )
     _run_until_signalled(runner.run_forever())
+
+
+@main.command("forget-runner")
+@click.argument("name")
+@click.option(
+    "--results",
+    default=defaults.RESULTS_DIR,
+    show_default=True,
+    envvar="SUPERCI_RESULTS",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The dispatcher's results folder (its state file is found beside it).",
+)
+@click.option(
+    "--state",
+    default=None,
+    envvar="SUPERCI_STATE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"The dispatcher's SQLite state file [default: {defaults.STATE_FILE} beside the "
+    "results folder].",
+)
+@_reports_errors
+def forget_runner_command(name: str, results: Path, state: Path | None) -> None:
+    """Free the runner name NAME from its identity, so that the next runner to register
+    as NAME takes it (for a runner that lost its identity file). Run it where the
+    dispatcher runs, with its --results or --state; a runner still connected keeps its
+    place until it goes."""
+    from superci.store import Store
+
+    state = state or results.resolve().parent / defaults.STATE_FILE
+    if not state.is_file():
+        raise click.ClickException(
+            f"no dispatcher state at {state}: give the dispatcher's --state (or --results)"
+        )
+    store = Store(state)
+    try:
+        forgotten = store.forget_runner(name)
+    finally:
+        store.close()
+    if not forgotten:
+        raise click.ClickException(f"no runner named {name!r} is known in {state}")
+    click.echo(f"runner {name} forgotten: the next runner to register as {name} takes the name")
 
 
 @main.command("observer")

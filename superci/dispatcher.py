@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from superci import __version__, defaults, names, protocol
+from superci import __version__, defaults, identity, names, protocol
 from superci.auth import NO_CREDENTIALS, Credentials
 from superci.channel import Address, Channel
 from superci.errors import (
@@ -28,6 +28,8 @@ from superci.errors import (
     ConnectionClosed,
     ProtocolError,
     RemoteError,
+    ReportTooLarge,
+    RunnerRefused,
     StaleResult,
     StorageError,
     UnknownBuild,
@@ -44,6 +46,7 @@ from superci.scheduler import (
     EndBuild,
     Job,
     Lease,
+    Proof,
     Requeue,
     Scheduler,
     StartBuild,
@@ -98,6 +101,7 @@ class Dispatcher:
         # and before anything else is done to the build, so the store catches up.
         self._unwritten: dict[int, list[Requeue | EndBuild]] = {}
         self._detached: set[int] = set()  # sessions closed to make their runner resend
+        self._runner_log = RateLimitedLog(log)  # what a misbehaving runner causes, likewise
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -283,16 +287,41 @@ class Dispatcher:
                 self._carry_out(self.scheduler.disconnect(name, session, self._clock()))
 
     def _register(self, channel: Channel, session: int, message: protocol.Register) -> None:
+        """Admit a runner under its name if it proves the name's identity (or the name is
+        new: then it is bound to the secret the runner shows, or to one issued here)."""
         lease = None
         if message.build_id is not None and message.attempt is not None:
             lease = Lease(message.build_id, message.attempt)
+        known = self.store.runner(message.name)
+        issued = None
+        if known is None or known.identity is None:
+            proof = Proof.NEW
+            if message.identity is None:
+                issued = identity.new_secret()
+        elif identity.proves(message.identity, known.identity):
+            proof = Proof.PROVEN
+        else:
+            proof = Proof.UNPROVEN
+        now = self._clock()
         try:
-            self.store.runner_seen(message.name, message.host, message.pid, self._wall())
-        except StorageError as e:  # a note for people, not state: the runner may join
+            self.scheduler.admit(
+                message.name, message.instance, proof, now, known.host if known else ""
+            )
+        except RunnerRefused as e:
+            raise ProtocolError(str(e), code=e.code) from None
+        secret = issued or message.identity
+        bind = identity.digest(secret) if proof is Proof.NEW and secret else None
+        try:
+            self.store.runner_seen(message.name, message.host, message.pid, self._wall(), bind)
+        except StorageError as e:
+            if bind is not None:
+                raise  # its identity must be stored before the runner may rely on it
+            # a note for people, not state: a runner that proved its name may join
             self._fault_log.log(logging.WARNING, "runner %s not noted: %s", message.name, e)
         actions = self.scheduler.register(
-            message.name, session, message.host, message.pid, lease, self._clock()
-        )
+            message.name, session, message.host, message.pid, lease, now,
+            proof=proof, instance=message.instance,
+        )  # fmt: skip
         offset = None
         job = self.scheduler.jobs.get(lease.build_id) if lease is not None else None
         if lease is not None and (job is None or job.lease != lease or job.runner != message.name):
@@ -310,7 +339,7 @@ class Dispatcher:
                 offset,
             )
         log.info("runner %s registered from %s (pid %d)", message.name, channel.peer, message.pid)
-        channel.post(protocol.Registered(output_offset=offset))
+        channel.post(protocol.Registered(output_offset=offset, identity=issued))
         self._carry_out(actions)
 
     def _on_runner_message(
@@ -477,6 +506,9 @@ class Dispatcher:
             return
         try:
             self.results.append_artifact(job.sha, message.name, message.offset, data)
+        except ReportTooLarge as e:  # runners cap reports, but that is not relied on
+            self._runner_log.log(logging.WARNING, "build %d from runner %s: %s",
+                                 job.build_id, name, e)  # fmt: skip
         except StorageError as e:
             log.error("build %d: %s", job.build_id, e)
 

@@ -74,3 +74,16 @@ class StorageError(SuperCIError):
 
 class UnsafeFile(ConfigError):
     """A file of a checkout is not a regular file inside it, or is too large to read."""
+
+
+class RunnerRefused(SuperCIError):
+    """A runner may not join under this name: another runner holds it (``name-taken``),
+    or a copy of this runner with the same identity is connected (``identity-in-use``)."""
+
+    def __init__(self, message: str, code: str = "name-taken") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ReportTooLarge(SuperCIError):
+    """A runner sent more of a report than the dispatcher keeps."""

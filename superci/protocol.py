@@ -29,7 +29,7 @@ from superci import defaults
 from superci.errors import FrameTooLarge, ProtocolError
 from superci.status import BuildStatus
 
-PROTOCOL_VERSION: Final = 2
+PROTOCOL_VERSION: Final = 3
 HEADER: Final = struct.Struct("!I")
 
 SHA_RE: Final = re.compile(r"[0-9a-f]{40}")
@@ -51,6 +51,8 @@ MAX_QUERY_LIMIT: Final = 1000
 MAX_DOCUMENT: Final = 512 * 1024
 #: Report files a runner may send along with a result; each becomes test_results/<sha>/<name>.
 ARTIFACT_NAMES: Final = ("junit.xml",)
+#: The test counts a result may carry (see superci.summary and superci.junit).
+COUNT_KEYS: Final = ("run", "passed", "failed", "errors", "skipped")
 
 
 class _NeedData:
@@ -158,6 +160,21 @@ def _check_nonce(value: str) -> str:
     return value
 
 
+def _check_secret(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ProtocolError("a runner identity is 64 lowercase hex characters")
+    return value
+
+
+def _check_counts(value: dict[str, int]) -> dict[str, int]:
+    unknown = set(value) - set(COUNT_KEYS)
+    if unknown:
+        raise ProtocolError(f"unknown test count(s) {', '.join(sorted(unknown))[:80]}")
+    if any(n < 0 for n in value.values()):
+        raise ProtocolError("test counts must not be negative")
+    return value
+
+
 def _check_limit(value: int) -> int:
     if not 1 <= value <= MAX_QUERY_LIMIT:
         raise ProtocolError(f"limit must be between 1 and {MAX_QUERY_LIMIT}, got {value}")
@@ -244,14 +261,18 @@ class Register(Message):
     pid: int = _check(_check_non_negative)
     build_id: int | None = None
     attempt: int | None = None
+    identity: str | None = _check(_check_secret, default=None)  # the runner's own secret
+    instance: str | None = _check(_check_nonce, default=None)  # this runner process
 
 
 @dataclass(frozen=True, kw_only=True)
 class Registered(Message):
-    """Dispatcher → runner: registered; ``output_offset``: where an adopted build's log resumes."""
+    """Dispatcher → runner: registered; ``output_offset``: where an adopted build's log
+    resumes; ``identity``: the secret issued to a name that joins for the first time."""
 
     type: ClassVar[str] = "registered"
     output_offset: int | None = _check(_check_non_negative, default=None)
+    identity: str | None = _check(_check_secret, default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -308,7 +329,7 @@ class Result(Message):
     duration: float = _check(_check_non_negative)
     output_bytes: int = _check(_check_non_negative)
     message: str = _text()
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = _check(_check_counts, default_factory=dict)
     failures: list[str] = field(default_factory=list)
     #: The build ended because the runner could not check the commit out: the scheduler
     #: counts these to bench a runner whose clone keeps failing.

@@ -22,7 +22,7 @@ from typing import Any
 
 from superci import buildlog, defaults
 from superci.buildlog import BuildLog
-from superci.errors import StorageError
+from superci.errors import ReportTooLarge, StorageError
 from superci.protocol import ARTIFACT_NAMES, check_sha
 
 log = logging.getLogger(__name__)
@@ -109,11 +109,27 @@ class ResultsFolder:
 
     # --- reports --------------------------------------------------------------------
 
-    def append_artifact(self, sha: str, name: str, offset: int, data: bytes) -> None:
-        """Receive bytes ``offset``.. of a report; it is put in place with the result."""
+    def append_artifact(
+        self,
+        sha: str,
+        name: str,
+        offset: int,
+        data: bytes,
+        max_bytes: int | None = None,
+    ) -> None:
+        """Receive bytes ``offset``.. of a report; it is put in place with the result.
+        A report that would grow past ``max_bytes`` (default: the largest a runner
+        sends) is dropped, whatever the runner sent before: :class:`ReportTooLarge`."""
         if name not in ARTIFACT_NAMES:
             raise StorageError(f"unknown report {name!r}")
+        max_bytes = defaults.MAX_REPORT_BYTES if max_bytes is None else max_bytes
         part = self._make_folder(sha) / f".{name}.part"
+        if offset + len(data) > max_bytes:
+            part.unlink(missing_ok=True)
+            raise ReportTooLarge(
+                f"{name} of {sha[:12]} would exceed {max_bytes} bytes (the runner sent bytes "
+                f"up to {offset + len(data)}); the report is dropped"
+            )
         try:
             size = part.stat().st_size if part.exists() else 0
             if offset > size:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from superci import client, defaults, protocol, testtool
+from superci import client, defaults, identity, protocol, testtool
 from superci.backoff import Backoff
 from superci.buildlog import BuildLog
 from superci.channel import Address, Channel
@@ -36,6 +36,7 @@ from superci.errors import (
     DispatcherUnavailable,
     ProtocolError,
     RemoteError,
+    RunnerRefused,
     UnsafeFile,
     WorkspaceBroken,
     WorkspaceError,
@@ -110,6 +111,12 @@ def default_runner_name(workspace: Workspace) -> str:
     return f"{host.strip('.-_')[:40] or 'runner'}-{suffix}"
 
 
+def default_identity_file(workspace: Workspace) -> Path:
+    """Inside the clone's git dir, beside its ownership mark: it lives as long as the
+    clone (so ``superci up`` runners keep theirs), and no checkout or clean touches it."""
+    return workspace.path / ".git" / identity.IDENTITY_FILE
+
+
 class Runner:
     """One runner: at most one build at a time, in its own clone."""
 
@@ -123,10 +130,14 @@ class Runner:
         build_timeout: float = defaults.BUILD_TIMEOUT,
         kill_grace: float = defaults.KILL_GRACE,
         max_spool_bytes: int = defaults.MAX_SPOOL_BYTES,
+        identity_file: Path | None = None,
     ) -> None:
         self.address = address
         self.workspace = workspace
         self.name = protocol.check_name(name)
+        self.identity = identity.IdentityFile(identity_file or default_identity_file(workspace))
+        self._secret = self.identity.load()  # None until the dispatcher issues one
+        self._instance = identity.new_instance()
         self.heartbeat_interval = heartbeat_interval
         self.build_timeout = build_timeout
         self.kill_grace = kill_grace
@@ -155,6 +166,10 @@ class Runner:
                     await self._session()
                 except (DispatcherUnavailable, ConnectionClosed) as e:
                     log.warning("%s", e)
+                except RunnerRefused as e:
+                    if e.code == "name-taken":
+                        raise  # it will never be let in under this name: say so and stop
+                    log.error("%s", e)
                 except (ProtocolError, RemoteError, AuthenticationError) as e:
                     log.error("dispatcher at %s refused us: %s", self.address, e)
                 except (TimeoutError, OSError) as e:
@@ -219,11 +234,22 @@ class Runner:
                 pid=os.getpid(),
                 build_id=current.build.build_id if current else None,
                 attempt=current.build.attempt if current else None,
+                identity=self._secret,
+                instance=self._instance,
             )
         )
-        reply = await channel.receive(defaults.CLIENT_TIMEOUT)
+        try:
+            reply = await channel.receive(defaults.CLIENT_TIMEOUT)
+        except RemoteError as e:
+            if e.code in ("name-taken", "identity-in-use"):
+                raise RunnerRefused(f"{e} (this runner's identity: {self.identity.path})",
+                                    e.code) from e  # fmt: skip
+            raise
         if not isinstance(reply, protocol.Registered):
             raise ProtocolError(f"expected registered, got {reply.type}")
+        if reply.identity is not None:  # the name is new: keep its secret before anything
+            self._secret = reply.identity
+            await asyncio.to_thread(self._keep_identity)
         self._backoff.reset()
         log.info("registered with the dispatcher at %s as %s", self.address, self.name)
         if current is not None and reply.output_offset is None:
@@ -408,6 +434,7 @@ class Runner:
         await say(f"building {where}")
         try:
             await asyncio.to_thread(self.workspace.prepare, build.sha)
+            await asyncio.to_thread(self._keep_identity)
         except WorkspaceBroken:
             raise  # not the commit's fault: the runner leaves, the build is queued again
         except WorkspaceError as e:  # counted by the dispatcher: see Result.checkout_failed
@@ -452,6 +479,17 @@ class Runner:
         status, message = _outcome(execution, summary, config, timeout)
         await say(message)
         return self._result(active, status, execution.exit_code, started, message, summary)
+
+    def _keep_identity(self) -> None:
+        """Write the identity file if it is missing (a new name, or an earlier build
+        removed the clone's .git) or changed; a failure is logged (the runner still
+        holds the secret) and tried again before the next build."""
+        if self._secret is None:
+            return
+        try:
+            self.identity.keep(self._secret)
+        except ConfigError as e:
+            log.error("%s", e)
 
     async def _chosen_command(
         self, environment: dict[str, str], say: Callable[[str], Awaitable[None]]

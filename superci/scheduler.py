@@ -11,12 +11,13 @@ reconnects under the same name is told apart from its own ghost.
 
 from __future__ import annotations
 
+import enum
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from superci import defaults
-from superci.errors import StaleResult, UnknownBuild
+from superci.errors import RunnerRefused, StaleResult, UnknownBuild
 from superci.status import BuildStatus, RunnerState
 
 
@@ -65,6 +66,7 @@ class Runner:
     benches: int = 0  # times benched since its last good checkout
     benched_until: float | None = None
     bench_reason: str = ""
+    instance: str | None = None  # the runner process (see superci.identity.new_instance)
 
     @property
     def state(self) -> RunnerState:
@@ -73,6 +75,14 @@ class Runner:
         if self.build_id is not None:
             return RunnerState.BUSY
         return RunnerState.BENCHED if self.benched_until is not None else RunnerState.IDLE
+
+
+class Proof(enum.Enum):
+    """What a registering runner showed of its name's identity (see superci.identity)."""
+
+    PROVEN = "proven"  # the name's secret
+    NEW = "new"  # nothing to show: the name has no identity yet, one is issued
+    UNPROVEN = "unproven"  # the name has an identity, and the runner did not show it
 
 
 # --- actions: what the I/O layer must do ---------------------------------------------
@@ -183,10 +193,38 @@ class Scheduler:
                 heapq.heappush(self._queue, job.build_id)
         return self._dispatch(now)
 
+    def admit(
+        self, name: str, instance: str | None, proof: Proof, now: float, last_host: str = ""
+    ) -> None:
+        """Refuse a registration with :class:`RunnerRefused` unless the runner may take
+        the name: only its identity replaces a session (or a lease held since a
+        dispatcher restart), and not while a session of another process of the same
+        identity (a cloned machine) is still heard from. ``last_host``: where the name
+        last registered, if the dispatcher knows."""
+        old = self.runners.get(name)
+        if proof is Proof.UNPROVEN or (proof is Proof.NEW and old is not None):
+            raise RunnerRefused(_taken(name, old, last_host))
+        if old is None or old.session is None:
+            return
+        silent = now - old.last_seen
+        if (instance is None or instance != old.instance) and silent <= self.heartbeat_timeout:
+            raise RunnerRefused(_copied(name, old, silent, self.heartbeat_timeout),
+                                code="identity-in-use")  # fmt: skip
+
     def register(
-        self, name: str, session: int, host: str, pid: int, lease: Lease | None, now: float
+        self,
+        name: str,
+        session: int,
+        host: str,
+        pid: int,
+        lease: Lease | None,
+        now: float,
+        *,
+        proof: Proof,
+        instance: str | None,
     ) -> list[Action]:
-        """A runner joined; it replaces any older session of the same name at once."""
+        """A runner joined (see :meth:`admit`); it replaces its own older session at once."""
+        self.admit(name, instance, proof, now)
         actions: list[Action] = []
         old = self.runners.get(name)
         adopted: int | None = None
@@ -205,7 +243,7 @@ class Scheduler:
             self._idle.pop(name, None)
         if lease is not None and lease.build_id != adopted:
             actions.append(CancelLease(session, lease.build_id, lease.attempt, "lease expired"))
-        self.runners[name] = Runner(name, session, host, pid, now, build_id=adopted)
+        self.runners[name] = Runner(name, session, host, pid, now, adopted, instance=instance)
         if adopted is None:
             self._idle[name] = None
         else:
@@ -495,3 +533,33 @@ class Scheduler:
                 StartBuild(runner.session, name, build_id, job.attempt, job.sha, job.branch)
             )
         return actions
+
+
+def _taken(name: str, holder: Runner | None, last_host: str) -> str:
+    """Why a runner that cannot prove the name's identity is refused, and what to do."""
+    if holder is not None and holder.session is not None:
+        return (
+            f"runner name {name} is taken by a runner connected from {holder.host!r} "
+            f"(pid {holder.pid}), and this runner cannot prove it is that one: give each "
+            "runner its own name with --name (SUPERCI_RUNNER_NAME)"
+        )
+    where = holder.host if holder is not None and holder.host else last_host
+    return (
+        f"runner name {name} belongs to another runner"
+        + (f" (last registered from {where!r})" if where else "")
+        + ", and this runner cannot prove it is that one: give this runner its own name "
+        "with --name (SUPERCI_RUNNER_NAME); if it is that runner and it lost its identity "
+        f"file, run `superci forget-runner {name}` where the dispatcher runs, then start "
+        "it again"
+    )
+
+
+def _copied(name: str, holder: Runner, silent: float, timeout: float) -> str:
+    """Why a second process with the same name and identity is refused while the first lives."""
+    return (
+        f"runner {name} is already connected from {holder.host!r} (pid {holder.pid}, heard "
+        f"from {silent:.1f}s ago) with this same identity: this machine looks like a copy "
+        "of that one, identity file included. Remove this runner's identity file and give "
+        "it its own name with --name (SUPERCI_RUNNER_NAME). If it is that runner "
+        f"restarted, this clears once its old connection is silent for {timeout:g}s."
+    )

@@ -55,6 +55,21 @@ ADDED_BUILD_COLUMNS: list[tuple[str, str]] = [
     ("tests", "TEXT NOT NULL DEFAULT '{}'"),  # the test counts of a finished build, JSON
     ("lost", "INTEGER NOT NULL DEFAULT 0"),  # runners lost while they held it
 ]
+#: Columns of ``runners`` added after its first version, in the same way.
+ADDED_RUNNER_COLUMNS: list[tuple[str, str]] = [
+    ("identity", "TEXT"),  # SHA-256 of the runner's secret (superci.identity), hex
+]
+_ADDED_COLUMNS = {"builds": ADDED_BUILD_COLUMNS, "runners": ADDED_RUNNER_COLUMNS}
+
+
+@dataclass(frozen=True)
+class RunnerRecord:
+    """One row of ``runners``: a name that registered, and the digest of its identity."""
+
+    name: str
+    host: str
+    last_seen: float
+    identity: str | None  # None: registered before runners had identities
 
 
 @dataclass
@@ -119,11 +134,12 @@ class Store:
 
     def _add_missing_columns(self) -> None:
         """Bring a database written by an older superci up to date, keeping its rows."""
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(builds)")}
-        for name, definition in ADDED_BUILD_COLUMNS:
-            if name not in have:
-                log.info("adding column %s to the builds of %s", name, self.path)
-                self._db.execute(f"ALTER TABLE builds ADD COLUMN {name} {definition}")
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, definition in columns:
+                if name not in have:
+                    log.info("adding column %s to the %s of %s", name, table, self.path)
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
 
     def close(self) -> None:
         self._db.close()
@@ -241,13 +257,32 @@ class Store:
 
     # --- runners --------------------------------------------------------------------
 
-    def runner_seen(self, name: str, host: str, pid: int, now: float) -> None:
+    def runner_seen(
+        self, name: str, host: str, pid: int, now: float, identity: str | None = None
+    ) -> None:
+        """Record a registration; ``identity`` (a digest) binds a name that has none yet."""
         self._write(
-            "INSERT INTO runners (name, host, pid, first_seen, last_seen) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
-            " last_seen = excluded.last_seen",
-            (name, host, pid, now, now),
+            "INSERT INTO runners (name, host, pid, first_seen, last_seen, identity)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET host = excluded.host,"
+            " pid = excluded.pid, last_seen = excluded.last_seen,"
+            " identity = coalesce(excluded.identity, identity)",
+            (name, host, pid, now, now, identity),
         )
+
+    def runner(self, name: str) -> RunnerRecord | None:
+        """The name's row, if it ever registered."""
+        try:
+            row = self._db.execute(
+                "SELECT name, host, last_seen, identity FROM runners WHERE name = ?", (name,)
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot read the state database {self.path}: {e}") from e
+        return None if row is None else RunnerRecord(*row)
+
+    def forget_runner(self, name: str) -> bool:
+        """Unbind a name from its identity, so the next runner to register takes it;
+        False if the name never registered."""
+        return self._write("DELETE FROM runners WHERE name = ?", (name,)).rowcount > 0
 
     # --- reading --------------------------------------------------------------------
 

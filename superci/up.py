@@ -28,6 +28,7 @@ from superci.channel import Address
 from superci.dispatcher import run_dispatcher
 from superci.errors import ConfigError, SuperCIError, WorkspaceError
 from superci.report import counts_text
+from superci.store import Store
 from superci.workspace import Workspace, clone_repository
 
 log = logging.getLogger(__name__)
@@ -109,9 +110,19 @@ class Stack:
         if not (target / ".git").exists():
             if runner:
                 Workspace.clone(str(self.source), target)  # marked as a runner's at once
+                self._forget_runner(name)  # its identity went with its old clone
             else:
                 clone_repository(str(self.source), target)  # the observer marks its own
         return target
+
+    def _forget_runner(self, name: str) -> None:
+        """Free a runner name whose clone is made anew (before the dispatcher starts)."""
+        if self.state.exists():
+            store = Store(self.state)
+            try:
+                store.forget_runner(name)
+            finally:
+                store.close()
 
     async def run(self, echo: Callable[[str], None]) -> None:
         """Run until cancelled, printing each build's outcome; children stop with it."""

@@ -12,6 +12,7 @@ import base64
 import functools
 import json
 import os
+import secrets
 import socket
 import sqlite3
 from collections.abc import Callable
@@ -219,30 +220,55 @@ class Harness:
         return self.output_log(sha)
 
 
+#: What a real runner keeps across reconnects: the identity issued to its name (its
+#: identity file) and its process's instance, by (dispatcher port, name).
+_KEPT: dict[tuple[int, str], tuple[str | None, str]] = {}
+#: Passed as ``identity`` or ``instance``: use what this name was given before (the same
+#: runner reconnecting), or nothing / a fresh instance the first time.
+KEPT: Any = object()
+
+
 class FakeRunner:
     """A runner played by the test, one frame at a time.
 
     Frames the test did not ask for yet wait in an inbox, so asking for a ``result_ack``
-    does not lose a ``build`` the dispatcher sent first.
+    does not lose a ``build`` the dispatcher sent first. By default it keeps the identity
+    issued to its name and its instance, like the same runner reconnecting; pass
+    ``identity``/``instance`` to play another runner.
     """
 
     def __init__(self, name: str, channel: Channel) -> None:
         self.name = name
         self.channel = channel
         self.inbox: list[protocol.Message] = []
+        self.identity: str | None = None  # the secret it showed, or was issued
 
     @classmethod
     async def connect(
-        cls, address: Address, name: str, lease: tuple[int, int] | None = None
+        cls,
+        address: Address,
+        name: str,
+        lease: tuple[int, int] | None = None,
+        *,
+        identity: str | None = KEPT,
+        instance: str | None = KEPT,
+        host: str = "test",
     ) -> tuple[FakeRunner, protocol.Registered]:
+        kept_identity, kept_instance = _KEPT.get(
+            (address.port, name), (None, secrets.token_hex(16))
+        )
+        identity = kept_identity if identity is KEPT else identity
+        instance = kept_instance if instance is KEPT else instance
         channel = await client.connect(address, "runner", timeout=WAIT)
         runner = cls(name, channel)
         build_id, attempt = lease if lease is not None else (None, None)
         await channel.send(
-            protocol.Register(name=name, host="test", pid=os.getpid(), build_id=build_id,
-                              attempt=attempt)
+            protocol.Register(name=name, host=host, pid=os.getpid(), build_id=build_id,
+                              attempt=attempt, identity=identity, instance=instance)
         )  # fmt: skip
         registered = await runner.expect(protocol.Registered)
+        runner.identity = registered.identity or identity
+        _KEPT[(address.port, name)] = (runner.identity, instance or secrets.token_hex(16))
         return runner, registered
 
     async def send(self, message: protocol.Message) -> None:

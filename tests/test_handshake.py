@@ -31,10 +31,10 @@ def body(message: protocol.Message) -> dict:
 def test_with_a_token_the_client_proves_first_and_the_server_only_then():
     s, c = server(), client()
     hello = c.start()
-    assert body(hello) == {"type": "hello", "version": 2, "role": "runner", "nonce": CLIENT_NONCE}
+    assert body(hello) == {"type": "hello", "version": 3, "role": "runner", "nonce": CLIENT_NONCE}
 
     (welcome,) = s.receive(hello)
-    assert body(welcome) == {"type": "welcome", "version": 2, "server": "9.9",
+    assert body(welcome) == {"type": "welcome", "version": 3, "server": "9.9",
                              "challenge": CHALLENGE}  # fmt: skip
     assert "proof" not in protocol.encode(welcome).decode()  # nothing to test guesses on
 
@@ -54,9 +54,9 @@ def test_with_a_token_the_client_proves_first_and_the_server_only_then():
 def test_without_a_token_the_welcome_ends_the_handshake():
     s, c = server(None), client(None)
     hello = c.start()
-    assert body(hello) == {"type": "hello", "version": 2, "role": "runner", "nonce": None}
+    assert body(hello) == {"type": "hello", "version": 3, "role": "runner", "nonce": None}
     (welcome,) = s.receive(hello)
-    assert body(welcome) == {"type": "welcome", "version": 2, "server": "9.9", "challenge": None}
+    assert body(welcome) == {"type": "welcome", "version": 3, "server": "9.9", "challenge": None}
     assert s.done
     assert c.receive(welcome) == []
     assert c.done
@@ -107,20 +107,20 @@ def test_a_client_with_a_token_refuses_a_server_that_asks_for_none():
     c = client()
     c.start()
     with pytest.raises(AuthenticationError, match="does not ask for a token"):
-        c.receive(protocol.Welcome(version=2, server="impostor"))
+        c.receive(protocol.Welcome(version=3, server="impostor"))
 
 
 def test_a_client_without_a_token_says_which_setting_is_missing():
     c = client(None)
     c.start()
     with pytest.raises(AuthenticationError, match="requires a token: set SUPERCI_TOKEN"):
-        c.receive(protocol.Welcome(version=2, server="9.9", challenge=CHALLENGE))
+        c.receive(protocol.Welcome(version=3, server="9.9", challenge=CHALLENGE))
 
 
 def test_a_client_refuses_a_server_whose_proof_is_wrong():
     c = client()
     c.start()
-    c.receive(protocol.Welcome(version=2, server="9.9", challenge=CHALLENGE))
+    c.receive(protocol.Welcome(version=3, server="9.9", challenge=CHALLENGE))
     assert c.proving
     forged = auth.proof(b"another-token-another-token-1234", "server", CLIENT_NONCE, CHALLENGE)
     with pytest.raises(AuthenticationError, match="does not know our token"):

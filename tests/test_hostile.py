@@ -19,6 +19,7 @@ import asyncio
 import base64
 import dataclasses
 import gc
+import itertools
 import logging
 import os
 import random
@@ -164,11 +165,13 @@ class Attack:
 
     def random_bytes(self, count: int) -> list[Awaitable[Any]]:
         """Random bytes: raw, after a hello, inside a well-formed frame, after a register."""
-        openings = [b"", HELLO_CLIENT, HELLO_RUNNER + register("random-runner")]
+        openings = [b"", HELLO_CLIENT, HELLO_RUNNER]
         attacks = []
         for i in range(count):
             junk = self.rng.randbytes(self.rng.randint(1, 4096))
             opening = self.rng.choice(openings)
+            if opening == HELLO_RUNNER:
+                opening += register("random-runner")
             body = frame(junk) if self.rng.random() < 0.3 else junk
             # Else it stalls, to be closed by a timeout; not once registered: a registered
             # runner's silence is only ended by the heartbeat timeout.
@@ -349,8 +352,14 @@ def batches(items: list[Any], size: int = 50) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+_REGISTRATIONS = itertools.count(1)
+
+
 def register(name: str) -> bytes:
-    return protocol.encode(protocol.Register(name=name, host="hostile", pid=1))
+    """A registration under a name of its own: a name registered once is bound to the
+    identity it was issued, and each attack must reach the dispatcher past registering."""
+    unique = f"{name}-{next(_REGISTRATIONS)}"
+    return protocol.encode(protocol.Register(name=unique, host="hostile", pid=1))
 
 
 def b64(data: bytes) -> str:

@@ -46,8 +46,16 @@ SAMPLES: dict[str, protocol.Message] = {
     "hello": Hello(version=PROTOCOL_VERSION, role="runner"),
     "welcome": Welcome(version=PROTOCOL_VERSION, server="superci 1.0 on ci-box"),
     "error": Error(code="bad-message", message="frame is not UTF-8 JSON — ünïcode kept"),
-    "register": Register(name="runner-1", host="build.lan", pid=4242, build_id=7, attempt=2),
-    "registered": Registered(output_offset=1234),
+    "register": Register(
+        name="runner-1",
+        host="build.lan",
+        pid=4242,
+        build_id=7,
+        attempt=2,
+        identity="5e" * 32,
+        instance="1a" * 16,
+    ),  # fmt: skip
+    "registered": Registered(output_offset=1234, identity="c0" * 32),
     "heartbeat": Heartbeat(),
     "leaving": protocol.Leaving(reason="runner stopped (SIGTERM)"),
     "build": Build(build_id=7, attempt=3, sha=SHA, branch="feature/x-1"),
@@ -705,3 +713,35 @@ def test_any_valid_submit_round_trips(sha, branch, rebuild, split):
 def test_integers_beyond_what_sqlite_and_json_readers_hold_are_refused(body):
     with pytest.raises(ProtocolError, match="out of range"):
         protocol.from_dict(body)
+
+
+# --- runner identities and test counts -------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["register", "registered"])
+@pytest.mark.parametrize(
+    "secret",
+    ["ab" * 31, "ab" * 33, "AB" * 32, "zz" * 32, ""],
+    ids=["short", "long", "upper", "non-hex", "empty"],
+)
+def test_runner_identity_that_is_not_64_lowercase_hex_is_refused(kind, secret):
+    error = refused(with_field(kind, identity=secret))
+    assert f"{kind}.identity" in str(error) and "64 lowercase hex" in str(error)
+
+
+def test_runner_instance_must_be_a_nonce():
+    assert "register.instance" in str(refused(with_field("register", instance="pid-42")))
+
+
+@pytest.mark.parametrize(
+    "counts, why",
+    [({"passed": 1, "sneaky": 2}, "unknown test count(s) sneaky"),
+     ({"failed": -1}, "must not be negative")],
+)  # fmt: skip
+def test_result_counts_are_the_known_kinds_and_not_negative(counts, why):
+    assert why in str(refused(with_field("result", counts=counts)))
+
+
+def test_every_test_count_a_runner_produces_is_accepted():
+    counts = dict.fromkeys(protocol.COUNT_KEYS, 3)
+    assert decode_one(frame_json(with_field("result", counts=counts))).counts == counts

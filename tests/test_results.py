@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from superci.errors import ProtocolError, StorageError
+from superci.errors import ProtocolError, ReportTooLarge, StorageError
 from superci.results import LOG_FILE, RESULT_FILE, ResultsFolder
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -285,3 +285,21 @@ def test_result_json_gets_the_same_mode_as_output_log(results, root, umask):
     log_mode = stat.S_IMODE((root / SHA / LOG_FILE).stat().st_mode)
     assert log_mode == 0o666 & ~umask
     assert stat.S_IMODE((root / SHA / RESULT_FILE).stat().st_mode) == log_mode
+
+
+def test_a_report_past_the_cap_is_dropped_whatever_came_before(results, root):
+    results.start_log(SHA, 1)
+    results.append_artifact(SHA, "junit.xml", 0, b"a" * 60, max_bytes=100)
+    with pytest.raises(ReportTooLarge, match="junit.xml .*exceed 100 bytes"):
+        results.append_artifact(SHA, "junit.xml", 60, b"b" * 60, max_bytes=100)
+    with pytest.raises(ReportTooLarge):  # and everything after it
+        results.append_artifact(SHA, "junit.xml", 120, b"c", max_bytes=100)
+    results.write_result(SHA, {"build_id": 1, "status": "failed"})
+    assert sorted(p.name for p in (root / SHA).iterdir()) == [LOG_FILE, RESULT_FILE]
+
+
+def test_a_report_at_the_cap_is_kept(results, root):
+    results.start_log(SHA, 1)
+    results.append_artifact(SHA, "junit.xml", 0, b"a" * 100, max_bytes=100)
+    results.write_result(SHA, {"build_id": 1, "status": "passed"})
+    assert (root / SHA / "junit.xml").read_bytes() == b"a" * 100

@@ -3,13 +3,14 @@
 import pytest
 
 from superci import defaults
-from superci.errors import StaleResult, UnknownBuild
+from superci.errors import RunnerRefused, StaleResult, UnknownBuild
 from superci.scheduler import (
     CancelLease,
     CloseSession,
     EndBuild,
     Job,
     Lease,
+    Proof,
     Requeue,
     Scheduler,
     StartBuild,
@@ -33,7 +34,9 @@ def sched() -> Scheduler:
 
 
 def register(s: Scheduler, name: str, session: int, now: float = 0.0, lease=None):
-    return s.register(name, session, f"{name}.lan", 1000 + session, lease, now)
+    return s.register(
+        name, session, f"{name}.lan", 1000 + session, lease, now, proof=Proof.PROVEN, instance=name
+    )
 
 
 def add(s: Scheduler, build_id: int, branch: str = "main"):
@@ -543,7 +546,7 @@ def test_a_stop_asked_for_before_a_reconnect_is_asked_again_of_the_adopted_sessi
     add(timed, 1)
     register(timed, "r1", 1, now=0.0)
     timed.cancel(1, now=1.0, reason="by request")
-    actions = timed.register("r1", 2, "r1.lan", 1002, Lease(1, 1), 2.0)
+    actions = register(timed, "r1", 2, now=2.0, lease=Lease(1, 1))
     assert CancelLease(2, 1, 1, "by request") in actions
     assert timed.jobs[1].stopping is BuildStatus.CANCELLED
 
@@ -789,3 +792,67 @@ def test_other_runners_take_the_builds_a_benched_runner_does_not(sched):
     for build_id in (1, 2, 3):
         fail_checkout(sched, build_id, 0.0)
     assert register(sched, "r2", 2, now=1.0) == [start(2, "r2", 4, 1)]
+
+
+# --- who may register under a name ----------------------------------------------------------
+
+
+def claim(s: Scheduler, name: str, session: int, now: float, *, proof: Proof, instance: str,
+          host: str = "other.lan", lease=None):  # fmt: skip
+    return s.register(name, session, host, 7, lease, now, proof=proof, instance=instance)
+
+
+@pytest.mark.parametrize("proof", [Proof.UNPROVEN, Proof.NEW])
+def test_a_busy_runners_name_and_lease_give_a_stranger_nothing(sched, proof):
+    add(sched, 1)
+    register(sched, "busy", 1)
+    with pytest.raises(RunnerRefused, match=r"connected from 'busy.lan' .*--name") as refused:
+        claim(sched, "busy", 2, 1.0, proof=proof, instance="x", lease=Lease(1, 1))
+    assert refused.value.code == "name-taken"
+    assert (sched.runners["busy"].session, sched.jobs[1].runner) == (1, "busy")
+    with pytest.raises(StaleResult):
+        sched.check_lease(1, 1, "busy", 2)
+    assert sched.check_lease(1, 1, "busy", 1) is sched.jobs[1]
+
+
+def test_an_unproven_claim_on_a_name_nobody_holds_is_told_to_forget_the_runner(sched):
+    with pytest.raises(RunnerRefused, match="forget-runner gone") as refused:
+        sched.admit("gone", "x", Proof.UNPROVEN, 0.0, last_host="old.lan")
+    assert "'old.lan'" in str(refused.value) and refused.value.code == "name-taken"
+
+
+def test_a_lease_held_since_a_dispatcher_restart_is_adopted_only_with_the_identity(sched):
+    sched.restore([Job(1, sha(1), "main", BuildStatus.RUNNING, 1, "r1", ["r1"])], 0.0)
+    for proof in (Proof.NEW, Proof.UNPROVEN):
+        with pytest.raises(RunnerRefused, match="r1"):
+            claim(sched, "r1", 2, 1.0, proof=proof, instance="x", lease=Lease(1, 1))
+    actions = claim(sched, "r1", 3, 1.0, proof=Proof.PROVEN, instance="y", lease=Lease(1, 1))
+    assert actions == [] and sched.check_lease(1, 1, "r1", 3) is sched.jobs[1]
+
+
+def test_a_copy_with_the_same_identity_is_refused_while_the_first_is_heard_from(sched):
+    register(sched, "r1", 1, now=0.0)  # instance "r1"
+    sched.heartbeat("r1", 1, now=9.0)
+    with pytest.raises(RunnerRefused, match=r"'r1.lan'.*same identity.*--name") as refused:
+        claim(sched, "r1", 2, 9.5, proof=Proof.PROVEN, instance="copy")
+    assert refused.value.code == "identity-in-use"
+    assert sched.runners["r1"].session == 1
+    actions = claim(sched, "r1", 3, 9.0 + TIMEOUT + 0.1, proof=Proof.PROVEN, instance="copy")
+    assert [close.session for close in of_type(actions, CloseSession)] == [1]
+    assert sched.runners["r1"].session == 3
+
+
+def test_the_same_runner_reconnecting_replaces_its_ghost_at_once_and_keeps_its_build(sched):
+    add(sched, 1)
+    register(sched, "r1", 1, now=0.0)
+    sched.heartbeat("r1", 1, now=5.0)
+    actions = register(sched, "r1", 2, now=5.1, lease=Lease(1, 1))
+    assert actions == [CloseSession(1, replaced("r1", 2))]
+    assert sched.check_lease(1, 1, "r1", 2) is sched.jobs[1]
+
+
+def test_a_new_name_is_admitted_and_a_proven_one_after_its_runner_died(sched):
+    assert claim(sched, "fresh", 1, 0.0, proof=Proof.NEW, instance="a") == []
+    sched.disconnect("fresh", 1, 0.5)
+    assert claim(sched, "fresh", 2, 0.6, proof=Proof.PROVEN, instance="b") == []
+    assert sched.runners["fresh"].session == 2

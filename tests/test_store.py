@@ -7,7 +7,7 @@ import pytest
 from superci.errors import StorageError
 from superci.scheduler import Job
 from superci.status import BuildStatus
-from superci.store import BuildRecord, Store
+from superci.store import BuildRecord, RunnerRecord, Store
 
 SHA_A = "a" * 40
 SHA_B = "b" * 40
@@ -298,3 +298,29 @@ def test_a_database_of_an_older_superci_gets_the_new_columns_and_keeps_its_build
     finally:
         store.close()
     Store(path).close()  # opening it again adds nothing twice
+
+
+RUNNERS_BEFORE_IDENTITIES = """
+CREATE TABLE runners (
+    name TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL
+);
+INSERT INTO runners VALUES ('r1', 'old.lan', 1, 1.0, 2.0);
+"""
+
+
+def test_runners_of_an_older_superci_get_an_identity_column_bound_at_their_next_join(path):
+    path.parent.mkdir(parents=True)
+    old = sqlite3.connect(path)
+    old.executescript(RUNNERS_BEFORE_IDENTITIES)
+    old.close()
+    store = Store(path)
+    try:
+        assert store.runner("r1") == RunnerRecord("r1", "old.lan", 2.0, None)
+        store.runner_seen("r1", "new.lan", 5, 3.0, identity="d" * 64)
+        store.runner_seen("r1", "new.lan", 6, 4.0)  # a later join keeps the identity
+        assert store.runner("r1") == RunnerRecord("r1", "new.lan", 4.0, "d" * 64)
+        assert store.forget_runner("r1") and store.runner("r1") is None
+        assert not store.forget_runner("r1")
+    finally:
+        store.close()

@@ -55,3 +55,35 @@ def test_a_port_something_listens_on_is_refused_with_what_to_do():
             check_port_free("127.0.0.1", port)
     check_port_free("127.0.0.1", port)  # free again once closed
     check_port_free("127.0.0.1", 0)
+
+
+def test_a_runner_clone_made_anew_frees_its_name_and_a_kept_one_keeps_it(tmp_path):
+    from conftest import Repo
+
+    from superci.store import Store
+    from superci.up import Stack
+
+    repo = Repo(tmp_path / "project")
+    repo.commit({"README": "hello\n"})
+    stack = Stack(repo.path, work=tmp_path / "work")
+    (stack.work / "clones").mkdir(parents=True)
+
+    def bind() -> None:
+        store = Store(stack.state)
+        store.runner_seen("runner-1", "box", 1, 1.0, identity="d" * 64)
+        store.close()
+
+    def identity_of_runner_1() -> str | None:
+        store = Store(stack.state)
+        try:
+            known = store.runner("runner-1")
+        finally:
+            store.close()
+        return known.identity if known else None
+
+    bind()
+    stack._clone("runner-1", runner=True)  # new clone: no identity file to prove the name
+    assert identity_of_runner_1() is None
+    bind()
+    stack._clone("runner-1", runner=True)  # the same clone, identity file and all
+    assert identity_of_runner_1() == "d" * 64
