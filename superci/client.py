@@ -20,6 +20,10 @@ from superci.errors import (
 )
 from superci.handshake import ClientHandshake
 
+#: How long ``logs --follow`` waits for any frame before it takes the dispatcher for
+#: gone: a few of its keep-alive intervals.
+FOLLOW_SILENCE = 4 * defaults.LOG_KEEPALIVE_INTERVAL
+
 
 async def connect(address: Address, role: str, timeout: float = defaults.CLIENT_TIMEOUT) -> Channel:
     """Open a connection (TLS if configured) and complete the handshake, proving the
@@ -165,13 +169,19 @@ async def read_log(
     request_ = protocol.LogRequest(
         commit=protocol.check_commit_name(commit), follow=follow, build_id=build_id
     )
+    # While following, the dispatcher sends a keep-alive at least this often.
+    silence = FOLLOW_SILENCE if follow else defaults.CLIENT_TIMEOUT
     async with connection(address) as channel:
         await channel.send(request_)
         while True:
             try:
-                message = await channel.receive(None if follow else defaults.CLIENT_TIMEOUT)
+                message = await channel.receive(silence)
             except ConnectionClosed as e:
                 raise DispatcherUnavailable(f"the dispatcher at {address} went away") from e
+            except TimeoutError as e:
+                raise DispatcherUnavailable(
+                    f"no word from the dispatcher at {address} for {silence:g}s"
+                ) from e
             if isinstance(message, protocol.LogData):
                 write(protocol.unpack_data(message.data))
             elif isinstance(message, protocol.Reply):

@@ -10,8 +10,8 @@ slow peer cannot stall everyone else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-import json
 import logging
 import time
 from collections import defaultdict
@@ -35,7 +35,14 @@ from superci.errors import (
 from superci.handshake import ServerHandshake
 from superci.logstream import LogFollower
 from superci.ratelimit import RateLimitedLog
-from superci.report import build_summary, counts_text, result_document, status_document
+from superci.report import (
+    STATUS_LISTS,
+    build_summary,
+    counts_text,
+    fitted,
+    result_document,
+    status_document,
+)
 from superci.results import ResultsFolder
 from superci.scheduler import (
     Action,
@@ -68,6 +75,7 @@ class Dispatcher:
         max_attempts: int = defaults.MAX_ATTEMPTS,
         build_timeout: float = defaults.BUILD_TIMEOUT,
         credentials: Credentials = NO_CREDENTIALS,
+        log_idle_timeout: float = defaults.LOG_IDLE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         on_result: ResultHook | None = None,
@@ -87,6 +95,7 @@ class Dispatcher:
         self._closing = False
         self._followers: dict[str, set[LogFollower]] = defaultdict(set)
         self._credentials = credentials
+        self._log_idle_timeout = log_idle_timeout
         self._unrecorded: dict[int, tuple[Channel, Job, BuildStatus, str, protocol.Result]] = {}
         self._outbox: list[tuple[int, protocol.Message]] | None = None  # held while committing
         self._unauthenticated = 0  # connections still in their handshake
@@ -354,7 +363,7 @@ class Dispatcher:
         """``status``: the pool, the queue and the last builds; ``show``: one commit."""
         if message.what == "status":
             document = status_document(self.scheduler, self.store, self._clock(), message.limit)
-            return protocol.Reply(status="ok", document=json.dumps(document))
+            return protocol.Reply(status="ok", document=fitted(document, STATUS_LISTS))
         assert message.commit is not None, "checked by the protocol"
         record = self._resolve(message.commit, message.build_id)
         if isinstance(record, protocol.Reply):
@@ -362,7 +371,7 @@ class Dispatcher:
         result = self.results.read_result(record.sha, message.build_id)
         if result is None or result.get("build_id") != record.id:
             result = build_summary(record)
-        return protocol.Reply(status=record.status, document=json.dumps(result))
+        return protocol.Reply(status=record.status, document=fitted(result, ["failures"]))
 
     def _resolve(self, commit: str, build_id: int | None = None) -> BuildRecord | protocol.Reply:
         """The build a client means, or the reply that says why there is none."""
@@ -374,8 +383,8 @@ class Dispatcher:
             return protocol.Reply(status="ambiguous", message=str(e))
 
     async def _send_log(self, channel: Channel, request: protocol.LogRequest) -> None:
-        """Send a commit's log; when following, keep sending until the build ends, then
-        say how it ended."""
+        """Send a commit's log a piece at a time; when following, keep sending until the
+        build ends (or says nothing for the idle bound), then say how it ended."""
         record = self._resolve(request.commit, request.build_id)
         if isinstance(record, protocol.Reply):
             channel.post(record)
@@ -385,11 +394,13 @@ class Dispatcher:
         if request.follow and not record.status.finished:
             follower = LogFollower()
             self._followers[sha].add(follower)
+        # In the same turn as the follower joins: the file up to here, the rest live.
+        pieces = self.results.read_log(sha, request.offset, request.build_id)
         try:
-            log_ = self.results.read_log(sha, request.offset, request.build_id)
-            await _send_chunks(channel, log_)
-            while follower is not None and (data := await follower.next()) is not None:
-                await _send_chunks(channel, data)
+            with contextlib.closing(pieces):
+                for piece in pieces:
+                    await channel.send(protocol.LogData(data=protocol.pack_data(piece)))
+            ended = follower is None or await self._follow(channel, follower)
         finally:
             if follower is not None and sha in self._followers:
                 self._followers[sha].discard(follower)
@@ -397,8 +408,34 @@ class Dispatcher:
         if follower is not None and follower.overflowed:
             message = "the log reader fell too far behind; run the command again"
             channel.post(protocol.Reply(status="error", message=message))
+        elif not ended:
+            message = (
+                f"build {record.id} is still {record.status} but said nothing for "
+                f"{self._log_idle_timeout:g}s; run the command again to keep following"
+            )
+            channel.post(protocol.Reply(status="idle", message=message))
         else:
             channel.post(protocol.Reply(status=record.status, message=record.message))
+
+    async def _follow(self, channel: Channel, follower: LogFollower) -> bool:
+        """Pass on new output until the build ends (True) or stays silent for the idle
+        bound (False); an empty piece goes out while it is silent, as a keep-alive."""
+        loop = asyncio.get_running_loop()
+        keepalive = min(defaults.LOG_KEEPALIVE_INTERVAL, self._log_idle_timeout / 3)
+        heard = loop.time()
+        while True:
+            try:
+                async with asyncio.timeout(keepalive):
+                    data = await follower.next()
+            except TimeoutError:
+                if loop.time() - heard >= self._log_idle_timeout:
+                    return False
+                await channel.send(protocol.LogData(data=""))
+                continue
+            if data is None:
+                return True
+            heard = loop.time()
+            await _send_chunks(channel, data)
 
     def _leased(self, build_id: int, attempt: int, name: str, session: int) -> Job | None:
         """The job if this session holds its lease; stale messages are dropped quietly."""
@@ -623,6 +660,7 @@ async def run_dispatcher(
     build_timeout: float = defaults.BUILD_TIMEOUT,
     max_log_bytes: int = defaults.MAX_LOG_BYTES,
     credentials: Credentials = NO_CREDENTIALS,
+    log_idle_timeout: float = defaults.LOG_IDLE_TIMEOUT,
     on_result: ResultHook | None = None,
     ready: Callable[[Address], None] | None = None,
 ) -> None:
@@ -635,6 +673,7 @@ async def run_dispatcher(
         max_attempts=max_attempts,
         build_timeout=build_timeout,
         credentials=credentials,
+        log_idle_timeout=log_idle_timeout,
         on_result=on_result,
     )
     try:

@@ -17,18 +17,21 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from superci import defaults
 from superci.buildlog import BuildLog
 from superci.errors import StorageError
-from superci.protocol import ARTIFACT_NAMES, check_sha
+from superci.protocol import ARTIFACT_NAMES, DATA_CHUNK, check_sha
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 LOG_FILE = "output.log"
+#: Bytes of a log read at a time: what one data frame carries.
+READ_CHUNK = DATA_CHUNK
 #: Where the files of a commit's earlier builds go: ``builds/<build_id>/``.
 EARLIER_BUILDS = "builds"
 
@@ -90,18 +93,23 @@ class ResultsFolder:
         bytes (for the people following the log)."""
         return self._log(sha).append(offset, data)
 
-    def read_log(self, sha: str, offset: int = 0, build_id: int | None = None) -> bytes:
-        """The log file from ``offset`` (bounded by the cap), of the newest build or of
-        ``build_id``; empty if there is none."""
+    def read_log(
+        self, sha: str, offset: int = 0, build_id: int | None = None, chunk: int = READ_CHUNK
+    ) -> Generator[bytes, None, None]:
+        """The log file from ``offset`` as it stands now, in pieces of up to ``chunk``
+        bytes, of the newest build or of ``build_id``; nothing if there is none.
+
+        The file is opened and its length taken at the call, so output that arrives later
+        is not read twice by a follower that receives it live; the pieces are read one at
+        a time, so many readers of a large log cost the dispatcher one piece each."""
         folder = self._files_of(sha, build_id)
         if folder is None:
-            return b""
+            return _no_pieces()
         try:
-            with open(folder / LOG_FILE, "rb") as f:
-                f.seek(offset)
-                return f.read()
+            handle = open(folder / LOG_FILE, "rb")  # noqa: SIM115 - closed by _pieces
         except FileNotFoundError:
-            return b""
+            return _no_pieces()
+        return _pieces(handle, offset, os.fstat(handle.fileno()).st_size, chunk)
 
     def close_log(self, sha: str) -> None:
         """Flush the log to disk and stop writing it."""
@@ -189,6 +197,18 @@ class ResultsFolder:
         except OSError as e:
             raise StorageError(f"cannot keep build {earlier}'s files in {target}: {e}") from e
         log.info("kept the files of build %d of %s in %s", earlier, folder.name[:12], target)
+
+
+def _no_pieces() -> Generator[bytes, None, None]:
+    yield from ()
+
+
+def _pieces(handle: BinaryIO, offset: int, end: int, chunk: int) -> Generator[bytes, None, None]:
+    with handle:
+        handle.seek(offset)
+        while offset < end and (data := handle.read(min(chunk, end - offset))):
+            offset += len(data)
+            yield data
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
