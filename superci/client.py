@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator, Callable
 
 from superci import defaults, protocol
@@ -27,10 +28,41 @@ FOLLOW_SILENCE = 4 * defaults.LOG_KEEPALIVE_INTERVAL
 
 async def connect(address: Address, role: str, timeout: float = defaults.CLIENT_TIMEOUT) -> Channel:
     """Open a connection (TLS if configured) and complete the handshake, proving the
-    token when the dispatcher asks for it."""
+    token when the dispatcher asks for it. A dispatcher too busy to let us in (a flood of
+    connections) is asked again with backoff until ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = defaults.BUSY_RETRY_INITIAL
+    while True:
+        try:
+            return await _connect_once(address, role, deadline, timeout)
+        except _Busy as busy:
+            wait = delay * random.uniform(1 - defaults.BACKOFF_JITTER, 1 + defaults.BACKOFF_JITTER)
+            if loop.time() + wait >= deadline:
+                raise DispatcherUnavailable(
+                    f"the dispatcher at {address} was too busy to let us in for {timeout:g}s: "
+                    f"{busy}"
+                ) from busy
+            await asyncio.sleep(wait)
+            delay = min(2 * delay, defaults.BUSY_RETRY_MAX)
+
+
+class _Busy(Exception):
+    """The dispatcher turned us away for now: it said "busy", or dropped the connection
+    in the middle of the handshake, as it does to make room under a flood."""
+
+
+def _turned_away(error: BaseException) -> bool:
+    if isinstance(error, RemoteError):
+        return error.code == "busy"
+    cause = error.__cause__ if isinstance(error, ConnectionClosed) else error
+    return isinstance(cause, ConnectionResetError) or type(cause).__name__ == "SSLEOFError"
+
+
+async def _connect_once(address: Address, role: str, deadline: float, timeout: float) -> Channel:
     credentials = address.credentials
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout_at(deadline):
             reader, writer = await asyncio.open_connection(
                 address.host, address.port, ssl=credentials.ssl,
                 server_hostname=address.host if credentials.ssl else None,
@@ -41,21 +73,25 @@ async def connect(address: Address, role: str, timeout: float = defaults.CLIENT_
             except BaseException:
                 await channel.close()
                 raise
-    except OSError as e:
+    except TimeoutError as e:  # before OSError, of which it is one
+        raise DispatcherUnavailable(
+            f"no answer from the dispatcher at {address} within {timeout:g}s"
+        ) from e
+    except (OSError, ConnectionClosed, RemoteError) as e:
+        if _turned_away(e):
+            raise _Busy(str(e)) from e
+        if isinstance(e, RemoteError):
+            raise
+        if isinstance(e, ConnectionClosed):
+            hint = "" if credentials.ssl else " (if it serves TLS, pass --tls or --tls-ca)"
+            raise DispatcherUnavailable(
+                f"the dispatcher at {address} closed the connection{hint}"
+            ) from e
         if credentials.ssl is not None and type(e).__module__ == "ssl":
             raise DispatcherUnavailable(f"TLS with the dispatcher at {address} failed: {e}") from e
         reason = e.strerror or str(e)
         raise DispatcherUnavailable(
             f"cannot reach the dispatcher at {address}: {reason} (is `superci dispatcher` running?)"
-        ) from e
-    except TimeoutError as e:
-        raise DispatcherUnavailable(
-            f"no answer from the dispatcher at {address} within {timeout:g}s"
-        ) from e
-    except ConnectionClosed as e:
-        hint = "" if credentials.ssl else " (if it serves TLS, pass --tls or --tls-ca)"
-        raise DispatcherUnavailable(
-            f"the dispatcher at {address} closed the connection{hint}"
         ) from e
     return channel
 

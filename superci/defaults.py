@@ -33,6 +33,11 @@ BACKOFF_INITIAL = 0.2
 BACKOFF_MAX = 5.0
 BACKOFF_JITTER = 0.2
 
+#: A dispatcher that is too busy to let a client in (a flood of connections) is asked
+#: again after this long (seconds), doubling up to the cap, until the client's time limit.
+BUSY_RETRY_INITIAL = 0.05
+BUSY_RETRY_MAX = 1.0
+
 #: Time limit for one connect + handshake + reply of a short client command (seconds).
 CLIENT_TIMEOUT = 10.0
 #: A peer must finish the opening handshake within this time (seconds).

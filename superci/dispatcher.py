@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from superci import __version__, defaults, names, protocol
+from superci.admission import Admission
 from superci.auth import NO_CREDENTIALS, Credentials
 from superci.channel import Address, Channel
 from superci.errors import (
@@ -98,9 +100,18 @@ class Dispatcher:
         self._log_idle_timeout = log_idle_timeout
         self._unrecorded: dict[int, tuple[Channel, Job, BuildStatus, str, protocol.Result]] = {}
         self._outbox: list[tuple[int, protocol.Message]] | None = None  # held while committing
-        self._unauthenticated = 0  # connections still in their handshake
+        # Connections still in their opening handshake (TLS, hello, token), by handler.
+        self._admission: Admission[asyncio.Task[None]] = Admission()
+        self._dropped: set[asyncio.Task[None]] = set()  # made room for newer ones
         # What strangers cause (failed handshakes, floods) is logged at a bounded rate.
         self._stranger_log = RateLimitedLog(log)
+        self._resource_log = RateLimitedLog(log, burst=1, period=1.0)
+        self._loop_handler: Any = None
+
+    @property
+    def _unauthenticated(self) -> int:
+        """How many connections are in their opening handshake."""
+        return len(self._admission)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -110,11 +121,15 @@ class Dispatcher:
         if unfinished:
             log.info("resuming %d unfinished build(s) from %s", len(unfinished), self.store.path)
         self._carry_out(self.scheduler.restore(unfinished, self._clock()))
+        loop = asyncio.get_running_loop()
+        self._loop_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._on_loop_error)
         try:
+            # Plain TCP: TLS is set up in _serve, once admitted, so a TLS handshake counts
+            # against the same limits as any other (see superci.admission).
             self._server = await asyncio.start_server(
-                self._serve, host, port, backlog=defaults.LISTEN_BACKLOG, ssl=self._credentials.ssl,
-                ssl_handshake_timeout=defaults.HANDSHAKE_TIMEOUT if self._credentials.ssl else None,
-            )  # fmt: skip
+                self._serve, host, port, backlog=defaults.LISTEN_BACKLOG
+            )
         except OSError as e:
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
         self._watchdog = asyncio.create_task(self._watch())
@@ -136,11 +151,16 @@ class Dispatcher:
             self._server.close()
         for channel in list(self._connections):
             channel.close_nowait()
+        for task in list(self._handlers):
+            if task in self._admission:
+                self._admission.leave(task)
+                self._drop(task)
         handlers = [t for t in self._handlers if not t.done()]
         if handlers:  # let them end on their closed connection rather than be cancelled
             await asyncio.wait(handlers, timeout=defaults.SHUTDOWN_GRACE)
         if self._server is not None:
             await self._server.wait_closed()
+        asyncio.get_running_loop().set_exception_handler(self._loop_handler)
 
     async def _watch(self) -> None:
         """Silent runners and overdue builds are found here, not by any one connection."""
@@ -156,40 +176,97 @@ class Dispatcher:
     # --- connections ----------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        channel = Channel(reader, writer)
-        if self._closing or len(self._connections) >= defaults.MAX_CONNECTIONS:
-            log.warning("refused %s: %d connections open", channel.peer, len(self._connections))
-            busy = protocol.Error(code="busy", message="too many connections; retry later")
-            await channel.refuse(busy)
-            return
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(channel)
+        if self._closing or len(self._handlers) >= defaults.MAX_CONNECTIONS:
+            self._stranger_log.log(
+                logging.WARNING, "refused a connection: %d connections open", len(self._handlers)
+            )
+            if self._credentials.ssl is None:  # with TLS, nothing can be said before it
+                busy = protocol.Error(code="busy", message="too many connections; retry later")
+                writer.write(protocol.encode(busy))
+            writer.close()
+            return
         self._handlers.add(task)
+        for victim in self._admission.admit(task):
+            self._drop(victim)
+        deadline = asyncio.get_running_loop().time() + defaults.HANDSHAKE_TIMEOUT
         try:
-            await self._serve_connection(channel)
+            channel = await self._secure(reader, writer, deadline)  # no await before this
+            if channel is not None:
+                self._connections.add(channel)
+                try:
+                    await self._serve_connection(channel, deadline)
+                finally:
+                    self._connections.discard(channel)
         finally:
-            self._connections.discard(channel)
+            self._admission.leave(task)
+            self._dropped.discard(task)
             self._handlers.discard(task)
 
-    async def _serve_connection(self, channel: Channel) -> None:
-        if self._unauthenticated >= defaults.MAX_UNAUTHENTICATED:
-            self._stranger_log.log(
-                logging.WARNING, "refused %s: too many connections in their handshake", channel.peer
-            )
-            busy = protocol.Error(code="busy", message="too many pending connections; retry later")
-            await channel.refuse(busy)
-            return
-        self._unauthenticated += 1
-        in_handshake = True
+    def _drop(self, task: asyncio.Task[None]) -> None:
+        """End a connection still in its handshake, to make room for a newer one."""
+        self._stranger_log.log(
+            logging.WARNING,
+            "dropped a connection still in its handshake to make room (%d of them pending; "
+            "silent ones go first)",
+            len(self._admission) + 1,
+        )
+        self._dropped.add(task)
+        task.cancel()
+
+    def _was_dropped(self, task: asyncio.Task[None] | None) -> bool:
+        """Whether a CancelledError is our :meth:`_drop` (then it is taken back)."""
+        if task is None or task not in self._dropped:
+            return False
+        self._dropped.discard(task)
+        task.uncancel()
+        return True
+
+    async def _secure(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, deadline: float
+    ) -> Channel | None:
+        """The channel, over TLS when it is served; None if the TLS handshake failed.
+
+        Called before anything else awaits, so the first bytes of the peer reach TLS."""
+        context = self._credentials.ssl
+        if context is None:
+            return Channel(reader, writer)
+        peer = writer.get_extra_info("peername")
         try:
-            hello = await self._handshake(channel)
-            self._unauthenticated -= 1
-            in_handshake = False
+            async with asyncio.timeout_at(deadline):
+                await writer.start_tls(context)
+        except asyncio.CancelledError:
+            if not self._was_dropped(asyncio.current_task()):
+                raise
+            reason = "dropped to make room for newer connections"
+        except TimeoutError:
+            reason = "no TLS handshake in time"
+        except OSError as e:  # ssl.SSLError, a reset
+            reason = f"TLS handshake failed: {e}"
+        else:
+            if writer.transport is not None:  # None: closed under the handshake
+                return Channel(reader, writer)
+            return None
+        self._stranger_log.log(logging.INFO, "closing %s: %s", peer, reason)
+        writer.transport.close()
+        return None
+
+    async def _serve_connection(self, channel: Channel, deadline: float) -> None:
+        task = asyncio.current_task()
+        try:
+            async with asyncio.timeout_at(deadline):
+                hello = await self._handshake(channel)
+            self._admission.leave(task)  # type: ignore[arg-type]
             if hello.role == "runner":
                 await self._serve_runner(channel)
             else:
                 await self._serve_client(channel)
+        except asyncio.CancelledError:
+            if not self._was_dropped(task):
+                raise
+            busy = "too many connections in their handshake; retry later"
+            await channel.refuse(protocol.Error(code="busy", message=busy))
         except ProtocolError as e:
             self._stranger_log.log(logging.WARNING, "refused %s: %s", channel.peer, e)
             await channel.refuse(e)
@@ -209,9 +286,28 @@ class Dispatcher:
                 protocol.Error(code="internal", message="internal error; see the dispatcher log")
             )
         finally:
-            if in_handshake:
-                self._unauthenticated -= 1
             await channel.close()
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Out of file descriptors, asyncio stops accepting for a second and reports it
+        here each time: say so at most once a second, and drop silent handshakes so
+        their descriptors serve the next accepts."""
+        error = context.get("exception")
+        if not (isinstance(error, OSError) and error.errno in _OUT_OF_RESOURCES):
+            if self._loop_handler is not None:
+                self._loop_handler(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        victims = self._admission.out_of_files()
+        for victim in victims:
+            self._drop(victim)
+        self._resource_log.log(
+            logging.WARNING,
+            "cannot accept connections (%s): %d open, %d in their handshake now (%d dropped); "
+            "trying again in a second. If this is no attack, raise the limit (ulimit -n)",
+            error.strerror or error, len(self._handlers), len(self._admission), len(victims),
+        )  # fmt: skip
 
     async def _handshake(self, channel: Channel) -> protocol.Hello:
         """Hello, welcome and, with a token, the challenge-response (see superci.handshake)."""
@@ -227,6 +323,7 @@ class Dispatcher:
                         channel.peer,
                     )
                 raise
+            self._admission.heard(asyncio.current_task())  # type: ignore[arg-type]
             for answer in handshake.receive(message):
                 channel.post(answer)
         assert handshake.hello is not None
@@ -631,6 +728,10 @@ class Dispatcher:
         channel = self._sessions.get(session)
         if channel is not None:
             channel.post(message)
+
+
+#: accept() errors after which asyncio pauses accepting and reports to the loop's handler.
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def _ack(result: protocol.Result, **fields: Any) -> protocol.ResultAck:
