@@ -52,11 +52,16 @@ class _Busy(Exception):
     in the middle of the handshake, as it does to make room under a flood."""
 
 
-def _turned_away(error: BaseException) -> bool:
+def _turned_away(error: BaseException, tls: bool) -> bool:
+    """Whether the dispatcher sent us away for now. Over TLS, a connection closed before
+    the welcome is that too (the dispatcher cannot say "busy" before TLS is set up); in
+    plain text it more likely means the dispatcher expects TLS, which retrying won't fix."""
     if isinstance(error, RemoteError):
         return error.code == "busy"
     cause = error.__cause__ if isinstance(error, ConnectionClosed) else error
-    return isinstance(cause, ConnectionResetError) or type(cause).__name__ == "SSLEOFError"
+    if isinstance(cause, ConnectionResetError) or type(cause).__name__ == "SSLEOFError":
+        return True
+    return tls and isinstance(error, ConnectionClosed)
 
 
 async def _connect_once(address: Address, role: str, deadline: float, timeout: float) -> Channel:
@@ -78,7 +83,7 @@ async def _connect_once(address: Address, role: str, deadline: float, timeout: f
             f"no answer from the dispatcher at {address} within {timeout:g}s"
         ) from e
     except (OSError, ConnectionClosed, RemoteError) as e:
-        if _turned_away(e):
+        if _turned_away(e, credentials.ssl is not None):
             raise _Busy(str(e)) from e
         if isinstance(e, RemoteError):
             raise

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import itertools
 import logging
+import resource
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -750,6 +751,23 @@ async def _send_chunks(channel: Channel, data: bytes) -> None:
         await channel.send(protocol.LogData(data=piece))
 
 
+def _raise_file_limit() -> None:
+    """Every connection is a file descriptor: take as many as the hard limit allows, up
+    to what ``MAX_CONNECTIONS`` needs (the usual soft limit, 1024, is far below)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = defaults.MAX_CONNECTIONS + FILES_BESIDES_CONNECTIONS
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        log.debug("file descriptor limit raised from %d to %d", soft, wanted)
+
+
+#: File descriptors the dispatcher uses for other things than connections (database,
+#: logs being written and read, reports).
+FILES_BESIDES_CONNECTIONS = 256
+
+
 async def run_dispatcher(
     host: str,
     port: int,
@@ -766,6 +784,7 @@ async def run_dispatcher(
     ready: Callable[[Address], None] | None = None,
 ) -> None:
     """Run a dispatcher until cancelled (the process entry point)."""
+    _raise_file_limit()
     store = Store(state_file)
     dispatcher = Dispatcher(
         store,
