@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmarks of superci: the figures of issue 5, measured on this machine.
+"""Benchmarks of superci: the figures of issues 5 and 9, measured on this machine.
 
 Run by hand (they are benchmarks, not tests)::
 
@@ -1089,6 +1089,152 @@ def scenario_idle(bench: Bench) -> list[Row]:
     ]  # fmt: skip
 
 
+# --- 8. strangers: a slowloris flood and slow log readers ----------------------------
+
+
+async def _slowloris(address: Address, count: int, stop: asyncio.Event, counts: list[int]) -> None:
+    """``count`` silent sockets, each reopened as soon as the dispatcher closes it."""
+
+    async def hold() -> None:
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(address.host, address.port)
+            except OSError:
+                await asyncio.sleep(0.01)
+                continue
+            counts[0] += 1
+            try:
+                while await reader.read(65536):
+                    pass
+            except OSError:
+                pass
+            finally:
+                writer.close()
+
+    tasks = [asyncio.create_task(hold()) for _ in range(count)]
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _timed_cli(bench: Bench, stack: Stack, *args: str) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(
+        [*cli_command(), *args, "--dispatcher-server", stack.address],
+        capture_output=True, text=True, timeout=60, env=bench.env, cwd=stack.dir,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed during the flood: {done.stderr.strip()}")
+    return time.perf_counter() - start
+
+
+def scenario_flood(bench: Bench) -> list[Row]:
+    """notify, status and a runner registering while 1,000 silent sockets are held and
+    reopened (the client commands' wall time includes starting Python)."""
+    s = "8 flood"
+    sockets = 1000
+    repo = bench.repo("flood-upstream")
+    notify, status, register = [], [], []
+    with Stack(bench, "flood") as stack:
+        stack.dispatcher()
+        address = parse_address(stack.address)
+        stop_loop: list[Callable[[], None]] = []
+        counts = [0]
+
+        def attack() -> None:
+            async def main() -> None:
+                stop = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                stop_loop.append(lambda: loop.call_soon_threadsafe(stop.set))
+                await _slowloris(address, sockets, stop, counts)
+
+            asyncio.run(main())
+
+        thread = threading.Thread(target=attack, daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: counts[0] >= sockets, WAIT, "the flood to open its sockets")
+            baseline = _timed_cli(bench, stack, "status")  # includes the flood already
+            for i in range(bench.n(5, 2)):
+                notify.append(_timed_cli(bench, stack, "notify", random_sha()))
+                status.append(_timed_cli(bench, stack, "status"))
+                start = time.perf_counter()
+                clone = repo.clone(stack.dir / f"runner-{i}")
+                stack.runner(clone, f"runner-{i}")
+                register.append(time.perf_counter() - start)
+            opened = counts[0]
+        finally:
+            for stop in stop_loop:
+                stop()
+            thread.join(30)
+    start_cost = median(startup_times(bench, [*cli_command(), "notify", "--help"], 3))
+    return [
+        Row(s, f"notify during the flood, worst of {len(notify)}", max(notify), "s", 2),
+        Row(s, "status during the flood, worst", max(status), "s", 2),
+        Row(s, "runner start → registered during the flood, worst", max(register), "s", 2),
+        Row(s, "  notify median", median(notify), "s"),
+        Row(s, "  status median", median(status), "s"),
+        Row(s, "  first status of the flood", baseline, "s"),
+        Row(s, "  client start alone (`notify --help`)", start_cost, "s"),
+        Row(s, "  silent sockets opened (incl. reopened)", opened, "count",
+            note=f"{sockets} held at once"),
+    ]  # fmt: skip
+
+
+async def _slow_readers(address: Address, sha: str, count: int, pid: int, seconds: float):
+    channels = []
+    for _ in range(count):
+        channel = await client.connect(address, "client")
+        await channel.send(protocol.LogRequest(commit=sha))
+        channels.append(channel)
+    got = [0]
+
+    async def read_slowly(channel: Channel) -> None:
+        while True:
+            message = await channel.receive(WAIT)
+            if isinstance(message, protocol.Reply):
+                return
+            got[0] += len(protocol.unpack_data(message.data))
+            await asyncio.sleep(0.5)
+
+    tasks = [asyncio.create_task(read_slowly(c)) for c in channels]
+    peak, start = rss_mib(pid), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        await asyncio.sleep(0.05)
+        peak = max(peak, rss_mib(pid))
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
+    return peak, got[0]
+
+
+def scenario_readers(bench: Bench) -> list[Row]:
+    """100 `logs` readers of a 20 MiB log, each taking one frame every half second."""
+    s = "9 readers"
+    readers, mib, seconds = 100, 20, bench.n(10, 3)
+    with Stack(bench, "readers") as stack:
+        dispatcher = stack.dispatcher()
+        sha = random_sha()
+        stack.notify(sha)  # queued, no runner: its log is written here, as a long build's
+        folder = stack.results / sha
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "output.log").write_bytes((b"x" * 1023 + b"\n") * 1024 * mib)
+        time.sleep(0.5)
+        idle = rss_mib(dispatcher.pid)
+        peak, got = asyncio.run(
+            _slow_readers(parse_address(stack.address), sha, readers, dispatcher.pid, seconds)
+        )
+    return [
+        Row(s, f"dispatcher RSS above idle, {readers} slow readers of {mib} MiB", peak - idle,
+            "MiB", 100, "<"),
+        Row(s, "  dispatcher RSS idle", idle, "MiB"),
+        Row(s, f"  bytes the readers took in {seconds}s", got / MIB, "MiB"),
+    ]  # fmt: skip
+
+
 # --- running ------------------------------------------------------------------------
 
 SCENARIOS: dict[str, list[Callable[[Bench], list[Row]]]] = {
@@ -1099,6 +1245,8 @@ SCENARIOS: dict[str, list[Callable[[Bench], list[Row]]]] = {
     "failure": [scenario_failure],
     "logs": [scenario_logs],
     "idle": [scenario_idle],
+    "flood": [scenario_flood],
+    "readers": [scenario_readers],
 }
 
 

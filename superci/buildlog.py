@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -281,36 +282,56 @@ def read_state(path: Path) -> _Cut | None:
 def read(path: Path, offset: int = 0, limit: int | None = None) -> bytes:
     """The log as a reader sees it (head, marker, kept tail), from byte ``offset`` of that
     view, at most ``limit`` bytes; empty if there is no log."""
-    try:
-        cut = read_state(path)
-    except StorageError:
-        cut = None
-    pieces: list[tuple[Path | bytes, int]] = [(path, _size(path) if cut is None else cut.head)]
-    if cut is not None:
-        starts = [s for s in segment_starts(path) if s >= cut.head_raw]
-        if starts and starts[0] > cut.head_raw:
-            dropped = cut.dropped + starts[0] - cut.head_raw
-            marker = MARKER.format(dropped=dropped, cap=cut.cap).encode()
-            pieces.append((marker, len(marker)))
-        pieces += [(segment_path(path, s), _size(segment_path(path, s))) for s in starts]
-    out = bytearray()
-    remaining = limit if limit is not None else sum(length for _, length in pieces)
-    for source, length in pieces:
+    return b"".join(pieces(path, offset, limit=limit))
+
+
+def pieces(
+    path: Path, offset: int = 0, chunk: int = _COPY_CHUNK, limit: int | None = None
+) -> Iterator[bytes]:
+    """The reader's view from ``offset`` in pieces of at most ``chunk`` bytes, as the log
+    stands at the call (what arrives later is not included: a follower gets it live).
+    Files are read one piece at a time, so a slow reader of a big log holds one piece."""
+    view = _view(path)
+    remaining = limit if limit is not None else sum(length for _, length in view)
+    for source, length in view:
         if remaining <= 0:
-            break
+            return
         if offset >= length:
             offset -= length
             continue
         take = min(length - offset, remaining)
         if isinstance(source, bytes):
-            out += source[offset : offset + take]
+            yield source[offset : offset + take]
         else:
-            with contextlib.suppress(FileNotFoundError), open(source, "rb") as f:
-                f.seek(offset)
-                out += f.read(take)
+            yield from _file_pieces(source, offset, take, chunk)
         remaining -= take
         offset = 0
-    return bytes(out)
+
+
+def _view(path: Path) -> list[tuple[Path | bytes, int]]:
+    """What a reader sees, as (file or marker, length) in order."""
+    try:
+        cut = read_state(path)
+    except StorageError:
+        cut = None
+    view: list[tuple[Path | bytes, int]] = [(path, _size(path) if cut is None else cut.head)]
+    if cut is not None:
+        starts = [s for s in segment_starts(path) if s >= cut.head_raw]
+        if starts and starts[0] > cut.head_raw:
+            dropped = cut.dropped + starts[0] - cut.head_raw
+            marker = MARKER.format(dropped=dropped, cap=cut.cap).encode()
+            view.append((marker, len(marker)))
+        view += [(segment_path(path, s), _size(segment_path(path, s))) for s in starts]
+    return view
+
+
+def _file_pieces(path: Path, offset: int, size: int, chunk: int) -> Iterator[bytes]:
+    """``size`` bytes of a file from ``offset``; a segment cut meanwhile yields nothing."""
+    with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+        f.seek(offset)
+        while size > 0 and (data := f.read(min(chunk, size))):
+            size -= len(data)
+            yield data
 
 
 def _size(path: Path) -> int:

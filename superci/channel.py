@@ -52,12 +52,12 @@ class Channel:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        send_timeout: float = defaults.SEND_TIMEOUT,
+        send_timeout: float | None = None,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self._decoder = protocol.Decoder()
-        self._send_timeout = send_timeout
+        self._send_timeout = defaults.SEND_TIMEOUT if send_timeout is None else send_timeout
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 

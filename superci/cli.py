@@ -199,6 +199,15 @@ def main() -> None:
     help="Largest output.log per build; past it the middle is dropped, the tail kept.",
 )
 @click.option(
+    "--log-idle-timeout",
+    default=defaults.LOG_IDLE_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    envvar="SUPERCI_LOG_IDLE_TIMEOUT",
+    help="Seconds a `logs --follow` may wait on a build that prints nothing (queued, "
+    "silent) before it is ended with a note.",
+)
+@click.option(
     "--token-file",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="SUPERCI_TOKEN_FILE",
@@ -232,6 +241,7 @@ def dispatcher_command(
     max_attempts: int,
     build_timeout: float,
     max_log_bytes: int,
+    log_idle_timeout: float,
     token_file: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -266,6 +276,7 @@ def dispatcher_command(
             build_timeout=build_timeout,
             max_log_bytes=max_log_bytes,
             credentials=Credentials(token=token, ssl=tls),
+            log_idle_timeout=log_idle_timeout,
         )
     )
 
@@ -575,7 +586,8 @@ def logs_command(address: Address, commit: str, follow: bool, build_id: int | No
     if reply.status in ("unknown", "ambiguous"):
         raise click.ClickException(reply.message)
     if follow:
-        click.echo(f"superci: build {reply.status}", err=True)
+        click.echo(f"superci: {reply.message}" if reply.status == "idle"
+                   else f"superci: build {reply.status}", err=True)  # fmt: skip
         sys.exit(OUTCOME_EXIT_CODES.get(reply.status, 2))
 
 
@@ -601,6 +613,7 @@ def status_command(address: Address, limit: int, as_json: bool) -> None:
 
     document = json.loads(query(address, "status", limit=limit).document)
     click.echo(json.dumps(document, indent=2) if as_json else status_tables(document))
+    _note_truncated(document)
 
 
 @main.command("show")
@@ -620,6 +633,15 @@ def show_command(address: Address, commit: str, build_id: int | None, as_json: b
         raise click.ClickException(reply.message)
     document = json.loads(reply.document)
     click.echo(json.dumps(document, indent=2) if as_json else result_summary(document))
+    _note_truncated(document)
+
+
+def _note_truncated(document: dict[str, Any]) -> None:
+    """Say on stderr what the dispatcher left out to fit its reply in one frame."""
+    if document.get("truncated"):
+        left_out = ", ".join(f"{n} {key}" for key, n in document.get("left_out", {}).items())
+        click.echo(f"superci: the reply was too long; left out: {left_out or 'some items'}",
+                   err=True)  # fmt: skip
 
 
 @main.command("up")

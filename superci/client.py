@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator, Callable
 
 from superci import defaults, protocol
@@ -20,13 +21,53 @@ from superci.errors import (
 )
 from superci.handshake import ClientHandshake
 
+#: How long ``logs --follow`` waits for any frame before it takes the dispatcher for
+#: gone: a few of its keep-alive intervals.
+FOLLOW_SILENCE = 4 * defaults.LOG_KEEPALIVE_INTERVAL
+
 
 async def connect(address: Address, role: str, timeout: float = defaults.CLIENT_TIMEOUT) -> Channel:
     """Open a connection (TLS if configured) and complete the handshake, proving the
-    token when the dispatcher asks for it."""
+    token when the dispatcher asks for it. A dispatcher too busy to let us in (a flood of
+    connections) is asked again with backoff until ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = defaults.BUSY_RETRY_INITIAL
+    while True:
+        try:
+            return await _connect_once(address, role, deadline, timeout)
+        except _Busy as busy:
+            wait = delay * random.uniform(1 - defaults.BACKOFF_JITTER, 1 + defaults.BACKOFF_JITTER)
+            if loop.time() + wait >= deadline:
+                raise DispatcherUnavailable(
+                    f"the dispatcher at {address} was too busy to let us in for {timeout:g}s: "
+                    f"{busy}"
+                ) from busy
+            await asyncio.sleep(wait)
+            delay = min(2 * delay, defaults.BUSY_RETRY_MAX)
+
+
+class _Busy(Exception):
+    """The dispatcher turned us away for now: it said "busy", or dropped the connection
+    in the middle of the handshake, as it does to make room under a flood."""
+
+
+def _turned_away(error: BaseException, tls: bool) -> bool:
+    """Whether the dispatcher sent us away for now. Over TLS, a connection closed before
+    the welcome is that too (the dispatcher cannot say "busy" before TLS is set up); in
+    plain text it more likely means the dispatcher expects TLS, which retrying won't fix."""
+    if isinstance(error, RemoteError):
+        return error.code == "busy"
+    cause = error.__cause__ if isinstance(error, ConnectionClosed) else error
+    if isinstance(cause, ConnectionResetError) or type(cause).__name__ == "SSLEOFError":
+        return True
+    return tls and isinstance(error, ConnectionClosed)
+
+
+async def _connect_once(address: Address, role: str, deadline: float, timeout: float) -> Channel:
     credentials = address.credentials
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout_at(deadline):
             reader, writer = await asyncio.open_connection(
                 address.host, address.port, ssl=credentials.ssl,
                 server_hostname=address.host if credentials.ssl else None,
@@ -37,21 +78,25 @@ async def connect(address: Address, role: str, timeout: float = defaults.CLIENT_
             except BaseException:
                 await channel.close()
                 raise
-    except OSError as e:
+    except TimeoutError as e:  # before OSError, of which it is one
+        raise DispatcherUnavailable(
+            f"no answer from the dispatcher at {address} within {timeout:g}s"
+        ) from e
+    except (OSError, ConnectionClosed, RemoteError) as e:
+        if _turned_away(e, credentials.ssl is not None):
+            raise _Busy(str(e)) from e
+        if isinstance(e, RemoteError):
+            raise
+        if isinstance(e, ConnectionClosed):
+            hint = "" if credentials.ssl else " (if it serves TLS, pass --tls or --tls-ca)"
+            raise DispatcherUnavailable(
+                f"the dispatcher at {address} closed the connection{hint}"
+            ) from e
         if credentials.ssl is not None and type(e).__module__ == "ssl":
             raise DispatcherUnavailable(f"TLS with the dispatcher at {address} failed: {e}") from e
         reason = e.strerror or str(e)
         raise DispatcherUnavailable(
             f"cannot reach the dispatcher at {address}: {reason} (is `superci dispatcher` running?)"
-        ) from e
-    except TimeoutError as e:
-        raise DispatcherUnavailable(
-            f"no answer from the dispatcher at {address} within {timeout:g}s"
-        ) from e
-    except ConnectionClosed as e:
-        hint = "" if credentials.ssl else " (if it serves TLS, pass --tls or --tls-ca)"
-        raise DispatcherUnavailable(
-            f"the dispatcher at {address} closed the connection{hint}"
         ) from e
     return channel
 
@@ -165,13 +210,19 @@ async def read_log(
     request_ = protocol.LogRequest(
         commit=protocol.check_commit_name(commit), follow=follow, build_id=build_id
     )
+    # While following, the dispatcher sends a keep-alive at least this often.
+    silence = FOLLOW_SILENCE if follow else defaults.CLIENT_TIMEOUT
     async with connection(address) as channel:
         await channel.send(request_)
         while True:
             try:
-                message = await channel.receive(None if follow else defaults.CLIENT_TIMEOUT)
+                message = await channel.receive(silence)
             except ConnectionClosed as e:
                 raise DispatcherUnavailable(f"the dispatcher at {address} went away") from e
+            except TimeoutError as e:
+                raise DispatcherUnavailable(
+                    f"no word from the dispatcher at {address} for {silence:g}s"
+                ) from e
             if isinstance(message, protocol.LogData):
                 write(protocol.unpack_data(message.data))
             elif isinstance(message, protocol.Reply):

@@ -33,6 +33,11 @@ BACKOFF_INITIAL = 0.2
 BACKOFF_MAX = 5.0
 BACKOFF_JITTER = 0.2
 
+#: A dispatcher that is too busy to let a client in (a flood of connections) is asked
+#: again after this long (seconds), doubling up to the cap, until the client's time limit.
+BUSY_RETRY_INITIAL = 0.05
+BUSY_RETRY_MAX = 1.0
+
 #: Time limit for one connect + handshake + reply of a short client command (seconds).
 CLIENT_TIMEOUT = 10.0
 #: A peer must finish the opening handshake within this time (seconds).
@@ -69,6 +74,12 @@ OUTPUT_DRAIN_TIMEOUT = 2.0
 SEND_TIMEOUT = 10.0
 #: Unsent bytes the dispatcher keeps for one peer before it gives up on that peer.
 MAX_SEND_BUFFER = 4 * 1024 * 1024
+#: A ``logs --follow`` reader is sent an empty piece of log this often (seconds) while
+#: the build says nothing, so both ends know the other is still there.
+LOG_KEEPALIVE_INTERVAL = 15.0
+#: A ``logs --follow`` of a build that says nothing this long (seconds; queued, or silent)
+#: is ended with a note, so abandoned readers do not hold connections for ever.
+LOG_IDLE_TIMEOUT = 3600.0
 #: A client connection (notify, status) idle this long (seconds) is closed.
 CLIENT_IDLE_TIMEOUT = 60.0
 #: Extra time (seconds) the dispatcher allows beyond a build's limit and kill grace before

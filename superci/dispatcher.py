@@ -10,9 +10,11 @@ slow peer cannot stall everyone else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import itertools
-import json
 import logging
+import resource
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from superci import __version__, defaults, identity, names, protocol
+from superci.admission import Admission
 from superci.auth import NO_CREDENTIALS, Credentials
 from superci.channel import Address, Channel
 from superci.errors import (
@@ -37,7 +40,14 @@ from superci.errors import (
 from superci.handshake import ServerHandshake
 from superci.logstream import LogFollower
 from superci.ratelimit import RateLimitedLog
-from superci.report import build_summary, counts_text, result_document, status_document
+from superci.report import (
+    STATUS_LISTS,
+    build_summary,
+    counts_text,
+    fitted,
+    result_document,
+    status_document,
+)
 from superci.results import ResultsFolder
 from superci.scheduler import (
     Action,
@@ -71,6 +81,7 @@ class Dispatcher:
         max_attempts: int = defaults.MAX_ATTEMPTS,
         build_timeout: float = defaults.BUILD_TIMEOUT,
         credentials: Credentials = NO_CREDENTIALS,
+        log_idle_timeout: float = defaults.LOG_IDLE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         on_result: ResultHook | None = None,
@@ -90,9 +101,12 @@ class Dispatcher:
         self._closing = False
         self._followers: dict[str, set[LogFollower]] = defaultdict(set)
         self._credentials = credentials
+        self._log_idle_timeout = log_idle_timeout
         self._unrecorded: dict[int, tuple[Channel, Job, BuildStatus, str, protocol.Result]] = {}
         self._outbox: list[tuple[int, protocol.Message]] | None = None  # held while committing
-        self._unauthenticated = 0  # connections still in their handshake
+        # Connections still in their opening handshake (TLS, hello, token), by handler.
+        self._admission: Admission[asyncio.Task[None]] = Admission()
+        self._dropped: set[asyncio.Task[None]] = set()  # made room for newer ones
         # What strangers cause (failed handshakes, floods) is logged at a bounded rate.
         self._stranger_log = RateLimitedLog(log)
         # Faults retried every tick (a full disk, a locked database) are logged sparingly.
@@ -102,6 +116,13 @@ class Dispatcher:
         self._unwritten: dict[int, list[Requeue | EndBuild]] = {}
         self._detached: set[int] = set()  # sessions closed to make their runner resend
         self._runner_log = RateLimitedLog(log)  # what a misbehaving runner causes, likewise
+        self._resource_log = RateLimitedLog(log, burst=1, period=1.0)
+        self._loop_handler: Any = None
+
+    @property
+    def _unauthenticated(self) -> int:
+        """How many connections are in their opening handshake."""
+        return len(self._admission)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -111,11 +132,15 @@ class Dispatcher:
         if unfinished:
             log.info("resuming %d unfinished build(s) from %s", len(unfinished), self.store.path)
         self._carry_out(self.scheduler.restore(unfinished, self._clock()))
+        loop = asyncio.get_running_loop()
+        self._loop_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._on_loop_error)
         try:
+            # Plain TCP: TLS is set up in _serve, once admitted, so a TLS handshake counts
+            # against the same limits as any other (see superci.admission).
             self._server = await asyncio.start_server(
-                self._serve, host, port, backlog=defaults.LISTEN_BACKLOG, ssl=self._credentials.ssl,
-                ssl_handshake_timeout=defaults.HANDSHAKE_TIMEOUT if self._credentials.ssl else None,
-            )  # fmt: skip
+                self._serve, host, port, backlog=defaults.LISTEN_BACKLOG
+            )
         except OSError as e:
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
         self._watchdog = asyncio.create_task(self._watch())
@@ -137,11 +162,16 @@ class Dispatcher:
             self._server.close()
         for channel in list(self._connections):
             channel.close_nowait()
+        for task in list(self._handlers):
+            if task in self._admission:
+                self._admission.leave(task)
+                self._drop(task)
         handlers = [t for t in self._handlers if not t.done()]
         if handlers:  # let them end on their closed connection rather than be cancelled
             await asyncio.wait(handlers, timeout=defaults.SHUTDOWN_GRACE)
         if self._server is not None:
             await self._server.wait_closed()
+        asyncio.get_running_loop().set_exception_handler(self._loop_handler)
 
     async def _watch(self) -> None:
         """Silent runners and overdue builds are found here, not by any one connection;
@@ -174,40 +204,97 @@ class Dispatcher:
     # --- connections ----------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        channel = Channel(reader, writer)
-        if self._closing or len(self._connections) >= defaults.MAX_CONNECTIONS:
-            log.warning("refused %s: %d connections open", channel.peer, len(self._connections))
-            busy = protocol.Error(code="busy", message="too many connections; retry later")
-            await channel.refuse(busy)
-            return
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(channel)
+        if self._closing or len(self._handlers) >= defaults.MAX_CONNECTIONS:
+            self._stranger_log.log(
+                logging.WARNING, "refused a connection: %d connections open", len(self._handlers)
+            )
+            if self._credentials.ssl is None:  # with TLS, nothing can be said before it
+                busy = protocol.Error(code="busy", message="too many connections; retry later")
+                writer.write(protocol.encode(busy))
+            writer.close()
+            return
         self._handlers.add(task)
+        for victim in self._admission.admit(task):
+            self._drop(victim)
+        deadline = asyncio.get_running_loop().time() + defaults.HANDSHAKE_TIMEOUT
         try:
-            await self._serve_connection(channel)
+            channel = await self._secure(reader, writer, deadline)  # no await before this
+            if channel is not None:
+                self._connections.add(channel)
+                try:
+                    await self._serve_connection(channel, deadline)
+                finally:
+                    self._connections.discard(channel)
         finally:
-            self._connections.discard(channel)
+            self._admission.leave(task)
+            self._dropped.discard(task)
             self._handlers.discard(task)
 
-    async def _serve_connection(self, channel: Channel) -> None:
-        if self._unauthenticated >= defaults.MAX_UNAUTHENTICATED:
-            self._stranger_log.log(
-                logging.WARNING, "refused %s: too many connections in their handshake", channel.peer
-            )
-            busy = protocol.Error(code="busy", message="too many pending connections; retry later")
-            await channel.refuse(busy)
-            return
-        self._unauthenticated += 1
-        in_handshake = True
+    def _drop(self, task: asyncio.Task[None]) -> None:
+        """End a connection still in its handshake, to make room for a newer one."""
+        self._stranger_log.log(
+            logging.WARNING,
+            "dropped a connection still in its handshake to make room (%d of them pending; "
+            "silent ones go first)",
+            len(self._admission) + 1,
+        )
+        self._dropped.add(task)
+        task.cancel()
+
+    def _was_dropped(self, task: asyncio.Task[None] | None) -> bool:
+        """Whether a CancelledError is our :meth:`_drop` (then it is taken back)."""
+        if task is None or task not in self._dropped:
+            return False
+        self._dropped.discard(task)
+        task.uncancel()
+        return True
+
+    async def _secure(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, deadline: float
+    ) -> Channel | None:
+        """The channel, over TLS when it is served; None if the TLS handshake failed.
+
+        Called before anything else awaits, so the first bytes of the peer reach TLS."""
+        context = self._credentials.ssl
+        if context is None:
+            return Channel(reader, writer)
+        peer = writer.get_extra_info("peername")
         try:
-            hello = await self._handshake(channel)
-            self._unauthenticated -= 1
-            in_handshake = False
+            async with asyncio.timeout_at(deadline):
+                await writer.start_tls(context)
+        except asyncio.CancelledError:
+            if not self._was_dropped(asyncio.current_task()):
+                raise
+            reason = "dropped to make room for newer connections"
+        except TimeoutError:
+            reason = "no TLS handshake in time"
+        except OSError as e:  # ssl.SSLError, a reset
+            reason = f"TLS handshake failed: {e}"
+        else:
+            if writer.transport is not None:  # None: closed under the handshake
+                return Channel(reader, writer)
+            return None
+        self._stranger_log.log(logging.INFO, "closing %s: %s", peer, reason)
+        writer.transport.close()
+        return None
+
+    async def _serve_connection(self, channel: Channel, deadline: float) -> None:
+        task = asyncio.current_task()
+        try:
+            async with asyncio.timeout_at(deadline):
+                hello = await self._handshake(channel)
+            self._admission.leave(task)  # type: ignore[arg-type]
             if hello.role == "runner":
                 await self._serve_runner(channel)
             else:
                 await self._serve_client(channel)
+        except asyncio.CancelledError:
+            if not self._was_dropped(task):
+                raise
+            busy = "too many connections in their handshake; retry later"
+            await channel.refuse(protocol.Error(code="busy", message=busy))
         except ProtocolError as e:
             self._stranger_log.log(logging.WARNING, "refused %s: %s", channel.peer, e)
             await channel.refuse(e)
@@ -227,9 +314,28 @@ class Dispatcher:
                 protocol.Error(code="internal", message="internal error; see the dispatcher log")
             )
         finally:
-            if in_handshake:
-                self._unauthenticated -= 1
             await channel.close()
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Out of file descriptors, asyncio stops accepting for a second and reports it
+        here each time: say so at most once a second, and drop silent handshakes so
+        their descriptors serve the next accepts."""
+        error = context.get("exception")
+        if not (isinstance(error, OSError) and error.errno in _OUT_OF_RESOURCES):
+            if self._loop_handler is not None:
+                self._loop_handler(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        victims = self._admission.out_of_files()
+        for victim in victims:
+            self._drop(victim)
+        self._resource_log.log(
+            logging.WARNING,
+            "cannot accept connections (%s): %d open, %d in their handshake now (%d dropped); "
+            "trying again in a second. If this is no attack, raise the limit (ulimit -n)",
+            error.strerror or error, len(self._handlers), len(self._admission), len(victims),
+        )  # fmt: skip
 
     async def _handshake(self, channel: Channel) -> protocol.Hello:
         """Hello, welcome and, with a token, the challenge-response (see superci.handshake)."""
@@ -245,6 +351,7 @@ class Dispatcher:
                         channel.peer,
                     )
                 raise
+            self._admission.heard(asyncio.current_task())  # type: ignore[arg-type]
             for answer in handshake.receive(message):
                 channel.post(answer)
         assert handshake.hello is not None
@@ -427,7 +534,7 @@ class Dispatcher:
         """``status``: the pool, the queue and the last builds; ``show``: one commit."""
         if message.what == "status":
             document = status_document(self.scheduler, self.store, self._clock(), message.limit)
-            return protocol.Reply(status="ok", document=json.dumps(document))
+            return protocol.Reply(status="ok", document=fitted(document, STATUS_LISTS))
         assert message.commit is not None, "checked by the protocol"
         record = self._resolve(message.commit, message.build_id)
         if isinstance(record, protocol.Reply):
@@ -435,7 +542,7 @@ class Dispatcher:
         result = self.results.read_result(record.sha, message.build_id)
         if result is None or result.get("build_id") != record.id:
             result = build_summary(record)
-        return protocol.Reply(status=record.status, document=json.dumps(result))
+        return protocol.Reply(status=record.status, document=fitted(result, ["failures"]))
 
     def _resolve(self, commit: str, build_id: int | None = None) -> BuildRecord | protocol.Reply:
         """The build a client means, or the reply that says why there is none."""
@@ -447,8 +554,8 @@ class Dispatcher:
             return protocol.Reply(status="ambiguous", message=str(e))
 
     async def _send_log(self, channel: Channel, request: protocol.LogRequest) -> None:
-        """Send a commit's log; when following, keep sending until the build ends, then
-        say how it ended."""
+        """Send a commit's log a piece at a time; when following, keep sending until the
+        build ends (or says nothing for the idle bound), then say how it ended."""
         record = self._resolve(request.commit, request.build_id)
         if isinstance(record, protocol.Reply):
             channel.post(record)
@@ -458,11 +565,13 @@ class Dispatcher:
         if request.follow and not record.status.finished:
             follower = LogFollower()
             self._followers[sha].add(follower)
+        # In the same turn as the follower joins: the file up to here, the rest live.
+        pieces = self.results.read_log(sha, request.offset, request.build_id)
         try:
-            log_ = self.results.read_log(sha, request.offset, request.build_id)
-            await _send_chunks(channel, log_)
-            while follower is not None and (data := await follower.next()) is not None:
-                await _send_chunks(channel, data)
+            with contextlib.closing(pieces):
+                for piece in pieces:
+                    await channel.send(protocol.LogData(data=protocol.pack_data(piece)))
+            ended = follower is None or await self._follow(channel, follower)
         finally:
             if follower is not None and sha in self._followers:
                 self._followers[sha].discard(follower)
@@ -470,8 +579,34 @@ class Dispatcher:
         if follower is not None and follower.overflowed:
             message = "the log reader fell too far behind; run the command again"
             channel.post(protocol.Reply(status="error", message=message))
+        elif not ended:
+            message = (
+                f"build {record.id} is still {record.status} but said nothing for "
+                f"{self._log_idle_timeout:g}s; run the command again to keep following"
+            )
+            channel.post(protocol.Reply(status="idle", message=message))
         else:
             channel.post(protocol.Reply(status=record.status, message=record.message))
+
+    async def _follow(self, channel: Channel, follower: LogFollower) -> bool:
+        """Pass on new output until the build ends (True) or stays silent for the idle
+        bound (False); an empty piece goes out while it is silent, as a keep-alive."""
+        loop = asyncio.get_running_loop()
+        keepalive = min(defaults.LOG_KEEPALIVE_INTERVAL, self._log_idle_timeout / 3)
+        heard = loop.time()
+        while True:
+            try:
+                async with asyncio.timeout(keepalive):
+                    data = await follower.next()
+            except TimeoutError:
+                if loop.time() - heard >= self._log_idle_timeout:
+                    return False
+                await channel.send(protocol.LogData(data=""))
+                continue
+            if data is None:
+                return True
+            heard = loop.time()
+            await _send_chunks(channel, data)
 
     def _leased(self, build_id: int, attempt: int, name: str, session: int) -> Job | None:
         """The job if this session holds its lease; stale messages are dropped quietly."""
@@ -715,6 +850,10 @@ class Dispatcher:
             channel.post(message)
 
 
+#: accept() errors after which asyncio pauses accepting and reports to the loop's handler.
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
 def _ack(result: protocol.Result, **fields: Any) -> protocol.ResultAck:
     return protocol.ResultAck(build_id=result.build_id, attempt=result.attempt, **fields)
 
@@ -731,6 +870,23 @@ async def _send_chunks(channel: Channel, data: bytes) -> None:
         await channel.send(protocol.LogData(data=piece))
 
 
+def _raise_file_limit() -> None:
+    """Every connection is a file descriptor: take as many as the hard limit allows, up
+    to what ``MAX_CONNECTIONS`` needs (the usual soft limit, 1024, is far below)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = defaults.MAX_CONNECTIONS + FILES_BESIDES_CONNECTIONS
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        log.debug("file descriptor limit raised from %d to %d", soft, wanted)
+
+
+#: File descriptors the dispatcher uses for other things than connections (database,
+#: logs being written and read, reports).
+FILES_BESIDES_CONNECTIONS = 256
+
+
 async def run_dispatcher(
     host: str,
     port: int,
@@ -742,10 +898,12 @@ async def run_dispatcher(
     build_timeout: float = defaults.BUILD_TIMEOUT,
     max_log_bytes: int = defaults.MAX_LOG_BYTES,
     credentials: Credentials = NO_CREDENTIALS,
+    log_idle_timeout: float = defaults.LOG_IDLE_TIMEOUT,
     on_result: ResultHook | None = None,
     ready: Callable[[Address], None] | None = None,
 ) -> None:
     """Run a dispatcher until cancelled (the process entry point)."""
+    _raise_file_limit()
     store = Store(state_file)
     dispatcher = Dispatcher(
         store,
@@ -754,6 +912,7 @@ async def run_dispatcher(
         max_attempts=max_attempts,
         build_timeout=build_timeout,
         credentials=credentials,
+        log_idle_timeout=log_idle_timeout,
         on_result=on_result,
     )
     try:

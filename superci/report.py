@@ -3,11 +3,12 @@ status overview. Plain functions of the stored records, no I/O."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from superci import protocol
+from superci import defaults, protocol
 from superci.scheduler import Runner, Scheduler
 from superci.status import BuildStatus, RunnerState
 from superci.store import BuildRecord, Store
@@ -90,6 +91,11 @@ def _bench_reason(runner: Runner, now: float) -> str | None:
     return f"{runner.bench_reason} ({max(0.0, runner.benched_until - now):.0f}s left)"
 
 
+#: The lists of a status document, in the order they lose items when it is too long: the
+#: oldest builds first, the runners last.
+STATUS_LISTS = ("builds", "queue", "runners")
+
+
 def status_document(scheduler: Scheduler, store: Store, now: float, limit: int) -> dict[str, Any]:
     """The pool, the queue (its first ``limit`` builds and its length) and the last
     ``limit`` builds, for ``superci status``."""
@@ -113,3 +119,53 @@ def status_document(scheduler: Scheduler, store: Store, now: float, limit: int) 
     ]
     builds = [build_summary(record) for record in store.recent(limit)]
     return {"runners": runners, "queue": queue, "queued": len(queued), "builds": builds}
+
+
+#: Bytes of a reply frame kept for everything but its document (type, status, message).
+REPLY_ENVELOPE = 6 * protocol.MAX_TEXT + 256
+
+
+def fitted(
+    document: dict[str, Any],
+    lists: Sequence[str],
+    max_document: int = protocol.MAX_DOCUMENT,
+    max_frame: int = defaults.MAX_FRAME_BYTES - REPLY_ENVELOPE,
+) -> str:
+    """``document`` as the JSON text of a reply, which must fit in one frame. When it is
+    too long, items are left out from the end of ``lists`` (the first named loses items
+    first), and ``"truncated": true`` and ``"left_out"`` (how many, per list) say so.
+
+    Two limits apply: the text's length (the reply's document field) and what the text
+    costs inside the frame, where every quote and backslash is escaped once more."""
+    text = json.dumps(document)
+    if _fits(text, max_document, max_frame):
+        return text
+    lists = [key for key in lists if document.get(key)]
+    trimmed = {**document, "truncated": True, "left_out": {k: len(document[k]) for k in lists}}
+    for key in lists:
+        trimmed[key] = []
+    room = [max_document - len(json.dumps(trimmed)), max_frame - _frame_cost(json.dumps(trimmed))]
+    for key in reversed(lists):  # the last named keeps the most
+        kept = 0
+        for item in document[key]:
+            piece = json.dumps(item) + ", "
+            cost = (len(piece), _frame_cost(piece))
+            if cost[0] > room[0] or cost[1] > room[1]:
+                break
+            room = [room[0] - cost[0], room[1] - cost[1]]
+            kept += 1
+        trimmed[key] = document[key][:kept]
+        trimmed["left_out"][key] = len(document[key]) - kept
+    trimmed["left_out"] = {k: n for k, n in trimmed["left_out"].items() if n}
+    text = json.dumps(trimmed)
+    assert _fits(text, max_document, max_frame), "every kept item was paid for"
+    return text
+
+
+def _frame_cost(text: str) -> int:
+    """Bytes of ``text`` (ASCII JSON) once encoded again as a string inside a frame."""
+    return len(text) + text.count('"') + text.count("\\")
+
+
+def _fits(text: str, max_document: int, max_frame: int) -> bool:
+    return len(text) <= max_document and _frame_cost(text) <= max_frame

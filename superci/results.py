@@ -17,18 +17,21 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from superci import buildlog, defaults
 from superci.buildlog import BuildLog
 from superci.errors import ReportTooLarge, StorageError
-from superci.protocol import ARTIFACT_NAMES, check_sha
+from superci.protocol import ARTIFACT_NAMES, DATA_CHUNK, check_sha
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 LOG_FILE = "output.log"
+#: Bytes of a log read at a time: what one data frame carries.
+READ_CHUNK = DATA_CHUNK
 #: Where the files of a commit's earlier builds go: ``builds/<build_id>/``.
 EARLIER_BUILDS = "builds"
 
@@ -92,14 +95,17 @@ class ResultsFolder:
         return self._log(sha).append(offset, data, skipped=skipped)
 
     def read_log(
-        self, sha: str, offset: int = 0, build_id: int | None = None, limit: int | None = None
-    ) -> bytes:
-        """The log (head, marker, tail; bounded by the cap) from ``offset``, at most
-        ``limit`` bytes, of the newest build or of ``build_id``; empty if there is none."""
+        self, sha: str, offset: int = 0, build_id: int | None = None, chunk: int = READ_CHUNK
+    ) -> Iterator[bytes]:
+        """The log (head, marker, tail; bounded by the cap) from ``offset`` as it stands
+        now, in pieces of up to ``chunk`` bytes, of the newest build or of ``build_id``;
+        nothing if there is none. Output that arrives later is not included (a follower
+        receives it live), and pieces are read one at a time, so many readers of a large
+        log cost the dispatcher one piece each."""
         folder = self._files_of(sha, build_id)
         if folder is None:
-            return b""
-        return buildlog.read(folder / LOG_FILE, offset, limit)
+            return iter(())
+        return buildlog.pieces(folder / LOG_FILE, offset, chunk)
 
     def close_log(self, sha: str) -> None:
         """Flush the log to disk and stop writing it."""

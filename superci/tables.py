@@ -6,11 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from superci.report import counts_text
+from superci.sanitize import printable
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Columns padded to their widest cell; ``-`` for a missing value."""
-    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    """Columns padded to their widest cell; ``-`` for a missing value. Cells are made
+    printable: they hold names and messages from commits and runners."""
+    cells = [[("-" if v is None else printable(str(v))) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     lines = [headers, *cells]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
@@ -96,4 +98,4 @@ def result_summary(result: dict[str, Any]) -> str:
     if failures:
         lines.append(f"failing  ({len(failures)})")
         lines += [f"  {name}" for name in failures]
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # names and messages from commits

@@ -28,6 +28,7 @@ from superci.channel import Address
 from superci.dispatcher import run_dispatcher
 from superci.errors import ConfigError, SuperCIError, WorkspaceError
 from superci.report import counts_text
+from superci.sanitize import printable
 from superci.store import Store
 from superci.workspace import Workspace, clone_repository
 
@@ -43,7 +44,7 @@ def format_outcome(result: dict[str, Any]) -> str:
     counts = f" [{tests}]" if tests else ""
     duration = result.get("duration")
     took = f" in {duration:.1f}s" if isinstance(duration, int | float) else ""
-    return (
+    return printable(
         f"{result['status'].upper():9} {result['sha'][:12]} ({result['branch']})"
         f"{took}{counts} on {result.get('runner') or '-'}: {result.get('message', '')}"
     )

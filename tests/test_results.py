@@ -224,8 +224,12 @@ def test_a_new_build_moves_the_earlier_builds_files_to_builds_its_id(results, ro
     results.write_result(SHA, {"build_id": 2, "status": "failed"})
     assert results.read_result(SHA) == {"build_id": 2, "status": "failed"}
     assert results.read_result(SHA, 2) == results.read_result(SHA)
-    assert results.read_log(SHA, 0, 1) == b"first build\n"
-    assert results.read_log(SHA, 0, 2) == results.read_log(SHA) == b"second build\n"
+    assert b"".join(results.read_log(SHA, 0, 1)) == b"first build\n"
+    assert (
+        b"".join(results.read_log(SHA, 0, 2))
+        == b"".join(results.read_log(SHA))
+        == b"second build\n"
+    )
     assert sorted(p.name for p in (root / SHA).iterdir()) == sorted(
         ["builds", LOG_FILE, RESULT_FILE]
     )
@@ -236,7 +240,7 @@ def test_every_earlier_build_keeps_its_own_folder(results, root):
         finish_build(results, build_id, f"build {build_id}\n".encode())
     assert sorted(p.name for p in (root / SHA / "builds").iterdir()) == ["3", "5"]
     for build_id in (3, 5, 9):
-        assert results.read_log(SHA, 0, build_id) == f"build {build_id}\n".encode()
+        assert b"".join(results.read_log(SHA, 0, build_id)) == f"build {build_id}\n".encode()
         assert results.read_result(SHA, build_id)["build_id"] == build_id  # type: ignore[index]
 
 
@@ -252,15 +256,15 @@ def test_a_build_that_ends_without_starting_keeps_the_earlier_builds_files(resul
     results.write_result(SHA, {"build_id": 2, "status": "cancelled"})  # cancelled in the queue
     assert results.read_result(SHA) == {"build_id": 2, "status": "cancelled"}
     assert results.read_result(SHA, 1) == {"build_id": 1, "status": "passed"}
-    assert results.read_log(SHA, 0, 1) == b"first build\n"
-    assert results.read_log(SHA, 0, 2) == b""  # it never started
+    assert b"".join(results.read_log(SHA, 0, 1)) == b"first build\n"
+    assert b"".join(results.read_log(SHA, 0, 2)) == b""  # it never started
     assert not (root / SHA / LOG_FILE).exists()
 
 
 def test_a_build_with_no_files_yet_reads_as_none_not_as_another_builds(results):
     finish_build(results, 1, b"first build\n")
     assert results.read_result(SHA, 2) is None  # queued: the folder still holds build 1's
-    assert results.read_log(SHA, 0, 2) == b""
+    assert b"".join(results.read_log(SHA, 0, 2)) == b""
 
 
 def test_a_move_cut_short_by_a_crash_is_finished_by_the_next_start(results, root):
