@@ -184,11 +184,12 @@ def main() -> None:
 )
 @click.option(
     "--build-timeout",
-    default=defaults.BUILD_TIMEOUT,
+    default=defaults.MAX_TIMEOUT,
     show_default=True,
     type=click.FloatRange(min=0.1),
     envvar="SUPERCI_BUILD_TIMEOUT",
-    help="Seconds a build may run before the runner says which limit applies.",
+    help="Longest a build may run in seconds: its limit until the runner says which "
+    "applies, and the cap on what a runner says.",
 )
 @click.option(
     "--max-log-bytes",
@@ -295,6 +296,15 @@ def dispatcher_command(
     help="Build time limit in seconds when .superci.toml sets none.",
 )
 @click.option(
+    "--max-timeout",
+    default=defaults.MAX_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    envvar="SUPERCI_MAX_TIMEOUT",
+    help="Longest time limit in seconds a build's .superci.toml may set; above it the "
+    "build is an error.",
+)
+@click.option(
     "--kill-grace",
     default=defaults.KILL_GRACE,
     show_default=True,
@@ -310,6 +320,7 @@ def runner_command(
     name: str | None,
     heartbeat_interval: float,
     timeout: float,
+    max_timeout: float,
     kill_grace: float,
     verbose: bool,
 ) -> None:
@@ -326,6 +337,7 @@ def runner_command(
         heartbeat_interval=heartbeat_interval,
         build_timeout=timeout,
         kill_grace=kill_grace,
+        max_timeout=max_timeout,
     )
     _run_until_signalled(runner.run_forever())
 

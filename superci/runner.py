@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from superci import client, defaults, protocol, testtool
+from superci import client, containment, defaults, protocol, testtool
 from superci.backoff import Backoff
 from superci.channel import Address, Channel
 from superci.config import BuildConfig, load_build_config
@@ -103,6 +103,7 @@ class Runner:
         heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL,
         build_timeout: float = defaults.BUILD_TIMEOUT,
         kill_grace: float = defaults.KILL_GRACE,
+        max_timeout: float = defaults.MAX_TIMEOUT,
     ) -> None:
         self.address = address
         self.workspace = workspace
@@ -110,6 +111,12 @@ class Runner:
         self.heartbeat_interval = heartbeat_interval
         self.build_timeout = build_timeout
         self.kill_grace = kill_grace
+        self.max_timeout = max_timeout  # no build runs longer, whatever it asks for
+        if build_timeout > max_timeout:
+            raise ConfigError(
+                f"the runner's timeout of {build_timeout:g} seconds (--timeout) is above its "
+                f"limit of {max_timeout:g} seconds (--max-timeout)"
+            )
         self._channel: Channel | None = None
         self._current: ActiveBuild | None = None
         self._scratch = Path(tempfile.mkdtemp(prefix="superci-runner-"))  # private: 0700
@@ -128,6 +135,7 @@ class Runner:
         use nor repair makes it leave the same way and raise :class:`WorkspaceBroken`.
         """
         self._main = asyncio.current_task()
+        guard = await asyncio.to_thread(self._contain_builds)
         try:
             while True:
                 try:
@@ -154,6 +162,19 @@ class Runner:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     async with asyncio.timeout(self.kill_grace + 5):
                         await asyncio.shield(dying)
+            await asyncio.to_thread(guard.stop)
+
+    @property
+    def build_record(self) -> Path:
+        """Where the running build is recorded, beside the clone's ownership mark."""
+        return self.workspace.path / ".git" / "superci-build"
+
+    def _contain_builds(self) -> containment.Guard:
+        """Before the first build: adopt the orphans of builds, end what a previous life
+        of this runner left running, and start the guard that outlives a SIGKILL."""
+        containment.become_subreaper()
+        containment.kill_recorded(self.build_record)
+        return containment.Guard(self.build_record)
 
     async def _session(self) -> None:
         channel = await client.connect(self.address, "runner")
@@ -399,15 +420,24 @@ class Runner:
             await say("cancelled before the tests started")
             return self._result(active, BuildStatus.CANCELLED, None, started, "cancelled")
         timeout = config.timeout or self.build_timeout
+        if timeout > self.max_timeout:
+            message = (
+                f"timeout = {timeout:g} in {defaults.CONFIG_FILE} is above this runner's "
+                f"limit of {self.max_timeout:g} seconds (--max-timeout)"
+            )
+            await say(message)
+            return self._result(active, BuildStatus.ERROR, None, started, message)
         active.started = protocol.Started(
             build_id=build.build_id, attempt=build.attempt,
             timeout=timeout, kill_grace=self.kill_grace,
         )  # fmt: skip
         await self._send_quietly(active.started)
+        contained = await asyncio.to_thread(containment.BuildContainment, self.build_record)
         await say(f"$ {command}")
+        await say(f"contained by {contained.description}")
         execution = await run_command(
             command, self.workspace.path, environment, timeout, self.kill_grace, emit,
-            active.cancel,
+            active.cancel, contained,
         )  # fmt: skip
         active.report = _read_report(report)
         summary = _summary(active)

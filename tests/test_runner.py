@@ -141,7 +141,8 @@ async def test_the_command_of_superci_toml_runs_with_the_build_in_its_environmen
     lines = h.output_log(sha).decode().splitlines()
     assert f"superci: $ {command}" in lines
     assert "Ran" not in "".join(lines), "the default unittest command must not run"
-    assert lines[2:7] == [
+    first = lines.index(f"superci: $ {command}") + 2  # after the line saying how it is contained
+    assert lines[first : first + 5] == [
         f"SUPERCI_COMMIT={sha}",
         "SUPERCI_BRANCH=feature/env",
         f"SUPERCI_BUILD_ID={submitted.build_id}",
@@ -311,7 +312,9 @@ async def test_a_runner_carries_its_build_across_a_dispatcher_restart(tmp_path, 
 
     assert (result["status"], result["attempt"], result["runners"]) == ("passed", 1, ["runner-1"])
     assert h.db_build(submitted.build_id)["status"] == "passed"
-    assert h.output_log(sha).decode().splitlines() == [
+    lines = h.output_log(sha).decode().splitlines()
+    assert lines.pop(2).startswith("superci: contained by ")
+    assert lines == [
         f"superci: building {sha} (main) attempt 1 on runner-1",
         f"superci: $ {command}",
         *(f"{part} {i}" for part in ("before", "middle", "after") for i in range(1, 4)),
