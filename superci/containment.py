@@ -38,6 +38,7 @@ MARK_VARIABLE = "SUPERCI_BUILD_MARK"
 KILL_TIMEOUT = 5.0
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 _POLL = 0.005
 
 
@@ -59,6 +60,14 @@ def become_subreaper() -> bool:
         log.info("cannot become a child subreaper; escaped build processes go to init")
         return False
     return True
+
+
+def is_subreaper() -> bool:
+    """Whether orphans come to us: only then may a zombie child be one we did not start."""
+    if _prctl is None:
+        return False
+    flag = ctypes.c_int(0)
+    return _prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0 and flag.value != 0
 
 
 # --- processes, read from /proc --------------------------------------------------------
@@ -309,9 +318,10 @@ class BuildContainment:
             _send(pid, sig)
         return members
 
-    def kill_all(self) -> None:
-        """SIGKILL every process of the build until none is left, then reap the orphans
-        that became ours. Bounded: a process we may not kill is logged, not waited for."""
+    def kill_all(self, reap: bool = True) -> None:
+        """SIGKILL every process of the build until none is left, then (``reap``) reap the
+        orphans that became ours. Bounded: a process we may not kill is logged, not waited
+        for."""
         if self.cgroup is not None:
             self.cgroup.kill()
         killed: set[int] = set()
@@ -324,11 +334,12 @@ class BuildContainment:
             time.sleep(_POLL)
         if killed - {self.record.leader}:
             log.info("killed %d leftover process(es) of the build", len(killed))
-        self._reap()
+        if reap and is_subreaper():
+            self._reap()
 
     def _reap(self) -> None:
         """Wait for zombies the subreaper inherited from the build: ours, in a session of
-        their own (so neither asyncio's nor subprocess's children), started with the build."""
+        their own (so not the runner's git commands), started with the build."""
         me, own = os.getpid(), read_process(os.getpid())
         for p in all_processes():
             if (p.ppid == me and not p.alive and p.pid != self.record.leader
@@ -385,7 +396,7 @@ def kill_recorded(path: Path) -> int:
     if leader is None or leader.start != record.leader_start:
         record.leader = None  # gone, or its pid now names another process: not ours
     leftovers = containment.live_members()
-    containment.kill_all()
+    containment.kill_all(reap=False)  # not our children: those of a process now gone
     containment.close()
     if leftovers:
         log.warning("killed %d process(es) a previous run of this runner left: %s",

@@ -23,7 +23,7 @@ from helpers import WAIT, FakeClock, Harness, async_test, eventually, free_port,
 from superci import client, defaults, protocol
 from superci import runner as runner_module
 from superci.channel import Address
-from superci.errors import DispatcherUnavailable
+from superci.errors import ConfigError, DispatcherUnavailable
 from superci.runner import Runner
 from superci.workspace import Workspace
 
@@ -118,6 +118,31 @@ async def test_a_passing_and_a_failing_commit_are_reported_as_such(tmp_path, rep
     assert f"superci: building {failing} (main) attempt 1 on runner-1\n" in log
     assert "failing test ran" in log and "AssertionError: 4 != 5" in log
     assert log.endswith("superci: tests failed (exit code 1)\n")
+
+
+@pytest.mark.parametrize(
+    ("asked", "limit", "named"),
+    [("1e300", defaults.MAX_TIMEOUT, "21600"), ("120", 60.0, "60")],
+    ids=["endless", "above-max-timeout"],
+)
+@async_test()
+async def test_a_commit_asking_for_a_time_limit_above_the_runners_max_is_an_error_naming_it(
+    tmp_path, repo, workspace, asked, limit, named
+):
+    sha = repo.commit({".superci.toml": f"timeout = {asked}\n", "tests/test_ok.py": PASSING_TEST})
+    async with Harness(tmp_path) as h, running(
+        new_runner(h, workspace, build_timeout=min(limit, 60.0), max_timeout=limit)
+    ):
+        await h.submit(sha)
+        result = await h.results.wait(sha, BUILD_WAIT)
+    assert result["status"] == "error"
+    assert f"limit of {named} seconds (--max-timeout)" in result["message"]
+    assert "passing test ran" not in h.output_log(sha).decode()
+
+
+def test_a_runner_whose_own_timeout_is_above_its_max_timeout_is_refused(workspace):
+    with pytest.raises(ConfigError, match=r"--timeout\) is above its limit of 60 seconds"):
+        Runner(Address("127.0.0.1", 1), workspace, "r", build_timeout=61.0, max_timeout=60.0)
 
 
 @async_test()
