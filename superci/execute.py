@@ -333,7 +333,9 @@ async def _drain(
     return ending
 
 
-async def _finishes(pump: asyncio.Task[None], within: float, stop: dict[str, asyncio.Task[bool]]) -> bool:
+async def _finishes(
+    pump: asyncio.Task[None], within: float, stop: dict[str, asyncio.Task[bool]]
+) -> bool:
     """Whether the pump delivers the rest within ``within`` seconds, before a cancel."""
     waits = {pump} | ({stop["cancelled"]} if "cancelled" in stop else set())
     await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)

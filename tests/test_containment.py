@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Repo, Superci, wait_until
+from test_execute import Output, process_gone, run, wait_for_file
+
 from superci import containment, defaults
 from superci.containment import BuildCgroup, BuildContainment, Record, kill_recorded
 from superci.execute import build_environment, run_command
-from test_execute import Output, process_gone, run, wait_for_file
 
 PYTHON = shlex.quote(sys.executable)
 CGROUP_USABLE = (probe := BuildCgroup.create(f"superci-probe-{os.getpid()}")) is not None

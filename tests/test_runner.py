@@ -130,8 +130,9 @@ async def test_a_commit_asking_for_a_time_limit_above_the_runners_max_is_an_erro
     tmp_path, repo, workspace, asked, limit, named
 ):
     sha = repo.commit({".superci.toml": f"timeout = {asked}\n", "tests/test_ok.py": PASSING_TEST})
-    async with Harness(tmp_path) as h, running(
-        new_runner(h, workspace, build_timeout=min(limit, 60.0), max_timeout=limit)
+    async with (
+        Harness(tmp_path) as h,
+        running(new_runner(h, workspace, build_timeout=min(limit, 60.0), max_timeout=limit)),
     ):
         await h.submit(sha)
         result = await h.results.wait(sha, BUILD_WAIT)
