@@ -258,6 +258,7 @@ class BuildContainment:
         self.cgroup = BuildCgroup.create(f"superci-build-{os.getpid()}-{self.record.mark[:8]}")
         if self.cgroup is not None:
             self.record.cgroup = str(self.cgroup.path)
+        write_record(record_path, self.record)  # from now on a restart finds the cgroup
 
     @property
     def description(self) -> str:
@@ -348,8 +349,14 @@ class BuildContainment:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(p.pid, os.WNOHANG)
 
+    def __enter__(self) -> BuildContainment:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
-        """After :meth:`kill_all`: remove the cgroup and the record."""
+        """After :meth:`kill_all`: remove the cgroup and the record (again: no harm)."""
         if self.cgroup is not None:
             self.cgroup.remove()
         if self.record_path is not None:

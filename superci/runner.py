@@ -433,12 +433,13 @@ class Runner:
         )  # fmt: skip
         await self._send_quietly(active.started)
         contained = await asyncio.to_thread(containment.BuildContainment, self.build_record)
-        await say(f"$ {command}")
-        await say(f"contained by {contained.description}")
-        execution = await run_command(
-            command, self.workspace.path, environment, timeout, self.kill_grace, emit,
-            active.cancel, contained,
-        )  # fmt: skip
+        with contained:  # closed here too, should anything fail before run_command does it
+            await say(f"$ {command}")
+            await say(f"contained by {contained.description}")
+            execution = await run_command(
+                command, self.workspace.path, environment, timeout, self.kill_grace, emit,
+                active.cancel, contained,
+            )  # fmt: skip
         active.report = _read_report(report)
         summary = _summary(active)
         status, message = _outcome(execution, summary, config, timeout)
