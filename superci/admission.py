@@ -14,6 +14,8 @@ without running out again.
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
@@ -52,11 +54,15 @@ class Admission(Generic[K]):
     def __contains__(self, key: object) -> bool:
         return key in self._pending
 
-    def admit(self, key: K) -> list[K]:
-        """Let ``key`` in; returns the pending connections to drop to make room for it."""
+    def admit(self, key: K, spoke: Callable[[K], bool] | None = None) -> list[K]:
+        """Let ``key`` in; returns the pending connections to drop to make room for it.
+
+        ``spoke(k)`` tells whether a pending connection has sent anything at all, when the
+        I/O side can know it before a whole message arrives (a TLS handshake in progress):
+        asked lazily, oldest first, only of candidates for dropping."""
         if self._lowered_at is not None and self._clock() - self._lowered_at >= self._recovery:
             self.limit, self._lowered_at = self._full, None
-        victims = self._make_room(self.limit - 1)
+        victims = self._make_room(self.limit - 1, spoke)
         self._pending[key] = False
         return victims
 
@@ -75,11 +81,43 @@ class Admission(Generic[K]):
         self._lowered_at = self._clock()
         return self._make_room(self.limit)
 
-    def _make_room(self, size: int) -> list[K]:
+    def _make_room(self, size: int, spoke: Callable[[K], bool] | None = None) -> list[K]:
         victims = []
         while len(self._pending) > max(size, 0):
-            silent = next((k for k, heard in self._pending.items() if not heard), None)
+            silent = self._oldest_silent(spoke)
             victim = silent if silent is not None else next(iter(self._pending))
             del self._pending[victim]
             victims.append(victim)
         return victims
+
+    def _oldest_silent(self, spoke: Callable[[K], bool] | None) -> K | None:
+        for key, heard in self._pending.items():
+            if heard:
+                continue
+            if spoke is not None and spoke(key):
+                self._pending[key] = True  # a value changes, not the dict's size
+                continue
+            return key
+        return None
+
+
+#: Where Linux's ``struct tcp_info`` keeps ``tcpi_bytes_received`` (a u64; Linux 4.1+):
+#: 8 one-byte fields, 24 u32 fields, then pacing_rate, max_pacing_rate, bytes_acked.
+_BYTES_RECEIVED = struct.Struct("=Q")
+_BYTES_RECEIVED_OFFSET = 8 + 24 * 4 + 3 * 8
+_TCP_INFO_SIZE = 256
+
+
+def bytes_received(sock: socket.socket) -> int:
+    """Bytes the peer has sent on a TCP connection, by the kernel's own count (data
+    bytes, not the handshake); 0 where the kernel does not say."""
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if tcp_info is None:
+        return 0
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, _TCP_INFO_SIZE)
+    except OSError:
+        return 0
+    if len(info) < _BYTES_RECEIVED_OFFSET + _BYTES_RECEIVED.size:
+        return 0
+    return _BYTES_RECEIVED.unpack_from(info, _BYTES_RECEIVED_OFFSET)[0]

@@ -184,11 +184,12 @@ def main() -> None:
 )
 @click.option(
     "--build-timeout",
-    default=defaults.BUILD_TIMEOUT,
+    default=defaults.MAX_TIMEOUT,
     show_default=True,
     type=click.FloatRange(min=0.1),
     envvar="SUPERCI_BUILD_TIMEOUT",
-    help="Seconds a build may run before the runner says which limit applies.",
+    help="Longest a build may run in seconds: its limit until the runner says which "
+    "applies, and the cap on what a runner says.",
 )
 @click.option(
     "--max-log-bytes",
@@ -306,6 +307,15 @@ def dispatcher_command(
     help="Build time limit in seconds when .superci.toml sets none.",
 )
 @click.option(
+    "--max-timeout",
+    default=defaults.MAX_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    envvar="SUPERCI_MAX_TIMEOUT",
+    help="Longest time limit in seconds a build's .superci.toml may set; above it the "
+    "build is an error.",
+)
+@click.option(
     "--kill-grace",
     default=defaults.KILL_GRACE,
     show_default=True,
@@ -336,6 +346,7 @@ def runner_command(
     name: str | None,
     heartbeat_interval: float,
     timeout: float,
+    max_timeout: float,
     kill_grace: float,
     max_spool_bytes: int,
     identity_file: Path | None,
@@ -356,6 +367,7 @@ def runner_command(
         kill_grace=kill_grace,
         max_spool_bytes=max_spool_bytes,
         identity_file=identity_file,
+        max_timeout=max_timeout,
     )
     _run_until_signalled(runner.run_forever())
 

@@ -53,6 +53,9 @@ OUTPUT_CHUNK_BYTES = 64 * 1024
 TEST_COMMAND = "python -m unittest discover -s tests"
 #: Time limit for one build (seconds) when .superci.toml names none.
 BUILD_TIMEOUT = 3600.0
+#: No build may run longer (seconds), whatever its .superci.toml asks for: a runner's
+#: --max-timeout and a dispatcher's --build-timeout, so a commit cannot hold a runner for ever.
+MAX_TIMEOUT = 6 * 3600.0
 #: After SIGTERM, a build's process group gets this long before SIGKILL (seconds).
 KILL_GRACE = 10.0
 #: The repository's own configuration file.

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from superci import __version__, defaults, identity, names, protocol
-from superci.admission import Admission
+from superci.admission import Admission, bytes_received
 from superci.auth import NO_CREDENTIALS, Credentials
 from superci.channel import Address, Channel
 from superci.errors import (
@@ -79,7 +79,7 @@ class Dispatcher:
         *,
         heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT,
         max_attempts: int = defaults.MAX_ATTEMPTS,
-        build_timeout: float = defaults.BUILD_TIMEOUT,
+        build_timeout: float = defaults.MAX_TIMEOUT,
         credentials: Credentials = NO_CREDENTIALS,
         log_idle_timeout: float = defaults.LOG_IDLE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
@@ -107,6 +107,7 @@ class Dispatcher:
         # Connections still in their opening handshake (TLS, hello, token), by handler.
         self._admission: Admission[asyncio.Task[None]] = Admission()
         self._dropped: set[asyncio.Task[None]] = set()  # made room for newer ones
+        self._sockets: dict[asyncio.Task[None], Any] = {}  # each handler's socket
         # What strangers cause (failed handshakes, floods) is logged at a bounded rate.
         self._stranger_log = RateLimitedLog(log)
         # Faults retried every tick (a full disk, a locked database) are logged sparingly.
@@ -216,7 +217,8 @@ class Dispatcher:
             writer.close()
             return
         self._handlers.add(task)
-        for victim in self._admission.admit(task):
+        self._sockets[task] = writer.get_extra_info("socket")
+        for victim in self._admission.admit(task, self._has_sent_bytes):
             self._drop(victim)
         deadline = asyncio.get_running_loop().time() + defaults.HANDSHAKE_TIMEOUT
         try:
@@ -231,6 +233,13 @@ class Dispatcher:
             self._admission.leave(task)
             self._dropped.discard(task)
             self._handlers.discard(task)
+            self._sockets.pop(task, None)
+
+    def _has_sent_bytes(self, task: asyncio.Task[None]) -> bool:
+        """Whether the peer of a pending connection sent anything yet, by the kernel's
+        count: a TLS client in its handshake has, a silent socket of a flood has not."""
+        sock = self._sockets.get(task)
+        return sock is not None and bytes_received(sock) > 0
 
     def _drop(self, task: asyncio.Task[None]) -> None:
         """End a connection still in its handshake, to make room for a newer one."""
@@ -895,7 +904,7 @@ async def run_dispatcher(
     *,
     heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT,
     max_attempts: int = defaults.MAX_ATTEMPTS,
-    build_timeout: float = defaults.BUILD_TIMEOUT,
+    build_timeout: float = defaults.MAX_TIMEOUT,
     max_log_bytes: int = defaults.MAX_LOG_BYTES,
     credentials: Credentials = NO_CREDENTIALS,
     log_idle_timeout: float = defaults.LOG_IDLE_TIMEOUT,

@@ -1,8 +1,10 @@
 """Running a build's test command: its own process group, a time limit, live output.
 
 The command runs in a new session, so the whole tree it starts can be signalled at once:
-on timeout or cancel the group gets SIGTERM, then SIGKILL after a grace period, and after
-a normal exit whatever is left of the group is killed, so nothing of a build outlives it.
+on timeout or cancel the group gets SIGTERM, then SIGKILL after a grace period. Whatever
+is left at the end, in the group or escaped from it, is killed (superci.containment), so
+nothing of a build outlives it. The time limit and cancel also bound the delivery of the
+last output, however slowly on_output takes it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from superci import defaults
+from superci.containment import BuildContainment
 from superci.errors import SuperCIError
 
 log = logging.getLogger(__name__)
@@ -63,14 +66,36 @@ async def run_command(
     kill_grace: float,
     on_output: Callable[[bytes], Awaitable[None]],
     cancel: asyncio.Event | None = None,
+    containment: BuildContainment | None = None,
 ) -> Execution:
     """Run ``/bin/sh -c command`` in ``cwd``, streaming its merged output to ``on_output``.
 
     An exception raised by ``on_output`` stops the build (its group is terminated) and is
     re-raised here, since output nobody can receive is a build nobody can judge.
+    ``containment`` (a new one if None) is closed here, once all of the build is dead.
     """
+    contain = containment if containment is not None else BuildContainment()
+    try:
+        return await _run_contained(
+            command, cwd, env, timeout, kill_grace, on_output, cancel, contain
+        )
+    finally:
+        await asyncio.to_thread(contain.close)
+
+
+async def _run_contained(
+    command: str,
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float,
+    kill_grace: float,
+    on_output: Callable[[bytes], Awaitable[None]],
+    cancel: asyncio.Event | None,
+    contain: BuildContainment,
+) -> Execution:
     loop = asyncio.get_running_loop()
     started = time.monotonic()
+    deadline = started + timeout
     try:
         transport, pipe = await loop.subprocess_exec(
             _OutputPipe,
@@ -81,12 +106,14 @@ async def run_command(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=os.fspath(cwd),
-            env=dict(env),
+            env=contain.environment(dict(env)),
             start_new_session=True,
+            preexec_fn=contain.preexec(),
         )
-    except OSError as e:
+    except (OSError, subprocess.SubprocessError) as e:
         raise SuperCIError(f"cannot start the test command in {cwd}: {e}") from e
     pgid = transport.get_pid()  # a new session's leader: its pid is the group id
+    contain.started(pgid)
     pump = asyncio.create_task(_pump(pipe, on_output))
     finished = False
     try:
@@ -96,14 +123,17 @@ async def run_command(
         else:
             log.info("terminating build process group %d (%s)", pgid, ending)
             await _terminate_group(pgid, pipe.exited, kill_grace)
-        await _drain(pipe, pump, pgid)
+        await asyncio.to_thread(contain.kill_all)  # what escaped the group: setsid, daemons
+        ending = await _drain(pipe, pump, pgid, cancel, ending, deadline)
         finished = True
     finally:
         if not finished:  # the caller cancelled us, or something failed unexpectedly
             _signal_group(pgid, signal.SIGKILL)
+            contain.kill_all()
             pump.cancel()
         transport.close()
-    pump.result()  # re-raises what on_output raised, if it did
+    if not pump.cancelled():
+        pump.result()  # re-raises what on_output raised, if it did
     killed = ending != "exited"
     return Execution(
         exit_code=None if killed else transport.get_returncode(),
@@ -243,31 +273,92 @@ async def _group_gone(pgid: int, exited: asyncio.Event, grace: float) -> bool:
         delay = min(delay * 2, POLL_MAX)
 
 
-async def _drain(pipe: _OutputPipe, pump: asyncio.Task[None], pgid: int) -> None:
-    """Deliver the rest of the output; stop waiting on a pipe an escaped process holds."""
-    while not pump.done():  # done early only when on_output failed: nobody reads any more
-        try:
-            async with asyncio.timeout(defaults.OUTPUT_DRAIN_TIMEOUT):
-                await pipe.eof.wait()
-            break
-        except TimeoutError:
-            if pipe.paused and not pump.done():
-                continue  # not at the end yet: on_output is still catching up
-            log.warning(
-                "output of build process group %d still open %.1fs after the group ended: "
-                "a process left the group (setsid?) and holds it; not reading it any more",
-                pgid,
-                defaults.OUTPUT_DRAIN_TIMEOUT,
+async def _drain(
+    pipe: _OutputPipe,
+    pump: asyncio.Task[None],
+    pgid: int,
+    cancel: asyncio.Event | None,
+    ending: str,
+    deadline: float,
+) -> str:
+    """Deliver the rest of the output, within the build's bounds; returns how the run ends.
+
+    A run that exited has until its time limit (and at least OUTPUT_DRAIN_TIMEOUT) to hand
+    over its output, and cancel still stops it: past either, it ended by "timeout" or
+    "cancelled". A run already stopped gets OUTPUT_DRAIN_TIMEOUT. A pipe still open and idle
+    that long after the group ended is held by a process out of our reach: given up on.
+    """
+    now = time.monotonic()
+    until = now + defaults.OUTPUT_DRAIN_TIMEOUT
+    if ending == "exited":
+        until = max(deadline, until)
+    stop = {"eof": asyncio.create_task(pipe.eof.wait())}
+    if cancel is not None and ending == "exited":
+        stop["cancelled"] = asyncio.create_task(cancel.wait())
+    try:
+        while not pump.done():
+            step = min(until - time.monotonic(), defaults.OUTPUT_DRAIN_TIMEOUT)
+            if step <= 0:
+                return _cut_short(pump, pgid, "timeout" if ending == "exited" else ending)
+            done, _ = await asyncio.wait(
+                {*stop.values(), pump}, timeout=step, return_when=asyncio.FIRST_COMPLETED
             )
-            break
-    pipe.close_output()
+            if stop["eof"] in done:
+                break
+            if "cancelled" in stop and stop["cancelled"] in done:
+                return _cut_short(pump, pgid, "cancelled")
+            if not done and not pipe.paused and time.monotonic() < until:
+                log.warning(
+                    "output of build process group %d still open %.1fs after the group ended: "
+                    "a process out of reach holds it; not reading it any more",
+                    pgid,
+                    defaults.OUTPUT_DRAIN_TIMEOUT,
+                )
+                break
+        pipe.close_output()
+        # The rest of what was read is handed over within the same bound.
+        remaining = until - time.monotonic()
+        if not pump.done() and (remaining <= 0 or not await _finishes(pump, remaining, stop)):
+            if "cancelled" in stop and stop["cancelled"].done():
+                return _cut_short(pump, pgid, "cancelled")
+            return _cut_short(pump, pgid, "timeout" if ending == "exited" else ending)
+    finally:
+        for task in stop.values():
+            task.cancel()
+        pipe.close_output()
+        await _reaped(pipe, pgid)
+        if not pump.done():
+            pump.cancel()
+        await asyncio.wait({pump})  # a failure is re-raised by the caller via pump.result()
+    return ending
+
+
+async def _finishes(
+    pump: asyncio.Task[None], within: float, stop: dict[str, asyncio.Task[bool]]
+) -> bool:
+    """Whether the pump delivers the rest within ``within`` seconds, before a cancel."""
+    waits = {pump} | ({stop["cancelled"]} if "cancelled" in stop else set())
+    await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    return pump.done()
+
+
+def _cut_short(pump: asyncio.Task[None], pgid: int, ending: str) -> str:
+    log.warning(
+        "build process group %d: its output was not delivered in time; it ends as %s",
+        pgid,
+        ending,
+    )
+    pump.cancel()
+    return ending
+
+
+async def _reaped(pipe: _OutputPipe, pgid: int) -> None:
     if not pipe.exited.is_set():
         try:
             async with asyncio.timeout(defaults.OUTPUT_DRAIN_TIMEOUT):
                 await pipe.exited.wait()
         except TimeoutError:
             log.error("build process %d did not exit after SIGKILL", pgid)
-    await asyncio.wait({pump})  # a failure is re-raised by the caller via pump.result()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from superci import client, defaults, identity, protocol, testtool
+from superci import client, containment, defaults, identity, protocol, testtool
 from superci.backoff import Backoff
 from superci.buildlog import BuildLog
 from superci.channel import Address, Channel
@@ -131,6 +131,7 @@ class Runner:
         kill_grace: float = defaults.KILL_GRACE,
         max_spool_bytes: int = defaults.MAX_SPOOL_BYTES,
         identity_file: Path | None = None,
+        max_timeout: float = defaults.MAX_TIMEOUT,
     ) -> None:
         self.address = address
         self.workspace = workspace
@@ -142,6 +143,12 @@ class Runner:
         self.build_timeout = build_timeout
         self.kill_grace = kill_grace
         self.max_spool_bytes = max_spool_bytes
+        self.max_timeout = max_timeout  # no build runs longer, whatever it asks for
+        if build_timeout > max_timeout:
+            raise ConfigError(
+                f"the runner's timeout of {build_timeout:g} seconds (--timeout) is above its "
+                f"limit of {max_timeout:g} seconds (--max-timeout)"
+            )
         self._channel: Channel | None = None
         self._current: ActiveBuild | None = None
         self._scratch = Path(tempfile.mkdtemp(prefix="superci-runner-"))  # private: 0700
@@ -160,6 +167,7 @@ class Runner:
         use nor repair makes it leave the same way and raise :class:`WorkspaceBroken`.
         """
         self._main = asyncio.current_task()
+        guard = await asyncio.to_thread(self._contain_builds)
         try:
             while True:
                 try:
@@ -190,6 +198,19 @@ class Runner:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     async with asyncio.timeout(self.kill_grace + 5):
                         await asyncio.shield(dying)
+            await asyncio.to_thread(guard.stop)
+
+    @property
+    def build_record(self) -> Path:
+        """Where the running build is recorded, beside the clone's ownership mark."""
+        return self.workspace.path / ".git" / "superci-build"
+
+    def _contain_builds(self) -> containment.Guard:
+        """Before the first build: adopt the orphans of builds, end what a previous life
+        of this runner left running, and start the guard that outlives a SIGKILL."""
+        containment.become_subreaper()
+        containment.kill_recorded(self.build_record)
+        return containment.Guard(self.build_record)
 
     async def _session(self) -> None:
         channel = await client.connect(self.address, "runner")
@@ -455,16 +476,26 @@ class Runner:
             await say("cancelled before the tests started")
             return self._result(active, BuildStatus.CANCELLED, None, started, "cancelled")
         timeout = config.timeout or self.build_timeout
+        if timeout > self.max_timeout:
+            message = (
+                f"timeout = {timeout:g} in {defaults.CONFIG_FILE} is above this runner's "
+                f"limit of {self.max_timeout:g} seconds (--max-timeout)"
+            )
+            await say(message)
+            return self._result(active, BuildStatus.ERROR, None, started, message)
         active.started = protocol.Started(
             build_id=build.build_id, attempt=build.attempt,
             timeout=timeout, kill_grace=self.kill_grace,
         )  # fmt: skip
         await self._send_quietly(active.started)
-        await say(f"$ {command}")
-        execution = await run_command(
-            command, self.workspace.path, environment, timeout, self.kill_grace, emit,
-            active.cancel,
-        )  # fmt: skip
+        contained = await asyncio.to_thread(containment.BuildContainment, self.build_record)
+        with contained:  # closed here too, should anything fail before run_command does it
+            await say(f"$ {command}")
+            await say(f"contained by {contained.description}")
+            execution = await run_command(
+                command, self.workspace.path, environment, timeout, self.kill_grace, emit,
+                active.cancel, contained,
+            )  # fmt: skip
         try:
             active.report = await read_off_loop(
                 report.read, timeout=defaults.FILE_READ_TIMEOUT, what=f"JUnit report {report.path}"

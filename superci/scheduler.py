@@ -152,7 +152,7 @@ class Scheduler:
         self,
         heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT,
         max_attempts: int = defaults.MAX_ATTEMPTS,
-        build_timeout: float = defaults.BUILD_TIMEOUT,
+        build_timeout: float = defaults.MAX_TIMEOUT,
         stop_grace: float = defaults.KILL_GRACE + defaults.DEADLINE_MARGIN,
         max_handbacks: int = defaults.MAX_HANDBACKS,
     ) -> None:
@@ -336,9 +336,10 @@ class Scheduler:
 
     def started(self, job: Job, timeout: float, kill_grace: float, now: float) -> None:
         """The runner started the tests with this limit: the dispatcher's deadline follows,
-        and a stop it is asked for may take the runner's own kill grace."""
-        job.stop_grace = kill_grace + defaults.DEADLINE_MARGIN
-        job.deadline = now + timeout + job.stop_grace
+        and a stop it is asked for may take the runner's own kill grace. Both are capped by
+        the dispatcher's own ``build_timeout``: a runner cannot keep a build for ever."""
+        job.stop_grace = min(kill_grace, self.build_timeout) + defaults.DEADLINE_MARGIN
+        job.deadline = now + min(timeout, self.build_timeout) + job.stop_grace
 
     def cancel(
         self,

@@ -237,14 +237,16 @@ def _read(path: Path) -> str | None:
 
 
 def _children(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (a runner's running build, for instance)."""
+    """Processes whose parent is ``pid`` (a runner's running build, for instance), but for
+    the runner's guard (superci.containment.Guard), which lives as long as the runner."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
+            guard = b"containment import guard" in (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue  # gone meanwhile
-        if int(text[text.rfind(")") + 2 :].split()[1]) == pid:
+        if int(text[text.rfind(")") + 2 :].split()[1]) == pid and not guard:
             found.append(int(stat.parent.name))
     return found
 

@@ -23,7 +23,7 @@ from helpers import WAIT, FakeClock, Harness, async_test, eventually, free_port,
 from superci import client, defaults, protocol
 from superci import runner as runner_module
 from superci.channel import Address
-from superci.errors import DispatcherUnavailable
+from superci.errors import ConfigError, DispatcherUnavailable
 from superci.runner import Runner
 from superci.workspace import Workspace
 
@@ -120,6 +120,32 @@ async def test_a_passing_and_a_failing_commit_are_reported_as_such(tmp_path, rep
     assert log.endswith("superci: tests failed (exit code 1)\n")
 
 
+@pytest.mark.parametrize(
+    ("asked", "limit", "named"),
+    [("1e300", defaults.MAX_TIMEOUT, "21600"), ("120", 60.0, "60")],
+    ids=["endless", "above-max-timeout"],
+)
+@async_test()
+async def test_a_commit_asking_for_a_time_limit_above_the_runners_max_is_an_error_naming_it(
+    tmp_path, repo, workspace, asked, limit, named
+):
+    sha = repo.commit({".superci.toml": f"timeout = {asked}\n", "tests/test_ok.py": PASSING_TEST})
+    async with (
+        Harness(tmp_path) as h,
+        running(new_runner(h, workspace, build_timeout=min(limit, 60.0), max_timeout=limit)),
+    ):
+        await h.submit(sha)
+        result = await h.results.wait(sha, BUILD_WAIT)
+    assert result["status"] == "error"
+    assert f"limit of {named} seconds (--max-timeout)" in result["message"]
+    assert "passing test ran" not in h.output_log(sha).decode()
+
+
+def test_a_runner_whose_own_timeout_is_above_its_max_timeout_is_refused(workspace):
+    with pytest.raises(ConfigError, match=r"--timeout\) is above its limit of 60 seconds"):
+        Runner(Address("127.0.0.1", 1), workspace, "r", build_timeout=61.0, max_timeout=60.0)
+
+
 @async_test()
 async def test_the_command_of_superci_toml_runs_with_the_build_in_its_environment(
     tmp_path, repo, workspace
@@ -141,7 +167,8 @@ async def test_the_command_of_superci_toml_runs_with_the_build_in_its_environmen
     lines = h.output_log(sha).decode().splitlines()
     assert f"superci: $ {command}" in lines
     assert "Ran" not in "".join(lines), "the default unittest command must not run"
-    assert lines[2:7] == [
+    first = lines.index(f"superci: $ {command}") + 2  # after the line saying how it is contained
+    assert lines[first : first + 5] == [
         f"SUPERCI_COMMIT={sha}",
         "SUPERCI_BRANCH=feature/env",
         f"SUPERCI_BUILD_ID={submitted.build_id}",
@@ -311,7 +338,9 @@ async def test_a_runner_carries_its_build_across_a_dispatcher_restart(tmp_path, 
 
     assert (result["status"], result["attempt"], result["runners"]) == ("passed", 1, ["runner-1"])
     assert h.db_build(submitted.build_id)["status"] == "passed"
-    assert h.output_log(sha).decode().splitlines() == [
+    lines = h.output_log(sha).decode().splitlines()
+    assert lines.pop(2).startswith("superci: contained by ")
+    assert lines == [
         f"superci: building {sha} (main) attempt 1 on runner-1",
         f"superci: $ {command}",
         *(f"{part} {i}" for part in ("before", "middle", "after") for i in range(1, 4)),

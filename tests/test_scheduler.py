@@ -499,6 +499,19 @@ def test_build_past_its_deadline_is_stopped_as_timeout_by_the_dispatcher(timed):
     assert timed.jobs[1].stopping is BuildStatus.TIMEOUT
 
 
+def test_a_runner_announcing_an_endless_limit_is_held_to_the_dispatchers_build_timeout(timed):
+    """A hostile or misconfigured runner says timeout=1e300 and kill_grace=1e300: the
+    dispatcher still stops the build after its own --build-timeout (60 here) plus grace."""
+    add(timed, 1)
+    register(timed, "r1", 1, now=0.0)
+    timed.started(timed.jobs[1], timeout=1e300, kill_grace=1e300, now=0.0)
+    deadline = 60.0 + 60.0 + 5.0  # capped timeout + capped kill grace + DEADLINE_MARGIN
+    assert timed.check_deadlines(deadline) == []
+    (cancel,) = timed.check_deadlines(deadline + 0.1)
+    assert isinstance(cancel, CancelLease) and timed.jobs[1].stopping is BuildStatus.TIMEOUT
+    assert of_type(timed.check_deadlines(deadline + 0.1 + 65.1), EndBuild) != []
+
+
 def test_build_without_a_started_message_gets_the_dispatchers_default_deadline(timed):
     add(timed, 1)
     register(timed, "r1", 1, now=0.0)
