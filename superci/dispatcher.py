@@ -218,7 +218,10 @@ class Dispatcher:
             return
         self._handlers.add(task)
         self._sockets[task] = writer.get_extra_info("socket")
-        for victim in self._admission.admit(task, self._has_sent_bytes):
+        # Over TLS no whole message is read before the TLS handshake ends: whether the
+        # peer sent any byte at all tells a client mid-handshake from a silent socket.
+        spoke = self._has_sent_bytes if self._credentials.ssl is not None else None
+        for victim in self._admission.admit(task, spoke):
             self._drop(victim)
         deadline = asyncio.get_running_loop().time() + defaults.HANDSHAKE_TIMEOUT
         try:
