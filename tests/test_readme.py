@@ -170,3 +170,17 @@ def test_the_lan_set_up_works_when_followed_as_written(shell: Shell, repo: Repo,
     assert '"status": "passed"' in result.read_text()
     for _, log in shell.processes:
         assert "Traceback" not in log.read_text()
+
+
+def test_every_test_the_guarantees_name_exists():
+    """A promise whose test was renamed or removed would point at nothing."""
+    named = re.findall(r"``(test_\w+\.py)(?:::(\w+))?``", section("Guarantees"))
+    assert len(named) > 50
+    tests = README.parent / "tests"
+    missing = [
+        f"{file}::{name}" if name else file
+        for file, name in named
+        if not (tests / file).is_file()
+        or (name and not re.search(rf"def {name}\b", (tests / file).read_text(encoding="utf-8")))
+    ]
+    assert missing == []
