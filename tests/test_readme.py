@@ -184,3 +184,12 @@ def test_every_test_the_guarantees_name_exists():
         or (name and not re.search(rf"def {name}\b", (tests / file).read_text(encoding="utf-8")))
     ]
     assert missing == []
+
+
+def test_the_design_document_has_a_line_for_every_module():
+    design = (README.parent / "docs" / "design.rst").read_text(encoding="utf-8")
+    modules = {p.name for p in (README.parent / "superci").glob("*.py")} - {
+        "__init__.py",
+        "__main__.py",
+    }
+    assert sorted(m for m in modules if f"``{m}``" not in design) == []
