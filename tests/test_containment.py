@@ -288,6 +288,45 @@ def test_a_build_whose_dispatcher_stops_reading_still_ends_at_its_time_limit(
     assert superci.wait_for_result(sha)["status"] == "timeout"
 
 
+def processes_of_commit(sha: str) -> list[int]:
+    """Pids of live processes whose environment names this commit (a build's, escaped or not)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if f"SUPERCI_COMMIT={sha}".encode() in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return [pid for pid in found if not process_gone(pid)]
+
+
+def test_an_escaped_writer_on_a_throttled_link_ends_with_its_build_at_the_time_limit(
+    repo: Repo, superci: Superci, tmp_path: Path
+):
+    """The issue's own attack: ``setsid yes & sleep 1`` while the dispatcher takes nothing.
+    The escaped writer floods the pipe and outlives the command; the build still ends at
+    its limit, and the writer with it."""
+    sha = repo.commit({".superci.toml": 'command = "setsid yes & sleep 1"\ntimeout = 3\n'})
+    dispatcher = superci.dispatcher()
+    runner = superci.runner(repo.clone(tmp_path / "clone"), "runner-escaped")
+    runner.wait_for_log("registered with the dispatcher")
+    assert "queued" in superci.notify(sha).stdout
+    dispatcher.wait_for_log("→ runner runner-escaped")
+    wait_until(lambda: processes_of_commit(sha), what="the build's processes")
+    dispatcher.popen.send_signal(signal.SIGSTOP)
+    try:
+        runner.wait_for_log("ends as timeout", 3 + defaults.OUTPUT_DRAIN_TIMEOUT + 3)
+        wait_until(lambda: not processes_of_commit(sha), 5, "the escaped writer to be gone")
+    finally:
+        dispatcher.popen.send_signal(signal.SIGCONT)
+    assert superci.wait_for_result(sha)["status"] == "timeout"
+    assert processes_of_commit(sha) == []
+
+
 # --- time limits a commit cannot raise ------------------------------------------------------
 
 
