@@ -248,10 +248,15 @@ class _Link:
             self._held = []
 
     def release(self) -> None:
+        """Deliver what was held; if the dispatcher has closed its end meanwhile, the
+        bytes are refused by the kernel (EPIPE), which is a cut link too."""
         with self._lock:
             held, self._held = self._held or [], None
-            for data in held:
-                self.upstream.sendall(data)
+            try:
+                for data in held:
+                    self.upstream.sendall(data)
+            except OSError:
+                pass
 
     def _pump(self, source: socket.socket, target: socket.socket, from_runner: bool) -> None:
         try:
