@@ -210,7 +210,8 @@ class Store:
         row = None
         with contextlib.suppress(sqlite3.Error):  # ``about`` is kept by every later schema
             row = self._db.execute("SELECT value FROM about WHERE key = 'written_by'").fetchone()
-        needed = f"superci {row[0]} or newer" if row else f"a superci that reads schema {version}"
+        known = row is not None and row[0] != __version__  # a development version may not tell
+        needed = f"superci {row[0]} or newer" if known else f"a superci that reads schema {version}"
         return (
             f"the state database {self.path} has schema version {version}, from a newer"
             f" superci; this superci {__version__} reads schema versions up to"

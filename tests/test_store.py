@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
+from superci import store as store_module
 from superci.errors import StorageError
 from superci.scheduler import Job
 from superci.status import BuildStatus
-from superci import store as store_module
 from superci.store import MIGRATIONS, SCHEMA_VERSION, BuildRecord, RunnerRecord, Store
 
 SHA_A = "a" * 40
