@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 from conftest import FAILING_TEST, PASSING_TEST
-from helpers import WAIT, FakeClock, Harness, async_test, eventually, free_port, process_alive
+from helpers import FakeClock, Harness, async_test
+from support import WAIT, eventually, free_port, process_alive
 
 from superci import client, defaults, protocol
 from superci import runner as runner_module
