@@ -528,3 +528,33 @@ def test_a_migration_that_fails_leaves_the_database_at_its_version(path, monkeyp
     db = sqlite3.connect(path)
     assert "note" not in {row[1] for row in db.execute("PRAGMA table_info(builds)")}
     db.close()
+
+
+def test_a_write_that_fails_inside_a_transaction_rolls_back_every_write_of_it(store, path):
+    kept = store.add_build(SHA_A, "main", now=1.0)
+    with pytest.raises(StorageError, match="NOT NULL"):
+        with store.transaction():
+            store.mark_running(kept.id, 1, "r1", now=2.0)
+            store.add_build(SHA_B, "main", now=3.0)
+            store.runner_seen("r1", None, 7, now=4.0)  # host is NOT NULL: this write fails
+
+    assert store.get(kept.id) == kept  # still queued, never marked running
+    assert store.latest_for(SHA_B) is None and store.runner("r1") is None
+    other = sqlite3.connect(path)  # and on disk
+    assert other.execute("SELECT sha, status FROM builds").fetchall() == [(SHA_A, "queued")]
+    other.close()
+    with store.transaction():  # the store is not left inside the failed transaction
+        store.finish(kept.id, BuildStatus.PASSED, now=5.0)
+    assert store.get(kept.id).status == BuildStatus.PASSED
+
+
+def test_an_error_raised_inside_a_transaction_rolls_it_back_and_is_raised_as_it_is(store):
+    class Interrupted(Exception):
+        pass
+
+    with pytest.raises(Interrupted), store.transaction():
+        store.add_build(SHA_A, "main", now=1.0)
+        with store.transaction():  # nested: joins the outer one, and goes with it
+            store.add_build(SHA_B, "main", now=2.0)
+        raise Interrupted
+    assert store.recent(10) == []
