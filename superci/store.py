@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from superci import __version__, defaults
 from superci.errors import StorageError
@@ -141,11 +142,13 @@ _COLUMNS = (
 )
 
 
-def _record(row: tuple) -> BuildRecord:
-    *head, runners, tests, lost = row
-    record = BuildRecord(*head, runners=json.loads(runners), tests=json.loads(tests), lost=lost)
-    record.status = BuildStatus(record.status)
-    return record
+def _record(row: tuple[Any, ...]) -> BuildRecord:
+    (build_id, sha, branch, status, attempt, runner, queued_at, started_at, finished_at,
+     message, runners, tests, lost) = row  # fmt: skip
+    return BuildRecord(
+        build_id, sha, branch, BuildStatus(status), attempt, runner, queued_at, started_at,
+        finished_at, message, runners=json.loads(runners), tests=json.loads(tests), lost=lost,
+    )  # fmt: skip
 
 
 class Store:
@@ -207,11 +210,14 @@ class Store:
 
     def _too_new(self, version: int) -> str:
         """Why a database of a newer schema is refused, and what would read it."""
-        row = None
+        writer: str | None = None
         with contextlib.suppress(sqlite3.Error):  # ``about`` is kept by every later schema
             row = self._db.execute("SELECT value FROM about WHERE key = 'written_by'").fetchone()
-        known = row is not None and row[0] != __version__  # a development version may not tell
-        needed = f"superci {row[0]} or newer" if known else f"a superci that reads schema {version}"
+            writer = None if row is None else str(row[0])
+        if writer is not None and writer != __version__:  # a development version may not tell
+            needed = f"superci {writer} or newer"
+        else:
+            needed = f"a superci that reads schema {version}"
         return (
             f"the state database {self.path} has schema version {version}, from a newer"
             f" superci; this superci {__version__} reads schema versions up to"
@@ -246,13 +252,13 @@ class Store:
                 self._db.execute("ROLLBACK")
             raise
 
-    def _execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         try:
             return self._db.execute(sql, params)
         except sqlite3.Error as e:
             raise StorageError(f"cannot write to the state database {self.path}: {e}") from e
 
-    def _write(self, sql: str, params: tuple) -> sqlite3.Cursor:
+    def _write(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
         """One write; committed at once unless inside :meth:`transaction`."""
         return self._execute(sql, params)  # autocommit mode: each statement commits itself
 
@@ -363,11 +369,11 @@ class Store:
 
     # --- reading --------------------------------------------------------------------
 
-    def _one(self, sql: str, params: tuple) -> BuildRecord | None:
+    def _one(self, sql: str, params: tuple[Any, ...]) -> BuildRecord | None:
         rows = self._all(sql, params)
         return rows[0] if rows else None
 
-    def _all(self, sql: str, params: tuple) -> list[BuildRecord]:
+    def _all(self, sql: str, params: tuple[Any, ...]) -> list[BuildRecord]:
         try:
             return [_record(row) for row in self._db.execute(sql, params)]
         except sqlite3.Error as e:
