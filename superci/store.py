@@ -23,10 +23,6 @@ from superci.status import BuildStatus
 
 log = logging.getLogger(__name__)
 
-#: The schema version this superci writes (``PRAGMA user_version``). Raise it by one with
-#: each entry added to ``MIGRATIONS``; 0 is a database made before versions existed.
-SCHEMA_VERSION = 1
-
 #: The tables of schema version 1. Frozen: a later change is a new migration.
 SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS builds (
@@ -97,7 +93,9 @@ def _to_version_1(db: sqlite3.Connection) -> None:
 #: ``MIGRATIONS[n]`` brings a database from schema version n to n + 1, in one transaction.
 #: A new one is appended here, never edited once released.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_version_1]
-assert len(MIGRATIONS) == SCHEMA_VERSION
+#: The schema version this superci writes (``PRAGMA user_version``); 0 is an empty file or
+#: a database made before versions existed.
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @dataclass(frozen=True)
@@ -192,7 +190,7 @@ class Store:
                 if version > SCHEMA_VERSION:
                     raise StorageError(self._too_new(version))
                 if version < SCHEMA_VERSION:
-                    log.info("migrating %s to schema version %d", self.path, version + 1)
+                    log.info("bringing %s to schema version %d", self.path, version + 1)
                     MIGRATIONS[version](self._db)
                     version += 1
                     self._db.execute(f"PRAGMA user_version = {version}")
