@@ -17,6 +17,9 @@ are asyncio clients in this process that speak :mod:`superci.protocol` through
 
 The result is one table: scenario, metric, value, target, met. Rows without a target are
 there to explain the others (breakdowns, context). ``--json`` writes the same rows.
+Exit status: 0 when every target is met, 1 when a target is missed, 2 when a scenario
+broke (an exception, a wait that timed out) so its figures are missing; ``.ci/run``
+accepts 0 and 1 (a missed target depends on the machine) but not 2.
 Setting ``PYTHONPATH`` to a modified copy of superci benchmarks that copy instead (the
 superci actually used is recorded in the JSON).
 """
@@ -52,9 +55,18 @@ import superci
 from superci import client, protocol
 from superci.channel import Address, Channel, parse_address
 
+# The tests' own waits: the benchmark runs from a checkout, never installed, like the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support import wait_until  # noqa: E402
+
 PYTHON = sys.executable
 #: How long any one wait may last before the scenario fails (seconds); reached only when broken.
 WAIT = 60.0
+#: Exit statuses: a target missed (the figures are there), a scenario broken (they are not).
+EXIT_MISSED = 1
+EXIT_BROKEN = 2
+#: How often a wait polls: finer than the tests, as some waits end a measurement.
+POLL = 0.002
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
 
@@ -190,20 +202,6 @@ def rss_mib(pid: int) -> float:
     return math.nan
 
 
-def wait_until(
-    predicate: Callable[[], Any], timeout: float = WAIT, what: str = "", poll: float = 0.002
-) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up after {timeout:g}s waiting for {what or predicate}")
-        time.sleep(poll)
-
-
 def _read(path: Path) -> str | None:
     try:
         return path.read_text()
@@ -266,7 +264,7 @@ class Proc:
                     return int(kids[0])
             return None
 
-        return wait_until(child, 10, "py-spy to start the dispatcher")
+        return wait_until(child, 10, "py-spy to start the dispatcher", POLL)
 
     @property
     def log(self) -> str:
@@ -431,7 +429,7 @@ class Stack:
 
     def wait_for_result(self, sha: str, timeout: float = WAIT) -> dict[str, Any]:
         path = self.result_path(sha)
-        wait_until(path.exists, timeout, f"the result of {sha[:12]}")
+        wait_until(path.exists, timeout, f"the result of {sha[:12]}", POLL)
         return json.loads(path.read_text())
 
 
@@ -908,7 +906,7 @@ def _failure_trial(
     """Start a gated build, signal its runner, time the dispatcher's reaction and the
     second attempt's start; then clean up and restart the victim."""
     sha, build_id, gate = _gated_build(stack, repo, tag)
-    cwd, pgid = wait_until(lambda: _read(gate / "started-1"), WAIT, "attempt 1").split("\n")
+    cwd, pgid = wait_until(lambda: _read(gate / "started-1"), WAIT, "attempt 1", POLL).split("\n")
     victim = next(name for name, clone in clones.items() if clone.samefile(cwd))
     dispatcher = stack.processes[0]
     seen: dict[str, float] = {}
@@ -929,7 +927,7 @@ def _failure_trial(
                 seen["started-2"] = now - start
             return len(seen) == 3
 
-        wait_until(progress, timeout, f"build {build_id} to run again after {sig.name}")
+        wait_until(progress, timeout, f"build {build_id} to run again after {sig.name}", POLL)
     finally:
         (gate / "open").touch()
         kill_group(int(pgid))  # attempt 1's tests, orphaned by the signalled runner
@@ -1015,7 +1013,7 @@ def scenario_logs(bench: Bench) -> list[Row]:
         log_path = stack.results / sha / "output.log"
         wait_until(
             lambda: log_path.exists() and b"waiting for the gate" in log_path.read_bytes(),
-            WAIT, "the build to start",
+            WAIT, "the build to start", POLL,
         )  # fmt: skip
         start = time.perf_counter()
         logs = subprocess.Popen(
@@ -1026,7 +1024,7 @@ def scenario_logs(bench: Bench) -> list[Row]:
             assert logs.stdout is not None
             reader = StreamReader(logs.stdout.fileno())
             reader.start()
-            wait_until(lambda: reader.first is not None, 10, "the first byte of logs --follow")
+            wait_until(lambda: reader.first is not None, 10, "the first byte of `logs -f`", POLL)
             assert reader.first is not None
             ttfb = reader.first - start
             gate.touch()
@@ -1154,7 +1152,7 @@ def scenario_flood(bench: Bench) -> list[Row]:
         thread = threading.Thread(target=attack, daemon=True)
         thread.start()
         try:
-            wait_until(lambda: counts[0] >= sockets, WAIT, "the flood to open its sockets")
+            wait_until(lambda: counts[0] >= sockets, WAIT, "the flood to open its sockets", POLL)
             baseline = _timed_cli(bench, stack, "status")  # includes the flood already
             for i in range(bench.n(5, 2)):
                 notify.append(_timed_cli(bench, stack, "notify", random_sha()))
@@ -1332,6 +1330,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="superci-bench-"))
     bench = Bench(root, args.quick, args.profile)
     rows: list[Row] = []
+    broken: list[str] = []
     load_before = os.getloadavg()
     began = time.perf_counter()
     try:
@@ -1344,6 +1343,7 @@ def main(argv: list[str] | None = None) -> int:
                         rows += scenario(bench)
                     except Exception as e:
                         traceback.print_exc()
+                        broken.append(scenario.__name__)
                         rows.append(Row(name, f"{scenario.__name__} failed", None, "", 0,
                                         note=f"{type(e).__name__}: {e}"[:300]))  # fmt: skip
                     took = time.perf_counter() - t
@@ -1368,7 +1368,10 @@ def main(argv: list[str] | None = None) -> int:
             "rows": [row.as_dict() for row in rows],
         }  # fmt: skip
         args.json.write_text(json.dumps(document, indent=2) + "\n")
-    return 0 if all(row.met is not False for row in rows) else 1
+    if broken:
+        print(f"bench: broken (no figures): {', '.join(broken)}", file=sys.stderr)
+        return EXIT_BROKEN
+    return 0 if all(row.met is not False for row in rows) else EXIT_MISSED
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from superci import defaults
-from superci.containment import BuildContainment
+from superci.containment import BuildContainment, all_processes
 from superci.errors import SuperCIError
 
 log = logging.getLogger(__name__)
@@ -384,21 +384,6 @@ def _group_exists(pgid: int) -> bool:
 def _has_live_member(pgid: int) -> bool:
     """Look past zombies on Linux: an orphan is reaped by init, which in a container may
     take seconds or never happen, and a zombie holds no pipe, file or CPU."""
-    try:
-        entries = os.scandir("/proc")
-    except OSError:
+    if not os.path.isdir("/proc"):
         return True  # no procfs: trust kill(0), at worst the grace is waited out
-    with entries:
-        for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue  # exited meanwhile
-            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-            fields = stat[stat.rfind(b")") + 2 :].split()
-            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-                return True
-    return False
+    return any(p.pgid == pgid and p.alive for p in all_processes())

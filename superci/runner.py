@@ -156,6 +156,7 @@ class Runner:
         self._backoff = Backoff()
         self._main: asyncio.Task[None] | None = None  # run_forever's task
         self._broken: WorkspaceBroken | None = None  # set when the clone is beyond repair
+        self._resend: asyncio.Task[None] | None = None  # a result sent again after a delay
 
     # --- the connection loop --------------------------------------------------------
 
@@ -193,6 +194,9 @@ class Runner:
             raise
         finally:
             shutil.rmtree(self._scratch, ignore_errors=True)
+            if self._resend is not None:
+                self._resend.cancel()
+                await asyncio.wait([self._resend])
             dying = self._abandon_current("runner stopping")
             if dying is not None:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
@@ -336,14 +340,21 @@ class Runner:
             log.warning(
                 "dispatcher could not record build %d yet (%s); retrying", ack.build_id, ack.reason
             )
-            asyncio.get_running_loop().call_later(
-                self._backoff.next_delay(),
-                lambda: asyncio.ensure_future(self._send_result(current)),
-            )
+            self._resend_result(current, self._backoff.next_delay())
             return
         else:
             log.warning("result of build %d refused: %s", ack.build_id, ack.reason)
         self._forget(current)
+
+    def _resend_result(self, active: ActiveBuild, delay: float) -> None:
+        """Send the result again after ``delay``, in a task kept so that stopping ends it."""
+        if self._resend is not None:
+            self._resend.cancel()
+        self._resend = asyncio.create_task(self._send_result_after(active, delay))
+
+    async def _send_result_after(self, active: ActiveBuild, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self._send_result(active)
 
     def _abandon_current(self, reason: str) -> asyncio.Task[None] | None:
         """Drop the current lease and stop its build; its process group is killed before

@@ -11,18 +11,20 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from superci import defaults
+from superci import __version__, defaults
 from superci.errors import StorageError
 from superci.scheduler import Job
 from superci.status import BuildStatus
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
+#: The tables of schema version 1. Frozen: a later change is a new migration.
+SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS builds (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     sha         TEXT NOT NULL,
@@ -34,7 +36,9 @@ CREATE TABLE IF NOT EXISTS builds (
     queued_at   REAL NOT NULL,
     started_at  REAL,
     finished_at REAL,
-    message     TEXT NOT NULL DEFAULT ''
+    message     TEXT NOT NULL DEFAULT '',
+    tests       TEXT NOT NULL DEFAULT '{}',
+    lost        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS builds_by_sha ON builds (sha);
 CREATE INDEX IF NOT EXISTS builds_by_branch ON builds (branch);
@@ -45,21 +49,53 @@ CREATE TABLE IF NOT EXISTS runners (
     host       TEXT NOT NULL,
     pid        INTEGER NOT NULL,
     first_seen REAL NOT NULL,
-    last_seen  REAL NOT NULL
+    last_seen  REAL NOT NULL,
+    identity   TEXT
+);
+CREATE TABLE IF NOT EXISTS about (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 
-#: Columns of ``builds`` added after its first version, as (name, type and default). Each
-#: is added by name to a database that lacks it, old or new, so a new column is one line.
+#: Columns that superci added to ``builds`` before schema versions existed, as (name, type
+#: and default): a version-0 database may lack any of them, so each is added by name.
 ADDED_BUILD_COLUMNS: list[tuple[str, str]] = [
     ("tests", "TEXT NOT NULL DEFAULT '{}'"),  # the test counts of a finished build, JSON
     ("lost", "INTEGER NOT NULL DEFAULT 0"),  # runners lost while they held it
 ]
-#: Columns of ``runners`` added after its first version, in the same way.
+#: Columns added to ``runners`` before schema versions existed, in the same way.
 ADDED_RUNNER_COLUMNS: list[tuple[str, str]] = [
     ("identity", "TEXT"),  # SHA-256 of the runner's secret (superci.identity), hex
 ]
 _ADDED_COLUMNS = {"builds": ADDED_BUILD_COLUMNS, "runners": ADDED_RUNNER_COLUMNS}
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a script, to run one by one inside a transaction (sqlite3's
+    ``executescript`` would commit first)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _to_version_1(db: sqlite3.Connection) -> None:
+    """From an empty file, or from any database an unversioned superci made (whatever
+    columns it has): make what is missing, keep every row."""
+    for statement in _statements(SCHEMA_1):
+        db.execute(statement)
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, definition in columns:
+            if name not in have:
+                log.info("adding column %s to the %s table", name, table)
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+
+
+#: ``MIGRATIONS[n]`` brings a database from schema version n to n + 1, in one transaction.
+#: A new one is appended here, never edited once released.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_version_1]
+#: The schema version this superci writes (``PRAGMA user_version``); 0 is an empty file or
+#: a database made before versions existed.
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @dataclass(frozen=True)
@@ -104,11 +140,13 @@ _COLUMNS = (
 )
 
 
-def _record(row: tuple) -> BuildRecord:
-    *head, runners, tests, lost = row
-    record = BuildRecord(*head, runners=json.loads(runners), tests=json.loads(tests), lost=lost)
-    record.status = BuildStatus(record.status)
-    return record
+def _record(row: tuple[Any, ...]) -> BuildRecord:
+    (build_id, sha, branch, status, attempt, runner, queued_at, started_at, finished_at,
+     message, runners, tests, lost) = row  # fmt: skip
+    return BuildRecord(
+        build_id, sha, branch, BuildStatus(status), attempt, runner, queued_at, started_at,
+        finished_at, message, runners=json.loads(runners), tests=json.loads(tests), lost=lost,
+    )  # fmt: skip
 
 
 class Store:
@@ -124,22 +162,65 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")  # opening: nothing else runs yet
-            self._db.executescript(SCHEMA)
-            self._add_missing_columns()
+            self._migrate()
             # Then short: another process's lock makes a write fail fast (the dispatcher
             # retries it later) rather than stall the event loop with it.
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         except (sqlite3.Error, OSError) as e:
+            self._close_quietly()
             raise StorageError(f"cannot open the state database {path}: {e}") from e
+        except StorageError:
+            self._close_quietly()
+            raise
 
-    def _add_missing_columns(self) -> None:
-        """Bring a database written by an older superci up to date, keeping its rows."""
-        for table, columns in _ADDED_COLUMNS.items():
-            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            for name, definition in columns:
-                if name not in have:
-                    log.info("adding column %s to the %s of %s", name, table, self.path)
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+    def _close_quietly(self) -> None:
+        if hasattr(self, "_db"):
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+
+    def _migrate(self) -> None:
+        """Bring the database to :data:`SCHEMA_VERSION`, one committed step at a time, or
+        refuse one that a newer superci wrote (reading it could lose what it records).
+        Each step reads the version under the write lock, so two processes opening one
+        file at once do not both run it."""
+        while True:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise StorageError(self._too_new(version))
+                if version < SCHEMA_VERSION:
+                    log.info("bringing %s to schema version %d", self.path, version + 1)
+                    MIGRATIONS[version](self._db)
+                    version += 1
+                    self._db.execute(f"PRAGMA user_version = {version}")
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO about (key, value) VALUES ('written_by', ?)",
+                        (__version__,),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+            if version == SCHEMA_VERSION:
+                return
+
+    def _too_new(self, version: int) -> str:
+        """Why a database of a newer schema is refused, and what would read it."""
+        writer: str | None = None
+        with contextlib.suppress(sqlite3.Error):  # ``about`` is kept by every later schema
+            row = self._db.execute("SELECT value FROM about WHERE key = 'written_by'").fetchone()
+            writer = None if row is None else str(row[0])
+        if writer is not None and writer != __version__:  # a development version may not tell
+            needed = f"superci {writer} or newer"
+        else:
+            needed = f"a superci that reads schema {version}"
+        return (
+            f"the state database {self.path} has schema version {version}, from a newer"
+            f" superci; this superci {__version__} reads schema versions up to"
+            f" {SCHEMA_VERSION}: run {needed}, or give another --state"
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -169,13 +250,13 @@ class Store:
                 self._db.execute("ROLLBACK")
             raise
 
-    def _execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         try:
             return self._db.execute(sql, params)
         except sqlite3.Error as e:
             raise StorageError(f"cannot write to the state database {self.path}: {e}") from e
 
-    def _write(self, sql: str, params: tuple) -> sqlite3.Cursor:
+    def _write(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
         """One write; committed at once unless inside :meth:`transaction`."""
         return self._execute(sql, params)  # autocommit mode: each statement commits itself
 
@@ -286,11 +367,11 @@ class Store:
 
     # --- reading --------------------------------------------------------------------
 
-    def _one(self, sql: str, params: tuple) -> BuildRecord | None:
+    def _one(self, sql: str, params: tuple[Any, ...]) -> BuildRecord | None:
         rows = self._all(sql, params)
         return rows[0] if rows else None
 
-    def _all(self, sql: str, params: tuple) -> list[BuildRecord]:
+    def _all(self, sql: str, params: tuple[Any, ...]) -> list[BuildRecord]:
         try:
             return [_record(row) for row in self._db.execute(sql, params)]
         except sqlite3.Error as e:

@@ -7,18 +7,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-#: Upper bound for anything an end-to-end test waits on; reached only when broken.
-E2E_WAIT = 60.0
+from support import E2E_WAIT, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -42,25 +38,6 @@ def git(repo: Path, *args: str) -> str:
         ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, timeout=30
     )
     return done.stdout.strip()
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = E2E_WAIT, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.02)
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (for a dispatcher that must start later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 PASSING_TEST = """\

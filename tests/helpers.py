@@ -13,11 +13,12 @@ import functools
 import json
 import os
 import secrets
-import socket
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from support import WAIT, eventually
 
 from superci import client, protocol
 from superci.channel import Address, Channel
@@ -28,10 +29,6 @@ from superci.store import Store
 
 #: No single test should come near this (seconds); it only turns a hang into a failure.
 TEST_LIMIT = 20.0
-#: Bound for one wait on one event inside a test (seconds).
-WAIT = 5.0
-#: How often a wait that can only poll (a file appearing, a process ending) looks again.
-POLL = 0.01
 #: How long a finished test waits for leftover tasks (connections closing) to end.
 SETTLE = 1.0
 
@@ -58,26 +55,6 @@ def async_test(limit: float = TEST_LIMIT) -> Callable[[Callable[..., Any]], Call
         return wrapper
 
     return decorate
-
-
-async def eventually(
-    condition: Callable[[], Any], timeout: float = WAIT, what: str = "condition"
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; for things with no event."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not (value := condition()):
-                await asyncio.sleep(POLL)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
-    return value
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound to port 0 by the kernel, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class FakeClock:
@@ -387,16 +364,3 @@ def frame(body: dict[str, Any] | bytes) -> bytes:
 
 HELLO_CLIENT = protocol.encode(protocol.Hello(version=protocol.PROTOCOL_VERSION, role="client"))
 HELLO_RUNNER = protocol.encode(protocol.Hello(version=protocol.PROTOCOL_VERSION, role="runner"))
-
-
-# --- processes ------------------------------------------------------------------------
-
-
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting to be reaped does not count)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")

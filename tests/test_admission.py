@@ -1,9 +1,9 @@
 """Which connections may stay in their opening handshake: pure decisions, fake clock."""
 
 import socket
-import time
 
 from helpers import FakeClock
+from support import wait_until
 
 from superci.admission import Admission, bytes_received
 
@@ -68,8 +68,6 @@ def test_the_kernel_counts_what_a_peer_sent_and_nothing_for_a_silent_one():
             talking_end, _ = server.accept()
             with quiet_end, talking_end:
                 talker.sendall(b"\x16\x03\x01 a client hello")
-                deadline = time.monotonic() + 5
-                while bytes_received(talking_end) == 0 and time.monotonic() < deadline:
-                    time.sleep(0.005)
+                wait_until(lambda: bytes_received(talking_end), 5, "the hello to arrive")
                 assert bytes_received(talking_end) == len(b"\x16\x03\x01 a client hello")
                 assert bytes_received(quiet_end) == 0

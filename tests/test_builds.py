@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAILING_TEST, GATED_TEST, PASSING_TEST, Repo, Superci, wait_until
+from conftest import FAILING_TEST, GATED_TEST, PASSING_TEST, Repo, Superci
+from support import build_processes, eventually, process_alive, wait_until
 
 from superci import client, defaults, protocol
 from superci.channel import Channel
@@ -66,37 +67,6 @@ def make_gate(tmp_path: Path, name: str = "gate") -> Path:
     gate = tmp_path / name
     gate.mkdir()
     return gate
-
-
-def live_build_processes(sha: str) -> list[int]:
-    """Pids of processes, zombies aside, whose environment marks them as part of the build
-    of ``sha`` (every process a build starts inherits SUPERCI_COMMIT)."""
-    needle = f"SUPERCI_COMMIT={sha}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            stat = (entry / "stat").read_bytes()
-        except OSError:
-            continue  # gone meanwhile, or not ours to read
-        if needle in environ.split(b"\0") and _alive(stat):
-            found.append(int(entry.name))
-    return found
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` still runs: a zombie (killed, not yet reaped by init) does not."""
-    try:
-        return _alive(Path(f"/proc/{pid}/stat").read_bytes())
-    except FileNotFoundError:
-        return False
-
-
-def _alive(stat: bytes) -> bool:
-    # "pid (comm) state ...": comm may hold spaces and parentheses.
-    return stat[stat.rfind(b")") + 2 :].split()[0] not in (b"Z", b"X")
 
 
 def read_int(path: Path) -> int | None:
@@ -160,8 +130,8 @@ def test_timeout_kills_the_whole_tree_including_a_grandchild_that_ignores_sigter
     test_pid, grandchild_pid = read_int(pids / "test"), read_int(pids / "grandchild")
     assert test_pid is not None and grandchild_pid is not None, "the build never got going"
     assert (pids / "grandchild-got-sigterm").exists()  # it was asked first, and refused
-    assert not pid_alive(grandchild_pid) and not pid_alive(test_pid)
-    assert live_build_processes(sha) == []
+    assert not process_alive(grandchild_pid) and not process_alive(test_pid)
+    assert build_processes(sha) == []
 
     (repo.path / "tests/test_hangs.py").unlink()
     after = repo.commit({".superci.toml": "timeout = 30\n", "tests/test_math.py": PASSING_TEST})
@@ -189,15 +159,6 @@ def run_bounded(coro: Coroutine[Any, Any, None], limit: float = 20.0) -> None:
             await coro
 
     asyncio.run(main())
-
-
-async def wait_for(condition: Any, what: str, timeout: float = 5.0) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 #: The kill grace the hand-written runner of DeadlineStage announces.
@@ -233,7 +194,9 @@ class DeadlineStage:
                              kill_grace=WEDGED_KILL_GRACE)
         )  # fmt: skip
         job = self.dispatcher.scheduler.jobs[build.build_id]
-        await wait_for(lambda: job.deadline == self.deadline, "the runner's limit to be applied")
+        await eventually(
+            lambda: job.deadline == self.deadline, what="the runner's limit to be applied"
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -374,7 +337,7 @@ def test_cancel_of_a_running_build_stops_it_and_the_runner_takes_the_next_build(
     assert result["message"] == "cancelled by request"
     assert "after the gate" not in superci.output(running)
     if Path("/proc").exists():
-        assert live_build_processes(running) == []
+        assert build_processes(running) == []
 
     (repo.path / "tests/test_gated.py").unlink()
     following = repo.commit({"tests/test_math.py": PASSING_TEST})

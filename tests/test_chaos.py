@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Process, Repo, Superci, wait_until
+from conftest import Process, Repo, Superci
+from support import process_alive, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -165,11 +166,9 @@ def stray_processes(root: Path) -> list[int]:
             cwd = os.readlink(f"/proc/{entry.name}/cwd")
             with open(f"/proc/{entry.name}/cmdline", "rb") as f:
                 cmdline = f.read().decode(errors="replace")
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
         except OSError:
             continue  # gone meanwhile, or not ours to look at
-        if stat[stat.rfind(b")") + 2 :].split()[0] in (b"Z", b"X"):
+        if not process_alive(int(entry.name)):
             continue
         if cwd.startswith(str(root)) or str(root) in cmdline:
             found.append(int(entry.name))

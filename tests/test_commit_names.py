@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PASSING_TEST, Repo, Superci, git, wait_until
+from conftest import PASSING_TEST, Repo, Superci, git
+from support import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Repo, Superci, wait_until
-from test_execute import Output, process_gone, run, wait_for_file
+from conftest import Repo, Superci
+from support import build_processes, process_gone, wait_until
+from test_execute import Output, run, wait_for_file
 
 from superci import containment, defaults
 from superci.containment import BuildCgroup, BuildContainment, Record, kill_recorded
@@ -288,22 +289,6 @@ def test_a_build_whose_dispatcher_stops_reading_still_ends_at_its_time_limit(
     assert superci.wait_for_result(sha)["status"] == "timeout"
 
 
-def processes_of_commit(sha: str) -> list[int]:
-    """Pids of live processes whose environment names this commit (a build's, escaped or not)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:
-            continue
-        if f"SUPERCI_COMMIT={sha}".encode() in environ.split(b"\0"):
-            found.append(int(entry.name))
-    return [pid for pid in found if not process_gone(pid)]
-
-
 def test_an_escaped_writer_on_a_throttled_link_ends_with_its_build_at_the_time_limit(
     repo: Repo, superci: Superci, tmp_path: Path
 ):
@@ -316,15 +301,15 @@ def test_an_escaped_writer_on_a_throttled_link_ends_with_its_build_at_the_time_l
     runner.wait_for_log("registered with the dispatcher")
     assert "queued" in superci.notify(sha).stdout
     dispatcher.wait_for_log("→ runner runner-escaped")
-    wait_until(lambda: processes_of_commit(sha), what="the build's processes")
+    wait_until(lambda: build_processes(sha), what="the build's processes")
     dispatcher.popen.send_signal(signal.SIGSTOP)
     try:
         runner.wait_for_log("ends as timeout", 3 + defaults.OUTPUT_DRAIN_TIMEOUT + 3)
-        wait_until(lambda: not processes_of_commit(sha), 5, "the escaped writer to be gone")
+        wait_until(lambda: not build_processes(sha), 5, "the escaped writer to be gone")
     finally:
         dispatcher.popen.send_signal(signal.SIGCONT)
     assert superci.wait_for_result(sha)["status"] == "timeout"
-    assert processes_of_commit(sha) == []
+    assert build_processes(sha) == []
 
 
 # --- time limits a commit cannot raise ------------------------------------------------------

@@ -17,16 +17,15 @@ import pytest
 from helpers import (
     HELLO_CLIENT,
     HELLO_RUNNER,
-    WAIT,
     FakeClock,
     FakeRunner,
     Harness,
     async_test,
-    eventually,
     exchange_raw,
     frame,
     frames_until_closed,
 )
+from support import WAIT, eventually
 
 from superci import defaults, protocol
 from superci.results import RESULT_FILE

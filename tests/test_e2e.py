@@ -10,15 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import (
-    FAILING_TEST,
-    PASSING_TEST,
-    Repo,
-    Superci,
-    free_port,
-    git,
-    wait_until,
-)
+from conftest import FAILING_TEST, PASSING_TEST, Repo, Superci, git
+from support import free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -6,10 +6,10 @@ import shlex
 import signal
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from support import process_gone, wait_until
 
 from superci import defaults
 from superci.containment import BuildCgroup, BuildContainment
@@ -58,31 +58,12 @@ def start(command, cwd, output, timeout=5.0, kill_grace=0.5, cancel=None, env=No
     return run_command(command, cwd, env, timeout, kill_grace, output, cancel)
 
 
-def process_gone(pid: int) -> bool:
-    """Dead, or a zombie nobody has reaped yet (an orphan's new parent may never do it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
-
-
-def wait_until(predicate, timeout: float = 3.0) -> bool:
-    """Poll a condition the kernel gives no event for (a process's death), bounded."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+#: How soon a killed process must be gone (its zombie aside): the kernel gives no event.
+GONE_WITHIN = 3.0
 
 
 def wait_for_file(path: Path, timeout: float = 5.0) -> str:
-    assert wait_until(lambda: path.exists() and path.read_text().strip() != "", timeout)
+    wait_until(lambda: path.exists() and path.read_text().strip() != "", timeout, str(path))
     return path.read_text().strip()
 
 
@@ -222,7 +203,7 @@ def test_timeout_kills_the_whole_tree_even_a_grandchild_ignoring_sigterm(tmp_pat
     assert result.duration >= 1.0 + 0.5 - 0.05  # the grace was given before SIGKILL
     assert term_file.read_text() == "SIGTERM"  # the whole group got SIGTERM first
     pid = grandchild_pid()
-    assert wait_until(lambda: process_gone(pid)), f"grandchild {pid} survived the timeout"
+    wait_until(lambda: process_gone(pid), GONE_WITHIN, f"grandchild {pid} to end with the timeout")
 
 
 def test_cancel_event_kills_the_whole_tree(tmp_path, stubborn_tree):
@@ -239,7 +220,7 @@ def test_cancel_event_kills_the_whole_tree(tmp_path, stubborn_tree):
     assert result.exit_code is None
     assert term_file.read_text() == "SIGTERM"
     pid = grandchild_pid()
-    assert wait_until(lambda: process_gone(pid)), f"grandchild {pid} survived the cancel"
+    wait_until(lambda: process_gone(pid), GONE_WITHIN, f"grandchild {pid} to end with the cancel")
 
 
 def test_a_group_that_obeys_sigterm_is_not_made_to_wait_the_grace(tmp_path):
@@ -291,7 +272,7 @@ def test_leftover_background_process_is_killed_and_does_not_hang_the_run(tmp_pat
         # The background process held the pipe open; it had to be killed, not waited for.
         assert result.duration < defaults.OUTPUT_DRAIN_TIMEOUT
         pid = int(wait_for_file(pid_file))
-        assert wait_until(lambda: process_gone(pid)), f"background process {pid} survived"
+        wait_until(lambda: process_gone(pid), GONE_WITHIN, f"background process {pid} to end")
     finally:
         if pid_file.exists():
             try:
@@ -338,7 +319,7 @@ def test_on_output_failure_stops_the_build_and_is_raised(tmp_path, stubborn_tree
     with pytest.raises(ConnectionError, match="dispatcher went away"):
         run(start(command, tmp_path, broken))
     pid = grandchild_pid()
-    assert wait_until(lambda: process_gone(pid)), f"grandchild {pid} survived"
+    wait_until(lambda: process_gone(pid), GONE_WITHIN, f"grandchild {pid} to end")
 
 
 def test_cancelling_the_task_kills_the_tree(tmp_path, stubborn_tree):
@@ -354,7 +335,7 @@ def test_cancelling_the_task_kills_the_tree(tmp_path, stubborn_tree):
     with pytest.raises(asyncio.CancelledError):
         run(main())
     pid = grandchild_pid()
-    assert wait_until(lambda: process_gone(pid)), f"grandchild {pid} survived"
+    wait_until(lambda: process_gone(pid), GONE_WITHIN, f"grandchild {pid} to end")
 
 
 def test_missing_working_directory_is_a_clear_error(tmp_path):

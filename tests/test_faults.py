@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Repo, Superci, git, wait_until
+from conftest import Repo, Superci, git
+from support import wait_until
 
 pytestmark = pytest.mark.e2e
 

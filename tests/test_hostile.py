@@ -38,10 +38,10 @@ from helpers import (
     FakeRunner,
     Harness,
     async_test,
-    eventually,
     frame,
     frames_until_closed,
 )
+from support import eventually
 
 from superci import defaults, protocol
 

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import E2E_WAIT, FAILING_TEST, PASSING_TEST, Process, Repo, Superci, wait_until
-from helpers import FakeRunner, Harness, async_test, eventually
+from conftest import FAILING_TEST, PASSING_TEST, Process, Repo, Superci
+from helpers import FakeRunner, Harness, async_test
+from support import E2E_WAIT, eventually, wait_until
 
 from superci import client, defaults, identity, protocol
 from superci.errors import ConfigError, RemoteError

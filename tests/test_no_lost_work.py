@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import E2E_WAIT, PASSING_TEST, Repo, Superci, free_port, git, wait_until
+from conftest import PASSING_TEST, Repo, Superci, git
+from support import E2E_WAIT, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PASSING_TEST, Process, Repo, wait_until
+from conftest import PASSING_TEST, Process, Repo
+from support import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 

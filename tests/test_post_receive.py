@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import Repo, Superci, free_port, git
+from conftest import Repo, Superci, git
+from support import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 import pytest
-from conftest import PASSING_TEST, Repo, free_port, wait_until
+from conftest import PASSING_TEST, Repo
+from support import free_port, wait_until
 
 from superci import auth
 from superci.cli import main

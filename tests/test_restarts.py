@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import E2E_WAIT, PASSING_TEST, Repo, Superci, wait_until
+from conftest import PASSING_TEST, Repo, Superci
+from support import E2E_WAIT, wait_until
 
 pytestmark = pytest.mark.e2e
 

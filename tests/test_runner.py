@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 from conftest import FAILING_TEST, PASSING_TEST
-from helpers import WAIT, FakeClock, Harness, async_test, eventually, free_port, process_alive
+from helpers import FakeClock, Harness, async_test
+from support import WAIT, eventually, free_port, process_alive
+from test_dispatcher import make_unwritable
 
 from superci import client, defaults, protocol
 from superci import runner as runner_module
@@ -490,3 +492,43 @@ async def test_a_repository_needing_pytest_is_an_error_when_the_builds_python_la
     log = h.output_log(sha).decode()
     assert "superci: no command in .superci.toml: using pytest, as tests/test_plain.py has" in log
     assert log.endswith(f"superci: {result['message']}\n")
+
+
+@async_test()
+async def test_a_runner_stopped_while_its_result_waits_to_be_resent_starts_nothing_after(
+    tmp_path, repo, workspace, caplog
+):
+    """The resend a refused result waits for is a task of the runner, ended when it stops;
+    nothing of the runner starts once it has stopped."""
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    script = gated_script(gates, 'print("started", flush=True)\nwait("go")\n')
+    toml = config(f"{PYTHON} gated.py") + "allow_no_tests = true\n"
+    sha = repo.commit({".superci.toml": toml, "gated.py": script}, "gated")
+    started_after_stop: list[str] = []
+    loop = asyncio.get_running_loop()
+    stopped = False
+
+    def recording_factory(loop, coro, **kwargs):
+        if stopped:
+            started_after_stop.append(coro.__qualname__)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async with Harness(tmp_path) as h:
+        async with running(new_runner(h, workspace)):
+            await h.submit(sha)
+            await h.wait_for_log(sha, b"started\n")
+            undo = make_unwritable(h.folder(sha))  # the result cannot be written: retry
+            (gates / "go").touch()
+            await eventually(
+                lambda: "result not recorded, the runner will retry" in caplog.text,
+                what="the dispatcher to refuse the result for now",
+            )
+            loop.set_task_factory(recording_factory)
+        stopped = True
+        try:
+            await asyncio.sleep(4 * defaults.BACKOFF_INITIAL)  # past the resend's delay
+        finally:
+            loop.set_task_factory(None)
+            undo()
+    assert started_after_stop == []

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import Repo, Superci, wait_until
-from helpers import WAIT, async_test, frames_until_closed
+from conftest import Repo, Superci
+from helpers import async_test, frames_until_closed
+from support import WAIT, eventually, wait_until
 
 from superci import auth, client, protocol
 from superci.auth import Credentials
@@ -73,7 +74,7 @@ async def test_wrong_token_is_refused_on_both_sides_and_nothing_takes_effect(tmp
         wrong = replace(address, credentials=Credentials(b"x" * 32))
         with pytest.raises(AuthenticationError, match="does not know our token"):
             await client.submit_async(wrong, SHA, "main")
-        await _until(lambda: "authentication failed" in caplog.text)
+        await eventually(lambda: "authentication failed" in caplog.text)
     assert queued_builds(tmp_path) == 0
 
 
@@ -83,7 +84,7 @@ async def test_missing_token_is_refused_with_a_message_naming_the_setting(tmp_pa
     async with dispatcher(tmp_path, Credentials(token=TOKEN)) as address:
         with pytest.raises(AuthenticationError, match="requires a token: set SUPERCI_TOKEN"):
             await client.submit_async(address, SHA, "main")
-        await _until(lambda: "without authenticating" in caplog.text)
+        await eventually(lambda: "without authenticating" in caplog.text)
     assert queued_builds(tmp_path) == 0
 
 
@@ -156,12 +157,6 @@ def test_dispatcher_refuses_a_non_loopback_address_without_a_token(host, tmp_pat
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "localhost"])
 def test_loopback_addresses_are_recognised(host):
     assert auth.is_loopback(host)
-
-
-async def _until(predicate, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 @async_test()

@@ -1,13 +1,16 @@
 """The dispatcher's SQLite state, in a real database file under tmp_path."""
 
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
+from superci import store as store_module
 from superci.errors import StorageError
 from superci.scheduler import Job
 from superci.status import BuildStatus
-from superci.store import BuildRecord, RunnerRecord, Store
+from superci.store import MIGRATIONS, SCHEMA_VERSION, BuildRecord, RunnerRecord, Store
 
 SHA_A = "a" * 40
 SHA_B = "b" * 40
@@ -324,3 +327,234 @@ def test_runners_of_an_older_superci_get_an_identity_column_bound_at_their_next_
         assert not store.forget_runner("r1")
     finally:
         store.close()
+
+
+#: The tables of the first release (commit 3ab5987), exactly as its store made them.
+FIRST_RELEASE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS builds (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    sha         TEXT NOT NULL,
+    branch      TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    attempt     INTEGER NOT NULL DEFAULT 0,
+    runner      TEXT,
+    runners     TEXT NOT NULL DEFAULT '[]',
+    queued_at   REAL NOT NULL,
+    started_at  REAL,
+    finished_at REAL,
+    message     TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS builds_by_sha ON builds (sha);
+CREATE INDEX IF NOT EXISTS builds_unfinished ON builds (status)
+    WHERE status IN ('queued', 'running');
+CREATE TABLE IF NOT EXISTS runners (
+    name       TEXT PRIMARY KEY,
+    host       TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen  REAL NOT NULL
+);
+"""
+
+
+def _first_release_database(path):
+    """A database as the first release left it: a finished, a running and a queued build,
+    and a runner."""
+    path.parent.mkdir(parents=True)
+    old = sqlite3.connect(path)
+    old.executescript(FIRST_RELEASE_SCHEMA)
+    old.executemany(
+        "INSERT INTO builds (sha, branch, status, attempt, runner, runners, queued_at,"
+        " started_at, finished_at, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (SHA_A, "main", "failed", 2, "r2", '["r1", "r2"]', 1.0, 2.0, 3.0, "tests failed"),
+            (SHA_B, "feature/x", "running", 1, "r1", '["r1"]', 4.0, 5.0, None, ""),
+            (SHA_C, "main", "queued", 0, None, "[]", 6.0, None, None, ""),
+        ],
+    )
+    old.execute("INSERT INTO runners VALUES ('r1', 'old.lan', 7, 1.0, 5.0)")
+    old.commit()
+    old.close()
+
+
+def _user_version(path):
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_a_new_database_is_made_at_the_current_schema_version(path):
+    Store(path).close()
+    assert _user_version(path) == SCHEMA_VERSION
+
+
+def test_a_database_of_the_first_release_is_migrated_keeping_every_row(path):
+    _first_release_database(path)
+    assert _user_version(path) == 0
+
+    store = Store(path)
+    try:
+        assert _user_version(path) == SCHEMA_VERSION
+        failed, running, queued = (store.latest_for(sha) for sha in (SHA_A, SHA_B, SHA_C))
+        assert failed == BuildRecord(
+            failed.id, SHA_A, "main", BuildStatus.FAILED, 2, "r2", 1.0, 2.0, 3.0,
+            "tests failed", ["r1", "r2"], {}, 0,
+        )  # fmt: skip
+        assert (running.status, running.runner, running.runners) == (
+            BuildStatus.RUNNING, "r1", ["r1"],
+        )  # fmt: skip
+        assert [b.id for b in store.unfinished()] == [running.id, queued.id]
+        assert store.runner("r1") == RunnerRecord("r1", "old.lan", 5.0, None)
+        assert store.latest_on_branch("feature/x") == running  # the index added since
+        # The migrated columns take writes like those of a new database.
+        store.mark_queued(running.id, "runner lost")
+        store.finish(queued.id, BuildStatus.PASSED, now=8.0, tests={"run": 1, "passed": 1})
+        assert store.get(running.id).lost == 1
+        assert store.get(queued.id).tests == {"run": 1, "passed": 1}
+    finally:
+        store.close()
+    reopened = Store(path)  # a second start migrates nothing again
+    try:
+        assert len(reopened.recent(10)) == 3 and _user_version(path) == SCHEMA_VERSION
+    finally:
+        reopened.close()
+
+
+def test_a_database_made_before_versions_with_some_columns_added_is_migrated(path):
+    """Version 0 is any database from before versions, whatever columns it already has."""
+    _first_release_database(path)
+    partial = sqlite3.connect(path)
+    partial.execute("ALTER TABLE builds ADD COLUMN tests TEXT NOT NULL DEFAULT '{}'")
+    partial.execute("UPDATE builds SET tests = '{\"run\": 2}' WHERE sha = ?", (SHA_A,))
+    partial.commit()
+    partial.close()
+
+    store = Store(path)
+    try:
+        assert store.latest_for(SHA_A).tests == {"run": 2}
+        assert store.latest_for(SHA_A).lost == 0
+        store.runner_seen("r1", "new.lan", 8, 9.0, identity="e" * 64)
+        assert store.runner("r1").identity == "e" * 64
+    finally:
+        store.close()
+    assert _user_version(path) == SCHEMA_VERSION
+
+
+def _set_version(path, version, written_by=None):
+    db = sqlite3.connect(path)
+    if written_by is not None:
+        db.execute("UPDATE about SET value = ? WHERE key = 'written_by'", (written_by,))
+    else:
+        db.execute("DELETE FROM about")
+    db.execute(f"PRAGMA user_version = {version}")
+    db.commit()
+    db.close()
+
+
+def test_a_database_of_a_newer_schema_is_refused_naming_the_superci_it_needs(path):
+    store = Store(path)
+    store.add_build(SHA_A, "main", now=1.0)
+    store.close()
+    _set_version(path, SCHEMA_VERSION + 1, written_by="9.1.0")
+
+    with pytest.raises(StorageError) as info:
+        Store(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"schema version {SCHEMA_VERSION + 1}" in message
+    assert f"up to {SCHEMA_VERSION}" in message
+    assert "superci 9.1.0 or newer" in message
+    assert _user_version(path) == SCHEMA_VERSION + 1  # left as it was
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT sha FROM builds").fetchall() == [(SHA_A,)]
+    db.close()
+
+
+def test_a_newer_schema_of_an_unknown_superci_is_refused_naming_the_schema_it_needs(path):
+    Store(path).close()
+    _set_version(path, SCHEMA_VERSION + 3)
+    with pytest.raises(StorageError, match=f"a superci that reads schema {SCHEMA_VERSION + 3}"):
+        Store(path)
+
+
+def test_the_dispatcher_refuses_a_newer_database_in_one_line_and_exits_1(tmp_path, path):
+    Store(path).close()
+    _set_version(path, SCHEMA_VERSION + 1, written_by="9.1.0")
+    done = subprocess.run(
+        [sys.executable, "-m", "superci", "dispatcher", "--port", "0",
+         "--results", str(tmp_path / "results"), "--state", str(path)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "superci 9.1.0 or newer" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _add_column(name):
+    def migration(db):
+        db.execute(f"ALTER TABLE builds ADD COLUMN {name} TEXT NOT NULL DEFAULT ''")
+
+    return migration
+
+
+def test_a_later_migration_runs_once_on_a_database_of_the_version_before(path, monkeypatch):
+    store = Store(path)
+    build = store.add_build(SHA_A, "main", now=1.0)
+    store.close()
+    monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, _add_column("note")])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+
+    Store(path).close()
+    Store(path).close()  # a second ALTER of the same column would fail
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT id, note FROM builds").fetchall() == [(build.id, "")]
+    db.close()
+    assert _user_version(path) == SCHEMA_VERSION + 1
+
+
+def test_a_migration_that_fails_leaves_the_database_at_its_version(path, monkeypatch):
+    def half_done(db):
+        _add_column("note")(db)
+        db.execute("SELECT * FROM no_such_table")
+
+    Store(path).close()
+    monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, half_done])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    with pytest.raises(StorageError, match="no_such_table"):
+        Store(path)
+    assert _user_version(path) == SCHEMA_VERSION
+    db = sqlite3.connect(path)
+    assert "note" not in {row[1] for row in db.execute("PRAGMA table_info(builds)")}
+    db.close()
+
+
+def test_a_write_that_fails_inside_a_transaction_rolls_back_every_write_of_it(store, path):
+    kept = store.add_build(SHA_A, "main", now=1.0)
+    with pytest.raises(StorageError, match="NOT NULL"):
+        with store.transaction():
+            store.mark_running(kept.id, 1, "r1", now=2.0)
+            store.add_build(SHA_B, "main", now=3.0)
+            store.runner_seen("r1", None, 7, now=4.0)  # host is NOT NULL: this write fails
+
+    assert store.get(kept.id) == kept  # still queued, never marked running
+    assert store.latest_for(SHA_B) is None and store.runner("r1") is None
+    other = sqlite3.connect(path)  # and on disk
+    assert other.execute("SELECT sha, status FROM builds").fetchall() == [(SHA_A, "queued")]
+    other.close()
+    with store.transaction():  # the store is not left inside the failed transaction
+        store.finish(kept.id, BuildStatus.PASSED, now=5.0)
+    assert store.get(kept.id).status == BuildStatus.PASSED
+
+
+def test_an_error_raised_inside_a_transaction_rolls_it_back_and_is_raised_as_it_is(store):
+    class Interrupted(Exception):
+        pass
+
+    with pytest.raises(Interrupted), store.transaction():
+        store.add_build(SHA_A, "main", now=1.0)
+        with store.transaction():  # nested: joins the outer one, and goes with it
+            store.add_build(SHA_B, "main", now=2.0)
+        raise Interrupted
+    assert store.recent(10) == []

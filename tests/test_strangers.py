@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import Repo, Superci, wait_until
-from helpers import WAIT, FakeRunner, Harness, async_test, eventually
+from conftest import Repo, Superci
+from helpers import FakeRunner, Harness, async_test
+from support import WAIT, eventually, wait_until
 
 from superci import client, defaults, protocol
 from superci.channel import Address, parse_address

@@ -1,0 +1,94 @@
+"""What the tests and ``scripts/bench.py`` both need to watch real programs from outside:
+bounded polling waits, whether a process still runs, a free port.
+
+Plain functions with no pytest in them, so the benchmark imports this file as it is (it
+puts ``tests/`` on ``sys.path``): one copy of each, and the benchmark waits exactly as the
+tests do. Poll only for what gives no event (a file appearing, a process ending); await
+the event where there is one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from superci.containment import read_process
+
+#: Upper bound for anything an end-to-end test waits on; reached only when broken.
+E2E_WAIT = 60.0
+#: Bound for one wait on one event inside an in-process test (seconds).
+WAIT = 5.0
+#: How often a wait that can only poll looks again (seconds).
+POLL = 0.01
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = E2E_WAIT, what: str = "", poll: float = POLL
+) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that; an
+    AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
+        time.sleep(poll)
+
+
+async def eventually(
+    condition: Callable[[], T], timeout: float = WAIT, what: str = "condition", poll: float = POLL
+) -> T:
+    """:func:`wait_until` inside an event loop: the loop keeps running while it polls."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not (value := condition()):
+                await asyncio.sleep(poll)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout:g}s waiting for {what}") from None
+    return value
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie (dead, not yet reaped, perhaps never by an orphan's
+    new parent) does not count. Read from /proc by :func:`superci.containment.read_process`."""
+    process = read_process(pid)
+    return process is not None and process.alive
+
+
+def process_gone(pid: int) -> bool:
+    """Dead, or a zombie nobody has reaped yet."""
+    return not process_alive(pid)
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (bound to port 0 by the kernel, then released),
+    for a program that must start later on a port known in advance."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_processes(sha: str) -> list[int]:
+    """Pids of live processes (zombies aside) whose environment names the commit ``sha``:
+    every process a build of it starts, escaped ones included, inherits SUPERCI_COMMIT."""
+    needle = f"SUPERCI_COMMIT={sha}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if needle in environ.split(b"\0") and process_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
