@@ -353,12 +353,12 @@ def runner_command(
     verbose: bool,
 ) -> None:
     """Run builds in the clone at PATH for the dispatcher at --dispatcher-server."""
-    from superci.runner import Runner, default_runner_name
+    from superci.runner import RunnerProcess, default_runner_name
     from superci.workspace import Workspace
 
     _setup_logging(verbose)
     workspace = Workspace(path)
-    runner = Runner(
+    runner = RunnerProcess(
         address,
         workspace,
         name or default_runner_name(workspace),

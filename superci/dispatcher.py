@@ -60,6 +60,7 @@ from superci.scheduler import (
     Requeue,
     Scheduler,
     StartBuild,
+    identify,
 )
 from superci.status import BuildStatus
 from superci.store import BuildRecord, Store
@@ -412,15 +413,8 @@ class Dispatcher:
         if message.build_id is not None and message.attempt is not None:
             lease = Lease(message.build_id, message.attempt)
         known = self.store.runner(message.name)
-        issued = None
-        if known is None or known.identity is None:
-            proof = Proof.NEW
-            if message.identity is None:
-                issued = identity.new_secret()
-        elif identity.proves(message.identity, known.identity):
-            proof = Proof.PROVEN
-        else:
-            proof = Proof.UNPROVEN
+        proof = identify(message.identity, known.identity if known else None)
+        issued = identity.new_secret() if proof is Proof.NEW and message.identity is None else None
         now = self._clock()
         try:
             self.scheduler.admit(
@@ -437,29 +431,24 @@ class Dispatcher:
                 raise  # its identity must be stored before the runner may rely on it
             # a note for people, not state: a runner that proved its name may join
             self._fault_log.log(logging.WARNING, "runner %s not noted: %s", message.name, e)
-        actions = self.scheduler.register(
+        registration = self.scheduler.register(
             message.name, session, message.host, message.pid, lease, now,
             proof=proof, instance=message.instance,
         )  # fmt: skip
         offset = None
-        job = self.scheduler.jobs.get(lease.build_id) if lease is not None else None
-        if lease is not None and (job is None or job.lease != lease or job.runner != message.name):
+        if registration.disowned is not None:
             log.warning(
                 "runner %s claimed build %d attempt %d, which is no longer its lease; "
                 "its result will be refused",
-                message.name, lease.build_id, lease.attempt,
+                message.name, registration.disowned.build_id, registration.disowned.attempt,
             )  # fmt: skip
-        elif job is not None:
-            offset = self.results.log_size(job.sha)
-            log.info(
-                "runner %s re-adopted build %d at output byte %d",
-                message.name,
-                job.build_id,
-                offset,
-            )
+        elif registration.kept is not None:
+            offset = self.results.log_size(registration.kept.sha)
+            log.info("runner %s re-adopted build %d at output byte %d",
+                     message.name, registration.kept.build_id, offset)  # fmt: skip
         log.info("runner %s registered from %s (pid %d)", message.name, channel.peer, message.pid)
         channel.post(protocol.Registered(output_offset=offset, identity=issued))
-        self._carry_out(actions)
+        self._carry_out(registration.actions)
 
     def _on_runner_message(
         self, channel: Channel, name: str, session: int, message: protocol.Message
@@ -545,7 +534,9 @@ class Dispatcher:
     def query(self, message: protocol.Query) -> protocol.Reply:
         """``status``: the pool, the queue and the last builds; ``show``: one commit."""
         if message.what == "status":
-            document = status_document(self.scheduler, self.store, self._clock(), message.limit)
+            document = status_document(
+                self.scheduler.view(), self.store, self._clock(), message.limit
+            )
             return protocol.Reply(status="ok", document=fitted(document, STATUS_LISTS))
         assert message.commit is not None, "checked by the protocol"
         record = self._resolve(message.commit, message.build_id)
@@ -668,14 +659,15 @@ class Dispatcher:
         if not status.finished:
             raise ProtocolError(f"a result cannot have status {status}", code="bad-message")
         try:
-            job = self.scheduler.check_lease(message.build_id, message.attempt, name, session)
+            outcome = self.scheduler.accept_result(
+                message.build_id, message.attempt, name, session, status, message.message
+            )
         except StaleResult as e:
             log.warning("refused a result from %s: %s", name, e)
             channel.post(_ack(message, accepted=False, reason=str(e)))
             return
-        text = message.message
-        if job.stopping is not None and status in (BuildStatus.CANCELLED, BuildStatus.TIMEOUT):
-            status, text = job.stopping, job.stop_reason  # stopped because we asked
+        job = self.scheduler.jobs[message.build_id]
+        status, text = outcome.status, outcome.message
         if job.build_id in self._unrecorded:
             return  # a resend of a result about to be recorded
         self._unrecorded[job.build_id] = (channel, job, status, text, message)
@@ -689,8 +681,7 @@ class Dispatcher:
         pending = []
         for item in arrived:  # a lease may have ended since it arrived
             channel, job, _, _, message = item
-            current = self.scheduler.jobs.get(job.build_id) is job
-            if current and job.status is BuildStatus.RUNNING and job.attempt == message.attempt:
+            if self.scheduler.is_current(Lease(job.build_id, message.attempt)):
                 pending.append(item)
             else:
                 channel.post(_ack(message, accepted=False, reason="the build ended meanwhile"))

@@ -117,8 +117,9 @@ def default_identity_file(workspace: Workspace) -> Path:
     return workspace.path / ".git" / identity.IDENTITY_FILE
 
 
-class Runner:
-    """One runner: at most one build at a time, in its own clone."""
+class RunnerProcess:
+    """The runner process: at most one build at a time, in its own clone (the pool's record
+    of it in the dispatcher is :class:`superci.scheduler.PoolRunner`)."""
 
     def __init__(
         self,
