@@ -353,12 +353,12 @@ def runner_command(
     verbose: bool,
 ) -> None:
     """Run builds in the clone at PATH for the dispatcher at --dispatcher-server."""
-    from superci.runner import Runner, default_runner_name
+    from superci.runner import RunnerProcess, default_runner_name
     from superci.workspace import Workspace
 
     _setup_logging(verbose)
     workspace = Workspace(path)
-    runner = Runner(
+    runner = RunnerProcess(
         address,
         workspace,
         name or default_runner_name(workspace),
@@ -522,7 +522,7 @@ def _commit_to_submit(address: Address, name: str, branch: str | None) -> tuple[
         raise click.ClickException(f"{e}{_unknown_to_git(clone)}") from e
     if protocol.SHA_RE.fullmatch(commit):
         return commit, branch or "main"
-    reply = query(address, "show", commit=commit)
+    reply = query(address, protocol.QueryKind.SHOW, commit=commit)
     if reply.status in ("unknown", "ambiguous"):
         raise click.ClickException(f"{reply.message}{_unknown_to_git(clone)}")
     known = json.loads(reply.document)
@@ -620,10 +620,11 @@ OUTCOME_EXIT_CODES = {"passed": 0, "failed": 1}
 @_reports_errors
 def status_command(address: Address, limit: int, as_json: bool) -> None:
     """Show the runners, the queue and the last builds."""
+    from superci import protocol
     from superci.client import query
     from superci.tables import status_tables
 
-    document = json.loads(query(address, "status", limit=limit).document)
+    document = json.loads(query(address, protocol.QueryKind.STATUS, limit=limit).document)
     click.echo(json.dumps(document, indent=2) if as_json else status_tables(document))
     _note_truncated(document)
 
@@ -637,10 +638,11 @@ def status_command(address: Address, limit: int, as_json: bool) -> None:
 def show_command(address: Address, commit: str, build_id: int | None, as_json: bool) -> None:
     """Show the result of the build of COMMIT and its failing tests (a full id, a unique
     prefix of 7+ characters, or a branch: its latest build)."""
+    from superci import protocol
     from superci.client import query
     from superci.tables import result_summary
 
-    reply = query(address, "show", commit=_commit_name(commit), build_id=build_id)
+    reply = query(address, protocol.QueryKind.SHOW, commit=_commit_name(commit), build_id=build_id)
     if reply.status in ("unknown", "ambiguous"):
         raise click.ClickException(reply.message)
     document = json.loads(reply.document)

@@ -26,7 +26,9 @@ from superci.handshake import ClientHandshake
 FOLLOW_SILENCE = 4 * defaults.LOG_KEEPALIVE_INTERVAL
 
 
-async def connect(address: Address, role: str, timeout: float = defaults.CLIENT_TIMEOUT) -> Channel:
+async def connect(
+    address: Address, role: protocol.Role, timeout: float = defaults.CLIENT_TIMEOUT
+) -> Channel:
     """Open a connection (TLS if configured) and complete the handshake, proving the
     token when the dispatcher asks for it. A dispatcher too busy to let us in (a flood of
     connections) is asked again with backoff until ``timeout``."""
@@ -64,7 +66,9 @@ def _turned_away(error: BaseException, tls: bool) -> bool:
     return tls and isinstance(error, ConnectionClosed)
 
 
-async def _connect_once(address: Address, role: str, deadline: float, timeout: float) -> Channel:
+async def _connect_once(
+    address: Address, role: protocol.Role, deadline: float, timeout: float
+) -> Channel:
     credentials = address.credentials
     try:
         async with asyncio.timeout_at(deadline):
@@ -116,7 +120,9 @@ async def _handshake(channel: Channel, handshake: ClientHandshake) -> None:
 
 @contextlib.asynccontextmanager
 async def connection(
-    address: Address, role: str = "client", timeout: float = defaults.CLIENT_TIMEOUT
+    address: Address,
+    role: protocol.Role = protocol.Role.CLIENT,
+    timeout: float = defaults.CLIENT_TIMEOUT,
 ) -> AsyncIterator[Channel]:
     channel = await connect(address, role, timeout)
     try:
@@ -185,7 +191,7 @@ def cancel(address: Address, commit: str) -> protocol.Reply:
 
 def query(
     address: Address,
-    what: str,
+    what: protocol.QueryKind,
     commit: str | None = None,
     limit: int = 20,
     build_id: int | None = None,

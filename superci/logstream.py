@@ -49,3 +49,33 @@ class LogFollower:
         data = self._chunks.popleft()
         self._queued -= len(data)
         return data
+
+
+class LogFollowers:
+    """Every reader following a running build's log, by commit: output received is pushed
+    to each, and the end of the build ends them all."""
+
+    def __init__(self) -> None:
+        self._by_sha: dict[str, set[LogFollower]] = {}
+
+    def follow(self, sha: str) -> LogFollower:
+        follower = LogFollower()
+        self._by_sha.setdefault(sha, set()).add(follower)
+        return follower
+
+    def forget(self, sha: str, follower: LogFollower) -> None:
+        """The reader went away (or its build ended): nothing more is pushed to it."""
+        followers = self._by_sha.get(sha)
+        if followers is not None:
+            followers.discard(follower)
+            if not followers:
+                del self._by_sha[sha]
+
+    def push(self, sha: str, data: bytes) -> None:
+        for follower in self._by_sha.get(sha, ()):
+            follower.push(data)
+
+    def end(self, sha: str) -> None:
+        """The commit's build ended: its readers get what is queued, then stop."""
+        for follower in self._by_sha.pop(sha, ()):
+            follower.end()

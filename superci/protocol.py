@@ -23,6 +23,7 @@ import struct
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar, Final, Union, get_args, get_origin, get_type_hints
 
 from superci import defaults
@@ -143,7 +144,7 @@ def _check_positive(value: int) -> int:
 
 
 def _check_role(value: str) -> str:
-    if value not in ("runner", "client"):
+    if value not in HELLO_ROLES:
         raise ProtocolError(f"role must be 'runner' or 'client', got {value!r:.40}")
     return value
 
@@ -182,7 +183,7 @@ def _check_limit(value: int) -> int:
 
 
 def _check_query(value: str) -> str:
-    if value not in ("status", "show"):
+    if value not in tuple(QueryKind):
         raise ProtocolError(f"query must be 'status' or 'show', got {value!r:.40}")
     return value
 
@@ -193,6 +194,28 @@ def _check(fn: Any, max_len: int = MAX_STRING, **default: Any) -> Any:
 
 def _text(max_len: int = MAX_TEXT, default: str = "") -> Any:
     return field(default=default, metadata={"max_len": max_len})
+
+
+# --- vocabulary ---------------------------------------------------------------------
+
+
+class Role(StrEnum):
+    """Who sends a message: a peer says in its hello whether it is a runner or a client."""
+
+    RUNNER = "runner"
+    CLIENT = "client"
+    DISPATCHER = "dispatcher"  # never in a hello: the other end of every connection
+
+
+#: The roles a peer may take in its hello.
+HELLO_ROLES: Final = (Role.RUNNER, Role.CLIENT)
+
+
+class QueryKind(StrEnum):
+    """What a query asks: the whole picture, or one commit."""
+
+    STATUS = "status"  # the pool, the queue and the last builds
+    SHOW = "show"  # one commit: its newest build, or the one asked for
 
 
 # --- messages -----------------------------------------------------------------------
@@ -211,8 +234,11 @@ class Hello(Message):
 
     type: ClassVar[str] = "hello"
     version: int
-    role: str = _check(_check_role)
+    role: Role = _check(_check_role)
     nonce: str | None = _check(_check_nonce, default=None)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "role", Role(self.role))  # checked when decoded
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -437,12 +463,13 @@ class Query(Message):
     its newest build, or ``build_id``)."""
 
     type: ClassVar[str] = "query"
-    what: str = _check(_check_query)
+    what: QueryKind = _check(_check_query)
     commit: str | None = _check(check_commit_name, MAX_BRANCH, default=None)
     limit: int = _check(_check_limit, default=20)
     build_id: int | None = _check(_check_positive, default=None)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "what", QueryKind(self.what))  # checked when decoded
         if self.what == "show" and self.commit is None:
             raise ProtocolError("query: 'show' needs the name of a commit")
         if self.build_id is not None and self.what != "show":
@@ -488,6 +515,22 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
         Reply,
     )
 }
+
+
+#: What each side may send once a connection is open (after the handshake, and for a
+#: runner its registration): what a runner and a client send the dispatcher, and what the
+#: dispatcher sends a runner unasked. Everything else is refused by :func:`check_allowed`.
+ALLOWED: Final[dict[Role, frozenset[type[Message]]]] = {
+    Role.RUNNER: frozenset({Heartbeat, Output, Started, Artifact, Result, Leaving}),
+    Role.CLIENT: frozenset({Submit, CancelRequest, Query, LogRequest}),
+    Role.DISPATCHER: frozenset({Build, Cancel, ResultAck}),
+}
+
+
+def check_allowed(role: Role, message: Message) -> None:
+    """Refuse a message its sender's role may not send (code ``unexpected``)."""
+    if type(message) not in ALLOWED[role]:
+        raise ProtocolError(f"a {role} cannot send {message.type}", code="unexpected")
 
 
 # --- encoding and decoding ----------------------------------------------------------
@@ -580,8 +623,8 @@ def _type_matches(hint: Any, value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
+    if hint is str or (isinstance(hint, type) and issubclass(hint, StrEnum)):
+        return isinstance(value, str)  # an enum's values are checked by its field's check
     if origin is list:
         (item,) = get_args(hint)
         return isinstance(value, list) and all(_type_matches(item, v) for v in value)

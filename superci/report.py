@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from superci import defaults, protocol
-from superci.scheduler import Runner, Scheduler
+from superci.scheduler import PoolView, RunnerView
 from superci.status import BuildStatus, RunnerState
 from superci.store import BuildRecord, Store
 
@@ -84,7 +84,7 @@ def build_summary(record: BuildRecord) -> dict[str, Any]:
     }
 
 
-def _bench_reason(runner: Runner, now: float) -> str | None:
+def _bench_reason(runner: RunnerView, now: float) -> str | None:
     """Why a benched runner gets no builds, and for how much longer."""
     if runner.state is not RunnerState.BENCHED or runner.benched_until is None:
         return None
@@ -96,7 +96,7 @@ def _bench_reason(runner: Runner, now: float) -> str | None:
 STATUS_LISTS = ("builds", "queue", "runners")
 
 
-def status_document(scheduler: Scheduler, store: Store, now: float, limit: int) -> dict[str, Any]:
+def status_document(pool: PoolView, store: Store, now: float, limit: int) -> dict[str, Any]:
     """The pool, the queue (its first ``limit`` builds and its length) and the last
     ``limit`` builds, for ``superci status``."""
     runners = [
@@ -104,21 +104,18 @@ def status_document(scheduler: Scheduler, store: Store, now: float, limit: int) 
             "name": runner.name,
             "host": runner.host,
             "state": str(runner.state),
-            "build": scheduler.jobs[runner.build_id].sha
-            if runner.build_id in scheduler.jobs
-            else None,
+            "build": runner.build_sha,
             "since_heartbeat": round(now - runner.last_seen, 1),
             "reason": _bench_reason(runner, now),
         }
-        for runner in sorted(scheduler.runners.values(), key=lambda r: r.name)
+        for runner in pool.runners
     ]
-    queued = scheduler.queued()
     queue = [
         {"build_id": job.build_id, "sha": job.sha, "branch": job.branch, "attempt": job.attempt}
-        for job in queued[:limit]
+        for job in pool.queue[:limit]
     ]
     builds = [build_summary(record) for record in store.recent(limit)]
-    return {"runners": runners, "queue": queue, "queued": len(queued), "builds": builds}
+    return {"runners": runners, "queue": queue, "queued": len(pool.queue), "builds": builds}
 
 
 #: Bytes of a reply frame kept for everything but its document (type, status, message).

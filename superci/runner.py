@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from superci import client, containment, defaults, identity, protocol, testtool
 from superci.backoff import Backoff
@@ -117,8 +118,9 @@ def default_identity_file(workspace: Workspace) -> Path:
     return workspace.path / ".git" / identity.IDENTITY_FILE
 
 
-class Runner:
-    """One runner: at most one build at a time, in its own clone."""
+class RunnerProcess:
+    """The runner process: at most one build at a time, in its own clone (the pool's record
+    of it in the dispatcher is :class:`superci.scheduler.PoolRunner`)."""
 
     def __init__(
         self,
@@ -217,7 +219,7 @@ class Runner:
         return containment.Guard(self.build_record)
 
     async def _session(self) -> None:
-        channel = await client.connect(self.address, "runner")
+        channel = await client.connect(self.address, protocol.Role.RUNNER)
         try:
             await self._register(channel)
             self._channel = channel
@@ -301,14 +303,13 @@ class Runner:
             channel.close_nowait()
 
     def _on_message(self, message: protocol.Message) -> None:
-        if isinstance(message, protocol.Build):
-            self._start(message)
-        elif isinstance(message, protocol.Cancel):
-            self._on_cancel(message)
-        elif isinstance(message, protocol.ResultAck):
-            self._on_ack(message)
-        else:
-            raise ProtocolError(f"a runner does not expect {message.type}", code="unexpected")
+        protocol.check_allowed(protocol.Role.DISPATCHER, message)
+        handlers: dict[type[protocol.Message], Callable[[Any], None]] = {
+            protocol.Build: self._start,
+            protocol.Cancel: self._on_cancel,
+            protocol.ResultAck: self._on_ack,
+        }
+        handlers[type(message)](message)
 
     def _start(self, build: protocol.Build) -> None:
         if self._current is not None:

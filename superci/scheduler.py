@@ -16,7 +16,7 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from superci import defaults
+from superci import defaults, identity
 from superci.errors import RunnerRefused, StaleResult, UnknownBuild
 from superci.status import BuildStatus, RunnerState
 
@@ -53,8 +53,9 @@ class Job:
 
 
 @dataclass
-class Runner:
-    """A runner known to the pool; ``session`` is None while it is not connected."""
+class PoolRunner:
+    """The scheduler's record of a runner in the pool (not the runner process itself, see
+    :class:`superci.runner.RunnerProcess`); ``session`` is None while it is not connected."""
 
     name: str
     session: int | None
@@ -83,6 +84,79 @@ class Proof(enum.Enum):
     PROVEN = "proven"  # the name's secret
     NEW = "new"  # nothing to show: the name has no identity yet, one is issued
     UNPROVEN = "unproven"  # the name has an identity, and the runner did not show it
+
+
+def identify(shown: str | None, stored: str | None) -> Proof:
+    """What a registering runner proves: ``shown`` is the secret it sent (if any),
+    ``stored`` the digest its name is bound to (if any)."""
+    if stored is None:
+        return Proof.NEW
+    return Proof.PROVEN if identity.proves(shown, stored) else Proof.UNPROVEN
+
+
+# --- decisions returned as values ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A build a reconnecting runner keeps: it resends its output from what the log holds."""
+
+    build_id: int
+    attempt: int
+    sha: str
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What follows from a runner's registration: the actions to carry out, the build it
+    keeps (if any), and the lease it claimed that is no longer its own (if any: the
+    runner is told to drop it, and its result for it will be refused)."""
+
+    actions: list[Action]
+    kept: Kept | None = None
+    disowned: Lease | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a build ends by its runner's result: the status and message to record, which
+    are the dispatcher's own when it asked the runner to stop the build."""
+
+    lease: Lease
+    sha: str
+    status: BuildStatus
+    message: str
+
+
+@dataclass(frozen=True)
+class RunnerView:
+    """A runner of the pool as people see it (see :meth:`Scheduler.view`)."""
+
+    name: str
+    host: str
+    state: RunnerState
+    last_seen: float
+    build_sha: str | None  # the commit it builds
+    benched_until: float | None
+    bench_reason: str
+
+
+@dataclass(frozen=True)
+class QueuedView:
+    """A build waiting for a runner."""
+
+    build_id: int
+    sha: str
+    branch: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """A snapshot of the pool (by name) and the queue (in the order it is handed out)."""
+
+    runners: tuple[RunnerView, ...]
+    queue: tuple[QueuedView, ...]
 
 
 # --- actions: what the I/O layer must do ---------------------------------------------
@@ -162,7 +236,7 @@ class Scheduler:
         self.build_timeout = build_timeout  # until the runner says which limit applies
         self.stop_grace = stop_grace  # how long a runner may take to stop a build
         self.jobs: dict[int, Job] = {}
-        self.runners: dict[str, Runner] = {}
+        self.runners: dict[str, PoolRunner] = {}
         self._queue: list[int] = []  # heap of build ids: oldest first
         self._idle: dict[str, None] = {}  # insertion-ordered: longest idle first
 
@@ -185,7 +259,7 @@ class Scheduler:
             self.jobs[job.build_id] = job
             if job.status is BuildStatus.RUNNING and job.runner is not None:
                 job.deadline = now + self.build_timeout + self.stop_grace
-                self.runners[job.runner] = Runner(
+                self.runners[job.runner] = PoolRunner(
                     job.runner, None, "", 0, last_seen=now, build_id=job.build_id
                 )
             else:
@@ -222,12 +296,13 @@ class Scheduler:
         *,
         proof: Proof,
         instance: str | None,
-    ) -> list[Action]:
-        """A runner joined (see :meth:`admit`); it replaces its own older session at once."""
+    ) -> Registration:
+        """A runner joined (see :meth:`admit`); it replaces its own older session at once,
+        and keeps the build it claims only if that is still its lease."""
         self.admit(name, instance, proof, now)
         actions: list[Action] = []
         old = self.runners.get(name)
-        adopted: int | None = None
+        kept: Job | None = None
         if old is not None:
             if old.session is not None and old.session != session:
                 why = (
@@ -237,20 +312,26 @@ class Scheduler:
                 actions.append(CloseSession(old.session, why))
             held = self.jobs.get(old.build_id) if old.build_id is not None else None
             if held is not None and lease == held.lease:
-                adopted = held.build_id
+                kept = held
             elif held is not None:
                 actions += self._lose_job(held, name, "runner reconnected without its build")
             self._idle.pop(name, None)
-        if lease is not None and lease.build_id != adopted:
-            actions.append(CancelLease(session, lease.build_id, lease.attempt, "lease expired"))
-        self.runners[name] = Runner(name, session, host, pid, now, adopted, instance=instance)
-        if adopted is None:
+        disowned = lease if lease is not None and kept is None else None
+        if disowned is not None:
+            actions.append(CancelLease(session, disowned.build_id, disowned.attempt,
+                                       "lease expired"))  # fmt: skip
+        self.runners[name] = PoolRunner(
+            name, session, host, pid, now, kept.build_id if kept else None, instance=instance
+        )
+        if kept is None:
             self._idle[name] = None
-        else:
-            job = self.jobs[adopted]
-            if job.stopping is not None:  # asked to stop before it reconnected: ask again
-                actions.append(CancelLease(session, job.build_id, job.attempt, job.stop_reason))
-        return actions + self._dispatch(now)
+        elif kept.stopping is not None:  # asked to stop before it reconnected: ask again
+            actions.append(CancelLease(session, kept.build_id, kept.attempt, kept.stop_reason))
+        return Registration(
+            actions + self._dispatch(now),
+            Kept(kept.build_id, kept.attempt, kept.sha) if kept else None,
+            disowned,
+        )
 
     def heartbeat(self, name: str, session: int, now: float) -> None:
         """The runner is alive; a heartbeat of a replaced session does not count."""
@@ -395,6 +476,29 @@ class Scheduler:
             raise StaleResult(f"build {build_id} is not leased to this connection")
         return job
 
+    def accept_result(
+        self,
+        build_id: int,
+        attempt: int,
+        name: str,
+        session: int,
+        status: BuildStatus,
+        message: str,
+    ) -> Outcome:
+        """How a runner's result ends its build, if this session holds the lease (else
+        :class:`StaleResult`). A build the dispatcher asked to stop ends as it asked
+        (cancelled or timeout, with its reason) when the runner reports it stopped."""
+        job = self.check_lease(build_id, attempt, name, session)
+        if job.stopping is not None and status in (BuildStatus.CANCELLED, BuildStatus.TIMEOUT):
+            status, message = job.stopping, job.stop_reason
+        return Outcome(job.lease, job.sha, status, message)
+
+    def is_current(self, lease: Lease) -> bool:
+        """Whether this lease still runs: a result for it may be recorded (its build did
+        not end, nor move to another attempt, since the result arrived)."""
+        job = self.jobs.get(lease.build_id)
+        return job is not None and job.status is BuildStatus.RUNNING and job.lease == lease
+
     def finish(self, build_id: int, now: float, checkout_error: str | None = None) -> list[Action]:
         """The build's result is recorded: forget the job, free its runner.
 
@@ -429,9 +533,31 @@ class Scheduler:
         """Jobs waiting for a runner, in the order they will be handed out."""
         return [self.jobs[b] for b in sorted(self._queue) if b in self.jobs]
 
+    def view(self) -> PoolView:
+        """The pool and the queue as they stand, for reports (a copy: reading it changes
+        nothing, and it does not change under the reader)."""
+        runners = tuple(
+            RunnerView(
+                runner.name,
+                runner.host,
+                runner.state,
+                runner.last_seen,
+                self._sha_of(runner.build_id),
+                runner.benched_until,
+                runner.bench_reason,
+            )  # fmt: skip
+            for runner in sorted(self.runners.values(), key=lambda r: r.name)
+        )
+        queue = tuple(QueuedView(j.build_id, j.sha, j.branch, j.attempt) for j in self.queued())
+        return PoolView(runners, queue)
+
+    def _sha_of(self, build_id: int | None) -> str | None:
+        job = self.jobs.get(build_id) if build_id is not None else None
+        return job.sha if job is not None else None
+
     # --- internals ------------------------------------------------------------------
 
-    def _note_checkout(self, runner: Runner, sha: str, error: str | None, now: float) -> None:
+    def _note_checkout(self, runner: PoolRunner, sha: str, error: str | None, now: float) -> None:
         """Count the runner's failed checkouts of different commits in a row and bench it
         after BENCH_AFTER of them (or after one more once it was benched): a runner that
         cannot check out takes builds only to fail them."""
@@ -461,7 +587,7 @@ class Scheduler:
             if runner.session is not None and runner.benched_until is None:
                 self._idle[runner.name] = None
 
-    def _mark_runner_dead(self, runner: Runner, reason: str, now: float) -> list[Action]:
+    def _mark_runner_dead(self, runner: PoolRunner, reason: str, now: float) -> list[Action]:
         del self.runners[runner.name]
         self._idle.pop(runner.name, None)
         actions: list[Action] = []
@@ -536,7 +662,7 @@ class Scheduler:
         return actions
 
 
-def _taken(name: str, holder: Runner | None, last_host: str) -> str:
+def _taken(name: str, holder: PoolRunner | None, last_host: str) -> str:
     """Why a runner that cannot prove the name's identity is refused, and what to do."""
     if holder is not None and holder.session is not None:
         return (
@@ -555,7 +681,7 @@ def _taken(name: str, holder: Runner | None, last_host: str) -> str:
     )
 
 
-def _copied(name: str, holder: Runner, silent: float, timeout: float) -> str:
+def _copied(name: str, holder: PoolRunner, silent: float, timeout: float) -> str:
     """Why a second process with the same name and identity is refused while the first lives."""
     return (
         f"runner {name} is already connected from {holder.host!r} (pid {holder.pid}, heard "

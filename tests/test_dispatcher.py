@@ -6,6 +6,7 @@ moves the clock past the timeout, and the watchdog looks every 10 ms.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -28,6 +29,7 @@ from helpers import (
 from support import WAIT, eventually
 
 from superci import defaults, protocol
+from superci.errors import StorageError
 from superci.results import RESULT_FILE
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -642,3 +644,50 @@ async def test_lost_runners_are_counted_across_a_dispatcher_restart(tmp_path):
         document = await h.results.wait(SHA)
         assert document["status"] == "error"
         assert "runner lost on 2 attempts" in document["message"]
+
+
+# --- the group commit ----------------------------------------------------------------------
+
+
+def fail_commits(store, *outcomes: BaseException | None) -> list[BaseException | None]:
+    """Make the store's next transactions end as ``outcomes`` say, in order: None commits,
+    an exception is raised inside the transaction (rolled back for real). Returns what is
+    left to happen, so a test can see every outcome was used."""
+    real = store.transaction
+    left = list(outcomes)
+
+    @contextlib.contextmanager
+    def transaction():
+        with real():
+            yield
+            if left and (error := left.pop(0)) is not None:
+                raise error
+
+    store.transaction = transaction
+    return left
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [StorageError("database or disk is full (injected)"), RuntimeError("a bug (injected)")],
+    ids=["storage-error", "unexpected-error"],
+)
+@async_test()
+async def test_a_build_goes_out_only_once_the_commit_that_leased_it_succeeded(tmp_path, failure):
+    async with Harness(tmp_path) as h:
+        await h.submit(SHA)
+        runner, _ = await FakeRunner.connect(h.address, "r1")
+        first = await runner.expect(protocol.Build)
+        second_id = (await h.submit(OTHER_SHA)).build_id
+        left = fail_commits(h.store, None, failure)  # the results commit, then the hand-out
+
+        ack = await runner.result(first)
+
+        assert ack.accepted and left == []
+        assert h.result_json(SHA)["status"] == "passed"
+        await eventually(lambda: h.db_build(second_id)["status"] == "running", WAIT,
+                         "the build to be handed out again on a later tick")  # fmt: skip
+        await runner.round_trip()  # everything the dispatcher sent so far has arrived
+        sent = [m for m in runner.inbox if isinstance(m, protocol.Build)]
+        assert [(b.build_id, b.attempt, b.sha) for b in sent] == [(second_id, 1, OTHER_SHA)]
+        assert h.db_build(second_id)["attempt"] == 1  # given back, not counted

@@ -745,3 +745,53 @@ def test_result_counts_are_the_known_kinds_and_not_negative(counts, why):
 def test_every_test_count_a_runner_produces_is_accepted():
     counts = dict.fromkeys(protocol.COUNT_KEYS, 3)
     assert decode_one(frame_json(with_field("result", counts=counts))).counts == counts
+
+
+# --- roles, query kinds and who may send what -----------------------------------------
+
+
+def test_a_decoded_hello_and_query_carry_their_role_and_kind_as_enums():
+    hello = decode_one(frame_json({"type": "hello", "version": PROTOCOL_VERSION, "role": "runner"}))
+    assert hello.role is protocol.Role.RUNNER
+    query = decode_one(frame_json({"type": "query", "what": "show", "commit": "main"}))
+    assert query.what is protocol.QueryKind.SHOW
+    assert encode(query) == encode(protocol.Query(what="show", commit="main"))  # same bytes
+
+
+def test_the_dispatcher_is_no_role_a_peer_may_take_in_its_hello():
+    error = refused(with_field("hello", role="dispatcher"))
+    assert "hello.role" in str(error)
+
+
+def test_every_message_a_peer_sends_after_its_opening_has_one_sender():
+    senders = [role for role, kinds in protocol.ALLOWED.items() for _ in kinds]
+    kinds = [kind for allowed in protocol.ALLOWED.values() for kind in allowed]
+    assert len(kinds) == len(set(kinds)) and set(senders) == set(protocol.Role)
+
+
+@pytest.mark.parametrize(
+    ("role", "kind"),
+    [(role, kind) for role, kinds in protocol.ALLOWED.items() for kind in kinds],
+)
+def test_a_role_may_send_what_the_table_allows_it(role, kind):
+    protocol.check_allowed(role, SAMPLES[kind.type])
+
+
+@pytest.mark.parametrize("role", list(protocol.Role))
+@pytest.mark.parametrize(
+    "kind", ["hello", "register", "registered", "welcome", "auth", "reply", "submitted", "error"]
+)
+def test_opening_and_reply_messages_are_unexpected_from_any_role_in_session(role, kind):
+    with pytest.raises(ProtocolError, match=f"a {role} cannot send {kind}") as info:
+        protocol.check_allowed(role, SAMPLES[kind])
+    assert info.value.code == "unexpected"
+
+
+def test_a_client_cannot_send_what_a_runner_sends_nor_the_other_way_round():
+    runner, client = protocol.Role.RUNNER, protocol.Role.CLIENT
+    for kind in protocol.ALLOWED[runner]:
+        with pytest.raises(ProtocolError, match="a client cannot send"):
+            protocol.check_allowed(client, SAMPLES[kind.type])
+    for kind in protocol.ALLOWED[client]:
+        with pytest.raises(ProtocolError, match="a runner cannot send"):
+            protocol.check_allowed(runner, SAMPLES[kind.type])

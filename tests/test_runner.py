@@ -1,4 +1,4 @@
-"""The real Runner, in its own git clone, against an in-process Dispatcher on real TCP.
+"""The real runner process, in its own git clone, against an in-process Dispatcher on real TCP.
 
 The tested project is a git repository (the ``repo`` fixture of conftest.py) whose tests
 are unittest files; the runner clones it and fetches every commit it is asked to build.
@@ -26,7 +26,7 @@ from superci import client, defaults, protocol
 from superci import runner as runner_module
 from superci.channel import Address
 from superci.errors import ConfigError, DispatcherUnavailable
-from superci.runner import Runner
+from superci.runner import RunnerProcess
 from superci.workspace import Workspace
 
 PYTHON = shlex.quote(sys.executable)
@@ -46,14 +46,14 @@ def workspace(repo, tmp_path) -> Workspace:
     return Workspace.clone(str(repo.path), tmp_path / "runner-clone")
 
 
-def new_runner(h: Harness, workspace: Workspace, **options) -> Runner:
+def new_runner(h: Harness, workspace: Workspace, **options) -> RunnerProcess:
     options.setdefault("heartbeat_interval", 0.2)
     options.setdefault("kill_grace", 1.0)
-    return Runner(h.address, workspace, "runner-1", **options)
+    return RunnerProcess(h.address, workspace, "runner-1", **options)
 
 
 @contextlib.asynccontextmanager
-async def running(runner: Runner):
+async def running(runner: RunnerProcess):
     """Run the runner as a task; cancel it (and its build) at the end."""
     task = asyncio.create_task(runner.run_forever())
     try:
@@ -145,7 +145,7 @@ async def test_a_commit_asking_for_a_time_limit_above_the_runners_max_is_an_erro
 
 def test_a_runner_whose_own_timeout_is_above_its_max_timeout_is_refused(workspace):
     with pytest.raises(ConfigError, match=r"--timeout\) is above its limit of 60 seconds"):
-        Runner(Address("127.0.0.1", 1), workspace, "r", build_timeout=61.0, max_timeout=60.0)
+        RunnerProcess(Address("127.0.0.1", 1), workspace, "r", build_timeout=61.0, max_timeout=60.0)
 
 
 @async_test()
@@ -278,7 +278,9 @@ async def test_a_runner_started_before_the_dispatcher_registers_once_it_listens(
     sha = repo.commit({"tests/test_arithmetic.py": PASSING_TEST}, "passing")
     h = Harness(tmp_path)
     port = free_port()
-    runner = Runner(Address("127.0.0.1", port), workspace, "runner-1", heartbeat_interval=0.2)
+    runner = RunnerProcess(
+        Address("127.0.0.1", port), workspace, "runner-1", heartbeat_interval=0.2
+    )
     async with running(runner):
         async with asyncio.timeout(WAIT):
             await refused.wait()  # it was turned away twice and is still trying

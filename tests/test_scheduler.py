@@ -2,18 +2,22 @@
 
 import pytest
 
-from superci import defaults
+from superci import defaults, identity
 from superci.errors import RunnerRefused, StaleResult, UnknownBuild
 from superci.scheduler import (
     CancelLease,
     CloseSession,
     EndBuild,
     Job,
+    Kept,
     Lease,
+    Outcome,
     Proof,
+    QueuedView,
     Requeue,
     Scheduler,
     StartBuild,
+    identify,
 )
 from superci.status import BuildStatus, RunnerState
 
@@ -36,7 +40,7 @@ def sched() -> Scheduler:
 def register(s: Scheduler, name: str, session: int, now: float = 0.0, lease=None):
     return s.register(
         name, session, f"{name}.lan", 1000 + session, lease, now, proof=Proof.PROVEN, instance=name
-    )
+    ).actions
 
 
 def add(s: Scheduler, build_id: int, branch: str = "main"):
@@ -812,7 +816,7 @@ def test_other_runners_take_the_builds_a_benched_runner_does_not(sched):
 
 def claim(s: Scheduler, name: str, session: int, now: float, *, proof: Proof, instance: str,
           host: str = "other.lan", lease=None):  # fmt: skip
-    return s.register(name, session, host, 7, lease, now, proof=proof, instance=instance)
+    return s.register(name, session, host, 7, lease, now, proof=proof, instance=instance).actions
 
 
 @pytest.mark.parametrize("proof", [Proof.UNPROVEN, Proof.NEW])
@@ -869,3 +873,119 @@ def test_a_new_name_is_admitted_and_a_proven_one_after_its_runner_died(sched):
     sched.disconnect("fresh", 1, 0.5)
     assert claim(sched, "fresh", 2, 0.6, proof=Proof.PROVEN, instance="b") == []
     assert sched.runners["fresh"].session == 2
+
+
+# --- decisions the dispatcher only carries out ----------------------------------------------
+
+
+def test_a_runner_reconnecting_with_its_lease_keeps_its_build(sched):
+    add(sched, 1)
+    register(sched, "r1", 1, now=0.0)
+    registration = sched.register(
+        "r1", 2, "r1.lan", 1002, Lease(1, 1), 1.0, proof=Proof.PROVEN, instance="r1"
+    )
+    assert registration.kept == Kept(1, 1, sha(1))
+    assert registration.disowned is None
+    assert registration.actions == [CloseSession(1, replaced("r1", 2))]
+
+
+def test_a_runner_reconnecting_with_a_lease_that_moved_on_is_disowned_and_told_to_drop_it(sched):
+    add(sched, 1)
+    register(sched, "r1", 1, now=0.0)
+    sched.disconnect("r1", 1, now=1.0)  # attempt 1 lost
+    register(sched, "r2", 2, now=2.0)  # takes attempt 2
+    registration = sched.register(
+        "r1", 3, "r1.lan", 1003, Lease(1, 1), 3.0, proof=Proof.PROVEN, instance="r1"
+    )
+    assert registration.kept is None
+    assert registration.disowned == Lease(1, 1)
+    assert registration.actions == [CancelLease(3, 1, 1, "lease expired")]
+
+
+def test_a_runner_registering_without_a_lease_keeps_nothing_and_disowns_nothing(sched):
+    registration = sched.register(
+        "r1", 1, "r1.lan", 1001, None, 0.0, proof=Proof.NEW, instance="r1"
+    )
+    assert (registration.kept, registration.disowned, registration.actions) == (None, None, [])
+
+
+@pytest.mark.parametrize("reported", [BuildStatus.CANCELLED, BuildStatus.TIMEOUT])
+@pytest.mark.parametrize("asked", [BuildStatus.CANCELLED, BuildStatus.TIMEOUT])
+def test_a_build_asked_to_stop_ends_as_the_dispatcher_asked(timed, asked, reported):
+    add(timed, 1)
+    register(timed, "r1", 1)
+    timed.cancel(1, now=1.0, status=asked, reason="why we stopped it")
+    outcome = timed.accept_result(1, 1, "r1", 1, reported, "killed by SIGTERM")
+    assert outcome == Outcome(Lease(1, 1), sha(1), asked, "why we stopped it")
+
+
+def test_a_build_that_finished_before_it_could_be_stopped_keeps_its_own_result(timed):
+    add(timed, 1)
+    register(timed, "r1", 1)
+    timed.cancel(1, now=1.0, reason="by request")
+    outcome = timed.accept_result(1, 1, "r1", 1, BuildStatus.PASSED, "")
+    assert (outcome.status, outcome.message) == (BuildStatus.PASSED, "")
+
+
+def test_a_cancelled_result_of_a_build_nobody_stopped_is_the_runners_own(timed):
+    add(timed, 1)
+    register(timed, "r1", 1)
+    outcome = timed.accept_result(1, 1, "r1", 1, BuildStatus.CANCELLED, "stopped on the runner")
+    assert (outcome.status, outcome.message) == (BuildStatus.CANCELLED, "stopped on the runner")
+
+
+def test_a_result_from_a_stale_lease_is_not_accepted(leased):
+    with pytest.raises(StaleResult):
+        leased.accept_result(1, 1, "r1", 1, BuildStatus.PASSED, "")
+
+
+def test_a_lease_stays_current_until_its_build_ends_or_moves_to_another_attempt(sched):
+    add(sched, 1)
+    register(sched, "r1", 1, now=0.0)
+    assert sched.is_current(Lease(1, 1))
+    assert not sched.is_current(Lease(1, 2)) and not sched.is_current(Lease(7, 1))
+    sched.disconnect("r1", 1, now=1.0)  # lost: queued again
+    assert not sched.is_current(Lease(1, 1))
+    register(sched, "r2", 2, now=2.0)
+    assert sched.is_current(Lease(1, 2)) and not sched.is_current(Lease(1, 1))
+    sched.finish(1, now=3.0)
+    assert not sched.is_current(Lease(1, 2))
+
+
+def test_a_lease_is_still_current_after_its_runner_reconnected_and_kept_it(sched):
+    add(sched, 1)
+    register(sched, "r1", 1, now=0.0)
+    register(sched, "r1", 2, now=1.0, lease=Lease(1, 1))
+    assert sched.is_current(Lease(1, 1))
+
+
+def test_a_name_without_an_identity_is_new_and_its_secret_alone_proves_it():
+    secret = identity.new_secret()
+    stored = identity.digest(secret)
+    assert identify(None, None) is Proof.NEW
+    assert identify(secret, None) is Proof.NEW
+    assert identify(secret, stored) is Proof.PROVEN
+    assert identify(identity.new_secret(), stored) is Proof.UNPROVEN
+    assert identify(None, stored) is Proof.UNPROVEN
+
+
+def test_the_view_lists_runners_by_name_and_the_queue_in_handout_order(timed):
+    for build_id in (4, 1, 3, 2):
+        add(timed, build_id)
+    register(timed, "zed", 1, now=1.0)  # takes build 1
+    register(timed, "amy", 2, now=2.0)  # takes build 2
+    view = timed.view()
+    amy, zed = view.runners
+    assert (amy.name, amy.state, amy.build_sha, amy.host, amy.last_seen) == (
+        "amy",
+        RunnerState.BUSY,
+        sha(2),
+        "amy.lan",
+        2.0,
+    )
+    assert (zed.name, zed.build_sha) == ("zed", sha(1))
+    assert view.queue == (QueuedView(3, sha(3), "main", 0), QueuedView(4, sha(4), "main", 0))
+    timed.finish(1, now=3.0)  # zed takes build 3
+    assert view.runners[1].build_sha == sha(1)  # a snapshot: it does not change later
+    assert timed.view().runners[1].build_sha == sha(3)
+    assert [queued.build_id for queued in timed.view().queue] == [4]

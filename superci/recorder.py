@@ -1,0 +1,314 @@
+"""The recorder: carries out the scheduler's actions against the database, the results
+folder and the runners' sessions, and records results in groups.
+
+Results that arrive in one turn of the loop are written with one commit, and the builds
+handed out after them with another: two fsyncs for many builds, not one per build. A
+build goes out to its runner only once the transaction that leased it has committed.
+Writes that failed (a full disk, a locked database) are kept per build, in order, and
+retried before anything else is done to that build, so the store catches up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from superci import protocol
+from superci.channel import Channel
+from superci.errors import StorageError
+from superci.logstream import LogFollowers
+from superci.ratelimit import RateLimitedLog
+from superci.report import counts_text, result_document
+from superci.results import ResultsFolder
+from superci.scheduler import (
+    Action,
+    CancelLease,
+    CloseSession,
+    EndBuild,
+    Lease,
+    Outcome,
+    Requeue,
+    Scheduler,
+    StartBuild,
+)
+from superci.status import BuildStatus
+from superci.store import Store
+
+log = logging.getLogger("superci.dispatcher.recorder")  # a part of the dispatcher, logged as one
+
+ResultHook = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class PendingResult:
+    """A runner's result, accepted and waiting for the next group commit."""
+
+    channel: Channel  # the runner's connection, which hears whether it was recorded
+    outcome: Outcome  # what is recorded (see Scheduler.accept_result)
+    result: protocol.Result  # what the runner sent
+
+
+class Outbox:
+    """Messages to runner sessions, held until the transaction that decided them commits."""
+
+    def __init__(self, sessions: Mapping[int, Channel]) -> None:
+        self._sessions = sessions
+        self._messages: list[tuple[int, protocol.Message]] = []
+
+    def post(self, session: int, message: protocol.Message) -> None:
+        self._messages.append((session, message))
+
+    def withhold(self, leases: set[Lease]) -> None:
+        """Drop the builds of these leases: they were given back, not committed."""
+        self._messages = [
+            (session, message) for session, message in self._messages
+            if not (isinstance(message, protocol.Build)
+                    and Lease(message.build_id, message.attempt) in leases)
+        ]  # fmt: skip
+
+    def flush(self) -> None:
+        """Send what is held (to sessions still open), in order."""
+        messages, self._messages = self._messages, []
+        for session, message in messages:
+            channel = self._sessions.get(session)
+            if channel is not None:
+                channel.post(message)
+
+
+class Recorder:
+    """Carries out actions and records results; the only writer of builds' states."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        store: Store,
+        results: ResultsFolder,
+        sessions: Mapping[int, Channel],
+        followers: LogFollowers,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        on_result: ResultHook | None = None,
+    ) -> None:
+        self._scheduler = scheduler
+        self._store = store
+        self._results = results
+        self._sessions = sessions
+        self._followers = followers
+        self._clock = clock
+        self._wall = wall_clock
+        self._result_hook = on_result
+        self._pending: dict[int, PendingResult] = {}  # by build, until the next commit
+        # Requeue and EndBuild whose write failed, per build, in order.
+        self._unwritten: dict[int, list[Requeue | EndBuild]] = {}
+        # Faults retried every tick (a full disk, a locked database) are logged sparingly.
+        self._fault_log = RateLimitedLog(log, burst=3, period=10.0)
+
+    # --- results, in groups ---------------------------------------------------------
+
+    @property
+    def pending(self) -> bool:
+        """Whether results wait for the next group commit."""
+        return bool(self._pending)
+
+    def add(self, pending: PendingResult) -> None:
+        """Record this result with the others of this turn of the loop (a resend of one
+        already waiting is ignored)."""
+        build_id = pending.outcome.lease.build_id
+        if build_id in self._pending:
+            return
+        self._pending[build_id] = pending
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Record every waiting result with one commit, acknowledge each, then hand out the
+        next builds with another (after the acks, so their runners are free for them)."""
+        arrived, self._pending = list(self._pending.values()), {}
+        current = []
+        for pending in arrived:  # a lease may have ended since its result arrived
+            if self._scheduler.is_current(pending.outcome.lease):
+                current.append(pending)
+            else:
+                pending.channel.post(result_ack(pending.result, accepted=False,
+                                          reason="the build ended meanwhile"))  # fmt: skip
+        try:
+            with self._store.transaction():
+                documents = [self._write_result(p.outcome, p.result) for p in current]
+        except StorageError as e:
+            for pending in current:
+                log.error("build %d: result not recorded, the runner will retry: %s",
+                          pending.outcome.lease.build_id, e)  # fmt: skip
+                pending.channel.post(result_ack(pending.result, accepted=False, retry=True,
+                                          reason=str(e)))  # fmt: skip
+            return
+        actions: list[Action] = []
+        now = self._clock()
+        for pending, document in zip(current, documents, strict=True):
+            outcome = pending.outcome
+            self.announce(outcome.lease.build_id, outcome.sha, outcome.status, document)
+            pending.channel.post(result_ack(pending.result, accepted=True))
+            checkout_error = pending.result.message if pending.result.checkout_failed else None
+            actions += self._scheduler.finish(outcome.lease.build_id, now, checkout_error)
+        self._hand_out(actions)
+
+    def _hand_out(self, actions: list[Action]) -> None:
+        """Carry out what followed the results in one transaction. Builds go out only once
+        their lease is committed: if the commit fails (or anything else does), they are
+        given back and not sent, and the watchdog hands them out again later."""
+        outbox = Outbox(self._sessions)
+        try:
+            with self._store.transaction():
+                self.carry_out(actions, outbox)
+        except Exception as e:
+            if isinstance(e, StorageError):
+                self._fault_log.log(logging.ERROR, "could not store the builds handed out: %s", e)
+            else:
+                log.exception("internal error while handing out builds; they wait again")
+            outbox.withhold(self._not_committed(actions))
+        outbox.flush()
+
+    def _not_committed(self, actions: list[Action]) -> set[Lease]:
+        """A transaction of actions was rolled back: builds it started are given back, its
+        requeues and ends are written again later. Returns the leases given back."""
+        given_back = set()
+        for action in actions:
+            if isinstance(action, StartBuild):
+                self._scheduler.give_back(action.build_id, action.attempt)
+                given_back.add(Lease(action.build_id, action.attempt))
+            elif isinstance(action, Requeue | EndBuild):
+                self._unwritten.setdefault(action.build_id, []).append(action)
+        return given_back
+
+    def _write_result(self, outcome: Outcome, result: protocol.Result | None) -> dict[str, Any]:
+        """Write result.json, then mark the build finished: in that order, so a crash
+        between the two re-runs the build rather than losing its result."""
+        record = self._store.get(outcome.lease.build_id)
+        assert record is not None, "every job has a stored build"
+        finished_at = self._wall()
+        document = result_document(record, outcome.status, outcome.message, result, finished_at)
+        self._results.write_result(outcome.sha, document)
+        self._store.finish(record.id, outcome.status, finished_at, outcome.message,
+                           document["tests"])  # fmt: skip
+        return document
+
+    def announce(
+        self, build_id: int, sha: str, status: BuildStatus, document: dict[str, Any]
+    ) -> None:
+        """A build ended and its result is recorded: say so to the log, to the readers
+        following its output, and to the ``on_result`` hook."""
+        counts = counts_text(document.get("tests"))
+        log.info("build %d of %s: %s%s: %s", build_id, sha[:12], status,
+                 f" ({counts})" if counts else "", document.get("message", ""))  # fmt: skip
+        self._followers.end(sha)
+        if self._result_hook is not None:
+            self._result_hook(document)
+
+    # --- carrying out the scheduler's decisions -------------------------------------
+
+    def carry_out(self, actions: list[Action], outbox: Outbox | None = None) -> None:
+        """Carry out actions in order; messages go to ``outbox`` when given, else at once."""
+        now = Outbox(self._sessions) if outbox is None else outbox
+        for action in actions:
+            if isinstance(action, Requeue | EndBuild) and action.build_id in self._unwritten:
+                self._unwritten[action.build_id].append(action)  # after what is still due
+                self._write_unwritten(action.build_id)
+                continue
+            try:
+                self._carry_out_one(action, now)
+            except StorageError as e:
+                if isinstance(action, Requeue | EndBuild):
+                    self._fault_log.log(logging.ERROR, "could not record %s of build %d "
+                                        "(retried): %s", type(action).__name__,
+                                        action.build_id, e)  # fmt: skip
+                    self._unwritten.setdefault(action.build_id, []).append(action)
+                else:
+                    log.error("could not carry out %s: %s", type(action).__name__, e)
+        if outbox is None:
+            now.flush()
+
+    def retry_unwritten(self) -> None:
+        """Write again what failed to be written earlier (each watchdog tick)."""
+        for build_id in list(self._unwritten):
+            self._write_unwritten(build_id)
+
+    def _write_unwritten(self, build_id: int) -> bool:
+        """Write what is due for a build, in order; True once nothing is left."""
+        due = self._unwritten.get(build_id, [])
+        while due:
+            try:
+                self._carry_out_one(due[0], Outbox(self._sessions))
+            except StorageError as e:
+                self._fault_log.log(logging.ERROR, "build %d still not recorded: %s", build_id, e)
+                return False
+            due.pop(0)
+        self._unwritten.pop(build_id, None)
+        return True
+
+    def _carry_out_one(self, action: Action, outbox: Outbox) -> None:
+        match action:
+            case StartBuild():
+                self._start(action, outbox)
+            case Requeue():
+                if action.counted:
+                    why = f"attempt {action.attempt} lost with runner {action.lost_runner}: "
+                else:
+                    why = (
+                        f"attempt {action.attempt} given back (not counted) by runner "
+                        f"{action.lost_runner}, which left: "
+                    )
+                log.warning("build %d re-queued: %s%s", action.build_id, why, action.reason)
+                self._store.mark_queued(action.build_id, why + action.reason, action.counted)
+            case EndBuild():
+                record = self._store.get(action.build_id)
+                assert record is not None
+                log.warning(
+                    "build %d ends as %s: %s", action.build_id, action.status, action.reason
+                )
+                outcome = Outcome(Lease(record.id, record.attempt), record.sha, action.status,
+                                  action.reason)  # fmt: skip
+                document = self._write_result(outcome, None)
+                self.announce(record.id, record.sha, action.status, document)
+            case CloseSession():
+                channel = self._sessions.get(action.session)
+                if channel is not None:
+                    channel.post(protocol.Error(code="closed", message=action.reason))
+                    channel.close_nowait()
+            case CancelLease():
+                cancel = protocol.Cancel(
+                    build_id=action.build_id, attempt=action.attempt, reason=action.reason
+                )
+                outbox.post(action.session, cancel)
+
+    def _start(self, action: StartBuild, outbox: Outbox) -> None:
+        """Persist a build as running, then send it; one that cannot be stored is not sent:
+        it waits again, uncounted, its runner stays, and a later tick hands it out."""
+        try:
+            if not self._write_unwritten(action.build_id):
+                raise StorageError("its earlier state is not recorded yet")
+            self._results.start_log(action.sha, action.build_id)
+            self._store.mark_running(action.build_id, action.attempt, action.runner, self._wall())
+        except StorageError as e:
+            self._fault_log.log(logging.ERROR, "cannot start build %d yet: %s",
+                                action.build_id, e)  # fmt: skip
+            self._scheduler.give_back(action.build_id, action.attempt)
+            return
+        log.info(
+            "build %d (%s) attempt %d → runner %s",
+            action.build_id, action.sha[:12], action.attempt, action.runner,
+        )  # fmt: skip
+        outbox.post(action.session, _build_message(action))
+
+
+def result_ack(result: protocol.Result, **fields: Any) -> protocol.ResultAck:
+    return protocol.ResultAck(build_id=result.build_id, attempt=result.attempt, **fields)
+
+
+def _build_message(action: StartBuild) -> protocol.Build:
+    return protocol.Build(
+        build_id=action.build_id, attempt=action.attempt, sha=action.sha, branch=action.branch
+    )
