@@ -120,4 +120,5 @@ def bytes_received(sock: socket.socket) -> int:
         return 0
     if len(info) < _BYTES_RECEIVED_OFFSET + _BYTES_RECEIVED.size:
         return 0
-    return _BYTES_RECEIVED.unpack_from(info, _BYTES_RECEIVED_OFFSET)[0]
+    received: int = _BYTES_RECEIVED.unpack_from(info, _BYTES_RECEIVED_OFFSET)[0]
+    return received

@@ -47,7 +47,9 @@ def full_id(repo: git.Repo, name: str) -> str | None:
     if not name or name.startswith("-"):
         return None
     try:
-        return repo.git.rev_parse("--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}")
+        return str(
+            repo.git.rev_parse("--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}")
+        )
     except git.GitCommandError:
         return None
 
@@ -99,7 +101,7 @@ def _branch_named(repo: git.Repo, name: str) -> str | None:
     """The branch ``name`` is (``HEAD`` is the current one), without its remote's name;
     ``name`` is one :func:`full_id` took, so it is no option."""
     try:
-        full = repo.git.rev_parse("--symbolic-full-name", name)
+        full = str(repo.git.rev_parse("--symbolic-full-name", name))
     except git.GitCommandError:
         return None
     if full.startswith("refs/heads/"):
@@ -112,5 +114,5 @@ def _branch_named(repo: git.Repo, name: str) -> str | None:
 
 def _refs_containing(repo: git.Repo, sha: str, prefix: str) -> list[str]:
     fmt = "%(refname:lstrip=2)" if prefix == "refs/heads" else "%(refname)"
-    out = repo.git.for_each_ref("--contains", sha, f"--format={fmt}", prefix)
+    out = str(repo.git.for_each_ref("--contains", sha, f"--format={fmt}", prefix))
     return out.splitlines()

@@ -106,7 +106,9 @@ class ClientHandshake:
         return self._step is _Step.DONE
 
     def start(self) -> protocol.Hello:
-        return protocol.Hello(version=protocol.PROTOCOL_VERSION, role=self._role, nonce=self._nonce)
+        return protocol.Hello(
+            version=protocol.PROTOCOL_VERSION, role=protocol.Role(self._role), nonce=self._nonce
+        )
 
     def receive(self, message: protocol.Message) -> list[protocol.Message]:
         """The messages to send in answer; :class:`AuthenticationError` or

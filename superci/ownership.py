@@ -137,8 +137,8 @@ def foreign_files(repo: git.Repo) -> list[str]:
 def clone_advice(repo: git.Repo, role: Role) -> str:
     """The command that makes a clone of the same repository for ``role``, beside this one."""
     try:
-        source = repo.remote("origin").url
+        source = str(repo.remote("origin").url)
     except ValueError:
-        source = repo.working_tree_dir or repo.git_dir
+        source = str(repo.working_tree_dir or repo.git_dir)
     here = Path(repo.working_tree_dir or repo.git_dir)
     return f"git clone {source} {here.parent / (here.name + '-' + role)}"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import functools
 import json
 import math
 import re
@@ -551,7 +550,7 @@ def from_dict(body: Any) -> Message:
         raise ProtocolError("a message must be a JSON object")
     kind = body.get("type")
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
+    if cls is None or not isinstance(kind, str):
         raise ProtocolError(f"unknown message type {kind!r:.40}", code="unknown-type")
     values = {k: v for k, v in body.items() if k != "type"}
     fields = _fields(cls)
@@ -578,9 +577,14 @@ def _hints(cls: type[Message]) -> dict[str, Any]:
 _HINTS: dict[type[Message], dict[str, Any]] = {}
 
 
-@functools.cache
 def _fields(cls: type[Message]) -> dict[str, dataclasses.Field[Any]]:
-    return {f.name: f for f in dataclasses.fields(cls)}
+    cached = _FIELDS.get(cls)
+    if cached is None:
+        cached = _FIELDS[cls] = {f.name: f for f in dataclasses.fields(cls)}
+    return cached
+
+
+_FIELDS: dict[type[Message], dict[str, dataclasses.Field[Any]]] = {}
 
 
 def _validate(kind: str, f: dataclasses.Field[Any], hint: Any, value: Any) -> None:

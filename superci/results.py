@@ -213,7 +213,8 @@ class ResultsFolder:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text("utf-8"))
+        document: dict[str, Any] = json.loads(path.read_text("utf-8"))
+        return document
     except FileNotFoundError:
         return None
 

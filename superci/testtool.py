@@ -19,6 +19,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from superci import defaults
 from superci.errors import UnsafeFile
@@ -98,7 +99,7 @@ def _read(root: Path, name: str | Path) -> bytes | None:
         return None
 
 
-def _toml(root: Path, name: str) -> dict:
+def _toml(root: Path, name: str) -> dict[str, Any]:
     data = _read(root, name)
     try:
         return tomllib.loads(data.decode("utf-8")) if data is not None else {}
