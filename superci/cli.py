@@ -607,6 +607,33 @@ def logs_command(address: Address, commit: str, follow: bool, build_id: int | No
 OUTCOME_EXIT_CODES = {"passed": 0, "failed": 1}
 
 
+@main.command("watch")
+@_dispatcher_server_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event, for scripts.")
+@_reports_errors
+def watch_command(address: Address, as_json: bool) -> None:
+    """Print every event live, one line each, until Ctrl-C: builds queued, started,
+    printing output, finished or cancelled; runners joining, leaving, busy or idle.
+
+    A watcher too slow to keep up is dropped by the dispatcher: it says so and exits
+    with code 2 (events were missed; run it again, and `superci status` for the state).
+    """
+    from superci.client import watch
+    from superci.tables import event_line
+
+    def show(document: dict[str, Any]) -> None:
+        click.echo(json.dumps(document) if as_json else event_line(document))
+
+    try:
+        asyncio.run(watch(address, show))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    behind = "this watcher fell behind the dispatcher's events and missed some"
+    click.echo(f"superci: {behind}; run `superci watch` again (`superci status` shows the state)",
+               err=True)  # fmt: skip
+    sys.exit(2)
+
+
 @main.command("status")
 @_dispatcher_server_option
 @click.option(

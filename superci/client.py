@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from superci import defaults, protocol
 from superci.channel import Address, Channel
@@ -235,3 +237,27 @@ async def read_log(
                 return message
             else:
                 raise ProtocolError(f"unexpected {message.type} while reading a log")
+
+
+async def watch(address: Address, show: Callable[[dict[str, Any]], None]) -> None:
+    """Pass every event the dispatcher publishes to ``show``, as its JSON object, until
+    the connection ends; a ``resync`` event (this watcher fell behind) is the last.
+    There is no time limit: a quiet dispatcher has nothing to say."""
+    async with connection(address) as channel:
+        await channel.send(protocol.Watch())
+        while True:
+            try:
+                message = await channel.receive()
+            except ConnectionClosed as e:
+                raise DispatcherUnavailable(f"the dispatcher at {address} went away") from e
+            if not isinstance(message, protocol.Event):
+                raise ProtocolError(f"unexpected {message.type} while watching events")
+            try:
+                document = json.loads(message.document)
+            except ValueError as e:
+                raise ProtocolError(f"an event from {address} is not JSON: {e}") from None
+            if not isinstance(document, dict):
+                raise ProtocolError(f"an event from {address} is not a JSON object")
+            show(document)
+            if document.get("event") == "resync":
+                return

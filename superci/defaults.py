@@ -77,6 +77,10 @@ OUTPUT_DRAIN_TIMEOUT = 2.0
 SEND_TIMEOUT = 10.0
 #: Unsent bytes the dispatcher keeps for one peer before it gives up on that peer.
 MAX_SEND_BUFFER = 4 * 1024 * 1024
+#: Events queued for one watcher of the event bus (``superci watch``, ``logs --follow``)
+#: before it counts as fallen behind and is dropped with a resync; its output bytes are
+#: bounded by MAX_SEND_BUFFER as well.
+EVENT_QUEUE_EVENTS = 10_000
 #: A ``logs --follow`` reader is sent an empty piece of log this often (seconds) while
 #: the build says nothing, so both ends know the other is still there.
 LOG_KEEPALIVE_INTERVAL = 15.0

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from superci import defaults, protocol
 from superci.auth import NO_CREDENTIALS, Credentials
+from superci.bus import EventBus
 from superci.channel import Address, Channel
 from superci.listener import Listener
-from superci.logstream import LogFollowers
 from superci.recorder import Recorder, ResultHook
 from superci.requests import ClientRequests
 from superci.results import ResultsFolder
@@ -56,23 +56,24 @@ class Dispatcher:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         on_result: ResultHook | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.store = store
+        self.bus = bus if bus is not None else EventBus(wall_clock)  # what watchers see
         self.results = results
         self.scheduler = Scheduler(heartbeat_timeout, max_attempts, build_timeout)
         self._clock = clock
-        followers = LogFollowers()
         sessions: dict[int, Channel] = {}
         self.recorder = Recorder(
-            self.scheduler, store, results, sessions, followers,
+            self.scheduler, store, results, sessions, self.bus,
             clock=clock, wall_clock=wall_clock, on_result=on_result,
         )  # fmt: skip
         self.sessions = RunnerSessions(
-            self.scheduler, store, results, self.recorder, followers, sessions,
+            self.scheduler, store, results, self.recorder, self.bus, sessions,
             clock=clock, wall_clock=wall_clock,
         )  # fmt: skip
         self.requests = ClientRequests(
-            self.scheduler, store, results, self.recorder, followers,
+            self.scheduler, store, results, self.recorder, self.bus,
             log_idle_timeout=log_idle_timeout, clock=clock, wall_clock=wall_clock,
         )  # fmt: skip
         self.listener = Listener(self._route, credentials)
@@ -113,6 +114,7 @@ class Dispatcher:
         if self._watchdog is not None:
             self._watchdog.cancel()
         await self.listener.close()
+        self.bus.close()  # subscribers read what is queued for them, then end
 
     async def _route(self, channel: Channel, hello: protocol.Hello) -> None:
         if hello.role is protocol.Role.RUNNER:
@@ -189,6 +191,7 @@ async def run_dispatcher(
     credentials: Credentials = NO_CREDENTIALS,
     log_idle_timeout: float = defaults.LOG_IDLE_TIMEOUT,
     on_result: ResultHook | None = None,
+    bus: EventBus | None = None,
     ready: Callable[[Address], None] | None = None,
 ) -> None:
     """Run a dispatcher until cancelled (the process entry point)."""
@@ -203,6 +206,7 @@ async def run_dispatcher(
         credentials=credentials,
         log_idle_timeout=log_idle_timeout,
         on_result=on_result,
+        bus=bus,
     )
     try:
         address = await dispatcher.start(host, port)

@@ -486,6 +486,23 @@ class Reply(Message):
     document: str = _text(MAX_DOCUMENT)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Watch(Message):
+    """Client → dispatcher: send me every event from now on (see :mod:`superci.events`),
+    until I disconnect; nothing else is sent on this connection after it."""
+
+    type: ClassVar[str] = "watch"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event(Message):
+    """Dispatcher → watcher: one event as a JSON object (``event`` names its kind). A
+    ``resync`` event is the last: the watcher fell behind and some events were missed."""
+
+    type: ClassVar[str] = "event"
+    document: str = _text(MAX_DOCUMENT)
+
+
 MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
     cls.type: cls
     for cls in (
@@ -512,6 +529,8 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
         LogData,
         Query,
         Reply,
+        Watch,
+        Event,
     )
 }
 
@@ -521,7 +540,7 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
 #: dispatcher sends a runner unasked. Everything else is refused by :func:`check_allowed`.
 ALLOWED: Final[dict[Role, frozenset[type[Message]]]] = {
     Role.RUNNER: frozenset({Heartbeat, Output, Started, Artifact, Result, Leaving}),
-    Role.CLIENT: frozenset({Submit, CancelRequest, Query, LogRequest}),
+    Role.CLIENT: frozenset({Submit, CancelRequest, Query, LogRequest, Watch}),
     Role.DISPATCHER: frozenset({Build, Cancel, ResultAck}),
 }
 

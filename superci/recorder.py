@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from superci import protocol
+from superci import events, protocol
+from superci.bus import EventBus
 from superci.channel import Channel
 from superci.errors import StorageError
-from superci.logstream import LogFollowers
 from superci.ratelimit import RateLimitedLog
 from superci.report import counts_text, result_document
 from superci.results import ResultsFolder
@@ -35,7 +35,7 @@ from superci.scheduler import (
     Scheduler,
     StartBuild,
 )
-from superci.status import BuildStatus
+from superci.status import BuildStatus, RunnerState
 from superci.store import Store
 
 log = logging.getLogger("superci.dispatcher.recorder")  # a part of the dispatcher, logged as one
@@ -79,8 +79,30 @@ class Outbox:
                 channel.post(message)
 
 
+class PoolEvents:
+    """Tells the bus how the pool changed since it was last told: every way a runner comes
+    and goes (registered, replaced, left, lost, declared dead, detached) the same way."""
+
+    def __init__(self, scheduler: Scheduler, bus: EventBus) -> None:
+        self._scheduler = scheduler
+        self._bus = bus
+        self._told: events.Pool = {}  # the runners as watchers were last told
+
+    def publish(self, starting: Iterable[str] = ()) -> None:
+        """Publish the changes. ``starting``: runners about to be sent a build, shown
+        without it yet, so they are busy only once the build started."""
+        pool = events.pool_of(self._scheduler.view().runners)
+        for name in starting:
+            if name in pool:
+                pool[name] = events.Seat(RunnerState.IDLE, None, pool[name].host)
+        for change in events.pool_changes(self._told, pool):
+            self._bus.publish(change)
+        self._told = pool
+
+
 class Recorder:
-    """Carries out actions and records results; the only writer of builds' states."""
+    """Carries out actions and records results; the only writer of builds' states. What it
+    carried out is published on the bus once it is committed."""
 
     def __init__(
         self,
@@ -88,7 +110,7 @@ class Recorder:
         store: Store,
         results: ResultsFolder,
         sessions: Mapping[int, Channel],
-        followers: LogFollowers,
+        bus: EventBus,
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -98,7 +120,8 @@ class Recorder:
         self._store = store
         self._results = results
         self._sessions = sessions
-        self._followers = followers
+        self._bus = bus
+        self._pool = PoolEvents(scheduler, bus)
         self._clock = clock
         self._wall = wall_clock
         self._result_hook = on_result
@@ -161,8 +184,9 @@ class Recorder:
         their lease is committed: if the commit fails (or anything else does), they are
         given back and not sent, and the watchdog hands them out again later."""
         outbox = Outbox(self._sessions)
+        self._pool.publish(_starting(actions))
         try:
-            with self._store.transaction():
+            with self._bus.held(), self._store.transaction():  # published once committed
                 self.carry_out(actions, outbox)
         except Exception as e:
             if isinstance(e, StorageError):
@@ -171,6 +195,7 @@ class Recorder:
                 log.exception("internal error while handing out builds; they wait again")
             outbox.withhold(self._not_committed(actions))
         outbox.flush()
+        self._pool.publish()
 
     def _not_committed(self, actions: list[Action]) -> set[Lease]:
         """A transaction of actions was rolled back: builds it started are given back, its
@@ -199,20 +224,23 @@ class Recorder:
     def announce(
         self, build_id: int, sha: str, status: BuildStatus, document: dict[str, Any]
     ) -> None:
-        """A build ended and its result is recorded: say so to the log, to the readers
-        following its output, and to the ``on_result`` hook."""
+        """A build ended and its result is recorded: say so to the log, on the bus (the
+        readers following its output stop there), and to the ``on_result`` hook."""
         counts = counts_text(document.get("tests"))
         log.info("build %d of %s: %s%s: %s", build_id, sha[:12], status,
                  f" ({counts})" if counts else "", document.get("message", ""))  # fmt: skip
-        self._followers.end(sha)
+        self._bus.publish(events.build_ended(document))
         if self._result_hook is not None:
             self._result_hook(document)
 
     # --- carrying out the scheduler's decisions -------------------------------------
 
     def carry_out(self, actions: list[Action], outbox: Outbox | None = None) -> None:
-        """Carry out actions in order; messages go to ``outbox`` when given, else at once."""
+        """Carry out actions in order; messages go to ``outbox`` when given (inside a
+        transaction: the pool is published after it), else at once."""
         now = Outbox(self._sessions) if outbox is None else outbox
+        if outbox is None:
+            self._pool.publish(_starting(actions))
         for action in actions:
             if isinstance(action, Requeue | EndBuild) and action.build_id in self._unwritten:
                 self._unwritten[action.build_id].append(action)  # after what is still due
@@ -230,6 +258,7 @@ class Recorder:
                     log.error("could not carry out %s: %s", type(action).__name__, e)
         if outbox is None:
             now.flush()
+            self._pool.publish()
 
     def retry_unwritten(self) -> None:
         """Write again what failed to be written earlier (each watchdog tick)."""
@@ -263,6 +292,7 @@ class Recorder:
                     )
                 log.warning("build %d re-queued: %s%s", action.build_id, why, action.reason)
                 self._store.mark_queued(action.build_id, why + action.reason, action.counted)
+                self._publish_queued(action.build_id, why + action.reason)
             case EndBuild():
                 record = self._store.get(action.build_id)
                 assert record is not None
@@ -302,6 +332,20 @@ class Recorder:
             action.build_id, action.sha[:12], action.attempt, action.runner,
         )  # fmt: skip
         outbox.post(action.session, _build_message(action))
+        self._bus.publish(events.BuildStarted(build_id=action.build_id, sha=action.sha,
+                                              branch=action.branch, runner=action.runner,
+                                              attempt=action.attempt))  # fmt: skip
+
+    def _publish_queued(self, build_id: int, reason: str) -> None:
+        record = self._store.get(build_id)
+        if record is not None:
+            self._bus.publish(events.BuildQueued(build_id=build_id, sha=record.sha,
+                                                 branch=record.branch, reason=reason))  # fmt: skip
+
+
+def _starting(actions: list[Action]) -> list[str]:
+    """The runners these actions send a build to."""
+    return [action.runner for action in actions if isinstance(action, StartBuild)]
 
 
 def result_ack(result: protocol.Result, **fields: Any) -> protocol.ResultAck:

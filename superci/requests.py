@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from superci import defaults, names, protocol
+from superci import defaults, events, names, protocol
+from superci.bus import EventBus
 from superci.channel import Channel
-from superci.errors import AmbiguousCommit, StorageError, UnknownBuild
-from superci.logstream import LogFollower, LogFollowers
+from superci.errors import AmbiguousCommit, ProtocolError, StorageError, UnknownBuild
+from superci.logstream import LogFollower
 from superci.ratelimit import RateLimitedLog
 from superci.recorder import Recorder
 from superci.report import STATUS_LISTS, build_summary, fitted, status_document
@@ -37,7 +39,7 @@ class ClientRequests:
         store: Store,
         results: ResultsFolder,
         recorder: Recorder,
-        followers: LogFollowers,
+        bus: EventBus,
         *,
         log_idle_timeout: float = defaults.LOG_IDLE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
@@ -47,7 +49,7 @@ class ClientRequests:
         self._store = store
         self._results = results
         self._recorder = recorder
-        self._followers = followers
+        self._bus = bus
         self._log_idle_timeout = log_idle_timeout
         self._clock = clock
         self._wall = wall_clock
@@ -58,6 +60,7 @@ class ClientRequests:
             protocol.CancelRequest: self._on_cancel,
             protocol.Query: self._on_query,
             protocol.LogRequest: self._send_log,
+            protocol.Watch: self._send_events,
         }
 
     async def serve(self, channel: Channel) -> None:
@@ -66,6 +69,8 @@ class ClientRequests:
             message = await channel.receive(defaults.CLIENT_IDLE_TIMEOUT)
             protocol.check_allowed(protocol.Role.CLIENT, message)
             await self._handlers[type(message)](channel, message)
+            if isinstance(message, protocol.Watch):
+                return  # a watch is the connection's last request
 
     async def _on_submit(self, channel: Channel, message: protocol.Submit) -> None:
         channel.post(await self._submit_when_stored(message))
@@ -83,6 +88,7 @@ class ClientRequests:
             return protocol.Submitted(build_id=known.id, sha=sha, queued=False, status=known.status)
         record = self._store.add_build(sha, branch, self._wall())
         log.info("queued build %d of %s (%s)", record.id, sha[:12], branch)
+        self._bus.publish(events.BuildQueued(build_id=record.id, sha=sha, branch=branch))
         self._recorder.carry_out(self._scheduler.add_build(record.id, sha, branch, self._clock()))
         return protocol.Submitted(build_id=record.id, sha=sha, queued=True, status=record.status)
 
@@ -162,7 +168,7 @@ class ClientRequests:
         sha = record.sha
         follower = None
         if request.follow and not record.status.finished:
-            follower = self._followers.follow(sha)
+            follower = LogFollower(self._bus, record.id)
         # In the same turn as the follower joins: the file up to here, the rest live.
         pieces = self._results.read_log(sha, request.offset, request.build_id)
         try:
@@ -172,7 +178,7 @@ class ClientRequests:
             ended = follower is None or await self._follow(channel, follower)
         finally:
             if follower is not None:
-                self._followers.forget(sha, follower)
+                follower.close()
         record = self._store.get(record.id) or record
         if follower is not None and follower.overflowed:
             message = "the log reader fell too far behind; run the command again"
@@ -206,3 +212,26 @@ class ClientRequests:
             heard = loop.time()
             for _, piece in protocol.split_data(data):  # at the reader's pace
                 await channel.send(protocol.LogData(data=piece))
+
+    async def _send_events(self, channel: Channel, request: protocol.Watch) -> None:
+        """``watch``: every event from now on, until the watcher goes away. One that falls
+        behind gets a resync as its last event, and the connection ends."""
+        subscription = self._bus.subscribe()
+        log.info("%s is watching the events", channel.peer)
+        # A watcher says nothing more: whatever it sends, or its leaving, ends the stream.
+        listener = asyncio.create_task(channel.receive())
+        listener.add_done_callback(lambda _: subscription.close())
+        try:
+            async for event in subscription:
+                document = json.dumps(event.to_dict(), ensure_ascii=False)  # fields are bounded
+                await channel.send(protocol.Event(document=document))
+        finally:
+            subscription.close()
+            listener.cancel()
+        if subscription.fell_behind:
+            log.warning("a watcher at %s fell behind the events; it was sent a resync",
+                        channel.peer)  # fmt: skip
+        if listener.done() and not listener.cancelled():
+            said = listener.exception() or listener.result()
+            if isinstance(said, protocol.Message):
+                raise ProtocolError(f"a watcher cannot send {said.type}", code="unexpected")

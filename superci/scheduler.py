@@ -137,6 +137,7 @@ class RunnerView:
     state: RunnerState
     last_seen: float
     build_sha: str | None  # the commit it builds
+    build_id: int | None  # the build it runs (with build_sha)
     benched_until: float | None
     bench_reason: str
 
@@ -543,6 +544,7 @@ class Scheduler:
                 runner.state,
                 runner.last_seen,
                 self._sha_of(runner.build_id),
+                runner.build_id,
                 runner.benched_until,
                 runner.bench_reason,
             )  # fmt: skip

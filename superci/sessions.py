@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from superci import defaults, identity, protocol
+from superci import defaults, events, identity, protocol
+from superci.bus import EventBus
 from superci.channel import Channel
 from superci.errors import (
     ProtocolError,
@@ -22,7 +23,6 @@ from superci.errors import (
     StaleResult,
     StorageError,
 )
-from superci.logstream import LogFollowers
 from superci.ratelimit import RateLimitedLog
 from superci.recorder import PendingResult, Recorder, result_ack
 from superci.results import ResultsFolder
@@ -42,7 +42,7 @@ class RunnerSessions:
         store: Store,
         results: ResultsFolder,
         recorder: Recorder,
-        followers: LogFollowers,
+        bus: EventBus,
         channels: dict[int, Channel],
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -52,7 +52,7 @@ class RunnerSessions:
         self._store = store
         self._results = results
         self._recorder = recorder
-        self._followers = followers
+        self._bus = bus
         self._clock = clock
         self._wall = wall_clock
         self.channels = channels  # open sessions; shared with the recorder, which posts
@@ -172,7 +172,13 @@ class RunnerSessions:
             self._recorder.carry_out(self._scheduler.detach(name, session, self._clock()))
             self._detached.add(session)
             return
-        self._followers.push(job.sha, new)
+        if new:  # the part of data that was not in the log yet, at the end of data
+            start = message.offset + len(data) - len(new)
+            self._bus.publish(
+                events.BuildOutput(
+                    build_id=job.build_id, sha=job.sha, branch=job.branch, offset=start, data=new
+                )
+            )
 
     def _on_artifact(
         self, channel: Channel, name: str, session: int, message: protocol.Artifact

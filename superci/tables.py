@@ -1,8 +1,9 @@
-"""Plain-text rendering of status and result documents for people at a terminal."""
+"""Plain-text rendering of status, result and event documents for people at a terminal."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from superci.report import counts_text
@@ -99,3 +100,62 @@ def result_summary(result: dict[str, Any]) -> str:
         lines.append(f"failing  ({len(failures)})")
         lines += [f"  {name}" for name in failures]
     return "\n".join(printable(line) for line in lines)  # names and messages from commits
+
+
+def event_line(document: dict[str, Any]) -> str:
+    """One event of ``superci watch`` as one line: its local time, then what happened.
+    An event kind this version does not know is still shown, by its name."""
+    when = document.get("time")
+    clock = time.strftime("%H:%M:%S", time.localtime(when)) if _number(when) else "--:--:--"
+    return printable(f"{clock} {_event_text(document)}")
+
+
+def _event_text(event: dict[str, Any]) -> str:
+    kind = str(event.get("event", "?"))
+    if kind in _RUNNER_EVENTS:
+        return f"runner {event.get('runner', '?')} {_RUNNER_EVENTS[kind](event)}"
+    if kind not in _BUILD_EVENTS:
+        return "fell behind the events; some were missed" if kind == "resync" else kind
+    sha = str(event.get("sha") or "?")
+    build = f"build {event.get('build_id', '?')} {sha[:12]} ({event.get('branch', '?')})"
+    return f"{build} {_BUILD_EVENTS[kind](event)}"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _queued(event: dict[str, Any]) -> str:
+    return "queued" + (f" again: {event['reason']}" if event.get("reason") else "")
+
+
+def _started(event: dict[str, Any]) -> str:
+    return f"started on {event.get('runner', '?')}, attempt {event.get('attempt', '?')}"
+
+
+def _output(event: dict[str, Any]) -> str:
+    return f"output: {event.get('length', '?')} bytes at {event.get('offset', '?')}"
+
+
+def _finished(event: dict[str, Any]) -> str:
+    duration = event.get("duration")
+    took = f" in {duration:.1f}s" if _number(duration) else ""
+    tests = counts_text(event.get("tests")) if isinstance(event.get("tests"), dict) else ""
+    on = f" on {event['runner']}" if event.get("runner") else ""
+    message = f": {event['message']}" if event.get("message") else ""
+    return f"{event.get('status', '?')}{on}{took}{f' [{tests}]' if tests else ''}{message}"
+
+
+_BUILD_EVENTS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "queued": _queued,
+    "started": _started,
+    "output": _output,
+    "finished": _finished,
+    "cancelled": _finished,
+}
+_RUNNER_EVENTS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "joined": lambda e: "joined" + (f" from {e['host']}" if e.get("host") else ""),
+    "left": lambda e: "left",
+    "busy": lambda e: f"busy with build {e.get('build_id', '?')}",
+    "idle": lambda e: "benched" if e.get("benched") else "idle",
+}

@@ -1,6 +1,6 @@
 """``superci up``: a whole superci on one machine, for a first try or a one-person team.
 
-The dispatcher runs in this process (so each outcome can be printed as it is recorded);
+The dispatcher runs in this process (so each outcome is printed from its event bus);
 the runners and the observer are the real programs, started as child processes with
 their own clones under the work folder, and stopped with the stack.
 """
@@ -24,9 +24,11 @@ import git
 
 from superci import defaults
 from superci.auth import Credentials, load_token
+from superci.bus import EventBus, Subscription
 from superci.channel import Address
 from superci.dispatcher import run_dispatcher
 from superci.errors import ConfigError, SuperCIError, WorkspaceError
+from superci.events import BuildFinished, Event
 from superci.report import counts_text
 from superci.sanitize import printable
 from superci.store import Store
@@ -48,6 +50,25 @@ def format_outcome(result: dict[str, Any]) -> str:
         f"{result['status'].upper():9} {result['sha'][:12]} ({result['branch']})"
         f"{took}{counts} on {result.get('runner') or '-'}: {result.get('message', '')}"
     )
+
+
+def _outcome(event: Event) -> bool:
+    return isinstance(event, BuildFinished)
+
+
+async def print_outcomes(
+    bus: EventBus, outcomes: Subscription, echo: Callable[[str], None]
+) -> None:
+    """One line per finished build, from the bus, until it closes. Should the printer
+    ever fall behind, it says so and takes the outcomes from then on."""
+    while True:
+        async for event in outcomes:
+            if isinstance(event, BuildFinished):
+                echo(format_outcome(event.to_dict()))
+        if not outcomes.fell_behind:
+            return
+        echo("superci: some outcomes were not printed; `superci status` lists the last builds")
+        outcomes = bus.subscribe(_outcome)
 
 
 class Stack:
@@ -138,6 +159,8 @@ class Stack:
             )
         )
         ready: asyncio.Future[Address] = asyncio.get_running_loop().create_future()
+        bus = EventBus()
+        printer = asyncio.create_task(print_outcomes(bus, bus.subscribe(_outcome), echo))
         dispatcher = asyncio.create_task(
             run_dispatcher(
                 self.host,
@@ -145,7 +168,7 @@ class Stack:
                 self.results,
                 self.state,
                 credentials=Credentials(token=load_token()),  # SUPERCI_TOKEN, as the children
-                on_result=lambda result: echo(format_outcome(result)),
+                bus=bus,
                 ready=ready.set_result,
             )
         )
@@ -180,6 +203,9 @@ class Stack:
             dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await dispatcher
+            # The dispatcher closed the bus: the printer ends once it printed what is left.
+            await asyncio.wait({printer}, timeout=STOP_GRACE)
+            printer.cancel()
 
     async def _start(self, command: str, name: str, address: str, *args: str) -> None:
         """Start a child; its output goes to logs/<name>.log (the terminal with -v)."""

@@ -691,3 +691,30 @@ async def test_a_build_goes_out_only_once_the_commit_that_leased_it_succeeded(tm
         sent = [m for m in runner.inbox if isinstance(m, protocol.Build)]
         assert [(b.build_id, b.attempt, b.sha) for b in sent] == [(second_id, 1, OTHER_SHA)]
         assert h.db_build(second_id)["attempt"] == 1  # given back, not counted
+
+
+@async_test()
+async def test_what_a_rolled_back_hand_out_did_is_never_published(tmp_path):
+    async with Harness(tmp_path) as h:
+        await h.submit(SHA)
+        runner, _ = await FakeRunner.connect(h.address, "r1")
+        first = await runner.expect(protocol.Build)
+        second_id = (await h.submit(OTHER_SHA)).build_id
+        watcher = h.dispatcher.bus.subscribe()
+        left = fail_commits(h.store, None, StorageError("disk full (injected)"))
+
+        await runner.result(first)
+        await eventually(lambda: h.db_build(second_id)["status"] == "running", WAIT,
+                         "the build to be handed out again on a later tick")  # fmt: skip
+
+        assert left == []
+        seen = []
+        while (event := watcher.take()) is not None:
+            seen.append(event.to_dict())
+        started = [e for e in seen if e["event"] == "started"]
+        assert [(e["build_id"], e["attempt"]) for e in started] == [(second_id, 1)]  # once
+        pool = [(e["event"], e.get("build_id")) for e in seen if e.get("runner") == "r1"
+                and e["event"] in ("busy", "idle")]  # fmt: skip
+        assert pool == [("idle", None), ("busy", second_id)]
+        kinds = [e["event"] for e in seen]
+        assert kinds.index("finished") < kinds.index("started")

@@ -1,4 +1,4 @@
-"""LogFollower: the bounded queue between the dispatcher receiving output and one reader."""
+"""LogFollower: one reader of a build's output events on the bus, bounded."""
 
 from __future__ import annotations
 
@@ -6,10 +6,39 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
+from superci.bus import EventBus
+from superci.events import BuildFinished, BuildOutput
 from superci.logstream import LogFollower
+from superci.status import BuildStatus
 
 #: Bound for any await in these tests; only reached when the follower is broken.
 WAIT = 5.0
+
+
+BUILD = 7
+SHA = "a" * 40
+
+
+class Build:
+    """A bus and one build on it: the dispatcher's side of a follower."""
+
+    def __init__(self) -> None:
+        self.bus = EventBus(clock=lambda: 0.0)
+        self.offset = 0
+
+    def follower(self, limit: int) -> LogFollower:
+        return LogFollower(self.bus, BUILD, limit=limit)
+
+    def push(self, data: bytes) -> None:
+        """New output of the build, as the dispatcher publishes it."""
+        self.bus.publish(BuildOutput(build_id=BUILD, sha=SHA, branch="main",
+                                     offset=self.offset, data=data))  # fmt: skip
+        self.offset += len(data)
+
+    def end(self) -> None:
+        self.bus.publish(
+            BuildFinished(build_id=BUILD, sha=SHA, branch="main", status=BuildStatus.PASSED)
+        )
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -30,10 +59,11 @@ async def drain(follower: LogFollower) -> list[bytes | None]:
 
 def test_pushed_chunks_are_delivered_in_order_then_none_after_end():
     async def main() -> list[bytes | None]:
-        follower = LogFollower(limit=1000)
+        build = Build()
+        follower = build.follower(1000)
         for chunk in (b"one\n", b"two\n", b"three\n"):
-            follower.push(chunk)
-        follower.end()
+            build.push(chunk)
+        build.end()
         return await drain(follower)
 
     assert run(main()) == [b"one\n", b"two\n", b"three\n", None]
@@ -41,15 +71,16 @@ def test_pushed_chunks_are_delivered_in_order_then_none_after_end():
 
 def test_a_waiting_reader_is_woken_by_each_push_and_by_the_end():
     async def main() -> list[bytes | None]:
-        follower = LogFollower(limit=1000)
+        build = Build()
+        follower = build.follower(1000)
         reader = asyncio.create_task(drain(follower))
         await asyncio.sleep(0)  # the reader is now waiting on an empty queue
         assert not reader.done()
-        follower.push(b"live line\n")
+        build.push(b"live line\n")
         await asyncio.sleep(0)
-        follower.push(b"")  # nothing to deliver: ignored
-        follower.push(b"another\n")
-        follower.end()
+        build.push(b"")  # nothing to deliver: ignored
+        build.push(b"another\n")
+        build.end()
         return await reader
 
     assert run(main()) == [b"live line\n", b"another\n", None]
@@ -57,11 +88,12 @@ def test_a_waiting_reader_is_woken_by_each_push_and_by_the_end():
 
 def test_next_keeps_waiting_while_the_build_runs_and_nothing_was_pushed():
     async def main() -> None:
-        follower = LogFollower(limit=1000)
+        build = Build()
+        follower = build.follower(1000)
         waiting = asyncio.create_task(follower.next())
         done, _ = await asyncio.wait({waiting}, timeout=0.05)
         assert not done  # no chunk, no end: the reader waits
-        follower.end()
+        build.end()
         assert await waiting is None
 
     run(main())
@@ -69,10 +101,11 @@ def test_next_keeps_waiting_while_the_build_runs_and_nothing_was_pushed():
 
 def test_a_push_beyond_the_limit_marks_the_reader_overflowed_and_ends_it():
     async def main() -> tuple[LogFollower, list[bytes | None]]:
-        follower = LogFollower(limit=10)
-        follower.push(b"123456")
-        follower.push(b"7890ab")  # 12 bytes queued would pass the limit
-        follower.push(b"c")  # later output is not queued any more
+        build = Build()
+        follower = build.follower(10)
+        build.push(b"123456")
+        build.push(b"7890ab")  # 12 bytes queued would pass the limit
+        build.push(b"c")  # later output is not queued any more
         return follower, await drain(follower)
 
     follower, got = run(main())
@@ -83,10 +116,11 @@ def test_a_push_beyond_the_limit_marks_the_reader_overflowed_and_ends_it():
 
 def test_an_overflow_wakes_a_reader_that_waits_on_an_empty_queue():
     async def main() -> tuple[LogFollower, bytes | None]:
-        follower = LogFollower(limit=10)
+        build = Build()
+        follower = build.follower(10)
         reader = asyncio.create_task(follower.next())
         await asyncio.sleep(0)
-        follower.push(b"x" * 11)
+        build.push(b"x" * 11)
         return follower, await reader
 
     follower, got = run(main())
@@ -95,12 +129,13 @@ def test_an_overflow_wakes_a_reader_that_waits_on_an_empty_queue():
 
 def test_chunks_taken_by_the_reader_free_room_under_the_limit():
     async def main() -> tuple[LogFollower, list[bytes | None]]:
-        follower = LogFollower(limit=10)
+        build = Build()
+        follower = build.follower(10)
         got: list[bytes | None] = []
         for chunk in (b"12345678", b"abcdefgh", b"ABCDEFGH"):
-            follower.push(chunk)
+            build.push(chunk)
             got.append(await follower.next())
-        follower.end()
+        build.end()
         got.append(await follower.next())
         return follower, got
 

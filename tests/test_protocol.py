@@ -86,6 +86,8 @@ SAMPLES: dict[str, protocol.Message] = {
     "log_data": protocol.LogData(data="aGVsbG8K"),
     "query": protocol.Query(what="show", commit=SHA, limit=5, build_id=2),
     "reply": protocol.Reply(status="ok", message="done", document='{"runners": []}'),
+    "watch": protocol.Watch(),
+    "event": protocol.Event(document='{"event": "started", "build_id": 7, "runner": "r-1"}'),
 }
 
 
