@@ -378,7 +378,7 @@ def runner_command(
     from superci.workspace import Workspace
 
     _setup_logging(verbose)
-    workspace = Workspace(path)
+    workspace = Workspace(path, settings.git_timeout)
     runner = RunnerProcess(
         address,
         workspace,

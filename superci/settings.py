@@ -94,6 +94,8 @@ class RunnerSettings:
     file_read_timeout: float = defaults.FILE_READ_TIMEOUT
     #: After a build's process group is gone, its output pipe gets this long (seconds).
     output_drain_timeout: float = defaults.OUTPUT_DRAIN_TIMEOUT
+    #: A git fetch or submodule update in the runner's clone is killed after this long.
+    git_timeout: float = defaults.GIT_TIMEOUT
     #: Time the dispatcher has to answer a registration (seconds).
     register_timeout: float = defaults.CLIENT_TIMEOUT
     #: Time the dispatcher has to take note of a runner leaving (seconds).
