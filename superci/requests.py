@@ -49,7 +49,7 @@ class ClientRequests:
         self._results = results
         self._recorder = recorder
         self._followers = followers
-        self._settings = settings
+        self.settings = settings
         self._clock = clock
         self._wall = wall_clock
         self._fault_log = RateLimitedLog(log, burst=3, period=10.0)
@@ -64,7 +64,7 @@ class ClientRequests:
     async def serve(self, channel: Channel) -> None:
         """A client's connection, once its hello is accepted: one request after another."""
         while True:
-            message = await channel.receive(self._settings.client_idle_timeout)
+            message = await channel.receive(self.settings.client_idle_timeout)
             protocol.check_allowed(protocol.Role.CLIENT, message)
             await self._handlers[type(message)](channel, message)
 
@@ -90,8 +90,8 @@ class ClientRequests:
     async def _submit_when_stored(self, message: protocol.Submit) -> protocol.Submitted:
         """:meth:`submit`, retried while the database is locked by another process (the
         loop goes on meanwhile); the submitter hears back only once it is committed."""
-        give_up = self._clock() + self._settings.store_retry_limit
-        delay = self._settings.store_retry_initial
+        give_up = self._clock() + self.settings.store_retry_limit
+        delay = self.settings.store_retry_initial
         while True:
             try:
                 return self.submit(message.sha, message.branch, message.rebuild)
@@ -181,7 +181,7 @@ class ClientRequests:
         elif not ended:
             message = (
                 f"build {record.id} is still {record.status} but said nothing for "
-                f"{self._settings.log_idle_timeout:g}s; run the command again to keep following"
+                f"{self.settings.log_idle_timeout:g}s; run the command again to keep following"
             )
             channel.post(protocol.Reply(status="idle", message=message))
         else:
@@ -191,8 +191,8 @@ class ClientRequests:
         """Pass on new output until the build ends (True) or stays silent for the idle
         bound (False); an empty piece goes out while it is silent, as a keep-alive."""
         loop = asyncio.get_running_loop()
-        idle = self._settings.log_idle_timeout
-        keepalive = min(self._settings.log_keepalive_interval, idle / 3)
+        idle = self.settings.log_idle_timeout
+        keepalive = min(self.settings.log_keepalive_interval, idle / 3)
         heard = loop.time()
         while True:
             try:

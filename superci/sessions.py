@@ -55,7 +55,7 @@ class RunnerSessions:
         self._results = results
         self._recorder = recorder
         self._followers = followers
-        self._settings = settings
+        self.settings = settings
         self._clock = clock
         self._wall = wall_clock
         self.channels = channels  # open sessions; shared with the recorder, which posts
@@ -75,7 +75,7 @@ class RunnerSessions:
 
     async def serve(self, channel: Channel) -> None:
         """A runner's connection, once its hello is accepted: it registers, then reports."""
-        register = await channel.receive(self._settings.handshake_timeout)
+        register = await channel.receive(self.settings.handshake_timeout)
         if not isinstance(register, protocol.Register):
             raise ProtocolError("a runner must register first", code="handshake")
         name, session = register.name, next(self._session_ids)
@@ -186,7 +186,7 @@ class RunnerSessions:
             return
         try:
             self._results.append_artifact(
-                job.sha, message.name, message.offset, data, self._settings.max_report_bytes
+                job.sha, message.name, message.offset, data, self.settings.max_report_bytes
             )
         except ReportTooLarge as e:  # runners cap reports, but that is not relied on
             self._runner_log.log(logging.WARNING, "build %d from runner %s: %s",

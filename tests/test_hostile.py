@@ -476,9 +476,11 @@ async def test_dispatcher_fed_hostile_input_keeps_serving_a_real_runner_within_b
         # superci.admission), so a real client is never locked out by silent sockets. They
         # are opened in batches smaller than the listen backlog: a burst beyond it would be
         # dropped by the kernel before the dispatcher ever saw it.
-        # The handshake time limit is read as each connection comes in: a new settings
-        # object from here on gives the flood's connections the longer one.
-        h.dispatcher.settings = replace(settings, handshake_timeout=FLOOD_HANDSHAKE_TIMEOUT)
+        # The listener reads its handshake time limit as each connection comes in: a new
+        # settings object from here on gives the flood's connections the longer one.
+        h.dispatcher.listener.settings = replace(
+            settings, handshake_timeout=FLOOD_HANDSHAKE_TIMEOUT
+        )
         kinds = [False] * IDLE_SILENT + [True] * IDLE_PARTIAL_HELLO
         rng.shuffle(kinds)
         slots = settings.max_unauthenticated

@@ -134,6 +134,29 @@ def test_the_older_keywords_fold_into_the_settings(tmp_path: Path, repo: Repo):
     assert observer.settings == ObserverSettings(max_backlog=3)
 
 
+def test_the_dispatcher_hands_its_settings_to_each_part_and_its_limits_to_the_scheduler(
+    tmp_path: Path,
+):
+    settings = DispatcherSettings(
+        heartbeat_timeout=3.0, max_attempts=4, build_timeout=90.0, max_handbacks=6,
+        deadline_margin=1.5, bench_after=2, bench_time=8.0, bench_max=20.0,
+    )  # fmt: skip
+    store = Store(tmp_path / "superci.db")
+    try:
+        dispatcher = Dispatcher(store, ResultsFolder(tmp_path / "results"), settings=settings)
+    finally:
+        store.close()
+    for part in (dispatcher.listener, dispatcher.sessions, dispatcher.requests):
+        assert part.settings is settings
+    scheduler = dispatcher.scheduler
+    assert (
+        scheduler.heartbeat_timeout, scheduler.max_attempts, scheduler.build_timeout,
+        scheduler.max_handbacks, scheduler.deadline_margin, scheduler.bench_after,
+        scheduler.bench_time, scheduler.bench_max,
+    ) == (3.0, 4, 90.0, 6, 1.5, 2, 8.0, 20.0)  # fmt: skip
+    assert scheduler.stop_grace == defaults.KILL_GRACE + 1.5
+
+
 def test_with_given_keeps_fields_given_as_none_and_refuses_unknown_ones():
     settings = RunnerSettings(kill_grace=1.0)
     assert with_given(settings, kill_grace=None, leave_timeout=0.5) == dataclasses.replace(
