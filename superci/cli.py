@@ -15,10 +15,11 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import fields
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -26,8 +27,37 @@ from superci import __version__, defaults
 from superci.auth import TOKEN_ENV, Credentials, client_tls, is_loopback, load_token, server_tls
 from superci.channel import Address, parse_address
 from superci.errors import SuperCIError
+from superci.settings import DispatcherSettings, ObserverSettings, RunnerSettings
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 log = logging.getLogger("superci")
+
+S = TypeVar("S", bound="DataclassInstance")
+
+
+def settings_from(kind: type[S], params: Mapping[str, Any]) -> S:
+    """One process's settings from its command's parsed parameters, where click has
+    already merged the options, the ``SUPERCI_…`` variables and the defaults; a field no
+    option sets keeps its default from :mod:`superci.defaults`."""
+    names = {f.name for f in fields(kind)}
+    return kind(**{name: value for name, value in params.items() if name in names})
+
+
+def _takes_settings(kind: type[Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Hand a command its options that are settings as one ``settings`` object."""
+    names = {f.name for f in fields(kind)}
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(fn)
+        def wrapper(**params: Any) -> Any:
+            rest = {name: value for name, value in params.items() if name not in names}
+            return fn(settings=settings_from(kind, params), **rest)
+
+        return wrapper
+
+    return decorate
 
 
 def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
@@ -233,16 +263,13 @@ def main() -> None:
 )
 @_verbose_option
 @_reports_errors
+@_takes_settings(DispatcherSettings)
 def dispatcher_command(
+    settings: DispatcherSettings,
     host: str,
     port: int,
     results: Path,
     state: Path | None,
-    heartbeat_timeout: float,
-    max_attempts: int,
-    build_timeout: float,
-    max_log_bytes: int,
-    log_idle_timeout: float,
     token_file: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -272,12 +299,8 @@ def dispatcher_command(
             port,
             results,
             state,
-            heartbeat_timeout=heartbeat_timeout,
-            max_attempts=max_attempts,
-            build_timeout=build_timeout,
-            max_log_bytes=max_log_bytes,
+            settings=settings,
             credentials=Credentials(token=token, ssl=tls),
-            log_idle_timeout=log_idle_timeout,
         )
     )
 
@@ -300,6 +323,7 @@ def dispatcher_command(
 )
 @click.option(
     "--timeout",
+    "build_timeout",
     default=defaults.BUILD_TIMEOUT,
     show_default=True,
     type=click.FloatRange(min=0.1),
@@ -340,15 +364,12 @@ def dispatcher_command(
 )
 @_verbose_option
 @_reports_errors
+@_takes_settings(RunnerSettings)
 def runner_command(
+    settings: RunnerSettings,
     address: Address,
     path: Path,
     name: str | None,
-    heartbeat_interval: float,
-    timeout: float,
-    max_timeout: float,
-    kill_grace: float,
-    max_spool_bytes: int,
     identity_file: Path | None,
     verbose: bool,
 ) -> None:
@@ -357,17 +378,13 @@ def runner_command(
     from superci.workspace import Workspace
 
     _setup_logging(verbose)
-    workspace = Workspace(path)
+    workspace = Workspace(path, settings.git_timeout)
     runner = RunnerProcess(
         address,
         workspace,
         name or default_runner_name(workspace),
-        heartbeat_interval=heartbeat_interval,
-        build_timeout=timeout,
-        kill_grace=kill_grace,
-        max_spool_bytes=max_spool_bytes,
+        settings=settings,
         identity_file=identity_file,
-        max_timeout=max_timeout,
     )
     _run_until_signalled(runner.run_forever())
 
@@ -442,12 +459,12 @@ def forget_runner_command(name: str, results: Path, state: Path | None) -> None:
 )
 @_verbose_option
 @_reports_errors
+@_takes_settings(ObserverSettings)
 def observer_command(
+    settings: ObserverSettings,
     address: Address,
     path: Path,
-    interval: float,
     branches: tuple[str, ...],
-    max_backlog: int,
     verbose: bool,
 ) -> None:
     """Watch the clone at PATH and ask the dispatcher to build every new commit."""
@@ -460,11 +477,11 @@ def observer_command(
         reply = submit(address, sha, branch)
         log.info("commit %s (%s): %s", sha[:12], branch, "queued" if reply.queued else "known")
 
-    observer = Observer(path, deliver, branches, max_backlog)
+    observer = Observer(path, deliver, branches, settings=settings)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    observer.run(interval, stop)
+    observer.run(settings.interval, stop)
 
 
 @main.command("notify")

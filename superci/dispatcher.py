@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from superci import defaults, protocol
+from superci import protocol
 from superci.auth import NO_CREDENTIALS, Credentials
 from superci.bus import EventBus
 from superci.channel import Address, Channel
@@ -33,6 +33,7 @@ from superci.requests import ClientRequests
 from superci.results import ResultsFolder
 from superci.scheduler import Scheduler
 from superci.sessions import RunnerSessions
+from superci.settings import DispatcherSettings, with_given
 from superci.store import Store
 
 log = logging.getLogger(__name__)
@@ -48,20 +49,30 @@ class Dispatcher:
         store: Store,
         results: ResultsFolder,
         *,
-        heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT,
-        max_attempts: int = defaults.MAX_ATTEMPTS,
-        build_timeout: float = defaults.MAX_TIMEOUT,
+        settings: DispatcherSettings | None = None,
         credentials: Credentials = NO_CREDENTIALS,
-        log_idle_timeout: float = defaults.LOG_IDLE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         on_result: ResultHook | None = None,
         bus: EventBus | None = None,
+        heartbeat_timeout: float | None = None,
+        max_attempts: int | None = None,
+        build_timeout: float | None = None,
+        log_idle_timeout: float | None = None,
     ) -> None:
+        """The tunables come from ``settings``, handed to each part; the older keywords,
+        when given, override their field of it."""
+        self.settings = settings = with_given(
+            settings or DispatcherSettings(),
+            heartbeat_timeout=heartbeat_timeout,
+            max_attempts=max_attempts,
+            build_timeout=build_timeout,
+            log_idle_timeout=log_idle_timeout,
+        )
         self.store = store
         self.bus = bus if bus is not None else EventBus(wall_clock)  # what watchers see
         self.results = results
-        self.scheduler = Scheduler(heartbeat_timeout, max_attempts, build_timeout)
+        self.scheduler = _scheduler_from(settings)
         self._clock = clock
         sessions: dict[int, Channel] = {}
         self.recorder = Recorder(
@@ -70,13 +81,13 @@ class Dispatcher:
         )  # fmt: skip
         self.sessions = RunnerSessions(
             self.scheduler, store, results, self.recorder, self.bus, sessions,
-            clock=clock, wall_clock=wall_clock,
+            settings=settings, clock=clock, wall_clock=wall_clock,
         )  # fmt: skip
         self.requests = ClientRequests(
             self.scheduler, store, results, self.recorder, self.bus,
-            log_idle_timeout=log_idle_timeout, clock=clock, wall_clock=wall_clock,
+            settings=settings, clock=clock, wall_clock=wall_clock,
         )  # fmt: skip
-        self.listener = Listener(self._route, credentials)
+        self.listener = Listener(self._route, credentials, settings=settings)
         self._watchdog: asyncio.Task[None] | None = None
 
     @property
@@ -128,9 +139,9 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         last = loop.time()
         while True:
-            await asyncio.sleep(defaults.HEARTBEAT_CHECK_INTERVAL)
+            await asyncio.sleep(self.settings.heartbeat_check_interval)
             awake = loop.time()  # the process's own clock, not the injected one
-            late, last = awake - last - defaults.HEARTBEAT_CHECK_INTERVAL, awake
+            late, last = awake - last - self.settings.heartbeat_check_interval, awake
             try:
                 self._tick(self._clock(), late)
             except Exception:  # the watchdog must outlive any one bad tick
@@ -140,7 +151,7 @@ class Dispatcher:
         """One turn of the watchdog. A turn ``late`` by far more than its interval means
         the process was paused (SIGSTOP, a VM pause) or its loop blocked: that time is
         not held against the runners, whose heartbeats wait unread in the sockets."""
-        if late > defaults.HEARTBEAT_CHECK_INTERVAL:
+        if late > self.settings.heartbeat_check_interval:
             log.warning("the dispatcher was paused for %.1fs; runners get that time back", late)
             self.scheduler.resumed(late)
         self.recorder.retry_unwritten()
@@ -161,11 +172,25 @@ class Dispatcher:
         return self.requests.query(message)
 
 
-def _raise_file_limit() -> None:
+def _scheduler_from(settings: DispatcherSettings) -> Scheduler:
+    """The scheduler whose limits are those of ``settings``."""
+    return Scheduler(
+        settings.heartbeat_timeout,
+        settings.max_attempts,
+        settings.build_timeout,
+        max_handbacks=settings.max_handbacks,
+        deadline_margin=settings.deadline_margin,
+        bench_after=settings.bench_after,
+        bench_time=settings.bench_time,
+        bench_max=settings.bench_max,
+    )
+
+
+def _raise_file_limit(max_connections: int) -> None:
     """Every connection is a file descriptor: take as many as the hard limit allows, up
-    to what ``MAX_CONNECTIONS`` needs (the usual soft limit, 1024, is far below)."""
+    to what ``max_connections`` needs (the usual soft limit, 1024, is far below)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = defaults.MAX_CONNECTIONS + FILES_BESIDES_CONNECTIONS
+    wanted = max_connections + FILES_BESIDES_CONNECTIONS
     if hard != resource.RLIM_INFINITY:
         wanted = min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < wanted:
@@ -184,27 +209,34 @@ async def run_dispatcher(
     results_dir: Path,
     state_file: Path,
     *,
-    heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT,
-    max_attempts: int = defaults.MAX_ATTEMPTS,
-    build_timeout: float = defaults.MAX_TIMEOUT,
-    max_log_bytes: int = defaults.MAX_LOG_BYTES,
+    settings: DispatcherSettings | None = None,
     credentials: Credentials = NO_CREDENTIALS,
-    log_idle_timeout: float = defaults.LOG_IDLE_TIMEOUT,
     on_result: ResultHook | None = None,
     bus: EventBus | None = None,
     ready: Callable[[Address], None] | None = None,
+    heartbeat_timeout: float | None = None,
+    max_attempts: int | None = None,
+    build_timeout: float | None = None,
+    max_log_bytes: int | None = None,
+    log_idle_timeout: float | None = None,
 ) -> None:
-    """Run a dispatcher until cancelled (the process entry point)."""
-    _raise_file_limit()
-    store = Store(state_file)
-    dispatcher = Dispatcher(
-        store,
-        ResultsFolder(results_dir, max_log_bytes),
+    """Run a dispatcher until cancelled (the process entry point); the older keywords,
+    when given, override their field of ``settings``."""
+    settings = with_given(
+        settings or DispatcherSettings(),
         heartbeat_timeout=heartbeat_timeout,
         max_attempts=max_attempts,
         build_timeout=build_timeout,
-        credentials=credentials,
+        max_log_bytes=max_log_bytes,
         log_idle_timeout=log_idle_timeout,
+    )
+    _raise_file_limit(settings.max_connections)
+    store = Store(state_file)
+    dispatcher = Dispatcher(
+        store,
+        ResultsFolder(results_dir, settings.max_log_bytes),
+        settings=settings,
+        credentials=credentials,
         on_result=on_result,
         bus=bus,
     )

@@ -67,17 +67,19 @@ async def run_command(
     on_output: Callable[[bytes], Awaitable[None]],
     cancel: asyncio.Event | None = None,
     containment: BuildContainment | None = None,
+    drain_timeout: float = defaults.OUTPUT_DRAIN_TIMEOUT,
 ) -> Execution:
     """Run ``/bin/sh -c command`` in ``cwd``, streaming its merged output to ``on_output``.
 
     An exception raised by ``on_output`` stops the build (its group is terminated) and is
     re-raised here, since output nobody can receive is a build nobody can judge.
     ``containment`` (a new one if None) is closed here, once all of the build is dead.
+    ``drain_timeout`` bounds the wait for the output pipe once the build's group is gone.
     """
     contain = containment if containment is not None else BuildContainment()
     try:
         return await _run_contained(
-            command, cwd, env, timeout, kill_grace, on_output, cancel, contain
+            command, cwd, env, timeout, kill_grace, on_output, cancel, contain, drain_timeout
         )
     finally:
         await asyncio.to_thread(contain.close)
@@ -92,6 +94,7 @@ async def _run_contained(
     on_output: Callable[[bytes], Awaitable[None]],
     cancel: asyncio.Event | None,
     contain: BuildContainment,
+    drain_timeout: float,
 ) -> Execution:
     loop = asyncio.get_running_loop()
     started = time.monotonic()
@@ -124,7 +127,7 @@ async def _run_contained(
             log.info("terminating build process group %d (%s)", pgid, ending)
             await _terminate_group(pgid, pipe.exited, kill_grace)
         await asyncio.to_thread(contain.kill_all)  # what escaped the group: setsid, daemons
-        ending = await _drain(pipe, pump, pgid, cancel, ending, deadline)
+        ending = await _drain(pipe, pump, pgid, cancel, ending, deadline, drain_timeout)
         finished = True
     finally:
         if not finished:  # the caller cancelled us, or something failed unexpectedly
@@ -280,16 +283,17 @@ async def _drain(
     cancel: asyncio.Event | None,
     ending: str,
     deadline: float,
+    drain_timeout: float,
 ) -> str:
     """Deliver the rest of the output, within the build's bounds; returns how the run ends.
 
-    A run that exited has until its time limit (and at least OUTPUT_DRAIN_TIMEOUT) to hand
+    A run that exited has until its time limit (and at least ``drain_timeout``) to hand
     over its output, and cancel still stops it: past either, it ended by "timeout" or
-    "cancelled". A run already stopped gets OUTPUT_DRAIN_TIMEOUT. A pipe still open and idle
+    "cancelled". A run already stopped gets ``drain_timeout``. A pipe still open and idle
     that long after the group ended is held by a process out of our reach: given up on.
     """
     now = time.monotonic()
-    until = now + defaults.OUTPUT_DRAIN_TIMEOUT
+    until = now + drain_timeout
     if ending == "exited":
         until = max(deadline, until)
     stop = {"eof": asyncio.create_task(pipe.eof.wait())}
@@ -297,7 +301,7 @@ async def _drain(
         stop["cancelled"] = asyncio.create_task(cancel.wait())
     try:
         while not pump.done():
-            step = min(until - time.monotonic(), defaults.OUTPUT_DRAIN_TIMEOUT)
+            step = min(until - time.monotonic(), drain_timeout)
             if step <= 0:
                 return _cut_short(pump, pgid, "timeout" if ending == "exited" else ending)
             done, _ = await asyncio.wait(
@@ -312,7 +316,7 @@ async def _drain(
                     "output of build process group %d still open %.1fs after the group ended: "
                     "a process out of reach holds it; not reading it any more",
                     pgid,
-                    defaults.OUTPUT_DRAIN_TIMEOUT,
+                    drain_timeout,
                 )
                 break
         pipe.close_output()
@@ -326,7 +330,7 @@ async def _drain(
         for task in stop.values():
             task.cancel()
         pipe.close_output()
-        await _reaped(pipe, pgid)
+        await _reaped(pipe, pgid, drain_timeout)
         if not pump.done():
             pump.cancel()
         await asyncio.wait({pump})  # a failure is re-raised by the caller via pump.result()
@@ -352,10 +356,10 @@ def _cut_short(pump: asyncio.Task[None], pgid: int, ending: str) -> str:
     return ending
 
 
-async def _reaped(pipe: _OutputPipe, pgid: int) -> None:
+async def _reaped(pipe: _OutputPipe, pgid: int, within: float) -> None:
     if not pipe.exited.is_set():
         try:
-            async with asyncio.timeout(defaults.OUTPUT_DRAIN_TIMEOUT):
+            async with asyncio.timeout(within):
                 await pipe.exited.wait()
         except TimeoutError:
             log.error("build process %d did not exit after SIGKILL", pgid)

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from superci import __version__, defaults, protocol
+from superci import __version__, protocol
 from superci.admission import Admission, bytes_received
 from superci.auth import NO_CREDENTIALS, Credentials
 from superci.channel import Address, Channel
@@ -29,6 +29,7 @@ from superci.errors import (
 )
 from superci.handshake import ServerHandshake
 from superci.ratelimit import RateLimitedLog
+from superci.settings import DispatcherSettings
 
 log = logging.getLogger("superci.dispatcher.listener")  # a part of the dispatcher, logged as one
 
@@ -39,15 +40,22 @@ Route = Callable[[Channel, protocol.Hello], Awaitable[None]]
 class Listener:
     """Accepts connections within the limits and routes each admitted one."""
 
-    def __init__(self, route: Route, credentials: Credentials = NO_CREDENTIALS) -> None:
+    def __init__(
+        self,
+        route: Route,
+        credentials: Credentials = NO_CREDENTIALS,
+        *,
+        settings: DispatcherSettings,
+    ) -> None:
         self._route = route
         self._credentials = credentials
+        self.settings = settings
         self.connections: set[Channel] = set()  # every open connection
         self._handlers: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self._closing = False
         # Connections still in their opening handshake (TLS, hello, token), by handler.
-        self._admission: Admission[asyncio.Task[None]] = Admission()
+        self._admission: Admission[asyncio.Task[None]] = Admission(settings.max_unauthenticated)
         self._dropped: set[asyncio.Task[None]] = set()  # made room for newer ones
         self._sockets: dict[asyncio.Task[None], Any] = {}  # each handler's socket
         # What strangers cause (failed handshakes, floods) is logged at a bounded rate.
@@ -69,7 +77,7 @@ class Listener:
             # Plain TCP: TLS is set up in _serve, once admitted, so a TLS handshake counts
             # against the same limits as any other (see superci.admission).
             self._server = await asyncio.start_server(
-                self._serve, host, port, backlog=defaults.LISTEN_BACKLOG
+                self._serve, host, port, backlog=self.settings.listen_backlog
             )
         except OSError as e:
             loop.set_exception_handler(self._loop_handler)
@@ -94,7 +102,7 @@ class Listener:
                 self._drop(task)
         handlers = [t for t in self._handlers if not t.done()]
         if handlers:  # let them end on their closed connection rather than be cancelled
-            await asyncio.wait(handlers, timeout=defaults.SHUTDOWN_GRACE)
+            await asyncio.wait(handlers, timeout=self.settings.shutdown_grace)
         if self._server is not None:
             await self._server.wait_closed()
         asyncio.get_running_loop().set_exception_handler(self._loop_handler)
@@ -102,7 +110,7 @@ class Listener:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if self._closing or len(self._handlers) >= defaults.MAX_CONNECTIONS:
+        if self._closing or len(self._handlers) >= self.settings.max_connections:
             self._stranger_log.log(
                 logging.WARNING, "refused a connection: %d connections open", len(self._handlers)
             )
@@ -118,7 +126,7 @@ class Listener:
         spoke = self._has_sent_bytes if self._credentials.ssl is not None else None
         for victim in self._admission.admit(task, spoke):
             self._drop(victim)
-        deadline = asyncio.get_running_loop().time() + defaults.HANDSHAKE_TIMEOUT
+        deadline = asyncio.get_running_loop().time() + self.settings.handshake_timeout
         try:
             channel = await self._secure(reader, writer, deadline)  # no await before this
             if channel is not None:
@@ -166,7 +174,7 @@ class Listener:
         Called before anything else awaits, so the first bytes of the peer reach TLS."""
         context = self._credentials.ssl
         if context is None:
-            return Channel(reader, writer)
+            return Channel(reader, writer, self.settings.send_timeout)
         peer = writer.get_extra_info("peername")
         try:
             async with asyncio.timeout_at(deadline):
@@ -181,7 +189,7 @@ class Listener:
             reason = f"TLS handshake failed: {e}"
         else:
             if writer.transport is not None:  # None: closed under the handshake
-                return Channel(reader, writer)
+                return Channel(reader, writer, self.settings.send_timeout)
             return None
         self._stranger_log.log(logging.INFO, "closing %s: %s", peer, reason)
         writer.transport.close()
@@ -246,7 +254,7 @@ class Listener:
         handshake = ServerHandshake(self._credentials.token, __version__)
         while not handshake.done:
             try:
-                message = await channel.receive(defaults.HANDSHAKE_TIMEOUT)
+                message = await channel.receive(self.settings.handshake_timeout)
             except ConnectionClosed:
                 if handshake.hello is not None and self._credentials.token is not None:
                     self._stranger_log.log(

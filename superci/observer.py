@@ -18,10 +18,10 @@ from pathlib import Path
 
 import git
 
-from superci import defaults
 from superci.backoff import Backoff
 from superci.errors import ConfigError, SuperCIError, WorkspaceError
 from superci.ownership import claim
+from superci.settings import ObserverSettings, with_given
 from superci.workspace import git_message
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,16 @@ class Observer:
         repo_path: Path,
         deliver: Deliver,
         branches: Sequence[str] = (),
-        max_backlog: int = defaults.MAX_BACKLOG,
+        max_backlog: int | None = None,
+        *,
+        settings: ObserverSettings | None = None,
     ) -> None:
-        if max_backlog < 1:
-            raise ConfigError(f"the backlog limit must be at least 1 commit, not {max_backlog}")
-        self._max_backlog = max_backlog
+        """The tunables come from ``settings``; ``max_backlog``, when given, overrides it."""
+        self.settings = with_given(settings or ObserverSettings(), max_backlog=max_backlog)
+        if self.settings.max_backlog < 1:
+            raise ConfigError(
+                f"the backlog limit must be at least 1 commit, not {self.settings.max_backlog}"
+            )
         self._path = Path(repo_path)
         self._repo = _open_repo(self._path)
         claim(self._repo, "observer", require_clean=False)  # it never touches the work tree
@@ -136,7 +141,7 @@ class Observer:
         for remote in self._repo.remotes:
             try:
                 self._repo.git.fetch(
-                    "--prune", "--", remote.name, kill_after_timeout=defaults.FETCH_TIMEOUT
+                    "--prune", "--", remote.name, kill_after_timeout=self.settings.fetch_timeout
                 )
             except git.CommandError as e:
                 log.warning(
@@ -160,12 +165,12 @@ class Observer:
             )
             return
         pending, start = self._pending(branch, tip)
-        if len(pending) > self._max_backlog:
-            skipped = len(pending) - self._max_backlog
+        if len(pending) > self.settings.max_backlog:
+            skipped = len(pending) - self.settings.max_backlog
             log.warning(
                 "branch %s has %d new commits (force-pushed or rewritten?); building the "
                 "newest %d, skipping %d older ones (--max-backlog)",
-                branch, len(pending), self._max_backlog, skipped,
+                branch, len(pending), self.settings.max_backlog, skipped,
             )  # fmt: skip
             pending = pending[skipped:]
         for sha in pending:

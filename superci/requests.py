@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from superci import defaults, events, names, protocol
+from superci import events, names, protocol
 from superci.bus import EventBus
 from superci.channel import Channel
 from superci.errors import AmbiguousCommit, ProtocolError, StorageError, UnknownBuild
@@ -24,6 +24,7 @@ from superci.recorder import Recorder
 from superci.report import STATUS_LISTS, build_summary, fitted, status_document
 from superci.results import ResultsFolder
 from superci.scheduler import Scheduler
+from superci.settings import DispatcherSettings
 from superci.status import BuildStatus
 from superci.store import BuildRecord, Store
 
@@ -41,7 +42,7 @@ class ClientRequests:
         recorder: Recorder,
         bus: EventBus,
         *,
-        log_idle_timeout: float = defaults.LOG_IDLE_TIMEOUT,
+        settings: DispatcherSettings,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -50,7 +51,7 @@ class ClientRequests:
         self._results = results
         self._recorder = recorder
         self._bus = bus
-        self._log_idle_timeout = log_idle_timeout
+        self.settings = settings
         self._clock = clock
         self._wall = wall_clock
         self._fault_log = RateLimitedLog(log, burst=3, period=10.0)
@@ -66,7 +67,7 @@ class ClientRequests:
     async def serve(self, channel: Channel) -> None:
         """A client's connection, once its hello is accepted: one request after another."""
         while True:
-            message = await channel.receive(defaults.CLIENT_IDLE_TIMEOUT)
+            message = await channel.receive(self.settings.client_idle_timeout)
             protocol.check_allowed(protocol.Role.CLIENT, message)
             await self._handlers[type(message)](channel, message)
             if isinstance(message, protocol.Watch):
@@ -95,8 +96,8 @@ class ClientRequests:
     async def _submit_when_stored(self, message: protocol.Submit) -> protocol.Submitted:
         """:meth:`submit`, retried while the database is locked by another process (the
         loop goes on meanwhile); the submitter hears back only once it is committed."""
-        give_up = self._clock() + defaults.STORE_RETRY_LIMIT
-        delay = defaults.STORE_RETRY_INITIAL
+        give_up = self._clock() + self.settings.store_retry_limit
+        delay = self.settings.store_retry_initial
         while True:
             try:
                 return self.submit(message.sha, message.branch, message.rebuild)
@@ -186,7 +187,7 @@ class ClientRequests:
         elif not ended:
             message = (
                 f"build {record.id} is still {record.status} but said nothing for "
-                f"{self._log_idle_timeout:g}s; run the command again to keep following"
+                f"{self.settings.log_idle_timeout:g}s; run the command again to keep following"
             )
             channel.post(protocol.Reply(status="idle", message=message))
         else:
@@ -196,14 +197,15 @@ class ClientRequests:
         """Pass on new output until the build ends (True) or stays silent for the idle
         bound (False); an empty piece goes out while it is silent, as a keep-alive."""
         loop = asyncio.get_running_loop()
-        keepalive = min(defaults.LOG_KEEPALIVE_INTERVAL, self._log_idle_timeout / 3)
+        idle = self.settings.log_idle_timeout
+        keepalive = min(self.settings.log_keepalive_interval, idle / 3)
         heard = loop.time()
         while True:
             try:
                 async with asyncio.timeout(keepalive):
                     data = await follower.next()
             except TimeoutError:
-                if loop.time() - heard >= self._log_idle_timeout:
+                if loop.time() - heard >= idle:
                     return False
                 await channel.send(protocol.LogData(data=""))
                 continue

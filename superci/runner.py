@@ -45,6 +45,7 @@ from superci.errors import (
 from superci.execute import Execution, build_environment, run_command
 from superci.junit import parse_junit_bytes, pytest_junit_option
 from superci.safefile import read_inside, read_off_loop
+from superci.settings import RunnerSettings, with_given
 from superci.status import BuildStatus
 from superci.summary import Summary, parse_summary
 from superci.verdict import decide
@@ -128,28 +129,34 @@ class RunnerProcess:
         workspace: Workspace,
         name: str,
         *,
-        heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL,
-        build_timeout: float = defaults.BUILD_TIMEOUT,
-        kill_grace: float = defaults.KILL_GRACE,
-        max_spool_bytes: int = defaults.MAX_SPOOL_BYTES,
+        settings: RunnerSettings | None = None,
         identity_file: Path | None = None,
-        max_timeout: float = defaults.MAX_TIMEOUT,
+        heartbeat_interval: float | None = None,
+        build_timeout: float | None = None,
+        kill_grace: float | None = None,
+        max_spool_bytes: int | None = None,
+        max_timeout: float | None = None,
     ) -> None:
+        """The tunables come from ``settings``; the older keywords, when given, override
+        their field of it."""
+        self.settings = settings = with_given(
+            settings or RunnerSettings(),
+            heartbeat_interval=heartbeat_interval,
+            build_timeout=build_timeout,
+            kill_grace=kill_grace,
+            max_spool_bytes=max_spool_bytes,
+            max_timeout=max_timeout,
+        )
         self.address = address
         self.workspace = workspace
         self.name = protocol.check_name(name)
         self.identity = identity.IdentityFile(identity_file or default_identity_file(workspace))
         self._secret = self.identity.load()  # None until the dispatcher issues one
         self._instance = identity.new_instance()
-        self.heartbeat_interval = heartbeat_interval
-        self.build_timeout = build_timeout
-        self.kill_grace = kill_grace
-        self.max_spool_bytes = max_spool_bytes
-        self.max_timeout = max_timeout  # no build runs longer, whatever it asks for
-        if build_timeout > max_timeout:
+        if settings.build_timeout > settings.max_timeout:
             raise ConfigError(
-                f"the runner's timeout of {build_timeout:g} seconds (--timeout) is above its "
-                f"limit of {max_timeout:g} seconds (--max-timeout)"
+                f"the runner's timeout of {settings.build_timeout:g} seconds (--timeout) is "
+                f"above its limit of {settings.max_timeout:g} seconds (--max-timeout)"
             )
         self._channel: Channel | None = None
         self._current: ActiveBuild | None = None
@@ -202,7 +209,7 @@ class RunnerProcess:
             dying = self._abandon_current("runner stopping")
             if dying is not None:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                    async with asyncio.timeout(self.kill_grace + 5):
+                    async with asyncio.timeout(self.settings.kill_grace + 5):
                         await asyncio.shield(dying)
             await asyncio.to_thread(guard.stop)
 
@@ -246,7 +253,7 @@ class RunnerProcess:
             reason = "runner stopped"
         try:
             await channel.send(protocol.Leaving(reason=reason[: protocol.MAX_TEXT]))
-            async with asyncio.timeout(defaults.LEAVE_TIMEOUT):
+            async with asyncio.timeout(self.settings.leave_timeout):
                 while True:
                     await channel.receive()
         except (ConnectionClosed, RemoteError, ProtocolError, TimeoutError, OSError) as e:
@@ -266,7 +273,7 @@ class RunnerProcess:
             )
         )
         try:
-            reply = await channel.receive(defaults.CLIENT_TIMEOUT)
+            reply = await channel.receive(self.settings.register_timeout)
         except RemoteError as e:
             if e.code in ("name-taken", "identity-in-use"):
                 raise RunnerRefused(f"{e} (this runner's identity: {self.identity.path})",
@@ -297,7 +304,7 @@ class RunnerProcess:
     async def _send_heartbeats(self, channel: Channel) -> None:
         try:
             while True:
-                await asyncio.sleep(self.heartbeat_interval)
+                await asyncio.sleep(self.settings.heartbeat_interval)
                 await channel.send(protocol.Heartbeat())
         except ConnectionClosed:
             channel.close_nowait()
@@ -319,7 +326,7 @@ class RunnerProcess:
                 self._current.build.build_id,
             )
             return
-        active = self._current = ActiveBuild(build, self.max_spool_bytes)
+        active = self._current = ActiveBuild(build, self.settings.max_spool_bytes)
         active.task = asyncio.create_task(self._run_and_report(active))
 
     def _on_cancel(self, message: protocol.Cancel) -> None:
@@ -476,7 +483,7 @@ class RunnerProcess:
         try:
             config = await read_off_loop(
                 load_build_config, self.workspace.path,
-                timeout=defaults.FILE_READ_TIMEOUT, what=defaults.CONFIG_FILE,
+                timeout=self.settings.file_read_timeout, what=defaults.CONFIG_FILE,
             )  # fmt: skip
             report = self._report_path(config.junit)
             environment = self._environment(build, config.junit, report.path)
@@ -487,17 +494,17 @@ class RunnerProcess:
         if active.cancel.is_set():  # cancelled while the workspace was prepared
             await say("cancelled before the tests started")
             return self._result(active, BuildStatus.CANCELLED, None, started, "cancelled")
-        timeout = config.timeout or self.build_timeout
-        if timeout > self.max_timeout:
+        timeout = config.timeout or self.settings.build_timeout
+        if timeout > self.settings.max_timeout:
             message = (
                 f"timeout = {timeout:g} in {defaults.CONFIG_FILE} is above this runner's "
-                f"limit of {self.max_timeout:g} seconds (--max-timeout)"
+                f"limit of {self.settings.max_timeout:g} seconds (--max-timeout)"
             )
             await say(message)
             return self._result(active, BuildStatus.ERROR, None, started, message)
         active.started = protocol.Started(
             build_id=build.build_id, attempt=build.attempt,
-            timeout=timeout, kill_grace=self.kill_grace,
+            timeout=timeout, kill_grace=self.settings.kill_grace,
         )  # fmt: skip
         await self._send_quietly(active.started)
         contained = await asyncio.to_thread(containment.BuildContainment, self.build_record)
@@ -505,13 +512,14 @@ class RunnerProcess:
             await say(f"$ {command}")
             await say(f"contained by {contained.description}")
             execution = await run_command(
-                command, self.workspace.path, environment, timeout, self.kill_grace, emit,
-                active.cancel, contained,
+                command, self.workspace.path, environment, timeout, self.settings.kill_grace, emit,
+                active.cancel, contained, self.settings.output_drain_timeout,
             )  # fmt: skip
         try:
             active.report = await read_off_loop(
-                report.read, timeout=defaults.FILE_READ_TIMEOUT, what=f"JUnit report {report.path}"
-            )
+                report.read, timeout=self.settings.file_read_timeout,
+                what=f"JUnit report {report.path}",
+            )  # fmt: skip
         except UnsafeFile as e:
             await say(str(e))
             if not (execution.timed_out or execution.cancelled):  # those say more
@@ -541,7 +549,7 @@ class RunnerProcess:
         after making sure the build's ``python`` has that tool."""
         tool = await read_off_loop(
             testtool.choose, self.workspace.path,
-            timeout=defaults.FILE_READ_TIMEOUT, what="the files that choose the test tool",
+            timeout=self.settings.file_read_timeout, what="the files that choose the test tool",
         )  # fmt: skip
         await say(f"no command in {defaults.CONFIG_FILE}: using {tool.name}, as {tool.reason}")
         python = shutil.which("python", path=environment.get("PATH"))
@@ -564,8 +572,8 @@ class RunnerProcess:
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
-            return Report(self._scratch, "junit.xml")
-        return Report(self.workspace.path, junit)
+            return Report(self._scratch, "junit.xml", self.settings.max_report_bytes)
+        return Report(self.workspace.path, junit, self.settings.max_report_bytes)
 
     def _environment(
         self, build: protocol.Build, junit: str | None, report: Path
@@ -617,6 +625,7 @@ class Report:
 
     folder: Path
     name: str
+    max_bytes: int = defaults.MAX_REPORT_BYTES
 
     @property
     def path(self) -> Path:
@@ -624,7 +633,7 @@ class Report:
 
     def read(self) -> bytes:
         """The report's bytes (b"" when the run wrote none); blocks, see safefile."""
-        data = read_inside(self.folder, self.name, defaults.MAX_REPORT_BYTES, what="JUnit report")
+        data = read_inside(self.folder, self.name, self.max_bytes, what="JUnit report")
         return data or b""
 
 

@@ -228,14 +228,27 @@ class Scheduler:
         heartbeat_timeout: float = defaults.HEARTBEAT_TIMEOUT,
         max_attempts: int = defaults.MAX_ATTEMPTS,
         build_timeout: float = defaults.MAX_TIMEOUT,
-        stop_grace: float = defaults.KILL_GRACE + defaults.DEADLINE_MARGIN,
+        stop_grace: float | None = None,
         max_handbacks: int = defaults.MAX_HANDBACKS,
+        *,
+        deadline_margin: float = defaults.DEADLINE_MARGIN,
+        bench_after: int = defaults.BENCH_AFTER,
+        bench_time: float = defaults.BENCH_TIME,
+        bench_max: float = defaults.BENCH_MAX,
     ) -> None:
+        """``stop_grace`` is the runner's default kill grace plus ``deadline_margin``
+        when not given; a runner's own grace replaces it once it says so."""
         self.heartbeat_timeout = heartbeat_timeout
         self.max_attempts = max_attempts
         self.max_handbacks = max_handbacks
         self.build_timeout = build_timeout  # until the runner says which limit applies
+        self.deadline_margin = deadline_margin
+        if stop_grace is None:
+            stop_grace = defaults.KILL_GRACE + deadline_margin
         self.stop_grace = stop_grace  # how long a runner may take to stop a build
+        self.bench_after = bench_after  # failed checkouts in a row that bench a runner
+        self.bench_time = bench_time  # its first bench, doubled each time up to bench_max
+        self.bench_max = bench_max
         self.jobs: dict[int, Job] = {}
         self.runners: dict[str, PoolRunner] = {}
         self._queue: list[int] = []  # heap of build ids: oldest first
@@ -420,7 +433,7 @@ class Scheduler:
         """The runner started the tests with this limit: the dispatcher's deadline follows,
         and a stop it is asked for may take the runner's own kill grace. Both are capped by
         the dispatcher's own ``build_timeout``: a runner cannot keep a build for ever."""
-        job.stop_grace = min(kill_grace, self.build_timeout) + defaults.DEADLINE_MARGIN
+        job.stop_grace = min(kill_grace, self.build_timeout) + self.deadline_margin
         job.deadline = now + min(timeout, self.build_timeout) + job.stop_grace
 
     def cancel(
@@ -561,7 +574,7 @@ class Scheduler:
 
     def _note_checkout(self, runner: PoolRunner, sha: str, error: str | None, now: float) -> None:
         """Count the runner's failed checkouts of different commits in a row and bench it
-        after BENCH_AFTER of them (or after one more once it was benched): a runner that
+        after ``bench_after`` of them (or after one more once it was benched): a runner that
         cannot check out takes builds only to fail them."""
         if error is None:
             runner.failed_checkouts.clear()
@@ -569,9 +582,9 @@ class Scheduler:
             return
         if sha not in runner.failed_checkouts:
             runner.failed_checkouts.append(sha)
-        if len(runner.failed_checkouts) < defaults.BENCH_AFTER and runner.benches == 0:
+        if len(runner.failed_checkouts) < self.bench_after and runner.benches == 0:
             return
-        seconds = min(defaults.BENCH_TIME * 2**runner.benches, defaults.BENCH_MAX)
+        seconds = min(self.bench_time * 2**runner.benches, self.bench_max)
         runner.benches += 1
         runner.benched_until = now + seconds
         count = len(runner.failed_checkouts)

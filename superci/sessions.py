@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from superci import defaults, events, identity, protocol
+from superci import events, identity, protocol
 from superci.bus import EventBus
 from superci.channel import Channel
 from superci.errors import (
@@ -27,6 +27,7 @@ from superci.ratelimit import RateLimitedLog
 from superci.recorder import PendingResult, Recorder, result_ack
 from superci.results import ResultsFolder
 from superci.scheduler import Job, Lease, Proof, Scheduler, identify
+from superci.settings import DispatcherSettings
 from superci.status import BuildStatus
 from superci.store import Store
 
@@ -45,6 +46,7 @@ class RunnerSessions:
         bus: EventBus,
         channels: dict[int, Channel],
         *,
+        settings: DispatcherSettings,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -53,6 +55,7 @@ class RunnerSessions:
         self._results = results
         self._recorder = recorder
         self._bus = bus
+        self.settings = settings
         self._clock = clock
         self._wall = wall_clock
         self.channels = channels  # open sessions; shared with the recorder, which posts
@@ -72,7 +75,7 @@ class RunnerSessions:
 
     async def serve(self, channel: Channel) -> None:
         """A runner's connection, once its hello is accepted: it registers, then reports."""
-        register = await channel.receive(defaults.HANDSHAKE_TIMEOUT)
+        register = await channel.receive(self.settings.handshake_timeout)
         if not isinstance(register, protocol.Register):
             raise ProtocolError("a runner must register first", code="handshake")
         name, session = register.name, next(self._session_ids)
@@ -188,7 +191,9 @@ class RunnerSessions:
         if job is None:
             return
         try:
-            self._results.append_artifact(job.sha, message.name, message.offset, data)
+            self._results.append_artifact(
+                job.sha, message.name, message.offset, data, self.settings.max_report_bytes
+            )
         except ReportTooLarge as e:  # runners cap reports, but that is not relied on
             self._runner_log.log(logging.WARNING, "build %d from runner %s: %s",
                                  job.build_id, name, e)  # fmt: skip

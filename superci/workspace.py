@@ -63,8 +63,9 @@ class Workspace:
     never lead git to an enclosing repository; such a clone is cloned again instead.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, git_timeout: float = defaults.GIT_TIMEOUT) -> None:
         self.path = Path(path)
+        self.git_timeout = git_timeout  # a fetch or submodule update is killed after it
         repo = _open_clone(self.path)
         self.remote_url = _origin_url(repo)  # where a broken clone is cloned from again
         self._repo = self._pin(repo)
@@ -123,7 +124,7 @@ class Workspace:
         """Fetch every remote; a fetch failure only matters when the commit is missing."""
         try:
             self._repo.git.fetch(
-                "--all", "--tags", "--prune", "--force", kill_after_timeout=defaults.GIT_TIMEOUT
+                "--all", "--tags", "--prune", "--force", kill_after_timeout=self.git_timeout
             )
         except git.GitCommandError as e:
             if not self._has_commit(sha):
@@ -230,7 +231,7 @@ class Workspace:
 
     def _git(self, command: str, *args: str) -> None:
         try:
-            getattr(self._repo.git, command)(*args, kill_after_timeout=defaults.GIT_TIMEOUT)
+            getattr(self._repo.git, command)(*args, kill_after_timeout=self.git_timeout)
         except git.GitCommandError as e:
             raise WorkspaceError(f"git {command} failed in {self.path}: {git_message(e)}") from e
 

@@ -15,6 +15,7 @@ import os
 import secrets
 import sqlite3
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from superci.channel import Address, Channel
 from superci.dispatcher import Dispatcher
 from superci.errors import ConnectionClosed, RemoteError
 from superci.results import LOG_FILE, RESULT_FILE, ResultsFolder
+from superci.settings import DispatcherSettings, with_given
 from superci.store import Store
 
 #: No single test should come near this (seconds); it only turns a hang into a failure.
@@ -96,26 +98,37 @@ class ResultLog:
         return found[0]
 
 
+#: A Harness's dispatcher unless told otherwise: a runner silent for 1 s is dead, so
+#: tests of lost runners take a second, not ten.
+HARNESS_SETTINGS = DispatcherSettings(heartbeat_timeout=1.0)
+#: ... and with a watchdog that looks every 10 ms instead of every 0.5 s, for tests that
+#: wait on its checks.
+FAST_WATCHDOG = replace(HARNESS_SETTINGS, heartbeat_check_interval=0.01)
+
+
 class Harness:
     """A Dispatcher on 127.0.0.1 with its database and results under one folder.
 
     :meth:`restart` closes it and starts a new one on the same files and port, as a
-    restarted dispatcher process would.
+    restarted dispatcher process would. ``heartbeat_timeout`` and ``max_attempts``, when
+    given, override their field of ``settings``.
     """
 
     def __init__(
         self,
         root: Path,
         *,
-        heartbeat_timeout: float = 1.0,
-        max_attempts: int = 3,
+        settings: DispatcherSettings = HARNESS_SETTINGS,
+        heartbeat_timeout: float | None = None,
+        max_attempts: int | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.root = root
         self.results_dir = root / "test_results"
         self.db_path = root / "superci.db"
-        self.heartbeat_timeout = heartbeat_timeout
-        self.max_attempts = max_attempts
+        self.settings = with_given(
+            settings, heartbeat_timeout=heartbeat_timeout, max_attempts=max_attempts
+        )
         self.clock = clock or FakeClock()
         self.results = ResultLog()
         self.dispatcher: Dispatcher | None = None
@@ -127,8 +140,7 @@ class Harness:
         self.dispatcher = Dispatcher(
             self.store,
             ResultsFolder(self.results_dir),
-            heartbeat_timeout=self.heartbeat_timeout,
-            max_attempts=self.max_attempts,
+            settings=self.settings,
             clock=self.clock,
             on_result=self.results,
         )

@@ -30,6 +30,7 @@ from superci.channel import Channel
 from superci.dispatcher import Dispatcher
 from superci.errors import RemoteError
 from superci.results import ResultsFolder
+from superci.settings import DispatcherSettings
 from superci.store import Store
 
 pytestmark = pytest.mark.e2e
@@ -166,17 +167,19 @@ WEDGED_KILL_GRACE = 60
 
 
 class DeadlineStage:
-    """An in-process dispatcher on real TCP with a fake clock, and one hand-driven runner
-    that has started a build with a 1 s limit and a 60 s kill grace."""
+    """An in-process dispatcher on real TCP with a fake clock and a watchdog that looks
+    every 10 ms, and one hand-driven runner that has started a build with a 1 s limit
+    and a 60 s kill grace."""
 
     def __init__(self, root: Path) -> None:
         self.clock = FakeClock()
         self.store = Store(root / "superci.db")
         self.results = ResultsFolder(root / "test_results")
         # Heartbeats never run out here: this runner is alive, just not stopping its build.
-        self.dispatcher = Dispatcher(
-            self.store, self.results, heartbeat_timeout=1e6, build_timeout=3600, clock=self.clock
+        settings = DispatcherSettings(
+            heartbeat_timeout=1e6, build_timeout=3600, heartbeat_check_interval=0.01
         )
+        self.dispatcher = Dispatcher(self.store, self.results, settings=settings, clock=self.clock)
         self.runner: Channel | None = None
         self.build: protocol.Build | None = None
 
@@ -214,14 +217,8 @@ class DeadlineStage:
         return await self.runner.receive(timeout)
 
 
-@pytest.fixture
-def fast_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The dispatcher looks for overdue builds every 10 ms instead of every 0.5 s."""
-    monkeypatch.setattr(defaults, "HEARTBEAT_CHECK_INTERVAL", 0.01)
-
-
 def test_dispatcher_times_out_a_build_its_heartbeating_runner_never_stops(
-    tmp_path: Path, fast_watchdog: None
+    tmp_path: Path,
 ):
     async def main() -> None:
         async with DeadlineStage(tmp_path) as stage:
@@ -255,7 +252,7 @@ def test_dispatcher_times_out_a_build_its_heartbeating_runner_never_stops(
 
 
 def test_a_runner_that_obeys_the_dispatchers_deadline_gets_timeout_recorded_and_stays(
-    tmp_path: Path, fast_watchdog: None
+    tmp_path: Path,
 ):
     async def main() -> None:
         async with DeadlineStage(tmp_path) as stage:

@@ -54,9 +54,12 @@ def pids_to_reap():
             pass
 
 
-def start(command: str, cwd: Path, output, timeout=5.0, cancel=None):
+def start(
+    command: str, cwd: Path, output, timeout=5.0, cancel=None,
+    drain_timeout: float = defaults.OUTPUT_DRAIN_TIMEOUT,
+):  # fmt: skip
     env = build_environment(os.environ, {})
-    return run_command(command, cwd, env, timeout, 0.5, output, cancel)
+    return run_command(command, cwd, env, timeout, 0.5, output, cancel, drain_timeout=drain_timeout)
 
 
 # --- escaped processes die with the build -----------------------------------------------
@@ -243,21 +246,21 @@ class Stuck:
 CHATTY = f"{PYTHON} -c \"import sys; sys.stdout.buffer.write(b'x' * 8_000_000)\""
 
 
-def test_the_time_limit_holds_while_the_output_cannot_be_delivered(tmp_path, monkeypatch):
-    monkeypatch.setattr(defaults, "OUTPUT_DRAIN_TIMEOUT", 0.3)
+def test_the_time_limit_holds_while_the_output_cannot_be_delivered(tmp_path):
     began = time.monotonic()
-    result = run(start(CHATTY, tmp_path, Stuck(), timeout=1.0))
+    result = run(start(CHATTY, tmp_path, Stuck(), timeout=1.0, drain_timeout=0.3))
     assert result.timed_out and result.exit_code is None
     assert time.monotonic() - began < 1.0 + 0.5 + 1.0  # limit, kill grace, slack
 
 
-def test_cancel_holds_while_the_output_cannot_be_delivered(tmp_path, monkeypatch):
-    monkeypatch.setattr(defaults, "OUTPUT_DRAIN_TIMEOUT", 0.3)
+def test_cancel_holds_while_the_output_cannot_be_delivered(tmp_path):
 
     async def main():
         cancel = asyncio.Event()
         asyncio.get_running_loop().call_later(0.5, cancel.set)
-        return await start(CHATTY, tmp_path, Stuck(), timeout=60.0, cancel=cancel)
+        return await start(
+            CHATTY, tmp_path, Stuck(), timeout=60.0, cancel=cancel, drain_timeout=0.3
+        )
 
     began = time.monotonic()
     result = run(main())

@@ -11,11 +11,13 @@ import json
 import logging
 import random
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from helpers import (
+    FAST_WATCHDOG,
     HELLO_CLIENT,
     HELLO_RUNNER,
     FakeClock,
@@ -28,18 +30,12 @@ from helpers import (
 )
 from support import WAIT, eventually
 
-from superci import defaults, protocol
+from superci import protocol
 from superci.errors import StorageError
 from superci.results import RESULT_FILE
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 OTHER_SHA = "fedcba9876543210fedcba9876543210fedcba98"
-
-
-@pytest.fixture(autouse=True)
-def fast_watchdog(monkeypatch):
-    """The dispatcher looks for silent runners every 10 ms instead of every 0.5 s."""
-    monkeypatch.setattr(defaults, "HEARTBEAT_CHECK_INTERVAL", 0.01)
 
 
 def timestamp(text: str) -> float:
@@ -51,7 +47,7 @@ def timestamp(text: str) -> float:
 
 @async_test()
 async def test_submit_is_acknowledged_only_once_the_build_is_in_the_database(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         reply = await h.submit(SHA, "feature/login")
 
         row = h.db_build(reply.build_id)  # our own connection: what is on disk
@@ -62,7 +58,7 @@ async def test_submit_is_acknowledged_only_once_the_build_is_in_the_database(tmp
 
 @async_test()
 async def test_a_known_commit_is_not_queued_twice(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         first = await h.submit(SHA)
         again = await h.submit(SHA)
         rebuild_while_queued = await h.submit(SHA, rebuild=True)
@@ -78,7 +74,7 @@ async def test_a_known_commit_is_not_queued_twice(tmp_path):
 
 @async_test()
 async def test_rebuild_queues_a_commit_again_only_once_its_build_is_finished(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         runner, _ = await FakeRunner.connect(h.address, "runner-1")
         first = await h.submit(SHA)
         build = await runner.expect(protocol.Build)
@@ -138,7 +134,7 @@ HOSTILE = {
 @pytest.mark.parametrize("data, code", HOSTILE.values(), ids=HOSTILE.keys())
 @async_test()
 async def test_hostile_input_gets_an_error_frame_and_a_closed_connection(tmp_path, data, code):
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         frames = await exchange_raw(h.address, data)
 
         assert frames, "the connection was closed without an error frame"
@@ -151,7 +147,7 @@ async def test_hostile_input_gets_an_error_frame_and_a_closed_connection(tmp_pat
 
 @async_test()
 async def test_a_truncated_frame_then_close_leaves_the_dispatcher_serving(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         reader, writer = await asyncio.open_connection(h.address.host, h.address.port)
         writer.write(HELLO_CLIENT + protocol.HEADER.pack(100) + b'{"type": "sub')
         writer.write_eof()  # the peer stops sending halfway through a frame
@@ -168,11 +164,8 @@ async def test_a_truncated_frame_then_close_leaves_the_dispatcher_serving(tmp_pa
     ids=["silent", "half-a-hello", "runner-never-registers"],
 )
 @async_test()
-async def test_a_connection_that_never_completes_the_handshake_is_closed(
-    tmp_path, monkeypatch, opening
-):
-    monkeypatch.setattr(defaults, "HANDSHAKE_TIMEOUT", 0.2)
-    async with Harness(tmp_path) as h:
+async def test_a_connection_that_never_completes_the_handshake_is_closed(tmp_path, opening):
+    async with Harness(tmp_path, settings=replace(FAST_WATCHDOG, handshake_timeout=0.2)) as h:
         started = time.monotonic()
         reader, writer = await asyncio.open_connection(h.address.host, h.address.port)
         writer.write(opening)  # ... and nothing more, without closing
@@ -191,7 +184,7 @@ async def test_a_connection_that_never_completes_the_handshake_is_closed(
 async def test_malformed_output_gets_an_error_frame_and_a_closed_connection(
     tmp_path, data, holds_the_build
 ):
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         runner, _ = await FakeRunner.connect(h.address, "runner-1")
         submitted = await h.submit(SHA)
         build = await runner.expect(protocol.Build)
@@ -213,7 +206,7 @@ async def test_malformed_output_gets_an_error_frame_and_a_closed_connection(
 @async_test()
 async def test_a_finished_builds_counts_are_logged_stored_and_in_the_status(tmp_path, caplog):
     counts = {"run": 7, "passed": 3, "failed": 1, "errors": 2, "skipped": 1}
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         runner, _ = await FakeRunner.connect(h.address, "runner-1")
         submitted = await h.submit(SHA)
         build = await runner.expect(protocol.Build)
@@ -236,7 +229,7 @@ async def test_a_finished_builds_counts_are_logged_stored_and_in_the_status(tmp_
 
 @async_test()
 async def test_output_and_result_of_a_build_end_up_in_test_results(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         runner, registered = await FakeRunner.connect(h.address, "runner-1")
         assert registered.output_offset is None
         before = time.time()
@@ -299,7 +292,7 @@ async def test_output_and_result_of_a_build_end_up_in_test_results(tmp_path):
 
 @async_test()
 async def test_a_runner_gets_the_ack_of_its_result_before_its_next_build(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         runner, _ = await FakeRunner.connect(h.address, "runner-1")
         await h.submit(SHA)
         await h.submit(OTHER_SHA)
@@ -320,7 +313,7 @@ async def test_a_runner_gets_the_ack_of_its_result_before_its_next_build(tmp_pat
 
 @async_test()
 async def test_a_forged_result_is_refused_and_writes_nothing(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         holder, _ = await FakeRunner.connect(h.address, "holder")
         submitted = await h.submit(SHA)
         build = await holder.expect(protocol.Build)
@@ -348,7 +341,7 @@ async def test_a_forged_result_is_refused_and_writes_nothing(tmp_path):
 
 @async_test()
 async def test_a_result_of_a_replaced_session_is_refused(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         old, _ = await FakeRunner.connect(h.address, "runner-1")
         await h.submit(SHA)
         first = await old.expect(protocol.Build)
@@ -380,7 +373,7 @@ async def test_a_result_of_a_replaced_session_is_refused(tmp_path):
 @async_test()
 async def test_the_build_of_a_silent_runner_goes_to_another_runner(tmp_path):
     clock = FakeClock()
-    async with Harness(tmp_path, heartbeat_timeout=1.0, clock=clock) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG, heartbeat_timeout=1.0, clock=clock) as h:
         silent, _ = await FakeRunner.connect(h.address, "silent")
         submitted = await h.submit(SHA)
         first = await silent.expect(protocol.Build)
@@ -418,7 +411,7 @@ async def test_the_build_of_a_silent_runner_goes_to_another_runner(tmp_path):
 
 @async_test()
 async def test_a_build_whose_runners_are_all_lost_ends_as_an_error_naming_them(tmp_path):
-    async with Harness(tmp_path, max_attempts=2) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG, max_attempts=2) as h:
         first_runner, _ = await FakeRunner.connect(h.address, "runner-a")
         submitted = await h.submit(SHA)
         await first_runner.expect(protocol.Build)
@@ -444,7 +437,7 @@ async def test_a_build_whose_runners_are_all_lost_ends_as_an_error_naming_them(t
 
 @async_test()
 async def test_a_restarted_dispatcher_dispatches_the_builds_it_had_queued(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         first = await h.submit(SHA)
         second = await h.submit(OTHER_SHA)
         await h.restart()
@@ -468,7 +461,7 @@ async def _stop_while_running(h: Harness, runner: FakeRunner) -> None:
 
 @async_test()
 async def test_a_restarted_dispatcher_adopts_a_running_build_when_its_runner_claims_it(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         runner, _ = await FakeRunner.connect(h.address, "runner-1")
         submitted = await h.submit(SHA)
         build = await runner.expect(protocol.Build)
@@ -499,7 +492,7 @@ async def test_a_restarted_dispatcher_adopts_a_running_build_when_its_runner_cla
 @async_test()
 async def test_a_restarted_dispatcher_requeues_a_running_build_nobody_claims(tmp_path):
     clock = FakeClock()
-    async with Harness(tmp_path, heartbeat_timeout=1.0, clock=clock) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG, heartbeat_timeout=1.0, clock=clock) as h:
         gone, _ = await FakeRunner.connect(h.address, "gone")
         submitted = await h.submit(SHA)
         first = await gone.expect(protocol.Build)
@@ -557,7 +550,7 @@ def make_unwritable(folder: Path):
 
 @async_test()
 async def test_a_result_that_cannot_be_written_is_retried_and_recorded_once(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         runner, _ = await FakeRunner.connect(h.address, "runner-1")
         submitted = await h.submit(SHA)
         build = await runner.expect(protocol.Build)
@@ -590,7 +583,7 @@ async def test_a_result_that_cannot_be_written_is_retried_and_recorded_once(tmp_
 
 @async_test()
 async def test_a_runner_that_leaves_mid_build_gives_it_back_without_using_an_attempt(tmp_path):
-    async with Harness(tmp_path, max_attempts=1) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG, max_attempts=1) as h:
         submitted = await h.submit(SHA)
         for name in ("first", "second", "third"):  # more departures than max_attempts
             runner, _ = await FakeRunner.connect(h.address, name)
@@ -613,7 +606,7 @@ async def test_a_runner_that_leaves_mid_build_gives_it_back_without_using_an_att
 
 @async_test()
 async def test_a_result_sent_just_before_leaving_is_recorded(tmp_path):
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         runner, _ = await FakeRunner.connect(h.address, "runner")
         await h.submit(SHA)
         build = await runner.expect(protocol.Build)
@@ -631,7 +624,7 @@ async def test_a_result_sent_just_before_leaving_is_recorded(tmp_path):
 
 @async_test()
 async def test_lost_runners_are_counted_across_a_dispatcher_restart(tmp_path):
-    async with Harness(tmp_path, max_attempts=2) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG, max_attempts=2) as h:
         submitted = await h.submit(SHA)
         lost, _ = await FakeRunner.connect(h.address, "lost")
         await lost.expect(protocol.Build)
@@ -674,7 +667,7 @@ def fail_commits(store, *outcomes: BaseException | None) -> list[BaseException |
 )
 @async_test()
 async def test_a_build_goes_out_only_once_the_commit_that_leased_it_succeeded(tmp_path, failure):
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         await h.submit(SHA)
         runner, _ = await FakeRunner.connect(h.address, "r1")
         first = await runner.expect(protocol.Build)

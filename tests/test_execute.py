@@ -53,9 +53,14 @@ def script(tmp_path: Path, name: str, source: str) -> str:
     return f"{PYTHON} {shlex.quote(str(path))}"
 
 
-def start(command, cwd, output, timeout=5.0, kill_grace=0.5, cancel=None, env=None):
+def start(
+    command, cwd, output, timeout=5.0, kill_grace=0.5, cancel=None, env=None,
+    drain_timeout=defaults.OUTPUT_DRAIN_TIMEOUT,
+):  # fmt: skip
     env = build_environment(os.environ, {}) if env is None else env
-    return run_command(command, cwd, env, timeout, kill_grace, output, cancel)
+    return run_command(
+        command, cwd, env, timeout, kill_grace, output, cancel, drain_timeout=drain_timeout
+    )
 
 
 #: How soon a killed process must be gone (its zombie aside): the kernel gives no event.
@@ -286,7 +291,6 @@ def test_a_process_out_of_reach_holding_the_output_cannot_hang_the_run(
 ):
     """Should an escaped process survive the kill (one superci cannot see, stood in for here
     by turning the kill off), the pipe it holds is given up on, not waited for."""
-    monkeypatch.setattr(defaults, "OUTPUT_DRAIN_TIMEOUT", 0.3)
     monkeypatch.setattr(BuildContainment, "kill_all", lambda self: None)
     monkeypatch.setattr(BuildCgroup, "create", classmethod(lambda cls, name: None))
     pid_file = tmp_path / "escaped.pid"
@@ -301,7 +305,7 @@ def test_a_process_out_of_reach_holding_the_output_cannot_hang_the_run(
         """,
     )
     try:
-        result = run(start(command, tmp_path, Output(), timeout=5.0))
+        result = run(start(command, tmp_path, Output(), timeout=5.0, drain_timeout=0.3))
         assert result.exit_code == 0
         assert result.duration < 3.0
         assert "out of reach" in caplog.text

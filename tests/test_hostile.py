@@ -27,12 +27,14 @@ import resource
 import time
 import tracemalloc
 from collections.abc import Awaitable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import FAILING_TEST, Repo, Superci
 from helpers import (
+    HARNESS_SETTINGS,
     HELLO_CLIENT,
     HELLO_RUNNER,
     FakeRunner,
@@ -418,12 +420,15 @@ async def test_dispatcher_fed_hostile_input_keeps_serving_a_real_runner_within_b
     tmp_path: Path,
     repo: Repo,
     superci: Superci,
-    monkeypatch: pytest.MonkeyPatch,
     error_log: ErrorLog,
     enough_file_descriptors: None,
 ):
-    monkeypatch.setattr(defaults, "HANDSHAKE_TIMEOUT", HANDSHAKE_TIMEOUT)
-    monkeypatch.setattr(defaults, "CLIENT_IDLE_TIMEOUT", CLIENT_IDLE_TIMEOUT)
+    settings = replace(
+        HARNESS_SETTINGS,
+        heartbeat_timeout=10.0,
+        handshake_timeout=HANDSHAKE_TIMEOUT,
+        client_idle_timeout=CLIENT_IDLE_TIMEOUT,
+    )
     rng = random.Random(hostile_seed())
     gate = tmp_path / "gate"
     gated = repo.commit_gated(gate)
@@ -431,7 +436,7 @@ async def test_dispatcher_fed_hostile_input_keeps_serving_a_real_runner_within_b
     clone = repo.clone(tmp_path / "runner-clone")
     escape = tmp_path / "escaped"
 
-    async with Harness(tmp_path / "srv", heartbeat_timeout=10.0, clock=time.monotonic) as h:
+    async with Harness(tmp_path / "srv", settings=settings, clock=time.monotonic) as h:
         assert h.dispatcher is not None and h.address is not None
         superci.address = str(h.address)
         runner = superci.runner(clone, RUNNER, "--kill-grace", "1")
@@ -471,10 +476,14 @@ async def test_dispatcher_fed_hostile_input_keeps_serving_a_real_runner_within_b
         # superci.admission), so a real client is never locked out by silent sockets. They
         # are opened in batches smaller than the listen backlog: a burst beyond it would be
         # dropped by the kernel before the dispatcher ever saw it.
-        monkeypatch.setattr(defaults, "HANDSHAKE_TIMEOUT", FLOOD_HANDSHAKE_TIMEOUT)
+        # The listener reads its handshake time limit as each connection comes in: a new
+        # settings object from here on gives the flood's connections the longer one.
+        h.dispatcher.listener.settings = replace(
+            settings, handshake_timeout=FLOOD_HANDSHAKE_TIMEOUT
+        )
         kinds = [False] * IDLE_SILENT + [True] * IDLE_PARTIAL_HELLO
         rng.shuffle(kinds)
-        slots = defaults.MAX_UNAUTHENTICATED
+        slots = settings.max_unauthenticated
         flood_started = time.monotonic()
         holders: list[asyncio.Task[tuple[str | None, float]]] = []
         for batch in batches(kinds[:slots]):

@@ -12,14 +12,15 @@ import socket
 import stat
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import FAILING_TEST, PASSING_TEST, Process, Repo, Superci
-from helpers import FakeRunner, Harness, async_test
+from helpers import HARNESS_SETTINGS, FakeRunner, Harness, async_test
 from support import E2E_WAIT, eventually, wait_until
 
-from superci import client, defaults, identity, protocol
+from superci import client, identity, protocol
 from superci.errors import ConfigError, RemoteError
 
 SHA = "f0" * 20
@@ -127,11 +128,9 @@ async def test_restarted_runner_takes_its_place_at_once_and_readopts_its_build(t
 
 
 @async_test()
-async def test_oversized_report_is_refused_by_the_dispatcher(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    monkeypatch.setattr(defaults, "MAX_REPORT_BYTES", 3 * protocol.DATA_CHUNK)
-    async with Harness(tmp_path) as h:
+async def test_oversized_report_is_refused_by_the_dispatcher(tmp_path: Path):
+    settings = replace(HARNESS_SETTINGS, max_report_bytes=3 * protocol.DATA_CHUNK)
+    async with Harness(tmp_path, settings=settings) as h:
         assert h.address is not None
         runner, _ = await FakeRunner.connect(h.address, "liar")
         await h.submit(SHA)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from superci import defaults
 from superci.errors import ConfigError, DispatcherUnavailable, WorkspaceError
 from superci.observer import DELIVERED_REF_PREFIX, Observer
 from superci.ownership import read_mark, write_mark
+from superci.settings import ObserverSettings
 
 WAIT = 15.0  # upper bound for anything a test waits on; reached only when something is broken
 
@@ -324,15 +324,13 @@ def test_fetch_prunes_branches_deleted_upstream(upstream, tmp_path, dispatcher):
     assert "origin/short-lived" not in git(path, "branch", "--remotes")
 
 
-def test_hung_fetch_is_abandoned_after_the_fetch_timeout(clone, dispatcher, monkeypatch, caplog):
-    monkeypatch.setattr(defaults, "FETCH_TIMEOUT", 0.5)
+def test_hung_fetch_is_abandoned_after_the_fetch_timeout(clone, dispatcher, caplog):
     # git runs this instead of the upstream's upload-pack: a remote that never answers.
     git(clone, "config", "remote.origin.uploadpack", "sleep 30; git-upload-pack")
 
     started = time.monotonic()
-    assert Observer(clone, dispatcher).poll_once() == [
-        (git(clone, "rev-parse", "origin/main"), "main")
-    ]
+    observer = Observer(clone, dispatcher, settings=ObserverSettings(fetch_timeout=0.5))
+    assert observer.poll_once() == [(git(clone, "rev-parse", "origin/main"), "main")]
     assert time.monotonic() - started < 10
     assert "did not complete" in caplog.text
 

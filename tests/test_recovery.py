@@ -4,20 +4,14 @@ test_store.py.) Real TCP, a fake runner, a FakeClock; the watchdog looks every 1
 
 import logging
 
-import pytest
-from helpers import FakeClock, FakeRunner, Harness, async_test
+from helpers import FAST_WATCHDOG, FakeClock, FakeRunner, Harness, async_test
 from support import eventually
 
-from superci import defaults, protocol
+from superci import protocol
 from superci.errors import StorageError
 from superci.results import ResultsFolder
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture(autouse=True)
-def fast_watchdog(monkeypatch):
-    monkeypatch.setattr(defaults, "HEARTBEAT_CHECK_INTERVAL", 0.01)
 
 
 class BreakableClock(FakeClock):
@@ -36,7 +30,7 @@ async def test_the_watchdog_outlives_ticks_that_raise_and_still_finds_a_silent_r
     tmp_path, caplog
 ):
     clock = BreakableClock()
-    async with Harness(tmp_path, heartbeat_timeout=1.0, clock=clock) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG, heartbeat_timeout=1.0, clock=clock) as h:
         silent, _ = await FakeRunner.connect(h.address, "silent")
         submitted = await h.submit(SHA)
         await silent.expect(protocol.Build)
@@ -59,7 +53,7 @@ async def test_the_watchdog_outlives_ticks_that_raise_and_still_finds_a_silent_r
 async def test_a_build_that_cannot_be_started_waits_uncounted_and_starts_once_it_can(
     tmp_path, caplog
 ):
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         blocker = h.folder(SHA)
         blocker.parent.mkdir(parents=True, exist_ok=True)
         blocker.write_text("a file where the build's results folder should go\n")
@@ -99,7 +93,7 @@ async def test_output_that_cannot_be_stored_detaches_the_runner_which_resends_it
             raise failures.pop()
         return append_output(self, *args, **kwargs)
 
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         runner, _ = await FakeRunner.connect(h.address, "runner-1")
         submitted = await h.submit(SHA)
         build = await runner.expect(protocol.Build)

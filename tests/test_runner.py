@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FAILING_TEST, PASSING_TEST
-from helpers import FakeClock, Harness, async_test
+from helpers import FAST_WATCHDOG, FakeClock, Harness, async_test
 from support import WAIT, eventually, free_port, process_alive
 from test_dispatcher import make_unwritable
 
@@ -32,11 +32,6 @@ from superci.workspace import Workspace
 PYTHON = shlex.quote(sys.executable)
 #: Time for one build of these tiny projects (fetch, checkout, start Python, run tests).
 BUILD_WAIT = 15.0
-
-
-@pytest.fixture(autouse=True)
-def fast_watchdog(monkeypatch):
-    monkeypatch.setattr(defaults, "HEARTBEAT_CHECK_INTERVAL", 0.01)
 
 
 @pytest.fixture
@@ -96,7 +91,7 @@ def gated_script(gates: Path, body: str) -> str:
 async def test_a_passing_and_a_failing_commit_are_reported_as_such(tmp_path, repo, workspace):
     passing = repo.commit({"tests/test_arithmetic.py": PASSING_TEST}, "passing")
     failing = repo.commit({"tests/test_arithmetic.py": FAILING_TEST}, "failing")
-    async with Harness(tmp_path) as h, running(new_runner(h, workspace)):
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h, running(new_runner(h, workspace)):
         await h.submit(passing)
         await h.submit(failing)  # queued behind: handed out once the first is acknowledged
         passed = await h.results.wait(passing, BUILD_WAIT)
@@ -133,7 +128,7 @@ async def test_a_commit_asking_for_a_time_limit_above_the_runners_max_is_an_erro
 ):
     sha = repo.commit({".superci.toml": f"timeout = {asked}\n", "tests/test_ok.py": PASSING_TEST})
     async with (
-        Harness(tmp_path) as h,
+        Harness(tmp_path, settings=FAST_WATCHDOG) as h,
         running(new_runner(h, workspace, build_timeout=min(limit, 60.0), max_timeout=limit)),
     ):
         await h.submit(sha)
@@ -161,7 +156,7 @@ async def test_the_command_of_superci_toml_runs_with_the_build_in_its_environmen
             print(f"{name}={os.environ.get(name, '<unset>')}")
     """)
     sha = repo.commit({".superci.toml": config(command), "show_env.py": show_env}, "custom")
-    async with Harness(tmp_path) as h, running(new_runner(h, workspace)):
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h, running(new_runner(h, workspace)):
         submitted = await h.submit(sha, "feature/env")
         result = await h.results.wait(sha, BUILD_WAIT)
 
@@ -182,7 +177,7 @@ async def test_the_command_of_superci_toml_runs_with_the_build_in_its_environmen
 @async_test()
 async def test_a_commit_missing_from_the_repository_ends_as_an_error(tmp_path, workspace):
     missing = "0123456789abcdef0123456789abcdef01234567"
-    async with Harness(tmp_path) as h, running(new_runner(h, workspace)):
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h, running(new_runner(h, workspace)):
         await h.submit(missing)
         result = await h.results.wait(missing, BUILD_WAIT)
 
@@ -208,7 +203,7 @@ async def test_a_failure_inside_the_runner_ends_the_build_as_an_error_and_the_ru
         return await real_run_command(*args, **kwargs)
 
     monkeypatch.setattr(runner_module, "run_command", failing_once)
-    async with Harness(tmp_path) as h, running(new_runner(h, workspace)):
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h, running(new_runner(h, workspace)):
         await h.submit(first)
         failed = await h.results.wait(first, BUILD_WAIT)
         await h.submit(second)
@@ -233,7 +228,7 @@ async def test_a_build_cancelled_while_its_checkout_runs_never_starts_its_tests(
         real_prepare(commit)
 
     monkeypatch.setattr(workspace, "prepare", slow_prepare)
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         runner = new_runner(h, workspace)
         async with running(runner):
             await h.submit(sha)
@@ -276,7 +271,7 @@ async def test_a_runner_started_before_the_dispatcher_registers_once_it_listens(
 
     monkeypatch.setattr(client, "connect", counting_connect)
     sha = repo.commit({"tests/test_arithmetic.py": PASSING_TEST}, "passing")
-    h = Harness(tmp_path)
+    h = Harness(tmp_path, settings=FAST_WATCHDOG)
     port = free_port()
     runner = RunnerProcess(
         Address("127.0.0.1", port), workspace, "runner-1", heartbeat_interval=0.2
@@ -319,7 +314,7 @@ async def test_a_runner_carries_its_build_across_a_dispatcher_restart(tmp_path, 
     sha = repo.commit({".superci.toml": config(command), "gated.py": script}, "gated")
     # A frozen clock: the restarted dispatcher keeps the lease for the runner however long
     # the reconnection takes.
-    h = Harness(tmp_path, clock=FakeClock())
+    h = Harness(tmp_path, settings=FAST_WATCHDOG, clock=FakeClock())
     await h.start()
     try:
         async with running(new_runner(h, workspace)):
@@ -395,7 +390,7 @@ async def test_a_runner_told_to_cancel_kills_its_build_and_takes_the_next(
     tmp_path, repo, workspace
 ):
     project = BlockingProject(repo, tmp_path / "gates")
-    async with Harness(tmp_path) as h, running(new_runner(h, workspace)):
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h, running(new_runner(h, workspace)):
         await h.submit(project.blocked)
         await h.submit(project.passing)
         pid = await project.started(h)
@@ -418,7 +413,7 @@ async def test_a_runner_whose_lease_expired_kills_its_build_and_takes_the_next(
 ):
     project = BlockingProject(repo, tmp_path / "gates")
     clock = FakeClock()
-    async with Harness(tmp_path, heartbeat_timeout=1.0, clock=clock) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG, heartbeat_timeout=1.0, clock=clock) as h:
         # No heartbeats during the test: the runner is silent exactly when the clock says so.
         async with running(new_runner(h, workspace, heartbeat_interval=60)):
             await h.submit(project.blocked)
@@ -458,7 +453,7 @@ async def test_a_cancelled_builds_log_ends_its_cut_line_before_superci_says_so(
         """,
     )
     sha = repo.commit({".superci.toml": config(f"{PYTHON} gated.py"), "gated.py": script})
-    async with Harness(tmp_path) as h, running(new_runner(h, workspace)):
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h, running(new_runner(h, workspace)):
         await h.submit(sha)
         await eventually((gates / "printed").exists, BUILD_WAIT, "the half line")
         await h.wait_for_log(sha, b"half a line")
@@ -482,7 +477,7 @@ async def test_a_repository_needing_pytest_is_an_error_when_the_builds_python_la
     python = str(bare / "bin" / "python")
     monkeypatch.setattr(sys, "executable", python)  # the runner's own, so the build's python
     sha = repo.commit({"tests/test_plain.py": "def test_x():\n    assert 1 + 1 == 2\n"})
-    async with Harness(tmp_path) as h, running(new_runner(h, workspace)):
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h, running(new_runner(h, workspace)):
         await h.submit(sha)
         result = await h.results.wait(sha, BUILD_WAIT)
 
@@ -516,7 +511,7 @@ async def test_a_runner_stopped_while_its_result_waits_to_be_resent_starts_nothi
             started_after_stop.append(coro.__qualname__)
         return asyncio.Task(coro, loop=loop, **kwargs)
 
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         async with running(new_runner(h, workspace)):
             await h.submit(sha)
             await h.wait_for_log(sha, b"started\n")

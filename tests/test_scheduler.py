@@ -792,6 +792,25 @@ def test_the_bench_time_doubles_up_to_its_cap(sched):
     assert runner.benched_until - now == defaults.BENCH_MAX
 
 
+def test_the_bench_limits_and_the_deadline_margin_are_the_schedulers_own():
+    sched = Scheduler(
+        heartbeat_timeout=1000.0, deadline_margin=1.0, bench_after=1, bench_time=7.0, bench_max=10.0
+    )
+    register(sched, "r1", 1)
+    for build_id in (1, 2, 3):
+        add(sched, build_id)
+    assert sched.stop_grace == defaults.KILL_GRACE + 1.0
+    fail_checkout(sched, 1, 0.0)  # one failure is enough here
+    runner = sched.runners["r1"]
+    assert runner.benched_until == 7.0
+    sched.check_benched(7.0)
+    fail_checkout(sched, 2, 7.0)
+    assert runner.benched_until == 7.0 + 10.0  # 14 s doubled, capped at 10
+    sched.check_benched(17.0)
+    sched.started(sched.jobs[3], timeout=10.0, kill_grace=2.0, now=17.0)
+    assert sched.jobs[3].deadline == 17.0 + 10.0 + 2.0 + 1.0
+
+
 def test_a_benched_runner_that_registers_again_starts_with_a_clean_record(sched):
     register(sched, "r1", 1)
     for build_id in (1, 2, 3, 4):

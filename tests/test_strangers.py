@@ -15,15 +15,16 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import trustme
 from conftest import Repo, Superci
-from helpers import FakeRunner, Harness, async_test
+from helpers import HARNESS_SETTINGS, FakeRunner, Harness, async_test
 from support import WAIT, eventually, wait_until
 
-from superci import client, defaults, protocol
+from superci import client, protocol
 from superci.channel import Address, parse_address
 from superci.up import format_outcome
 
@@ -262,10 +263,9 @@ def test_100_slow_log_readers_keep_the_dispatcher_memory_bounded(superci: Superc
 
 
 @async_test()
-async def test_a_log_reader_that_stops_reading_is_dropped(tmp_path, monkeypatch):
-    monkeypatch.setattr(defaults, "SEND_TIMEOUT", 0.5)
+async def test_a_log_reader_that_stops_reading_is_dropped(tmp_path):
     sha = "e" * 40
-    async with Harness(tmp_path) as h:
+    async with Harness(tmp_path, settings=replace(HARNESS_SETTINGS, send_timeout=0.5)) as h:
         assert h.address is not None and h.dispatcher is not None
         await h.submit(sha)
         write_big_log(h.results_dir, sha, 8)
