@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -287,7 +287,7 @@ def read(path: Path, offset: int = 0, limit: int | None = None) -> bytes:
 
 def pieces(
     path: Path, offset: int = 0, chunk: int = _COPY_CHUNK, limit: int | None = None
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """The reader's view from ``offset`` in pieces of at most ``chunk`` bytes, as the log
     stands at the call (what arrives later is not included: a follower gets it live).
     Files are read one piece at a time, so a slow reader of a big log holds one piece."""
@@ -306,6 +306,11 @@ def pieces(
             yield from _file_pieces(source, offset, take, chunk)
         remaining -= take
         offset = 0
+
+
+def nothing() -> Generator[bytes, None, None]:
+    """No pieces: the reader's view of a log that does not exist."""
+    yield from ()
 
 
 def _view(path: Path) -> list[tuple[Path | bytes, int]]:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from superci import defaults
 from superci.containment import BuildContainment, all_processes
@@ -223,10 +224,10 @@ async def _wait_for_end(
     exited: asyncio.Event, pump: asyncio.Task[None], cancel: asyncio.Event | None, timeout: float
 ) -> str:
     """Why the run ends: "exited", "timeout", "cancelled" or "output-failed"."""
-    waits = {"exited": asyncio.create_task(exited.wait())}
+    waits: dict[str, asyncio.Task[bool]] = {"exited": asyncio.create_task(exited.wait())}
     if cancel is not None:
         waits["cancelled"] = asyncio.create_task(cancel.wait())
-    pending: set[asyncio.Future[object]] = {*waits.values(), pump}
+    pending: set[asyncio.Future[Any]] = {*waits.values(), pump}
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -296,7 +297,7 @@ async def _drain(
     until = now + drain_timeout
     if ending == "exited":
         until = max(deadline, until)
-    stop = {"eof": asyncio.create_task(pipe.eof.wait())}
+    stop: dict[str, asyncio.Task[bool]] = {"eof": asyncio.create_task(pipe.eof.wait())}
     if cancel is not None and ending == "exited":
         stop["cancelled"] = asyncio.create_task(cancel.wait())
     try:

@@ -212,7 +212,7 @@ class Observer:
     def _resolve(self, rev: str) -> str | None:
         """The SHA ``rev`` names, or None when it names nothing."""
         try:
-            return self._repo.git.rev_parse("--verify", "--quiet", rev)
+            return str(self._repo.git.rev_parse("--verify", "--quiet", rev))
         except git.CommandError as e:
             if e.status == 1:  # with --quiet, exit code 1 only means "no such object"
                 return None
@@ -220,7 +220,7 @@ class Observer:
 
     def _git(self, command: str, *args: str) -> str:
         try:
-            return getattr(self._repo.git, command.replace("-", "_"))(*args)
+            return str(getattr(self._repo.git, command.replace("-", "_"))(*args))
         except git.CommandError as e:
             raise self._failure(command, e) from e
 

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,7 @@ class ResultsFolder:
 
     def read_log(
         self, sha: str, offset: int = 0, build_id: int | None = None, chunk: int = READ_CHUNK
-    ) -> Iterator[bytes]:
+    ) -> Generator[bytes, None, None]:
         """The log (head, marker, tail; bounded by the cap) from ``offset`` as it stands
         now, in pieces of up to ``chunk`` bytes, of the newest build or of ``build_id``;
         nothing if there is none. Output that arrives later is not included (a follower
@@ -104,7 +104,7 @@ class ResultsFolder:
         log cost the dispatcher one piece each."""
         folder = self._files_of(sha, build_id)
         if folder is None:
-            return iter(())
+            return buildlog.nothing()
         return buildlog.pieces(folder / LOG_FILE, offset, chunk)
 
     def close_log(self, sha: str) -> None:

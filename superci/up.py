@@ -173,7 +173,8 @@ class Stack:
             )
         )
         try:
-            await asyncio.wait([ready, dispatcher], timeout=30, return_when=FIRST_COMPLETED)
+            starting: list[asyncio.Future[Any]] = [ready, dispatcher]
+            await asyncio.wait(starting, timeout=30, return_when=FIRST_COMPLETED)
             if dispatcher.done():
                 await dispatcher  # it could not start: its error says why
             if not ready.done():
