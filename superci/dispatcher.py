@@ -155,10 +155,11 @@ class Dispatcher:
             log.warning("the dispatcher was paused for %.1fs; runners get that time back", late)
             self.scheduler.resumed(late)
         self.recorder.retry_unwritten()
-        self.recorder.carry_out(self.scheduler.dispatch(now))  # builds given back earlier
+        # The dead are found first, so a build given back earlier is not handed to one.
         self.recorder.carry_out(self.scheduler.check_heartbeats(now))
         self.recorder.carry_out(self.scheduler.check_deadlines(now))
         self.recorder.carry_out(self.scheduler.check_benched(now))
+        self.recorder.carry_out(self.scheduler.dispatch(now))  # builds given back earlier
 
     # --- requests made in-process (tests, tools) -------------------------------------
 

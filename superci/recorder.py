@@ -185,6 +185,7 @@ class Recorder:
         given back and not sent, and the watchdog hands them out again later."""
         outbox = Outbox(self._sessions)
         self._pool.publish(_starting(actions))
+        due = {build_id: list(writes) for build_id, writes in self._unwritten.items()}
         try:
             with self._bus.held(), self._store.transaction():  # published once committed
                 self.carry_out(actions, outbox)
@@ -193,9 +194,17 @@ class Recorder:
                 self._fault_log.log(logging.ERROR, "could not store the builds handed out: %s", e)
             else:
                 log.exception("internal error while handing out builds; they wait again")
+            self._still_due(due)  # writes it made of earlier failures were rolled back too
             outbox.withhold(self._not_committed(actions))
         outbox.flush()
         self._pool.publish()
+
+    def _still_due(self, due: dict[int, list[Requeue | EndBuild]]) -> None:
+        """Put back the writes that were due before a transaction that rolled back, ahead
+        of any that failed inside it."""
+        for build_id, writes in due.items():
+            later = [w for w in self._unwritten.get(build_id, []) if w not in writes]
+            self._unwritten[build_id] = writes + later
 
     def _not_committed(self, actions: list[Action]) -> set[Lease]:
         """A transaction of actions was rolled back: builds it started are given back, its

@@ -68,6 +68,7 @@ class PoolRunner:
     benched_until: float | None = None
     bench_reason: str = ""
     instance: str | None = None  # the runner process (see superci.identity.new_instance)
+    leaving: bool = False  # said it leaves: it is handed nothing more
 
     @property
     def state(self) -> RunnerState:
@@ -253,6 +254,9 @@ class Scheduler:
         self.runners: dict[str, PoolRunner] = {}
         self._queue: list[int] = []  # heap of build ids: oldest first
         self._idle: dict[str, None] = {}  # insertion-ordered: longest idle first
+        # The checkout record of runners gone from the pool, so that reconnecting does
+        # not take a benched runner off the bench (nor forget its failures).
+        self._bench_records: dict[str, PoolRunner] = {}
 
     # --- events ---------------------------------------------------------------------
 
@@ -271,6 +275,13 @@ class Scheduler:
         """
         for job in jobs:
             self.jobs[job.build_id] = job
+            # A runner builds one thing at a time: should the database say it held two
+            # (a requeue whose write never landed), only the newest lease can be its own.
+            held = self.runners.get(job.runner) if job.runner is not None else None
+            if held is not None and held.build_id is not None:
+                older = self.jobs[held.build_id]
+                older.status, older.runner = BuildStatus.QUEUED, None
+                heapq.heappush(self._queue, older.build_id)
             if job.status is BuildStatus.RUNNING and job.runner is not None:
                 job.deadline = now + self.build_timeout + self.stop_grace
                 self.runners[job.runner] = PoolRunner(
@@ -334,11 +345,13 @@ class Scheduler:
         if disowned is not None:
             actions.append(CancelLease(session, disowned.build_id, disowned.attempt,
                                        "lease expired"))  # fmt: skip
-        self.runners[name] = PoolRunner(
+        runner = self.runners[name] = PoolRunner(
             name, session, host, pid, now, kept.build_id if kept else None, instance=instance
         )
+        _carry_bench(old or self._bench_records.pop(name, None), runner, now)
         if kept is None:
-            self._idle[name] = None
+            if runner.benched_until is None:
+                self._idle[name] = None
         elif kept.stopping is not None:  # asked to stop before it reconnected: ask again
             actions.append(CancelLease(session, kept.build_id, kept.attempt, kept.stop_reason))
         return Registration(
@@ -360,6 +373,14 @@ class Scheduler:
             return []
         return self._mark_runner_dead(runner, "connection closed", now)
 
+    def leaving(self, name: str, session: int) -> None:
+        """A runner said it leaves: it is handed nothing more, while what it sent before
+        (a result) is still recorded and frees it."""
+        runner = self.runners.get(name)
+        if runner is not None and runner.session == session:
+            runner.leaving = True
+            self._idle.pop(name, None)
+
     def leave(self, name: str, session: int, reason: str, now: float) -> list[Action]:
         """A runner leaves on purpose (stopped, or it cannot build any more): it leaves the
         pool and its build is queued again without counting an attempt."""
@@ -368,6 +389,7 @@ class Scheduler:
             return []
         del self.runners[name]
         self._idle.pop(name, None)
+        self._remember_bench(runner)
         actions: list[Action] = [CloseSession(session, f"runner {name} left: {reason}")]
         job = self.jobs.get(runner.build_id) if runner.build_id is not None else None
         if job is not None:
@@ -464,12 +486,15 @@ class Scheduler:
         stop them in time, and declare that runner dead (it is wedged)."""
         actions: list[Action] = []
         for job in [j for j in self.jobs.values() if j.status is BuildStatus.RUNNING]:
+            if self.jobs.get(job.build_id) is not job:
+                continue  # ended by what an earlier job of this loop did to its runner
             if job.stopping is not None and job.stop_by is not None and now > job.stop_by:
                 runner = self.runners.get(job.runner) if job.runner else None
+                wedged = runner is not None and runner.build_id == job.build_id
                 self._drop_job(job)
                 why = f"{job.stop_reason}; runner {job.runner} did not stop it and was dropped"
                 actions.append(EndBuild(job.build_id, job.stopping, why))
-                if runner is not None:
+                if runner is not None and wedged:  # not a runner busy with something else
                     actions += self._mark_runner_dead(runner, "did not stop a build", now)
             elif job.stopping is None and job.deadline is not None and now > job.deadline:
                 why = "build overstayed its time limit; stopped by the dispatcher"
@@ -535,7 +560,7 @@ class Scheduler:
         for runner in self.runners.values():
             if runner.benched_until is not None and now >= runner.benched_until:
                 runner.benched_until = None
-                if runner.session is not None and runner.build_id is None:
+                if runner.session is not None and runner.build_id is None and not runner.leaving:
                     self._idle[runner.name] = None
         if self._idle:
             actions += self._dispatch(now)
@@ -599,10 +624,15 @@ class Scheduler:
         runner = self.runners.get(job.runner) if job.runner else None
         if runner is not None and runner.build_id == job.build_id:
             runner.build_id = None
-            if runner.session is not None and runner.benched_until is None:
+            if runner.session is not None and runner.benched_until is None and not runner.leaving:
                 self._idle[runner.name] = None
 
+    def _remember_bench(self, runner: PoolRunner) -> None:
+        if runner.failed_checkouts or runner.benches or runner.benched_until is not None:
+            self._bench_records[runner.name] = runner
+
     def _mark_runner_dead(self, runner: PoolRunner, reason: str, now: float) -> list[Action]:
+        self._remember_bench(runner)
         del self.runners[runner.name]
         self._idle.pop(runner.name, None)
         actions: list[Action] = []
@@ -705,3 +735,15 @@ def _copied(name: str, holder: PoolRunner, silent: float, timeout: float) -> str
         "it its own name with --name (SUPERCI_RUNNER_NAME). If it is that runner "
         f"restarted, this clears once its old connection is silent for {timeout:g}s."
     )
+
+
+def _carry_bench(source: PoolRunner | None, runner: PoolRunner, now: float) -> None:
+    """The same runner process coming back (a reconnect) keeps its record of failed
+    checkouts, and its bench while that lasts: reconnecting mends nothing. A restarted
+    runner (another process) starts clean: restarting it is how its operator says so."""
+    if source is None or source.instance is None or source.instance != runner.instance:
+        return
+    runner.failed_checkouts = list(source.failed_checkouts)
+    runner.benches = source.benches
+    if source.benched_until is not None and source.benched_until > now:
+        runner.benched_until, runner.bench_reason = source.benched_until, source.bench_reason

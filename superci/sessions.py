@@ -223,6 +223,7 @@ class RunnerSessions:
     ) -> None:
         """A runner leaves on purpose: results it sent first are recorded, then its build
         goes back to the queue without counting an attempt."""
+        self._scheduler.leaving(name, session)  # nothing new for it while its results land
         if self._recorder.pending:
             self._recorder.flush()
         log.info("runner %s is leaving: %s", name, message.reason)

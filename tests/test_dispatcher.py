@@ -711,3 +711,42 @@ async def test_what_a_rolled_back_hand_out_did_is_never_published(tmp_path):
         assert pool == [("idle", None), ("busy", second_id)]
         kinds = [e["event"] for e in seen]
         assert kinds.index("finished") < kinds.index("started")
+
+
+@async_test()
+async def test_a_requeue_written_in_a_hand_out_that_rolled_back_is_written_again(
+    tmp_path, monkeypatch
+):
+    """Build A's requeue could not be written when its runner was lost; it is written in
+    the transaction that hands A out again, and that transaction rolls back: the requeue
+    must still be due, not lost with the rollback (else A's lost runner is never counted)."""
+    async with Harness(tmp_path) as h:
+        assert h.store is not None
+        build_a = (await h.submit(SHA)).build_id
+        lost, _ = await FakeRunner.connect(h.address, "lost")
+        await lost.expect(protocol.Build)
+        await h.submit(OTHER_SHA)
+        other, _ = await FakeRunner.connect(h.address, "other")
+        build_b = await other.expect(protocol.Build)
+
+        real = type(h.store).mark_queued
+        store = h.store
+
+        def only_in_a_transaction(self, *args, **kwargs):
+            if not store._in_transaction:  # the watchdog's own retries keep failing
+                raise StorageError("database is locked (injected)")
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(type(h.store), "mark_queued", only_in_a_transaction)
+        await lost.close()  # lost: its requeue cannot be written now
+        await eventually(lambda: h.dispatcher.scheduler.queued(), WAIT, "A to wait again")
+        left = fail_commits(h.store, None, StorageError("disk full (injected)"))
+
+        assert (await other.result(build_b)).accepted  # A is handed out, then rolled back
+        assert left == []
+        monkeypatch.setattr(type(h.store), "mark_queued", real)
+        again = await other.expect(protocol.Build)  # sent only once its lease is stored
+        assert again.build_id == build_a
+        row = h.db_build(build_a)
+        assert (row["status"], row["runner"]) == ("running", "other")
+        assert row["lost"] == 1 and "lost with runner lost" in row["message"]

@@ -812,13 +812,36 @@ def test_the_bench_limits_and_the_deadline_margin_are_the_schedulers_own():
 
 
 def test_a_benched_runner_that_registers_again_starts_with_a_clean_record(sched):
+    """Registering again as a new process (a restart): its operator says it is mended."""
     register(sched, "r1", 1)
     for build_id in (1, 2, 3, 4):
         add(sched, build_id)
     for build_id in (1, 2, 3):
         fail_checkout(sched, build_id, 0.0)
-    assert register(sched, "r1", 2, now=1.0)[-1] == start(2, "r1", 4, 1)
+    sched.disconnect("r1", 1, 1.0)  # stopped, then started again
+    restarted = sched.register(
+        "r1", 2, "r1.lan", 1002, None, 1.0, proof=Proof.PROVEN, instance="r1-restarted"
+    ).actions
+    assert restarted[-1] == start(2, "r1", 4, 1)
     assert sched.runners["r1"].failed_checkouts == []
+
+
+@pytest.mark.parametrize("how", ["replaced", "reconnected"])
+def test_a_benched_runner_that_reconnects_stays_benched(sched, how):
+    """The same process coming back (a network blip) mends nothing."""
+    register(sched, "r1", 1)
+    for build_id in (1, 2, 3, 4):
+        add(sched, build_id)
+    for build_id in (1, 2, 3):
+        fail_checkout(sched, build_id, 0.0)
+    if how == "reconnected":
+        sched.disconnect("r1", 1, 1.0)
+    actions = register(sched, "r1", 2, now=2.0)
+    assert of_type(actions, StartBuild) == []  # build 4 is not handed to it
+    runner = sched.runners["r1"]
+    assert runner.state is RunnerState.BENCHED and len(runner.failed_checkouts) == 3
+    assert [job.build_id for job in sched.queued()] == [4]
+    assert sched.check_benched(defaults.BENCH_TIME + 1.0)[-1] == start(2, "r1", 4, 1)
 
 
 def test_other_runners_take_the_builds_a_benched_runner_does_not(sched):
@@ -1008,3 +1031,48 @@ def test_the_view_lists_runners_by_name_and_the_queue_in_handout_order(timed):
     assert view.runners[1].build_sha == sha(1)  # a snapshot: it does not change later
     assert timed.view().runners[1].build_sha == sha(3)
     assert [queued.build_id for queued in timed.view().queue] == [4]
+
+
+# --- found in review: restore, wedged runners, leaving ----------------------------------
+
+
+def test_a_restore_where_one_runner_held_two_running_builds_queues_the_older_one(sched):
+    """The database can say a runner runs two builds (a requeue whose write never landed
+    before a restart): only the newest lease can be its own, the other waits again."""
+    older = Job(1, sha(1), "main", BuildStatus.RUNNING, attempt=1, runner="r1", runners=["r1"])
+    newer = Job(2, sha(2), "main", BuildStatus.RUNNING, attempt=1, runner="r1", runners=["r1"])
+    assert sched.restore([older, newer], 0.0) == []
+    assert [job.build_id for job in sched.queued()] == [1]
+    assert sched.runners["r1"].build_id == 2
+    actions = register(sched, "r1", 1, 1.0, lease=Lease(2, 1))
+    assert sched.runners["r1"].build_id == 2  # kept its own build
+    assert of_type(actions, StartBuild) == []  # busy: build 1 waits for another runner
+    assert register(sched, "r2", 2, 1.0) == [start(2, "r2", 1, 2)]
+
+
+def test_a_runner_busy_with_another_build_is_not_dropped_for_one_it_never_stopped():
+    sched = Scheduler(heartbeat_timeout=1000.0, max_attempts=3, build_timeout=60.0, stop_grace=5.0)
+    stale = Job(1, sha(1), "main", BuildStatus.RUNNING, attempt=1, runner="r1", runners=["r1"])
+    sched.restore([stale], 0.0)
+    sched.jobs[1].stopping, sched.jobs[1].stop_by, sched.jobs[1].stop_reason = (
+        BuildStatus.CANCELLED, 10.0, "cancelled")  # fmt: skip
+    sched.runners["r1"].build_id = None  # it has moved on (the record was stale)
+    register(sched, "r1", 1, 1.0)
+    add(sched, 2)
+    assert sched.runners["r1"].build_id == 2
+    actions = sched.check_deadlines(11.0)
+    assert [(a.build_id, a.status) for a in of_type(actions, EndBuild)] == [(1, "cancelled")]
+    assert of_type(actions, CloseSession) == []  # r1 is busy with build 2, not wedged
+    assert sched.runners["r1"].build_id == 2
+
+
+def test_a_leaving_runner_whose_last_result_frees_it_is_handed_nothing_more(sched):
+    register(sched, "r1", 1)
+    add(sched, 1)
+    add(sched, 2)
+    sched.leaving("r1", 1)
+    assert sched.finish(1, 1.0) == []  # free again, but it said it leaves
+    actions = sched.leave("r1", 1, "runner stopped", 1.0)
+    assert of_type(actions, Requeue) == [] and of_type(actions, StartBuild) == []
+    assert [job.build_id for job in sched.queued()] == [2]
+    assert sched.jobs[2].attempt == 0  # never handed out, so nothing to give back
