@@ -1,4 +1,6 @@
-"""The runner process: connect out to the dispatcher, register, heartbeat, run builds.
+"""The runner process's session: connect out to the dispatcher, register, heartbeat,
+hold the lease of one build at a time and hand that build to the executor
+(:mod:`superci.executor`), which runs it.
 
 A runner never gives up: when the dispatcher is unreachable or goes away it retries
 with backoff and registers again, claiming the lease of a build it is still running (or
@@ -19,17 +21,15 @@ import os
 import shutil
 import socket
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from superci import client, containment, defaults, identity, protocol, testtool
+from superci import client, containment, defaults, identity, protocol
 from superci.backoff import Backoff
 from superci.buildlog import BuildLog
 from superci.channel import Address, Channel
-from superci.config import BuildConfig, load_build_config
 from superci.errors import (
     AuthenticationError,
     ConfigError,
@@ -38,23 +38,13 @@ from superci.errors import (
     ProtocolError,
     RemoteError,
     RunnerRefused,
-    UnsafeFile,
     WorkspaceBroken,
-    WorkspaceError,
 )
-from superci.execute import Execution, build_environment, run_command
-from superci.junit import parse_junit_bytes, pytest_junit_option
-from superci.safefile import read_inside, read_off_loop
+from superci.executor import BuildExecutor
 from superci.settings import RunnerSettings, with_given
-from superci.status import BuildStatus
-from superci.summary import Summary, parse_summary
-from superci.verdict import decide
 from superci.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-#: How much of the end of a build's output is read for its test summary.
-SUMMARY_TAIL_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -121,7 +111,8 @@ def default_identity_file(workspace: Workspace) -> Path:
 
 class RunnerProcess:
     """The runner process: at most one build at a time, in its own clone (the pool's record
-    of it in the dispatcher is :class:`superci.scheduler.PoolRunner`)."""
+    of it in the dispatcher is :class:`superci.scheduler.PoolRunner`). It is the session;
+    its :attr:`executor` runs each build."""
 
     def __init__(
         self,
@@ -160,7 +151,9 @@ class RunnerProcess:
             )
         self._channel: Channel | None = None
         self._current: ActiveBuild | None = None
-        self._scratch = Path(tempfile.mkdtemp(prefix="superci-runner-"))  # private: 0700
+        self.executor = BuildExecutor(
+            workspace, settings, self.name, self.build_record, self._keep_identity
+        )
         self._workspace_lock = asyncio.Lock()  # one build at a time in the clone, dying ones too
         self._backoff = Backoff()
         self._main: asyncio.Task[None] | None = None  # run_forever's task
@@ -202,7 +195,7 @@ class RunnerProcess:
                 raise self._broken from None
             raise
         finally:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+            self.executor.close()
             if self._resend is not None:
                 self._resend.cancel()
                 await asyncio.wait([self._resend])
@@ -383,20 +376,15 @@ class RunnerProcess:
         else:
             active.task.add_done_callback(lambda _: active.close())
 
-    # --- running one build ----------------------------------------------------------
+    # --- running one build (the executor's job; the lease's bookkeeping here) ---------
 
     async def _run_and_report(self, active: ActiveBuild) -> None:
         async with self._workspace_lock:
-            started = time.monotonic()
             try:
                 result = await self.run_one(active)
             except WorkspaceBroken as e:
                 self._leave_broken(e)
                 return
-            except Exception as e:  # whatever went wrong, the build ends with a result
-                log.exception("build %d failed inside the runner", active.build.build_id)
-                message = f"the runner failed: {type(e).__name__}: {e}"
-                result = self._result(active, BuildStatus.ERROR, None, started, message)
         if self._current is not active:
             return  # abandoned while it ran
         active.result = result
@@ -459,77 +447,17 @@ class RunnerProcess:
                 return
 
     async def run_one(self, active: ActiveBuild) -> protocol.Result:
-        """Check out the commit, run its tests, and describe how it ended."""
-        build = active.build
-        started = time.monotonic()
+        """Run the build of ``active`` with the executor: its output goes to the spool and
+        on to the dispatcher, its start is said to the dispatcher."""
 
         async def emit(data: bytes) -> None:
             await self._emit(active, data)
 
-        async def say(text: str) -> None:
-            """superci's own line, on a line of its own even after output cut mid-line."""
-            await emit(("" if active.ends_line else "\n").encode() + f"superci: {text}\n".encode())
+        async def on_started(started: protocol.Started) -> None:
+            active.started = started  # said again to a restarted dispatcher
+            await self._send_quietly(started)
 
-        where = f"{build.sha} ({build.branch}) attempt {build.attempt} on {self.name}"
-        await say(f"building {where}")
-        try:
-            await asyncio.to_thread(self.workspace.prepare, build.sha)
-            await asyncio.to_thread(self._keep_identity)
-        except WorkspaceBroken:
-            raise  # not the commit's fault: the runner leaves, the build is queued again
-        except WorkspaceError as e:  # counted by the dispatcher: see Result.checkout_failed
-            await say(str(e))
-            return self._result(active, BuildStatus.ERROR, None, started, str(e), checkout=True)
-        try:
-            config = await read_off_loop(
-                load_build_config, self.workspace.path,
-                timeout=self.settings.file_read_timeout, what=defaults.CONFIG_FILE,
-            )  # fmt: skip
-            report = self._report_path(config.junit)
-            environment = self._environment(build, config.junit, report.path)
-            command = config.command or await self._chosen_command(environment, say)
-        except (WorkspaceError, ConfigError) as e:
-            await say(str(e))
-            return self._result(active, BuildStatus.ERROR, None, started, str(e))
-        if active.cancel.is_set():  # cancelled while the workspace was prepared
-            await say("cancelled before the tests started")
-            return self._result(active, BuildStatus.CANCELLED, None, started, "cancelled")
-        timeout = config.timeout or self.settings.build_timeout
-        if timeout > self.settings.max_timeout:
-            message = (
-                f"timeout = {timeout:g} in {defaults.CONFIG_FILE} is above this runner's "
-                f"limit of {self.settings.max_timeout:g} seconds (--max-timeout)"
-            )
-            await say(message)
-            return self._result(active, BuildStatus.ERROR, None, started, message)
-        active.started = protocol.Started(
-            build_id=build.build_id, attempt=build.attempt,
-            timeout=timeout, kill_grace=self.settings.kill_grace,
-        )  # fmt: skip
-        await self._send_quietly(active.started)
-        contained = await asyncio.to_thread(containment.BuildContainment, self.build_record)
-        with contained:  # closed here too, should anything fail before run_command does it
-            await say(f"$ {command}")
-            await say(f"contained by {contained.description}")
-            execution = await run_command(
-                command, self.workspace.path, environment, timeout, self.settings.kill_grace, emit,
-                active.cancel, contained, self.settings.output_drain_timeout,
-            )  # fmt: skip
-        try:
-            active.report = await read_off_loop(
-                report.read, timeout=self.settings.file_read_timeout,
-                what=f"JUnit report {report.path}",
-            )  # fmt: skip
-        except UnsafeFile as e:
-            await say(str(e))
-            if not (execution.timed_out or execution.cancelled):  # those say more
-                return self._result(
-                    active, BuildStatus.ERROR, execution.exit_code, started, str(e)
-                )  # fmt: skip
-        summary = _summary(active)
-        status, message = _outcome(execution, summary, config, timeout)
-        await say(message)
-        return self._result(active, status, execution.exit_code, started, message, summary)
+        return await self.executor.run(active.build, active, emit, active.cancel, on_started)
 
     def _keep_identity(self) -> None:
         """Write the identity file if it is missing (a new name, or an earlier build
@@ -541,108 +469,3 @@ class RunnerProcess:
             self.identity.keep(self._secret)
         except ConfigError as e:
             log.error("%s", e)
-
-    async def _chosen_command(
-        self, environment: dict[str, str], say: Callable[[str], Awaitable[None]]
-    ) -> str:
-        """The command of the tool the repository uses (it has no ``command`` of its own),
-        after making sure the build's ``python`` has that tool."""
-        tool = await read_off_loop(
-            testtool.choose, self.workspace.path,
-            timeout=self.settings.file_read_timeout, what="the files that choose the test tool",
-        )  # fmt: skip
-        await say(f"no command in {defaults.CONFIG_FILE}: using {tool.name}, as {tool.reason}")
-        python = shutil.which("python", path=environment.get("PATH"))
-        problem = await asyncio.to_thread(
-            testtool.missing_module, python, tool.module, self.workspace.path, environment
-        )
-        if problem is not None:
-            raise ConfigError(
-                f"{problem}: install it for the runner's Python (python -m pip install "
-                f"{tool.module}), or set command in {defaults.CONFIG_FILE}"
-            )
-        return tool.command
-
-    def _report_path(self, junit: str | None) -> Report:
-        """Where this build's JUnit report will be: the repository's own, or one we ask
-        pytest for, outside the checkout (so ``clean -xdff`` and the tests leave it be)."""
-        if junit is None:
-            path = self._scratch / "junit.xml"
-            if path.is_dir() and not path.is_symlink():  # left by an earlier build
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-            return Report(self._scratch, "junit.xml", self.settings.max_report_bytes)
-        return Report(self.workspace.path, junit, self.settings.max_report_bytes)
-
-    def _environment(
-        self, build: protocol.Build, junit: str | None, report: Path
-    ) -> dict[str, str]:
-        extra = {
-            "SUPERCI_COMMIT": build.sha,
-            "SUPERCI_BRANCH": build.branch,
-            "SUPERCI_BUILD_ID": str(build.build_id),
-            "SUPERCI_ATTEMPT": str(build.attempt),
-        }
-        if junit is None:
-            extra["PYTEST_ADDOPTS"] = pytest_junit_option(
-                report, os.environ.get("PYTEST_ADDOPTS", "")
-            )
-        return build_environment(os.environ, extra)
-
-    def _result(
-        self,
-        active: ActiveBuild,
-        status: BuildStatus,
-        exit_code: int | None,
-        started: float,
-        message: str,
-        summary: Summary | None = None,
-        *,
-        checkout: bool = False,
-    ) -> protocol.Result:
-        """The build's result; ``checkout``: it ended because its checkout failed."""
-        summary = _summary(active) if summary is None else summary
-        return protocol.Result(
-            build_id=active.build.build_id,
-            attempt=active.build.attempt,
-            status=status,
-            exit_code=exit_code,
-            duration=time.monotonic() - started,
-            output_bytes=active.size,
-            message=message[: protocol.MAX_TEXT],
-            counts=summary.counts,
-            failures=[
-                name[: protocol.MAX_STRING] for name in summary.failures[: protocol.MAX_LIST]
-            ],
-            checkout_failed=checkout,
-        )
-
-
-@dataclass(frozen=True)
-class Report:
-    """A build's JUnit report: a path inside a folder it must not lead out of."""
-
-    folder: Path
-    name: str
-    max_bytes: int = defaults.MAX_REPORT_BYTES
-
-    @property
-    def path(self) -> Path:
-        return self.folder / self.name
-
-    def read(self) -> bytes:
-        """The report's bytes (b"" when the run wrote none); blocks, see safefile."""
-        data = read_inside(self.folder, self.name, self.max_bytes, what="JUnit report")
-        return data or b""
-
-
-def _summary(active: ActiveBuild) -> Summary:
-    """The test counts: the JUnit report's if there is one, else those of the output."""
-    return parse_junit_bytes(active.report) or parse_summary(active.tail(SUMMARY_TAIL_BYTES))
-
-
-def _outcome(
-    execution: Execution, summary: Summary, config: BuildConfig, timeout: float
-) -> tuple[BuildStatus, str]:
-    return decide(execution, summary, timeout=timeout, allow_no_tests=config.allow_no_tests)

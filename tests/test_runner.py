@@ -23,7 +23,7 @@ from support import WAIT, eventually, free_port, process_alive
 from test_dispatcher import make_unwritable
 
 from superci import client, defaults, protocol
-from superci import runner as runner_module
+from superci import executor as executor_module
 from superci.channel import Address
 from superci.errors import ConfigError, DispatcherUnavailable
 from superci.runner import RunnerProcess
@@ -193,7 +193,7 @@ async def test_a_failure_inside_the_runner_ends_the_build_as_an_error_and_the_ru
 ):
     first = repo.commit({"tests/test_arithmetic.py": PASSING_TEST}, "first")
     second = repo.commit({"tests/test_arithmetic.py": PASSING_TEST + "# again\n"}, "second")
-    real_run_command = runner_module.run_command
+    real_run_command = executor_module.run_command
     calls = []
 
     async def failing_once(*args, **kwargs):
@@ -202,7 +202,7 @@ async def test_a_failure_inside_the_runner_ends_the_build_as_an_error_and_the_ru
             raise RuntimeError("the disk of /tmp is full")
         return await real_run_command(*args, **kwargs)
 
-    monkeypatch.setattr(runner_module, "run_command", failing_once)
+    monkeypatch.setattr(executor_module, "run_command", failing_once)
     async with Harness(tmp_path, settings=FAST_WATCHDOG) as h, running(new_runner(h, workspace)):
         await h.submit(first)
         failed = await h.results.wait(first, BUILD_WAIT)

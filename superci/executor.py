@@ -1,0 +1,294 @@
+"""The runner's executor: one build from checkout to result, in the runner's clone.
+
+The runner process is a session and an executor. The session (:mod:`superci.runner`)
+speaks the protocol: identity, heartbeats, leases, resending output and results. The
+executor prepares the workspace and the environment, reads the commit's configuration
+safely, chooses the test tool, runs the command contained and says how the build ended.
+It knows nothing of the connection: its output goes to a sink the session gives it, and
+the session keeps (and resends) whatever the dispatcher has not acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from superci import containment, defaults, protocol, testtool
+from superci.config import BuildConfig, load_build_config
+from superci.errors import ConfigError, UnsafeFile, WorkspaceBroken, WorkspaceError
+from superci.execute import Execution, build_environment, run_command
+from superci.junit import parse_junit_bytes, pytest_junit_option
+from superci.safefile import read_inside, read_off_loop
+from superci.settings import RunnerSettings
+from superci.status import BuildStatus
+from superci.summary import Summary, parse_summary
+from superci.verdict import decide
+from superci.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+#: How much of the end of a build's output is read for its test summary.
+SUMMARY_TAIL_BYTES = 1024 * 1024
+
+#: Where a build's output goes: the session keeps it and sends it on.
+Emit = Callable[[bytes], Awaitable[None]]
+
+
+class BuildOutput(Protocol):
+    """What the executor reads of a build's output as the session keeps it; the
+    executor puts the build's JUnit report there too, to be sent with the result."""
+
+    report: bytes
+
+    @property
+    def size(self) -> int:
+        """Bytes of output produced so far (kept or not)."""
+
+    @property
+    def ends_line(self) -> bool:
+        """Whether the output so far ends with a newline (or is empty)."""
+
+    def tail(self, size: int) -> str:
+        """The last ``size`` bytes of output that were kept, as text."""
+
+
+class BuildExecutor:
+    """Runs one build at a time in the runner's clone and describes how it ended."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        settings: RunnerSettings,
+        runner_name: str,
+        build_record: Path,
+        after_checkout: Callable[[], None],
+    ) -> None:
+        """``build_record``: where the running build's processes are recorded (see
+        :mod:`superci.containment`); ``after_checkout`` runs in a thread after each
+        checkout (the runner keeps its identity file there, which a build may remove)."""
+        self.workspace = workspace
+        self.settings = settings
+        self.runner_name = runner_name
+        self.build_record = build_record
+        self._after_checkout = after_checkout
+        self._scratch = Path(tempfile.mkdtemp(prefix="superci-runner-"))  # private: 0700
+
+    def close(self) -> None:
+        """Remove the scratch folder (reports asked of pytest)."""
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    async def run(
+        self,
+        build: protocol.Build,
+        output: BuildOutput,
+        emit: Emit,
+        cancel: asyncio.Event,
+        on_started: Callable[[protocol.Started], Awaitable[None]],
+    ) -> protocol.Result:
+        """Check out the commit, run its tests, and describe how it ended; whatever goes
+        wrong inside the runner, the build ends with a result. A clone beyond repair
+        raises :class:`WorkspaceBroken` (not the commit's fault: the build goes back)."""
+        started = time.monotonic()
+        try:
+            return await self._run(build, output, emit, cancel, on_started)
+        except WorkspaceBroken:
+            raise
+        except Exception as e:
+            log.exception("build %d failed inside the runner", build.build_id)
+            message = f"the runner failed: {type(e).__name__}: {e}"
+            return _result(build, output, BuildStatus.ERROR, None, started, message)
+
+    async def _run(
+        self,
+        build: protocol.Build,
+        output: BuildOutput,
+        emit: Emit,
+        cancel: asyncio.Event,
+        on_started: Callable[[protocol.Started], Awaitable[None]],
+    ) -> protocol.Result:
+        started = time.monotonic()
+
+        async def say(text: str) -> None:
+            """superci's own line, on a line of its own even after output cut mid-line."""
+            await emit(("" if output.ends_line else "\n").encode() + f"superci: {text}\n".encode())
+
+        def ended(
+            status: BuildStatus,
+            message: str,
+            exit_code: int | None = None,
+            summary: Summary | None = None,
+            *,
+            checkout: bool = False,
+        ) -> protocol.Result:
+            return _result(build, output, status, exit_code, started, message, summary,
+                           checkout=checkout)  # fmt: skip
+
+        where = f"{build.sha} ({build.branch}) attempt {build.attempt} on {self.runner_name}"
+        await say(f"building {where}")
+        try:
+            await asyncio.to_thread(self.workspace.prepare, build.sha)
+            await asyncio.to_thread(self._after_checkout)
+        except WorkspaceBroken:
+            raise  # not the commit's fault: the runner leaves, the build is queued again
+        except WorkspaceError as e:  # counted by the dispatcher: see Result.checkout_failed
+            await say(str(e))
+            return ended(BuildStatus.ERROR, str(e), checkout=True)
+        try:
+            config = await read_off_loop(
+                load_build_config, self.workspace.path,
+                timeout=self.settings.file_read_timeout, what=defaults.CONFIG_FILE,
+            )  # fmt: skip
+            report = self._report_path(config.junit)
+            environment = self._environment(build, config.junit, report.path)
+            command = config.command or await self._chosen_command(environment, say)
+        except (WorkspaceError, ConfigError) as e:
+            await say(str(e))
+            return ended(BuildStatus.ERROR, str(e))
+        if cancel.is_set():  # cancelled while the workspace was prepared
+            await say("cancelled before the tests started")
+            return ended(BuildStatus.CANCELLED, "cancelled")
+        timeout = config.timeout or self.settings.build_timeout
+        if timeout > self.settings.max_timeout:
+            message = (
+                f"timeout = {timeout:g} in {defaults.CONFIG_FILE} is above this runner's "
+                f"limit of {self.settings.max_timeout:g} seconds (--max-timeout)"
+            )
+            await say(message)
+            return ended(BuildStatus.ERROR, message)
+        await on_started(protocol.Started(
+            build_id=build.build_id, attempt=build.attempt,
+            timeout=timeout, kill_grace=self.settings.kill_grace,
+        ))  # fmt: skip
+        contained = await asyncio.to_thread(containment.BuildContainment, self.build_record)
+        with contained:  # closed here too, should anything fail before run_command does it
+            await say(f"$ {command}")
+            await say(f"contained by {contained.description}")
+            execution = await run_command(
+                command, self.workspace.path, environment, timeout, self.settings.kill_grace, emit,
+                cancel, contained, self.settings.output_drain_timeout,
+            )  # fmt: skip
+        try:
+            output.report = await read_off_loop(
+                report.read, timeout=self.settings.file_read_timeout,
+                what=f"JUnit report {report.path}",
+            )  # fmt: skip
+        except UnsafeFile as e:
+            await say(str(e))
+            if not (execution.timed_out or execution.cancelled):  # those say more
+                return ended(BuildStatus.ERROR, str(e), execution.exit_code)
+        summary = _summary(output)
+        status, message = _outcome(execution, summary, config, timeout)
+        await say(message)
+        return ended(status, message, execution.exit_code, summary)
+
+    async def _chosen_command(
+        self, environment: dict[str, str], say: Callable[[str], Awaitable[None]]
+    ) -> str:
+        """The command of the tool the repository uses (it has no ``command`` of its own),
+        after making sure the build's ``python`` has that tool."""
+        tool = await read_off_loop(
+            testtool.choose, self.workspace.path,
+            timeout=self.settings.file_read_timeout, what="the files that choose the test tool",
+        )  # fmt: skip
+        await say(f"no command in {defaults.CONFIG_FILE}: using {tool.name}, as {tool.reason}")
+        python = shutil.which("python", path=environment.get("PATH"))
+        problem = await asyncio.to_thread(
+            testtool.missing_module, python, tool.module, self.workspace.path, environment
+        )
+        if problem is not None:
+            raise ConfigError(
+                f"{problem}: install it for the runner's Python (python -m pip install "
+                f"{tool.module}), or set command in {defaults.CONFIG_FILE}"
+            )
+        return tool.command
+
+    def _report_path(self, junit: str | None) -> Report:
+        """Where this build's JUnit report will be: the repository's own, or one we ask
+        pytest for, outside the checkout (so ``clean -xdff`` and the tests leave it be)."""
+        if junit is None:
+            path = self._scratch / "junit.xml"
+            if path.is_dir() and not path.is_symlink():  # left by an earlier build
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+            return Report(self._scratch, "junit.xml", self.settings.max_report_bytes)
+        return Report(self.workspace.path, junit, self.settings.max_report_bytes)
+
+    def _environment(
+        self, build: protocol.Build, junit: str | None, report: Path
+    ) -> dict[str, str]:
+        extra = {
+            "SUPERCI_COMMIT": build.sha,
+            "SUPERCI_BRANCH": build.branch,
+            "SUPERCI_BUILD_ID": str(build.build_id),
+            "SUPERCI_ATTEMPT": str(build.attempt),
+        }
+        if junit is None:
+            extra["PYTEST_ADDOPTS"] = pytest_junit_option(
+                report, os.environ.get("PYTEST_ADDOPTS", "")
+            )
+        return build_environment(os.environ, extra)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A build's JUnit report: a path inside a folder it must not lead out of."""
+
+    folder: Path
+    name: str
+    max_bytes: int = defaults.MAX_REPORT_BYTES
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.name
+
+    def read(self) -> bytes:
+        """The report's bytes (b"" when the run wrote none); blocks, see safefile."""
+        data = read_inside(self.folder, self.name, self.max_bytes, what="JUnit report")
+        return data or b""
+
+
+def _result(
+    build: protocol.Build,
+    output: BuildOutput,
+    status: BuildStatus,
+    exit_code: int | None,
+    started: float,
+    message: str,
+    summary: Summary | None = None,
+    *,
+    checkout: bool = False,
+) -> protocol.Result:
+    """The build's result; ``checkout``: it ended because its checkout failed."""
+    summary = _summary(output) if summary is None else summary
+    return protocol.Result(
+        build_id=build.build_id,
+        attempt=build.attempt,
+        status=status,
+        exit_code=exit_code,
+        duration=time.monotonic() - started,
+        output_bytes=output.size,
+        message=message[: protocol.MAX_TEXT],
+        counts=summary.counts,
+        failures=[name[: protocol.MAX_STRING] for name in summary.failures[: protocol.MAX_LIST]],
+        checkout_failed=checkout,
+    )
+
+
+def _summary(output: BuildOutput) -> Summary:
+    """The test counts: the JUnit report's if there is one, else those of the output."""
+    return parse_junit_bytes(output.report) or parse_summary(output.tail(SUMMARY_TAIL_BYTES))
+
+
+def _outcome(
+    execution: Execution, summary: Summary, config: BuildConfig, timeout: float
+) -> tuple[BuildStatus, str]:
+    return decide(execution, summary, timeout=timeout, allow_no_tests=config.allow_no_tests)
