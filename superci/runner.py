@@ -199,11 +199,7 @@ class RunnerProcess:
             if self._resend is not None:
                 self._resend.cancel()
                 await asyncio.wait([self._resend])
-            dying = self._abandon_current("runner stopping")
-            if dying is not None:
-                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                    async with asyncio.timeout(self.settings.kill_grace + 5):
-                        await asyncio.shield(dying)
+            await self._stop_current("runner stopping")
             await asyncio.to_thread(guard.stop)
 
     @property
@@ -228,6 +224,10 @@ class RunnerProcess:
                 while True:
                     self._on_message(await channel.receive())
             except asyncio.CancelledError:
+                # Its build is stopped first (heartbeats going on meanwhile): the dispatcher
+                # hands the build to another runner as soon as it hears we leave, and the
+                # same build must never run twice at once.
+                await self._stop_current("runner stopping")
                 heartbeats.cancel()
                 await self._say_leaving(channel)
                 raise
@@ -356,6 +356,15 @@ class RunnerProcess:
     async def _send_result_after(self, active: ActiveBuild, delay: float) -> None:
         await asyncio.sleep(delay)
         await self._send_result(active)
+
+    async def _stop_current(self, reason: str) -> None:
+        """Drop the current lease and wait (bounded by the kill grace) until its build's
+        processes are gone."""
+        dying = self._abandon_current(reason)
+        if dying is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(self.settings.kill_grace + 5):
+                    await asyncio.shield(dying)
 
     def _abandon_current(self, reason: str) -> asyncio.Task[None] | None:
         """Drop the current lease and stop its build; its process group is killed before

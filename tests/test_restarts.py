@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PASSING_TEST, Repo, Superci
-from support import E2E_WAIT, wait_until
+from support import E2E_WAIT, process_alive, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -145,3 +145,55 @@ def test_a_runner_whose_clone_cannot_be_repaired_leaves_and_its_build_is_queued_
     superci.runner(repo.clone(tmp_path / "healthy"), "healthy")
     result = superci.wait_for_result(sha)
     assert (result["status"], result["attempt"]) == ("passed", 2)
+
+
+STUBBORN_TEST = """\
+import os
+import pathlib
+import signal
+import time
+import unittest
+
+GATE = pathlib.Path({gate!r})
+
+
+class Stubborn(unittest.TestCase):
+    def test_takes_its_time_to_stop(self):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL ends it
+        attempt = os.environ["SUPERCI_ATTEMPT"]
+        (GATE / ("pid-" + attempt)).write_text(str(os.getpid()))
+        while not (GATE / "open").exists():
+            time.sleep(0.02)
+"""
+
+
+def test_a_stopped_runner_ends_its_build_before_another_runner_starts_it(
+    repo: Repo, superci: Superci, tmp_path: Path
+):
+    """The dispatcher hands the build on as soon as the runner says it leaves, so the
+    runner says so only once the build's processes are gone: never two at once."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    sha = repo.commit({"tests/test_stubborn.py": STUBBORN_TEST.format(gate=str(gate))})
+    superci.dispatcher()
+    first = superci.runner(repo.clone(tmp_path / "first"), "first", "--kill-grace", "1")
+    first.wait_for_log("registered with the dispatcher")
+    assert "queued" in superci.notify(sha).stdout
+    first_pid = int(wait_until(lambda: _read(gate / "pid-1"), what="attempt 1 to start"))
+    second = superci.runner(repo.clone(tmp_path / "second"), "second")
+    second.wait_for_log("registered with the dispatcher")
+
+    first.popen.send_signal(signal.SIGTERM)
+    wait_until(lambda: (gate / "pid-2").exists(), what="attempt 2 to start on the other")
+    assert not process_alive(first_pid)  # attempt 1 was gone before attempt 2 began
+    assert first.popen.wait(timeout=E2E_WAIT) == 0
+    (gate / "open").touch()
+    result = superci.wait_for_result(sha)
+    assert (result["status"], result["attempt"], result["runner"]) == ("passed", 2, "second")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text() or None
+    except FileNotFoundError:
+        return None
