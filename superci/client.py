@@ -239,17 +239,24 @@ async def read_log(
                 raise ProtocolError(f"unexpected {message.type} while reading a log")
 
 
-async def watch(address: Address, show: Callable[[dict[str, Any]], None]) -> None:
+async def watch(
+    address: Address, show: Callable[[dict[str, Any]], None], silence: float = FOLLOW_SILENCE
+) -> None:
     """Pass every event the dispatcher publishes to ``show``, as its JSON object, until
-    the connection ends; a ``resync`` event (this watcher fell behind) is the last.
-    There is no time limit: a quiet dispatcher has nothing to say."""
+    the connection ends; a ``resync`` event (this watcher fell behind) is the last. A
+    quiet dispatcher sends keep-alives; silence beyond a few of them is a cut link."""
     async with connection(address) as channel:
         await channel.send(protocol.Watch())
         while True:
             try:
-                message = await channel.receive()
+                message = await channel.receive(silence)
             except ConnectionClosed as e:
                 raise DispatcherUnavailable(f"the dispatcher at {address} went away") from e
+            except TimeoutError as e:
+                raise DispatcherUnavailable(
+                    f"no word from the dispatcher at {address} for {silence:g}s "
+                    "(the link may be cut); run the command again"
+                ) from e
             if not isinstance(message, protocol.Event):
                 raise ProtocolError(f"unexpected {message.type} while watching events")
             try:
@@ -258,6 +265,8 @@ async def watch(address: Address, show: Callable[[dict[str, Any]], None]) -> Non
                 raise ProtocolError(f"an event from {address} is not JSON: {e}") from None
             if not isinstance(document, dict):
                 raise ProtocolError(f"an event from {address} is not a JSON object")
+            if document.get("event") == "keepalive":
+                continue
             show(document)
             if document.get("event") == "resync":
                 return

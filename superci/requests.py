@@ -30,6 +30,9 @@ from superci.store import BuildRecord, Store
 
 log = logging.getLogger("superci.dispatcher.requests")  # a part of the dispatcher, logged as one
 
+#: What a watcher is sent when nothing happened for a keep-alive interval (never shown).
+KEEPALIVE_EVENT = '{"event": "keepalive"}'
+
 
 class ClientRequests:
     """Answers the requests of clients (the CLI, the observer, scripts)."""
@@ -224,7 +227,15 @@ class ClientRequests:
         listener = asyncio.create_task(channel.receive())
         listener.add_done_callback(lambda _: subscription.close())
         try:
-            async for event in subscription:
+            while True:
+                try:  # a quiet dispatcher still says it is there, so a cut link shows
+                    async with asyncio.timeout(self.settings.log_keepalive_interval):
+                        event = await subscription.next()
+                except TimeoutError:
+                    await channel.send(protocol.Event(document=KEEPALIVE_EVENT))
+                    continue
+                if event is None:
+                    break
                 document = json.dumps(event.to_dict(), ensure_ascii=False)  # fields are bounded
                 await channel.send(protocol.Event(document=document))
         finally:

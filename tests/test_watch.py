@@ -7,15 +7,17 @@ import asyncio
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import FAILING_TEST, PASSING_TEST, Process, Repo, Superci, wait_until
-from helpers import Harness, async_test, eventually
+from helpers import HARNESS_SETTINGS, Harness, async_test, eventually
 
 from superci import client, defaults, protocol
-from superci.errors import RemoteError
+from superci.channel import Address, Channel
+from superci.errors import DispatcherUnavailable, RemoteError
 from superci.events import BuildQueued
 
 SHA = "ab" * 20
@@ -138,3 +140,43 @@ async def test_a_watcher_is_told_each_event_once_stored_and_may_not_send_request
             with pytest.raises(RemoteError, match="a watcher cannot send query"):
                 await channel.receive(5)
         assert len(bus) == 0
+
+
+@async_test()
+async def test_a_quiet_dispatcher_sends_keepalives_that_the_watcher_never_shows(
+    tmp_path: Path,
+):
+    settings = replace(HARNESS_SETTINGS, log_keepalive_interval=0.05)
+    async with Harness(tmp_path, settings=settings) as h:
+        assert h.address is not None
+        async with client.connection(h.address) as channel:
+            await channel.send(protocol.Watch())
+            first = await channel.receive(5)  # nothing happened: a keep-alive
+            assert isinstance(first, protocol.Event)
+            assert json.loads(first.document) == {"event": "keepalive"}
+        got: list[dict[str, Any]] = []
+        watching = asyncio.create_task(client.watch(h.address, got.append))
+        await asyncio.sleep(0.3)  # several keep-alive intervals, nothing to show
+        assert got == [] and not watching.done()
+        await h.submit(SHA)
+        await eventually(lambda: got, what="the queued event")
+        assert [e["event"] for e in got] == ["queued"]
+        watching.cancel()
+
+
+@async_test()
+async def test_a_watcher_that_hears_nothing_for_several_keepalives_says_the_link_is_cut():
+    silent = await asyncio.start_server(_welcome_then_nothing, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    async with silent:
+        with pytest.raises(DispatcherUnavailable, match="no word from the dispatcher"):
+            await client.watch(Address("127.0.0.1", port), lambda _: None, silence=0.2)
+
+
+async def _welcome_then_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    """A dispatcher whose link is cut after the handshake: it answers, then never again."""
+    channel = Channel(reader, writer)
+    await channel.receive(5)  # the hello
+    await channel.send(protocol.Welcome(version=protocol.PROTOCOL_VERSION, server="test"))
+    await channel.receive(5)  # the watch request
+    await asyncio.Event().wait()  # and silence, until the test ends
