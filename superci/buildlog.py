@@ -308,6 +308,17 @@ def pieces(
         offset = 0
 
 
+def view_size(path: Path) -> int:
+    """Bytes of the reader's view (what :func:`pieces` yields from offset 0)."""
+    return sum(length for _, length in _view(path))
+
+
+def is_plain(path: Path) -> bool:
+    """True when the reader's view is the file itself, whole (no marker, no segments)."""
+    view = _view(path)
+    return len(view) == 1 and view[0][0] == path and path.is_file()
+
+
 def nothing() -> Generator[bytes, None, None]:
     """No pieces: the reader's view of a log that does not exist."""
     yield from ()

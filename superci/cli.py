@@ -26,7 +26,7 @@ import click
 from superci import __version__, defaults
 from superci.auth import TOKEN_ENV, Credentials, client_tls, is_loopback, load_token, server_tls
 from superci.channel import Address, parse_address
-from superci.errors import SuperCIError
+from superci.errors import ProtocolError, SuperCIError
 from superci.settings import DispatcherSettings, ObserverSettings, RunnerSettings
 
 if TYPE_CHECKING:
@@ -261,6 +261,17 @@ def main() -> None:
     is_flag=True,
     help="Listen beyond loopback without a token (anyone on the network may submit).",
 )
+@click.option(
+    "--web",
+    envvar="SUPERCI_WEB",
+    metavar="HOST:PORT",
+    help="Serve the web page (builds, logs, runners, badges) here; port 0 picks one.",
+)
+@click.option(
+    "--web-public",
+    is_flag=True,
+    help="With a token, let anyone who reaches --web beyond loopback view (read-only).",
+)
 @_verbose_option
 @_reports_errors
 @_takes_settings(DispatcherSettings)
@@ -274,6 +285,8 @@ def dispatcher_command(
     tls_cert: Path | None,
     tls_key: Path | None,
     insecure: bool,
+    web: str | None,
+    web_public: bool,
     verbose: bool,
 ) -> None:
     """Accept builds, keep the runner pool and record every result."""
@@ -292,6 +305,7 @@ def dispatcher_command(
     if (tls_cert is None) != (tls_key is None):
         raise click.ClickException("--tls-cert and --tls-key go together")
     tls = server_tls(tls_cert, tls_key) if tls_cert and tls_key else None
+    web_address = _web_address(web, token is not None, insecure, web_public)
     state = state or results.resolve().parent / defaults.STATE_FILE
     _run_until_signalled(
         run_dispatcher(
@@ -301,8 +315,40 @@ def dispatcher_command(
             state,
             settings=settings,
             credentials=Credentials(token=token, ssl=tls),
+            web=web_address,
         )
     )
+
+
+def _web_address(
+    web: str | None, has_token: bool, insecure: bool, public: bool
+) -> tuple[str, int] | None:
+    """Where to serve the web page; beyond loopback only as the TCP rule allows, and,
+    with a token, only read-only by choice (the page has no login yet)."""
+    from superci.web import parse_web_address
+
+    if web is None:
+        return None
+    try:
+        host, port = parse_web_address(web)
+    except ProtocolError as e:
+        raise click.BadParameter(str(e), param_hint="--web") from None
+    if is_loopback(host):
+        return host, port
+    if not has_token and not insecure:
+        raise click.ClickException(
+            f"refusing to serve the web page on {host} without a token: anyone who can "
+            f"reach it could read every build and log. Set {TOKEN_ENV} (or --token-file), "
+            "or pass --insecure to accept the risk."
+        )
+    if has_token and not public:
+        raise click.ClickException(
+            f"refusing to serve the web page on {host}: it has no login yet, so anyone who "
+            "can reach it could read every build and log. Pass --web-public to allow that "
+            "read-only viewing, or keep --web on 127.0.0.1."
+        )
+    log.warning("the web page on %s is open to anyone who can reach it (read-only)", host)
+    return host, port
 
 
 @main.command("runner")

@@ -135,3 +135,11 @@ LISTEN_BACKLOG = 1024
 LEAVE_TIMEOUT = 3.0
 #: On shutdown, open connections get this long (seconds) to wind down.
 SHUTDOWN_GRACE = 2.0
+#: A ``/events`` stream of the web page gets a comment this often (seconds) when nothing
+#: happens, so proxies and browsers keep the connection open.
+WEB_KEEPALIVE_INTERVAL = 15.0
+#: Events the web page keeps for browsers that reconnect with ``Last-Event-ID``; one
+#: that missed more is told to read the page again (a ``resync`` event).
+WEB_EVENT_RING = 10_000
+#: Builds on one page of the web page's list.
+WEB_PAGE_SIZE = 50

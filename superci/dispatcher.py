@@ -35,6 +35,7 @@ from superci.scheduler import Scheduler
 from superci.sessions import RunnerSessions
 from superci.settings import DispatcherSettings, with_given
 from superci.store import Store
+from superci.web import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class Dispatcher:
         )  # fmt: skip
         self.listener = Listener(self._route, credentials, settings=settings)
         self._watchdog: asyncio.Task[None] | None = None
+        self.web: WebServer | None = None
 
     @property
     def _unauthenticated(self) -> int:
@@ -116,6 +118,16 @@ class Dispatcher:
         log.info("dispatcher listening on %s", address)
         return address
 
+    async def start_web(self, host: str, port: int) -> Address:
+        """Serve the web page on this loop too; returns its bound address."""
+        self.web = WebServer(
+            self.store, self.results, self.scheduler, self.bus,
+            settings=self.settings, clock=self._clock,
+        )  # fmt: skip
+        address = await self.web.start(host, port)
+        log.info("web page at http://%s/", address)
+        return address
+
     async def serve_forever(self) -> None:
         await self.listener.serve_forever()
 
@@ -124,6 +136,8 @@ class Dispatcher:
         self.sessions.closing = True  # runners we disconnect keep their leases
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self.web is not None:
+            await self.web.close()
         await self.listener.close()
         self.bus.close()  # subscribers read what is queued for them, then end
 
@@ -215,14 +229,16 @@ async def run_dispatcher(
     on_result: ResultHook | None = None,
     bus: EventBus | None = None,
     ready: Callable[[Address], None] | None = None,
+    web: tuple[str, int] | None = None,
     heartbeat_timeout: float | None = None,
     max_attempts: int | None = None,
     build_timeout: float | None = None,
     max_log_bytes: int | None = None,
     log_idle_timeout: float | None = None,
 ) -> None:
-    """Run a dispatcher until cancelled (the process entry point); the older keywords,
-    when given, override their field of ``settings``."""
+    """Run a dispatcher until cancelled (the process entry point), with the web page on
+    ``web`` (host, port) when given; the older keywords, when given, override their
+    field of ``settings``."""
     settings = with_given(
         settings or DispatcherSettings(),
         heartbeat_timeout=heartbeat_timeout,
@@ -243,6 +259,8 @@ async def run_dispatcher(
     )
     try:
         address = await dispatcher.start(host, port)
+        if web is not None:
+            await dispatcher.start_web(*web)
         if ready is not None:
             ready(address)
         await dispatcher.serve_forever()

@@ -38,12 +38,13 @@ def _newest(store: Store, name: str) -> BuildRecord:
             return commits[0]
         if commits:
             raise AmbiguousCommit(ambiguity(name, commits))
-    if _is_branch(name) and (record := store.latest_on_branch(name)) is not None:
+    if is_branch(name) and (record := store.latest_on_branch(name)) is not None:
         return record
     raise UnknownBuild(unknown(name))
 
 
-def _is_branch(name: str) -> bool:
+def is_branch(name: str) -> bool:
+    """True for a valid branch name (git's rules), without saying what is wrong."""
     try:
         check_branch(name)
     except ProtocolError:

@@ -107,6 +107,20 @@ class ResultsFolder:
             return buildlog.nothing()
         return buildlog.pieces(folder / LOG_FILE, offset, chunk)
 
+    def log_view_size(self, sha: str, build_id: int | None = None) -> int:
+        """Bytes :meth:`read_log` yields from offset 0 now (0 when there is no log)."""
+        folder = self._files_of(sha, build_id)
+        return 0 if folder is None else buildlog.view_size(folder / LOG_FILE)
+
+    def log_file(self, sha: str, build_id: int | None = None) -> Path | None:
+        """The log as one plain file (what a download of a finished build serves with
+        ranges), or None when there is none or it is in parts (cut, being written)."""
+        folder = self._files_of(sha, build_id)
+        if folder is None:
+            return None
+        path = folder / LOG_FILE
+        return path if buildlog.is_plain(path) else None
+
     def close_log(self, sha: str) -> None:
         """Flush the log to disk and stop writing it."""
         log_ = self._logs.pop(sha, None)

@@ -72,6 +72,12 @@ class DispatcherSettings:
     #: How long a submit is retried while the database is locked, and its first wait.
     store_retry_limit: float = defaults.STORE_RETRY_LIMIT
     store_retry_initial: float = defaults.STORE_RETRY_INITIAL
+    #: Keep-alive comment period of the web page's ``/events`` stream (seconds).
+    web_keepalive_interval: float = defaults.WEB_KEEPALIVE_INTERVAL
+    #: Events the web page keeps for a browser's ``Last-Event-ID`` resume.
+    web_event_ring: int = defaults.WEB_EVENT_RING
+    #: Builds on one page of the web page's list.
+    web_page_size: int = defaults.WEB_PAGE_SIZE
 
 
 @dataclass(frozen=True)

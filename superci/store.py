@@ -336,6 +336,23 @@ class Store:
         """The newest builds, newest first."""
         return self._all(f"SELECT {_COLUMNS} FROM builds ORDER BY id DESC LIMIT ?", (limit,))
 
+    def page(self, limit: int, offset: int = 0, branch: str | None = None) -> list[BuildRecord]:
+        """Builds newest first, ``offset`` of them skipped (a page of a list), only those
+        of ``branch`` when one is given; the id and branch indexes keep it fast."""
+        where, params = ("WHERE branch = ?", (branch,)) if branch is not None else ("", ())
+        return self._all(
+            f"SELECT {_COLUMNS} FROM builds {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        )
+
+    def latest_finished_on_branch(self, branch: str) -> BuildRecord | None:
+        """The newest build of a branch that has a result (what its badge shows)."""
+        return self._one(
+            f"SELECT {_COLUMNS} FROM builds WHERE branch = ?"
+            " AND status NOT IN ('queued', 'running') ORDER BY id DESC LIMIT 1",
+            (branch,),
+        )
+
     # --- runners --------------------------------------------------------------------
 
     def runner_seen(

@@ -1,0 +1,282 @@
+"""The web page: builds, logs, runners, badges and live events over HTTP, served by
+aiohttp from the dispatcher's own event loop.
+
+It reads what the dispatcher has (the store, the results folder, the scheduler's view)
+between two ``await`` points like every other part, and sees every change through the
+event bus (:class:`~superci.eventring.EventRing`), so it never polls. The pages are
+rendered in :mod:`superci.webviews`; this module is the routes and their I/O. It is
+read-only: nothing here changes a build.
+
+Paths name builds only through :func:`superci.names.resolve`; files are found from the
+stored commit id, never from the URL, so no path in a request can reach another file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from superci import names, protocol, webviews
+from superci.bus import EventBus
+from superci.channel import Address
+from superci.errors import AmbiguousCommit, ProtocolError, UnknownBuild
+from superci.eventring import EventRing, Numbered
+from superci.report import build_summary, status_document
+from superci.results import ResultsFolder
+from superci.scheduler import Scheduler
+from superci.settings import DispatcherSettings
+from superci.store import BuildRecord, Store
+
+log = logging.getLogger(__name__)
+
+#: Longest query string accepted (characters); a branch name and a page number fit.
+MAX_QUERY = 1024
+#: Highest page number of the build list (far beyond any real history).
+MAX_PAGE = 1_000_000
+#: Lines of the log the commit page shows, and the bytes read to find them.
+TAIL_LINES = 2000
+TAIL_BYTES = 512 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def parse_web_address(text: str) -> tuple[str, int]:
+    """``host:port`` (port 0 picks a free one) for ``--web``, or ProtocolError saying why."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ProtocolError(f"--web wants HOST:PORT (such as 127.0.0.1:8080), got {text!r}")
+    return host, int(port)
+
+
+class WebServer:
+    """The HTTP routes of the web page, and the server that runs them."""
+
+    def __init__(
+        self,
+        store: Store,
+        results: ResultsFolder,
+        scheduler: Scheduler,
+        bus: EventBus,
+        *,
+        settings: DispatcherSettings,
+        clock: Callable[[], float],
+    ) -> None:
+        self._store = store
+        self._results = results
+        self._scheduler = scheduler
+        self._bus = bus
+        self._settings = settings
+        self._clock = clock
+        self.ring = EventRing(settings.web_event_ring)
+        self.app = web.Application(middlewares=[_bounded_query, _errors_as_pages])
+        self.app.add_routes([
+            web.get("/", self.index),
+            web.get("/runners", self.runners),
+            web.get("/commit/{name:.+}/log.txt", self.log_text),
+            web.get("/commit/{name:.+}", self.commit),
+            web.get("/badge/{branch:.+}.svg", self.badge),
+            web.get("/api/builds", self.api_builds),
+            web.get("/api/commit/{name:.+}", self.api_commit),
+            web.get("/api/runners", self.api_runners),
+            web.get("/events", self.events),
+        ])  # fmt: skip
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, host: str, port: int) -> Address:
+        """Listen; returns the bound address (port 0 → the real one)."""
+        self.ring.start(self._bus)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=self._settings.shutdown_grace
+        )
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        bound = self._runner.addresses[0]
+        return Address(host, bound[1])
+
+    async def close(self) -> None:
+        """Stop serving: event streams end, open requests get the shutdown grace."""
+        await self.ring.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # --- pages ------------------------------------------------------------------------
+
+    async def index(self, request: web.Request) -> web.Response:
+        branch = _branch_param(request)
+        number = _int_param(request, "page", 1, 1, MAX_PAGE)
+        size = self._settings.web_page_size
+        records = self._store.page(size + 1, (number - 1) * size, branch)
+        builds = [build_summary(r) for r in records[:size]]
+        queue = self._status(1)["queue"] if number == 1 and not branch else []
+        html = webviews.builds_page(queue, builds, branch, number, len(records) > size)
+        return _html(html)
+
+    async def commit(self, request: web.Request) -> web.Response:
+        record = self._resolve(request.match_info["name"])
+        tail, cut = self._log_tail(record)
+        return _html(webviews.commit_page(self._document(record), tail, cut))
+
+    async def log_text(self, request: web.Request) -> web.StreamResponse:
+        """The raw log: a finished build's file with Range support, else what there is."""
+        record = self._resolve(request.match_info["name"])
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        path = self._results.log_file(record.sha, record.id) if record.status.finished else None
+        if path is not None:
+            return web.FileResponse(path, headers=headers)
+        response = web.StreamResponse(headers={**headers, "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        for piece in self._results.read_log(record.sha, 0, record.id):
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+    async def runners(self, request: web.Request) -> web.Response:
+        return _html(webviews.runners_page(self._status(1)["runners"]))
+
+    async def badge(self, request: web.Request) -> web.Response:
+        """The branch's last finished result; public, and shows nothing but the status."""
+        branch = request.match_info["branch"]
+        record = None
+        if names.is_branch(branch):
+            record = self._store.latest_finished_on_branch(branch)
+        svg = webviews.badge(None if record is None else str(record.status))
+        etag = hashlib.sha256(svg.encode()).hexdigest()[:20]
+        headers = {"Cache-Control": "no-cache, max-age=0", "ETag": f'"{etag}"'}
+        if request.headers.get("If-None-Match") == f'"{etag}"':
+            return web.Response(status=304, headers=headers)
+        status = 404 if record is None else 200
+        return web.Response(text=svg, status=status, content_type="image/svg+xml", headers=headers)
+
+    # --- JSON -------------------------------------------------------------------------
+
+    async def api_builds(self, request: web.Request) -> web.Response:
+        """What ``status --json`` prints; ``branch`` keeps the builds of one branch."""
+        branch = _branch_param(request)
+        limit = _int_param(request, "limit", 20, 1, protocol.MAX_QUERY_LIMIT)
+        document = self._status(limit)
+        if branch is not None:
+            document["builds"] = [build_summary(r) for r in self._store.page(limit, 0, branch)]
+        return web.json_response(document)
+
+    async def api_commit(self, request: web.Request) -> web.Response:
+        """What ``show --json`` prints."""
+        return web.json_response(self._document(self._resolve(request.match_info["name"])))
+
+    async def api_runners(self, request: web.Request) -> web.Response:
+        return web.json_response({"runners": self._status(1)["runners"]})
+
+    # --- live events ------------------------------------------------------------------
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """Server-Sent Events: every bus event with its ring number as ``id``; from
+        ``Last-Event-ID`` on when the browser reconnects, else from now on."""
+        last = _last_event_id(request)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        last = self.ring.last_id if last is None else last
+        try:
+            await response.write(b": connected\n\n")
+            while not self.ring.closed:
+                missed = self.ring.since(last)
+                if missed is None:  # older than the ring: read the page again
+                    last = self.ring.last_id
+                    missed = [Numbered(last, "resync", json.dumps({"event": "resync"}))]
+                if missed:
+                    await response.write(b"".join(_frame(e) for e in missed))
+                    last = missed[-1].id
+                elif not await self.ring.wait(last, self._settings.web_keepalive_interval):
+                    await response.write(b": keep-alive\n\n")
+        except (ConnectionResetError, ConnectionError):
+            log.debug("an event stream's browser went away")
+        return response
+
+    # --- reading ----------------------------------------------------------------------
+
+    def _status(self, limit: int) -> dict[str, Any]:
+        return status_document(self._scheduler.view(), self._store, self._clock(), limit)
+
+    def _resolve(self, name: str) -> BuildRecord:
+        try:
+            return names.resolve(self._store, name)
+        except UnknownBuild as e:
+            raise web.HTTPNotFound(text=str(e)) from None
+        except AmbiguousCommit as e:
+            raise web.HTTPConflict(text=str(e)) from None
+
+    def _document(self, record: BuildRecord) -> dict[str, Any]:
+        """The build's ``result.json`` once it has one, else what the store knows."""
+        result = self._results.read_result(record.sha, record.id)
+        if result is None or result.get("build_id") != record.id:
+            return build_summary(record)
+        return result
+
+    def _log_tail(self, record: BuildRecord) -> tuple[str, bool]:
+        """The last :data:`TAIL_LINES` of the log, and whether earlier ones were left out."""
+        size = self._results.log_view_size(record.sha, record.id)
+        start = max(0, size - TAIL_BYTES)
+        data = b"".join(self._results.read_log(record.sha, start, record.id))
+        lines = data.decode("utf-8", "replace").splitlines()
+        if start > 0 and lines:
+            lines = lines[1:]  # the first may have been cut in the middle
+        return "\n".join(lines[-TAIL_LINES:]), start > 0 or len(lines) > TAIL_LINES
+
+
+def _frame(event: Numbered) -> bytes:
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {event.data}\n\n".encode()
+
+
+def _html(text: str) -> web.Response:
+    return web.Response(text=text, content_type="text/html")
+
+
+def _last_event_id(request: web.Request) -> int | None:
+    text = request.headers.get("Last-Event-ID", "").strip()
+    return int(text) if text.isdigit() and len(text) < 19 else None
+
+
+def _branch_param(request: web.Request) -> str | None:
+    branch = request.query.get("branch") or None
+    if branch is not None and not names.is_branch(branch):
+        raise web.HTTPBadRequest(text=f"{branch!r} is not a branch name")
+    return branch
+
+
+def _int_param(request: web.Request, key: str, default: int, low: int, high: int) -> int:
+    text = request.query.get(key)
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise web.HTTPBadRequest(text=f"{key} must be a number from {low} to {high}")
+    return int(text)
+
+
+@web.middleware
+async def _bounded_query(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if len(request.query_string) > MAX_QUERY:
+        raise web.HTTPRequestURITooLong(text=f"the query is longer than {MAX_QUERY} characters")
+    return await handler(request)
+
+
+@web.middleware
+async def _errors_as_pages(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Errors as short pages (HTML, or JSON under ``/api/``) that say what is wrong."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        message = e.text or e.reason
+        if request.path.startswith("/api/"):
+            return web.json_response({"error": message}, status=e.status)
+        return web.Response(
+            text=webviews.error_page(e.status, message), status=e.status, content_type="text/html"
+        )

@@ -1,0 +1,411 @@
+"""The web page against a real dispatcher on real sockets: every page and JSON document,
+ranges of the raw log, badges, live events with Last-Event-ID resume, escaping of what
+commits and runners say, hostile URLs, and ``--web`` through the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from click.testing import CliRunner
+from helpers import FAST_WATCHDOG, FakeRunner, Harness, async_test
+from support import WAIT
+from yarl import URL
+
+from superci import protocol
+from superci.cli import main
+from superci.eventring import EventRing
+from superci.events import BuildQueued
+from superci.web import MAX_QUERY, TAIL_LINES
+
+Session = aiohttp.ClientSession
+SHA = "3f2a9c41d0e7" + "0" * 28
+OTHER = "a1b2c3d4e5f6" + "1" * 28
+HOSTILE = "<script>alert(1)</script>"
+
+
+def sha_number(n: int) -> str:
+    """A commit id whose short form tells it apart from the others."""
+    return f"{n:02x}" + "c" * 38
+
+
+@contextlib.asynccontextmanager
+async def web(
+    tmp_path: Path, **settings: Any
+) -> AsyncIterator[tuple[Harness, aiohttp.ClientSession]]:
+    """A dispatcher with its web page on 127.0.0.1, and an HTTP client of it."""
+    async with Harness(tmp_path, settings=replace(FAST_WATCHDOG, **settings)) as h:
+        assert h.dispatcher is not None
+        address = await h.dispatcher.start_web("127.0.0.1", 0)
+        base = URL(f"http://127.0.0.1:{address.port}")
+        timeout = aiohttp.ClientTimeout(total=WAIT)
+        async with aiohttp.ClientSession(base, timeout=timeout) as session:
+            yield h, session
+
+
+async def finished_build(
+    h: Harness, sha: str, branch: str = "main", status: str = "passed", log: bytes = b"",
+    **fields: Any,
+) -> protocol.Build:  # fmt: skip
+    """A build of ``sha`` run to ``status`` by a fake runner that printed ``log``."""
+    assert h.address is not None
+    runner, _ = await FakeRunner.connect(h.address, f"runner-{sha[:4]}", host="box")
+    await h.submit(sha, branch)
+    build = await runner.expect(protocol.Build)
+    if log:
+        await runner.output(build, 0, log)
+    await runner.result(build, status, output_bytes=len(log), **fields)
+    await h.results.wait(sha)
+    await runner.close()
+    return build
+
+
+async def text(session: aiohttp.ClientSession, path: str | URL, status: int = 200) -> str:
+    async with session.get(path) as response:
+        body = await response.text()
+        assert response.status == status, body
+        return body
+
+
+# --- pages and documents ----------------------------------------------------------------
+
+
+@async_test()
+async def test_the_builds_page_lists_the_queue_and_builds_newest_first(tmp_path):
+    async with web(tmp_path) as (h, session):
+        await finished_build(h, SHA, "main", "failed", counts={"run": 2, "passed": 1, "failed": 1})
+        await h.submit(OTHER, "feature/x")  # no runner: it waits in the queue
+        page = await text(session, "/")
+        queue, builds = page.split("<h2>Builds")
+        assert OTHER[:12] in queue and "waiting for a free runner" in queue
+        assert builds.index(OTHER[:12]) < builds.index(SHA[:12]), "newest first"
+        assert 'class="s-failed"' in builds and "1 passed, 1 failed" in builds
+        only_main = await text(session, "/?branch=main")
+        assert SHA[:12] in only_main and OTHER[:12] not in only_main
+
+
+@async_test()
+async def test_the_builds_page_is_paginated(tmp_path):
+    async with web(tmp_path, web_page_size=2) as (h, session):
+        shas = [sha_number(n) for n in range(1, 6)]
+        for sha in shas:
+            await h.submit(sha, "main")
+        first = (await text(session, "/")).split("<h2>Builds")[1]
+        assert [s[:12] in first for s in shas] == [False, False, False, True, True]
+        assert 'href="/?page=2"' in first
+        last = (await text(session, "/?page=3")).split("<h2>Builds")[1]
+        assert shas[0][:12] in last and shas[1][:12] not in last
+        assert "older" not in last and 'href="/?page=2"' in last
+
+
+@async_test()
+async def test_bad_page_and_branch_parameters_get_a_clear_400(tmp_path):
+    async with web(tmp_path) as (_, session):
+        assert "page must be a number" in await text(session, "/?page=0", 400)
+        assert "page must be a number" in await text(session, "/?page=x", 400)
+        assert "not a branch name" in await text(session, "/?branch=a..b", 400)
+        error = json.loads(await text(session, "/api/builds?limit=5000", 400))
+        assert "limit must be a number from 1 to 1000" in error["error"]
+
+
+@async_test()
+async def test_the_commit_page_shows_status_counts_failures_runners_and_the_log(tmp_path):
+    async with web(tmp_path) as (h, session):
+        log = b"".join(b"line %d\n" % n for n in range(TAIL_LINES + 500))
+        await finished_build(
+            h, SHA, "main", "failed", log, counts={"run": 3, "passed": 2, "failed": 1},
+            failures=["tests.test_app.test_login"], message="tests failed",
+        )  # fmt: skip
+        for name in (SHA, SHA[:7], "main"):
+            page = await text(session, f"/commit/{name}")
+            assert 'class="s-failed"' in page and "2 passed, 1 failed" in page
+            assert "tests.test_app.test_login" in page and "runner-3f2a" in page
+        shown = page.split('<pre id="log">')[1]
+        assert f"line {TAIL_LINES + 499}</pre>" in shown
+        assert "line 499\n" not in shown and len(shown.splitlines()) <= TAIL_LINES + 1
+        assert "the last lines" in page
+
+
+@async_test()
+async def test_an_unknown_or_ambiguous_commit_is_a_clear_error(tmp_path):
+    async with web(tmp_path) as (h, session):
+        await h.submit("abcdef1" + "0" * 33, "a")
+        await h.submit("abcdef1" + "1" * 33, "b")
+        assert "no build of nowhere is known" in await text(session, "/commit/nowhere", 404)
+        assert "is ambiguous" in await text(session, "/commit/abcdef1", 409)
+        error = json.loads(await text(session, "/api/commit/nowhere", 404))
+        assert error == {"error": "no build of nowhere is known"}
+
+
+@async_test()
+async def test_the_json_documents_are_those_of_status_and_show(tmp_path):
+    async with web(tmp_path) as (h, session):
+        await finished_build(h, SHA, "main", "passed", counts={"run": 1, "passed": 1})
+        await h.submit(OTHER, "feature/x")
+        assert h.dispatcher is not None
+        status = h.dispatcher.query(protocol.Query(what="status", limit=20))
+        builds = json.loads(await text(session, "/api/builds"))
+        assert builds == json.loads(status.document or "")
+        only = json.loads(await text(session, "/api/builds?branch=feature/x&limit=5"))
+        assert [b["sha"] for b in only["builds"]] == [OTHER]
+        show = h.dispatcher.query(protocol.Query(what="show", commit=SHA))
+        assert json.loads(await text(session, f"/api/commit/{SHA[:8]}")) == json.loads(
+            show.document or ""
+        )
+        assert json.loads(await text(session, "/api/runners")) == {"runners": builds["runners"]}
+
+
+@async_test()
+async def test_the_runners_page_names_each_runner_its_host_state_and_build(tmp_path):
+    async with web(tmp_path) as (h, session):
+        assert h.address is not None
+        runner, _ = await FakeRunner.connect(h.address, "runner-1", host="build-box")
+        await h.submit(SHA)
+        await runner.expect(protocol.Build)
+        page = await text(session, "/runners")
+        row = page.split("runner-1")[1].split("</tr>")[0]
+        assert "build-box" in row and "busy" in row and SHA[:12] in row
+        await runner.close()
+
+
+# --- the raw log --------------------------------------------------------------------------
+
+
+@async_test()
+async def test_the_raw_log_is_served_whole_and_by_ranges(tmp_path):
+    async with web(tmp_path) as (h, session):
+        log = b"".join(b"line %d\n" % n for n in range(1000))
+        await finished_build(h, SHA, "main", "passed", log)
+        async with session.get(f"/commit/{SHA[:7]}/log.txt") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/plain")
+            assert await response.read() == log
+        async with session.get(f"/commit/{SHA}/log.txt", headers={"Range": "bytes=10-19"}) as r:
+            assert r.status == 206 and await r.read() == log[10:20]
+            assert r.headers["Content-Range"] == f"bytes 10-19/{len(log)}"
+        async with session.get(f"/commit/{SHA}/log.txt", headers={"Range": "bytes=-8"}) as r:
+            assert r.status == 206 and await r.read() == log[-8:]
+        async with session.get(f"/commit/{SHA}/log.txt", headers={"Range": "bytes=99999-"}) as r:
+            assert r.status == 416
+
+
+@async_test()
+async def test_the_raw_log_of_a_running_build_is_what_arrived_so_far(tmp_path):
+    async with web(tmp_path) as (h, session):
+        assert h.address is not None
+        runner, _ = await FakeRunner.connect(h.address, "runner-1")
+        await h.submit(SHA)
+        build = await runner.expect(protocol.Build)
+        await runner.output(build, 0, b"first line\n")
+        await h.wait_for_log(SHA, b"first line\n")
+        assert await text(session, f"/commit/{SHA}/log.txt") == "first line\n"
+        await runner.close()
+
+
+# --- badges ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "says"), [("passed", "passing"), ("failed", "failing"), ("error", "error")]
+)
+@async_test()
+async def test_a_badge_shows_the_branch_s_last_finished_result(tmp_path, status, says):
+    async with web(tmp_path) as (h, session):
+        await finished_build(h, SHA, "release/1.x", status)
+        await h.submit(OTHER, "release/1.x")  # queued: the badge keeps the finished one
+        async with session.get("/badge/release/1.x.svg") as response:
+            svg = await response.text()
+            assert response.status == 200
+            assert response.content_type == "image/svg+xml"
+            assert "no-cache" in response.headers["Cache-Control"]
+            etag = response.headers["ETag"]
+        assert f"build: {says}" in svg and SHA[:7] not in svg
+        async with session.get("/badge/release/1.x.svg", headers={"If-None-Match": etag}) as r:
+            assert r.status == 304
+
+
+@async_test()
+async def test_the_badge_of_an_unknown_branch_says_unknown(tmp_path):
+    async with web(tmp_path) as (_, session):
+        async with session.get("/badge/nowhere.svg") as response:
+            assert response.status == 404
+            assert "build: unknown" in await response.text()
+
+
+# --- live events ------------------------------------------------------------------------------
+
+
+async def read_events(response: aiohttp.ClientResponse, count: int) -> list[dict[str, str]]:
+    """The next ``count`` events of an SSE stream (comments skipped)."""
+    events: list[dict[str, str]] = []
+    fields: dict[str, str] = {}
+    while len(events) < count:
+        line = (await response.content.readline()).decode().rstrip("\n")
+        if line == "":
+            if fields:
+                events.append(fields)
+            fields = {}
+        elif not line.startswith(":"):
+            key, _, value = line.partition(": ")
+            fields[key] = value
+    return events
+
+
+@async_test()
+async def test_events_of_a_submitted_build_arrive_with_increasing_ids(tmp_path):
+    async with web(tmp_path) as (h, session):
+        async with session.get("/events") as response:
+            assert response.headers["Content-Type"] == "text/event-stream"
+            await response.content.readline()  # ": connected": the stream is on
+            await finished_build(h, SHA, "main", "passed", b"hello\n")
+            events = await read_events(response, 6)
+        kinds = [e["event"] for e in events]
+        assert kinds[:2] == ["joined", "queued"] and "finished" in kinds, kinds
+        ids = [int(e["id"]) for e in events]
+        assert ids == list(range(ids[0], ids[0] + 6))
+        assert json.loads(events[1]["data"])["sha"] == SHA
+
+
+@async_test()
+async def test_a_reconnect_with_last_event_id_misses_nothing_and_repeats_nothing(tmp_path):
+    async with web(tmp_path) as (h, session):
+        async with session.get("/events") as response:
+            await response.content.readline()
+            await h.submit(sha_number(1))
+            (first,) = await read_events(response, 1)
+        for n in range(2, 6):  # while the browser is away
+            await h.submit(sha_number(n))
+        headers = {"Last-Event-ID": first["id"]}
+        async with session.get("/events", headers=headers) as response:
+            missed = await read_events(response, 4)
+            await h.submit(sha_number(6))
+            (live,) = await read_events(response, 1)
+        got = [json.loads(e["data"])["sha"] for e in [first, *missed, live]]
+        assert got == [sha_number(n) for n in range(1, 7)]
+        ids = [int(e["id"]) for e in [first, *missed, live]]
+        assert ids == list(range(ids[0], ids[0] + 6))
+
+
+@async_test()
+async def test_a_reconnect_older_than_the_ring_gets_a_resync(tmp_path):
+    async with web(tmp_path, web_event_ring=3) as (h, session):
+        for n in range(1, 6):
+            await h.submit(sha_number(n))
+        assert h.dispatcher is not None and h.dispatcher.web is not None
+        ring = h.dispatcher.web.ring
+        await asyncio.wait_for(ring.wait(4, WAIT), WAIT)
+        async with session.get("/events", headers={"Last-Event-ID": "1"}) as response:
+            (resync,) = await read_events(response, 1)
+        assert resync["event"] == "resync" and int(resync["id"]) == ring.last_id
+
+
+@async_test()
+async def test_a_quiet_event_stream_gets_keep_alive_comments(tmp_path):
+    async with web(tmp_path, web_keepalive_interval=0.05) as (_, session):
+        async with session.get("/events") as response:
+            assert await response.content.readline() == b": connected\n"
+            await response.content.readline()
+            assert await response.content.readline() == b": keep-alive\n"
+
+
+def test_the_ring_keeps_the_last_events_and_knows_what_it_lost():
+    async def check() -> None:
+        ring = EventRing(3)
+        for n in range(1, 6):
+            ring.add(BuildQueued(build_id=n, sha=SHA, branch="main"))
+        assert [e.id for e in ring.since(2) or []] == [3, 4, 5]
+        assert ring.since(5) == []
+        assert ring.since(1) is None, "event 2 is gone"
+        assert ring.since(6) is None, "a number never given"
+        assert not await ring.wait(5, 0.01)
+
+    asyncio.run(check())
+
+
+# --- what commits and runners say, and hostile URLs -------------------------------------------
+
+
+@async_test()
+async def test_what_commits_and_runners_say_is_shown_as_text(tmp_path):
+    async with web(tmp_path) as (h, session):
+        assert h.address is not None
+        runner, _ = await FakeRunner.connect(h.address, "runner-1", host=f"box{HOSTILE}")
+        await h.submit(SHA)
+        build = await runner.expect(protocol.Build)
+        log = f"printed {HOSTILE}\n".encode()
+        await runner.output(build, 0, log)
+        await runner.result(
+            build, "failed", output_bytes=len(log), message=f"failed {HOSTILE}",
+            failures=[f"test_{HOSTILE}: assert {HOSTILE}"],
+        )  # fmt: skip
+        await h.results.wait(SHA)
+        pages = [await text(session, p) for p in ("/", f"/commit/{SHA}")]
+        pages.append(await text(session, "/runners"))
+        for page in pages:
+            assert "<script>" not in page
+        assert page.count("&lt;script&gt;") >= 1
+        commit = pages[1]
+        assert commit.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 3  # message, test, log
+        await runner.close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/commit/../../etc/passwd", "/commit/%2e%2e/%2e%2e/etc/passwd",
+     "/commit/..%2f..%2fetc%2fpasswd/log.txt", "/badge/..%2f..%2fetc%2fpasswd.svg"],
+)  # fmt: skip
+@async_test()
+async def test_a_path_that_climbs_out_reaches_no_file(tmp_path, path):
+    async with web(tmp_path) as (_, session):
+        async with session.get(URL(path, encoded=True)) as response:
+            body = await response.text()
+        assert response.status in (400, 404)
+        assert "root:" not in body
+
+
+@async_test()
+async def test_an_oversized_query_string_is_refused(tmp_path):
+    async with web(tmp_path) as (_, session):
+        await text(session, "/?branch=" + "a" * (MAX_QUERY + 1), 414)
+        async with session.get("/?branch=" + "a" * 20_000) as response:
+            assert response.status in (400, 414)
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_dispatcher_web_serves_the_page_through_the_real_cli(superci):
+    process = superci.dispatcher(0, "--web", "127.0.0.1:0")
+    url = process.wait_for_log(r"web page at (http://\S+/)").group(1)
+    with urllib.request.urlopen(url, timeout=WAIT) as response:
+        assert response.status == 200
+        assert "<h1>superci</h1>" in response.read().decode()
+    assert process.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["--web", "0.0.0.0:0"], {}, "refusing to serve the web page on 0.0.0.0 without a token"),
+        (["--web", "0.0.0.0:0"], {"SUPERCI_TOKEN": "t" * 32}, "Pass --web-public"),
+        (["--web", "nowhere"], {}, "--web wants HOST:PORT"),
+    ],
+)
+def test_a_web_address_the_rules_refuse_stops_the_dispatcher_with_a_reason(
+    tmp_path, args, env, says
+):
+    result = CliRunner().invoke(
+        main, ["dispatcher", "--results", str(tmp_path / "r"), *args], env=env
+    )
+    assert result.exit_code != 0
+    assert says in re.sub(r"\s+", " ", result.output)
