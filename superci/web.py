@@ -194,7 +194,8 @@ class WebServer:
                     await response.write(b"".join(_frame(e) for e in missed))
                     last = missed[-1].id
                 elif not await self.ring.wait(last, self._settings.web_keepalive_interval):
-                    await response.write(b": keep-alive\n\n")
+                    if not self.ring.closed:
+                        await response.write(b": keep-alive\n\n")
         except (ConnectionResetError, ConnectionError):
             log.debug("an event stream's browser went away")
         return response

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import re
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -25,6 +26,8 @@ from superci import protocol
 from superci.cli import main
 from superci.eventring import EventRing
 from superci.events import BuildQueued
+from superci.status import BuildStatus
+from superci.store import Store
 from superci.web import MAX_QUERY, TAIL_LINES
 
 Session = aiohttp.ClientSession
@@ -105,6 +108,36 @@ async def test_the_builds_page_is_paginated(tmp_path):
         last = (await text(session, "/?page=3")).split("<h2>Builds")[1]
         assert shas[0][:12] in last and shas[1][:12] not in last
         assert "older" not in last and 'href="/?page=2"' in last
+
+
+@async_test()
+async def test_any_page_of_ten_thousand_builds_is_quick(tmp_path):
+    store = Store(tmp_path / "superci.db")  # the harness's database, filled beforehand
+    with store.transaction():
+        for n in range(10_000):
+            record = store.add_build(f"{n:08x}" + "d" * 32, ("main", "dev")[n % 2], 1000.0)
+            store.finish(record.id, BuildStatus.PASSED, 1001.0, tests={"passed": 1})
+    store.close()
+    async with web(tmp_path) as (_, session):
+        for path in ("/", "/?page=200", "/?page=100&branch=dev", "/api/builds?limit=1000"):
+            started = time.monotonic()
+            page = await text(session, path)
+            assert time.monotonic() - started < 2.0, f"{path} is slow"
+        last = (await text(session, "/?page=200")).split("<h2>Builds")[1]  # 50 a page
+        assert f"{0:08x}dddd" in last and 'href="/?page=201"' not in last
+        assert f"{49:08x}dddd" in last and f"{50:08x}dddd" not in last
+        assert len(json.loads(page)["builds"]) == 1000
+
+
+@async_test()
+async def test_the_dispatcher_stops_promptly_with_a_browser_on_its_event_stream(tmp_path):
+    async with web(tmp_path) as (h, session):
+        async with session.get("/events") as response:
+            await response.content.readline()
+            started = time.monotonic()
+            await h.stop()
+            assert time.monotonic() - started < WAIT / 2
+            assert (await response.content.read()).strip() == b"", "the stream ended"
 
 
 @async_test()
