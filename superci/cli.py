@@ -270,7 +270,8 @@ def main() -> None:
 @click.option(
     "--web-public",
     is_flag=True,
-    help="With a token, let anyone who reaches --web beyond loopback view (read-only).",
+    help="With a token, let anyone who reaches --web view the page without logging in "
+    "(read-only; badges are always public).",
 )
 @_verbose_option
 @_reports_errors
@@ -316,6 +317,7 @@ def dispatcher_command(
             settings=settings,
             credentials=Credentials(token=token, ssl=tls),
             web=web_address,
+            web_public=web_public,
         )
     )
 
@@ -323,8 +325,7 @@ def dispatcher_command(
 def _web_address(
     web: str | None, has_token: bool, insecure: bool, public: bool
 ) -> tuple[str, int] | None:
-    """Where to serve the web page; beyond loopback only as the TCP rule allows, and,
-    with a token, only read-only by choice (the page has no login yet)."""
+    """Where to serve the web page; beyond loopback only as the TCP rule allows."""
     from superci.web import parse_web_address
 
     if web is None:
@@ -335,6 +336,15 @@ def _web_address(
         raise click.BadParameter(str(e), param_hint="--web") from None
     if is_loopback(host):
         return host, port
+    if not has_token and not insecure:
+        raise click.ClickException(
+            f"refusing to serve the web page on {host} without a token: anyone who can "
+            f"reach it could read every build and log. Set {TOKEN_ENV} (or --token-file) "
+            "and the page asks for it, or pass --insecure to accept the risk."
+        )
+    if not has_token or public:
+        log.warning("the web page on %s is open to anyone who can reach it (read-only)", host)
+    return host, port
     if not has_token and not insecure:
         raise click.ClickException(
             f"refusing to serve the web page on {host} without a token: anyone who can "

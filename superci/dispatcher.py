@@ -36,6 +36,7 @@ from superci.sessions import RunnerSessions
 from superci.settings import DispatcherSettings, with_given
 from superci.store import Store
 from superci.web import WebServer
+from superci.weblogin import WebAccess
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class Dispatcher:
             settings=settings, clock=clock, wall_clock=wall_clock,
         )  # fmt: skip
         self.listener = Listener(self._route, credentials, settings=settings)
+        self._token = credentials.token  # the web page's login asks for it
         self._watchdog: asyncio.Task[None] | None = None
         self.web: WebServer | None = None
 
@@ -118,11 +120,12 @@ class Dispatcher:
         log.info("dispatcher listening on %s", address)
         return address
 
-    async def start_web(self, host: str, port: int) -> Address:
-        """Serve the web page on this loop too; returns its bound address."""
+    async def start_web(self, host: str, port: int, public: bool = False) -> Address:
+        """Serve the web page on this loop too (with a token, behind a login unless
+        ``public``); returns its bound address."""
         self.web = WebServer(
             self.store, self.results, self.scheduler, self.bus,
-            settings=self.settings, clock=self._clock,
+            settings=self.settings, clock=self._clock, access=WebAccess(self._token, public),
         )  # fmt: skip
         address = await self.web.start(host, port)
         log.info("web page at http://%s/", address)
@@ -230,6 +233,7 @@ async def run_dispatcher(
     bus: EventBus | None = None,
     ready: Callable[[Address], None] | None = None,
     web: tuple[str, int] | None = None,
+    web_public: bool = False,
     heartbeat_timeout: float | None = None,
     max_attempts: int | None = None,
     build_timeout: float | None = None,
@@ -237,8 +241,8 @@ async def run_dispatcher(
     log_idle_timeout: float | None = None,
 ) -> None:
     """Run a dispatcher until cancelled (the process entry point), with the web page on
-    ``web`` (host, port) when given; the older keywords, when given, override their
-    field of ``settings``."""
+    ``web`` (host, port) when given (``web_public``: viewing needs no login); the older
+    keywords, when given, override their field of ``settings``."""
     settings = with_given(
         settings or DispatcherSettings(),
         heartbeat_timeout=heartbeat_timeout,
@@ -260,7 +264,7 @@ async def run_dispatcher(
     try:
         address = await dispatcher.start(host, port)
         if web is not None:
-            await dispatcher.start_web(*web)
+            await dispatcher.start_web(*web, public=web_public)
         if ready is not None:
             ready(address)
         await dispatcher.serve_forever()

@@ -4,8 +4,8 @@ aiohttp from the dispatcher's own event loop.
 It reads what the dispatcher has (the store, the results folder, the scheduler's view)
 between two ``await`` points like every other part, and sees every change through the
 event bus (:class:`~superci.eventring.EventRing`), so it never polls. The pages are
-rendered in :mod:`superci.webviews`; this module is the routes and their I/O. It is
-read-only: nothing here changes a build.
+rendered in :mod:`superci.webviews`; this module is the routes and their I/O; who may
+see them is :mod:`superci.weblogin`'s. It is read-only: nothing here changes a build.
 
 Paths name builds only through :func:`superci.names.resolve`; files are found from the
 stored commit id, never from the URL, so no path in a request can reach another file.
@@ -31,6 +31,7 @@ from superci.results import ResultsFolder
 from superci.scheduler import Scheduler
 from superci.settings import DispatcherSettings
 from superci.store import BuildRecord, Store
+from superci.weblogin import WebAccess
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class WebServer:
         *,
         settings: DispatcherSettings,
         clock: Callable[[], float],
+        access: WebAccess | None = None,
     ) -> None:
         self._store = store
         self._results = results
@@ -74,7 +76,11 @@ class WebServer:
         self._settings = settings
         self._clock = clock
         self.ring = EventRing(settings.web_event_ring)
-        self.app = web.Application(middlewares=[_bounded_query, _errors_as_pages])
+        access = access or WebAccess(None, public=True)
+        self.app = web.Application(
+            middlewares=[_bounded_query, _errors_as_pages, access.middleware]
+        )
+        self.app.add_routes(access.routes())
         self.app.add_routes([
             web.get("/", self.index),
             web.get("/runners", self.runners),

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from click.testing import CliRunner
-from helpers import FAST_WATCHDOG, FakeRunner, Harness, async_test
+from helpers import FAST_WATCHDOG, FakeClock, FakeRunner, Harness, async_test
 from support import WAIT
 from yarl import URL
 
@@ -28,7 +28,8 @@ from superci.eventring import EventRing
 from superci.events import BuildQueued
 from superci.status import BuildStatus
 from superci.store import Store
-from superci.web import MAX_QUERY, TAIL_LINES
+from superci.web import MAX_QUERY, TAIL_LINES, WebServer
+from superci.weblogin import COOKIE, SESSION_SECONDS, WebAccess
 
 Session = aiohttp.ClientSession
 SHA = "3f2a9c41d0e7" + "0" * 28
@@ -43,15 +44,22 @@ def sha_number(n: int) -> str:
 
 @contextlib.asynccontextmanager
 async def web(
-    tmp_path: Path, **settings: Any
-) -> AsyncIterator[tuple[Harness, aiohttp.ClientSession]]:
-    """A dispatcher with its web page on 127.0.0.1, and an HTTP client of it."""
+    tmp_path: Path, token: bytes | None = None, public: bool = False, **settings: Any
+) -> AsyncIterator[tuple[Harness, Session]]:
+    """A dispatcher with its web page on 127.0.0.1 (behind a login when given a token
+    and not ``public``), and an HTTP client of it that keeps cookies."""
     async with Harness(tmp_path, settings=replace(FAST_WATCHDOG, **settings)) as h:
-        assert h.dispatcher is not None
-        address = await h.dispatcher.start_web("127.0.0.1", 0)
+        d = h.dispatcher
+        assert d is not None
+        d.web = WebServer(
+            d.store, d.results, d.scheduler, d.bus, settings=d.settings, clock=h.clock,
+            access=WebAccess(token, public),
+        )  # fmt: skip
+        address = await d.web.start("127.0.0.1", 0)
         base = URL(f"http://127.0.0.1:{address.port}")
         timeout = aiohttp.ClientTimeout(total=WAIT)
-        async with aiohttp.ClientSession(base, timeout=timeout) as session:
+        jar = aiohttp.CookieJar(unsafe=True)  # cookies of an IP address, as browsers keep
+        async with aiohttp.ClientSession(base, timeout=timeout, cookie_jar=jar) as session:
             yield h, session
 
 
@@ -413,6 +421,67 @@ async def test_an_oversized_query_string_is_refused(tmp_path):
             assert response.status in (400, 414)
 
 
+# --- login ----------------------------------------------------------------------------------
+
+TOKEN = b"t0ken-" + b"x" * 26
+
+
+@async_test()
+async def test_with_a_token_the_page_asks_for_it_once_and_keeps_a_strict_cookie(tmp_path):
+    async with web(tmp_path, token=TOKEN) as (h, session):
+        await finished_build(h, SHA, "main", "passed")
+        async with session.get("/runners", allow_redirects=False) as response:
+            assert response.status == 303
+            location = URL(response.headers["Location"])
+            assert (location.path, location.query["next"]) == ("/login", "/runners")
+        assert json.loads(await text(session, "/api/builds", 401))["error"].startswith("log in")
+        await text(session, "/events", 401)
+        assert "build: passing" in await text(session, "/badge/main.svg"), "badges are public"
+
+        wrong = {"token": "guess", "next": "/runners"}
+        async with session.post("/login", data=wrong, allow_redirects=False) as response:
+            assert response.status == 403 and "not the dispatcher" in await response.text()
+            assert COOKIE not in response.cookies
+        right = {"token": TOKEN.decode(), "next": "/runners"}
+        async with session.post("/login", data=right, allow_redirects=False) as response:
+            assert response.status == 303 and response.headers["Location"] == "/runners"
+            cookie = response.headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert "<h1>runners</h1>" in await text(session, "/runners")
+        assert json.loads(await text(session, "/api/builds"))["builds"][0]["sha"] == SHA
+
+
+@async_test()
+async def test_login_sends_a_browser_back_only_to_this_site(tmp_path):
+    async with web(tmp_path, token=TOKEN) as (_, session):
+        for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+            data = {"token": TOKEN.decode(), "next": target}
+            async with session.post("/login", data=data, allow_redirects=False) as response:
+                assert response.headers["Location"] == "/", target
+
+
+@async_test()
+async def test_web_public_opens_viewing_without_a_login(tmp_path):
+    async with web(tmp_path, token=TOKEN, public=True) as (h, session):
+        await h.submit(SHA)
+        assert SHA[:12] in await text(session, "/")
+        assert json.loads(await text(session, "/api/builds"))["queued"] == 1
+
+
+def test_a_session_cookie_is_refused_when_forged_signed_by_another_token_or_expired():
+    clock = FakeClock(1_000_000.0)
+    access = WebAccess(TOKEN, public=False, wall_clock=clock)
+    cookie = access.cookie()
+    assert access.valid(cookie)
+    expiry, _, signature = cookie.partition(".")
+    assert not access.valid(f"{int(expiry) + 999}.{signature}"), "a longer life, forged"
+    assert not access.valid(f"{expiry}.{'0' * len(signature)}")
+    assert not access.valid(WebAccess(b"another" * 5, False, clock).cookie())
+    assert not access.valid("") and not access.valid(None) and not access.valid("x.y")
+    clock.advance(SESSION_SECONDS + 1)
+    assert not access.valid(cookie), "expired"
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 
@@ -430,7 +499,6 @@ def test_dispatcher_web_serves_the_page_through_the_real_cli(superci):
     ("args", "env", "says"),
     [
         (["--web", "0.0.0.0:0"], {}, "refusing to serve the web page on 0.0.0.0 without a token"),
-        (["--web", "0.0.0.0:0"], {"SUPERCI_TOKEN": "t" * 32}, "Pass --web-public"),
         (["--web", "nowhere"], {}, "--web wants HOST:PORT"),
     ],
 )

@@ -1,0 +1,118 @@
+"""Who may see the web page: with a token, only a browser that showed it once.
+
+The login form takes the dispatcher's token and answers with a session cookie: its
+expiry and an HMAC of it under a key derived from the token, so the dispatcher keeps no
+session table, a restarted dispatcher still knows its cookies, and a changed token ends
+them all. The cookie is HttpOnly (no script reads it) and SameSite=Strict (no other site
+sends it). Badges stay public and show nothing but a status; ``--web-public`` opens
+read-only viewing to everyone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from html import escape
+from urllib.parse import quote
+
+from aiohttp import web
+
+from superci import webviews
+
+log = logging.getLogger(__name__)
+
+COOKIE = "superci_session"
+#: How long a login lasts (seconds).
+SESSION_SECONDS = 7 * 24 * 3600
+#: Paths anyone may open: the login itself and the badges.
+PUBLIC_PREFIXES = ("/login", "/badge/")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class WebAccess:
+    """The login rule of the web page, and its form."""
+
+    def __init__(
+        self, token: bytes | None, public: bool, wall_clock: Callable[[], float] = time.time
+    ) -> None:
+        self._token = token
+        self._key = None if token is None else hmac.digest(token, b"superci web session", "sha256")
+        self._open = token is None or public
+        self._clock = wall_clock
+
+    def cookie(self) -> str:
+        """A new session cookie's value: expiry and its signature."""
+        assert self._key is not None, "only a dispatcher with a token signs sessions"
+        expiry = str(int(self._clock() + SESSION_SECONDS))
+        return f"{expiry}.{self._sign(expiry)}"
+
+    def valid(self, value: str | None) -> bool:
+        """True for a cookie this dispatcher signed that has not expired."""
+        if self._key is None or not value or "." not in value:
+            return False
+        expiry, _, signature = value.partition(".")
+        if not expiry.isdigit() or not hmac.compare_digest(signature, self._sign(expiry)):
+            return False
+        return int(expiry) > self._clock()
+
+    def _sign(self, expiry: str) -> str:
+        assert self._key is not None
+        return hmac.new(self._key, expiry.encode(), hashlib.sha256).hexdigest()
+
+    # --- in the server ----------------------------------------------------------------
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Let a request through, or send it to the login form (401 for scripts)."""
+        if self._open or request.path.startswith(PUBLIC_PREFIXES):
+            return await handler(request)
+        if self.valid(request.cookies.get(COOKIE)):
+            return await handler(request)
+        if request.path.startswith("/api/") or request.path == "/events":
+            raise web.HTTPUnauthorized(text="log in at /login first (the dispatcher's token)")
+        raise web.HTTPSeeOther(f"/login?next={quote(request.path_qs, safe='')}")
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/login", self.form), web.post("/login", self.login)]
+
+    async def form(self, request: web.Request) -> web.Response:
+        return _form(_next(request.query.get("next")), "")
+
+    async def login(self, request: web.Request) -> web.Response:
+        """The token, once: a cookie and back to where the browser was going."""
+        posted = await request.post()
+        given, target = posted.get("token"), _next(str(posted.get("next") or "/"))
+        if self._key is None:
+            raise web.HTTPSeeOther(target)
+        assert self._token is not None
+        if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self._token):
+            log.warning("a wrong token at the web page's login from %s", request.remote)
+            return _form(target, "That is not the dispatcher's token.", status=403)
+        response = web.HTTPSeeOther(target)
+        response.set_cookie(
+            COOKIE, self.cookie(), max_age=SESSION_SECONDS, httponly=True,
+            samesite="Strict", path="/", secure=request.secure,
+        )  # fmt: skip
+        raise response
+
+
+def _next(target: str | None) -> str:
+    """Where to go after login: a path on this site only (no ``//host``, no scheme)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def _form(target: str, problem: str, status: int = 200) -> web.Response:
+    note = f'<p class="s-failed">{escape(problem)}</p>' if problem else ""
+    body = (
+        f'{note}<form method="post" action="/login">'
+        f'<input type="hidden" name="next" value="{escape(target)}">'
+        '<label>Token <input type="password" name="token" autofocus></label> '
+        '<button type="submit">Log in</button></form>'
+    )
+    return web.Response(text=webviews.page("log in", body), status=status, content_type="text/html")
