@@ -152,5 +152,5 @@ def test_status_says_under_the_runners_why_a_benched_runner_gets_no_builds():
 
     block = next(b for b in text.split("\n\n") if b.startswith("Runners (3)"))
     lines = block.splitlines()
-    assert lines[4].split() == ["runner-c", "box-3", "benched", "-", "0.1s"]
+    assert lines[4].split() == ["runner-c", "box-3", "benched", "-", "0.1s", "no"]
     assert lines[5:] == [f"runner-c is benched: {reason} (299s left)"]
