@@ -92,7 +92,7 @@ def test_a_build_user_runs_the_build_and_cannot_touch_the_runner(
     clone = repo.clone(open_folder / "clone")
     superci.dispatcher(0, "--token-file", str(token))
     runner = superci.runner(clone, "r-isolated", "--token-file", str(token),
-                            "--build-user", build_user.name)  # fmt: skip
+                            "--build-user", build_user.name, "--kill-grace", "0.5")  # fmt: skip
     runner.wait_for_log("registered with the dispatcher")
     identity = clone / ".git" / "superci-identity"
     assert identity.is_file()
@@ -140,6 +140,13 @@ def test_a_build_user_runs_the_build_and_cannot_touch_the_runner(
     finally:
         stray.kill()
         stray.wait()
+
+    stubborn = repo.commit({".superci.toml": superci_toml(
+        "trap '' TERM; (setsid sleep 300 &); sleep 300") + "timeout = 1\n"})  # fmt: skip
+    superci.notify(stubborn, "--token-file", str(token))
+    timed_out = superci.wait_for_result(stubborn)
+    assert timed_out["status"] == "timeout", timed_out
+    assert processes_of(build_user.uid) == []
 
 
 def test_a_runner_refuses_root_as_its_build_user(superci: Superci, repo: Repo):
