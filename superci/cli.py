@@ -412,6 +412,13 @@ def _web_address(
     help="Largest local copy of a build's output; past it the middle is dropped.",
 )
 @click.option(
+    "--build-user",
+    envvar="SUPERCI_BUILD_USER",
+    help="Run every build as this dedicated user, in a copy of the commit of its own and a "
+    "clean environment (Linux; the runner must run as root). Recommended for any runner "
+    "that builds branches of people it does not fully trust.",
+)
+@click.option(
     "--identity-file",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="SUPERCI_IDENTITY_FILE",

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from superci import defaults
+from superci.builduser import BuildUser
 from superci.containment import BuildContainment, all_processes
 from superci.errors import SuperCIError
 
@@ -69,8 +70,11 @@ async def run_command(
     cancel: asyncio.Event | None = None,
     containment: BuildContainment | None = None,
     drain_timeout: float = defaults.OUTPUT_DRAIN_TIMEOUT,
+    *,
+    user: BuildUser | None = None,
 ) -> Execution:
-    """Run ``/bin/sh -c command`` in ``cwd``, streaming its merged output to ``on_output``.
+    """Run ``/bin/sh -c command`` in ``cwd``, streaming its merged output to ``on_output``;
+    as ``user`` (its uid, gid and no other group) when one is given.
 
     An exception raised by ``on_output`` stops the build (its group is terminated) and is
     re-raised here, since output nobody can receive is a build nobody can judge.
@@ -80,8 +84,9 @@ async def run_command(
     contain = containment if containment is not None else BuildContainment()
     try:
         return await _run_contained(
-            command, cwd, env, timeout, kill_grace, on_output, cancel, contain, drain_timeout
-        )
+            command, cwd, env, timeout, kill_grace, on_output, cancel, contain, drain_timeout,
+            user,
+        )  # fmt: skip
     finally:
         await asyncio.to_thread(contain.close)
 
@@ -96,8 +101,13 @@ async def _run_contained(
     cancel: asyncio.Event | None,
     contain: BuildContainment,
     drain_timeout: float,
+    user: BuildUser | None,
 ) -> Execution:
     loop = asyncio.get_running_loop()
+    # Dropped in the child before the preexec (cgroup join, death signal) and the exec.
+    as_user: dict[str, Any] = {}
+    if user is not None:
+        as_user = {"user": user.uid, "group": user.gid, "extra_groups": []}
     started = time.monotonic()
     deadline = started + timeout
     try:
@@ -113,6 +123,7 @@ async def _run_contained(
             env=contain.environment(dict(env)),
             start_new_session=True,
             preexec_fn=contain.preexec(),
+            **as_user,
         )
     except (OSError, subprocess.SubprocessError) as e:
         raise SuperCIError(f"cannot start the test command in {cwd}: {e}") from e

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from superci import containment, defaults, protocol, testtool
+from superci.builduser import BuildFolders, BuildUser, export_tree, make_private, remove_folder
 from superci.config import BuildConfig, load_build_config
 from superci.errors import ConfigError, UnsafeFile, WorkspaceBroken, WorkspaceError
 from superci.execute import Execution, build_environment, run_command
@@ -80,9 +81,15 @@ class BuildExecutor:
         self.build_record = build_record
         self._after_checkout = after_checkout
         self._scratch = Path(tempfile.mkdtemp(prefix="superci-runner-"))  # private: 0700
+        #: The user builds run as (--build-user), in a tree exported for each build.
+        self.build_user = (
+            None if settings.build_user is None else BuildUser.lookup(settings.build_user)
+        )
+        if self.build_user is not None:
+            make_private(workspace.path)
 
     def close(self) -> None:
-        """Remove the scratch folder (reports asked of pytest)."""
+        """Remove the scratch folder (reports asked of pytest, build users' trees)."""
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     async def run(
@@ -105,6 +112,27 @@ class BuildExecutor:
             log.exception("build %d failed inside the runner", build.build_id)
             message = f"the runner failed: {type(e).__name__}: {e}"
             return _result(build, output, BuildStatus.ERROR, None, started, message)
+        finally:
+            if self.build_user is not None:  # none of its processes outlives the build
+                await asyncio.to_thread(self.build_user.kill_all)
+                await asyncio.to_thread(remove_folder, self._build_folder(build))
+
+    def _build_folder(self, build: protocol.Build) -> Path:
+        return self._scratch / f"build-{build.build_id}"
+
+    def _hand_over(self, build: protocol.Build) -> BuildFolders | None:
+        """With a build user: refuse one that is not dedicated, then export the commit
+        into a tree of its own (blocks)."""
+        if self.build_user is None:
+            return None
+        self.build_user.check_dedicated()
+        try:
+            return export_tree(self.workspace.path, self.build_user, self._scratch,
+                               build.build_id)  # fmt: skip
+        except OSError as e:
+            raise WorkspaceError(
+                f"cannot hand the checkout to build user {self.build_user.name}: {e}"
+            ) from e
 
     async def _run(
         self,
@@ -136,22 +164,26 @@ class BuildExecutor:
         try:
             await asyncio.to_thread(self.workspace.prepare, build.sha)
             await asyncio.to_thread(self._after_checkout)
+            folders = await asyncio.to_thread(self._hand_over, build)
         except WorkspaceBroken:
             raise  # not the commit's fault: the runner leaves, the build is queued again
-        except WorkspaceError as e:  # counted by the dispatcher: see Result.checkout_failed
+        except (WorkspaceError, ConfigError) as e:  # counted: see Result.checkout_failed
             await say(str(e))
             return ended(BuildStatus.ERROR, str(e), checkout=True)
+        tree = self.workspace.path if folders is None else folders.tree
         try:
             config = await read_off_loop(
                 load_build_config, self.workspace.path,
                 timeout=self.settings.file_read_timeout, what=defaults.CONFIG_FILE,
             )  # fmt: skip
-            report = self._report_path(config.junit)
-            environment = self._environment(build, config.junit, report.path)
-            command = config.command or await self._chosen_command(environment, say)
+            report = self._report_path(config.junit, folders)
+            environment = self._environment(build, config.junit, report.path, folders)
+            command = config.command or await self._chosen_command(environment, tree, say)
         except (WorkspaceError, ConfigError) as e:
             await say(str(e))
             return ended(BuildStatus.ERROR, str(e))
+        if self.build_user is not None:
+            await say(f"running as build user {self.build_user.name} in {tree}")
         if cancel.is_set():  # cancelled while the workspace was prepared
             await say("cancelled before the tests started")
             return ended(BuildStatus.CANCELLED, "cancelled")
@@ -172,8 +204,8 @@ class BuildExecutor:
             await say(f"$ {command}")
             await say(f"contained by {contained.description}")
             execution = await run_command(
-                command, self.workspace.path, environment, timeout, self.settings.kill_grace, emit,
-                cancel, contained, self.settings.output_drain_timeout,
+                command, tree, environment, timeout, self.settings.kill_grace, emit,
+                cancel, contained, self.settings.output_drain_timeout, user=self.build_user,
             )  # fmt: skip
         try:
             output.report = await read_off_loop(
@@ -190,7 +222,7 @@ class BuildExecutor:
         return ended(status, message, execution.exit_code, summary)
 
     async def _chosen_command(
-        self, environment: dict[str, str], say: Callable[[str], Awaitable[None]]
+        self, environment: dict[str, str], tree: Path, say: Callable[[str], Awaitable[None]]
     ) -> str:
         """The command of the tool the repository uses (it has no ``command`` of its own),
         after making sure the build's ``python`` has that tool."""
@@ -200,9 +232,11 @@ class BuildExecutor:
         )  # fmt: skip
         await say(f"no command in {defaults.CONFIG_FILE}: using {tool.name}, as {tool.reason}")
         python = shutil.which("python", path=environment.get("PATH"))
+        user = self.build_user
         problem = await asyncio.to_thread(
-            testtool.missing_module, python, tool.module, self.workspace.path, environment
-        )
+            testtool.missing_module, python, tool.module, tree, environment,
+            None if user is None else (user.uid, user.gid),
+        )  # fmt: skip
         if problem is not None:
             raise ConfigError(
                 f"{problem}: install it for the runner's Python (python -m pip install "
@@ -210,9 +244,15 @@ class BuildExecutor:
             )
         return tool.command
 
-    def _report_path(self, junit: str | None) -> Report:
+    def _report_path(self, junit: str | None, folders: BuildFolders | None) -> Report:
         """Where this build's JUnit report will be: the repository's own, or one we ask
-        pytest for, outside the checkout (so ``clean -xdff`` and the tests leave it be)."""
+        pytest for, outside the checkout (so ``clean -xdff`` and the tests leave it be);
+        with a build user, in its build's folders, where it may write."""
+        limit = self.settings.max_report_bytes
+        if folders is not None:
+            if junit is None:
+                return Report(folders.report, "junit.xml", limit)
+            return Report(folders.tree, junit, limit)
         if junit is None:
             path = self._scratch / "junit.xml"
             if path.is_dir() and not path.is_symlink():  # left by an earlier build
@@ -223,8 +263,9 @@ class BuildExecutor:
         return Report(self.workspace.path, junit, self.settings.max_report_bytes)
 
     def _environment(
-        self, build: protocol.Build, junit: str | None, report: Path
-    ) -> dict[str, str]:
+        self, build: protocol.Build, junit: str | None, report: Path,
+        folders: BuildFolders | None,
+    ) -> dict[str, str]:  # fmt: skip
         extra = {
             "SUPERCI_COMMIT": build.sha,
             "SUPERCI_BRANCH": build.branch,
@@ -235,6 +276,9 @@ class BuildExecutor:
             extra["PYTEST_ADDOPTS"] = pytest_junit_option(
                 report, os.environ.get("PYTEST_ADDOPTS", "")
             )
+        if self.build_user is not None and folders is not None:  # nothing of the runner's
+            base = self.build_user.environment(os.environ, folders.home, folders.tmp)
+            return build_environment(base, extra)
         return build_environment(os.environ, extra)
 
 

@@ -288,6 +288,7 @@ class Register(Message):
     attempt: int | None = None
     identity: str | None = _check(_check_secret, default=None)  # the runner's own secret
     instance: str | None = _check(_check_nonce, default=None)  # this runner process
+    isolated: bool = False  # its builds run as a user of their own (--build-user)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -107,6 +107,7 @@ def status_document(pool: PoolView, store: Store, now: float, limit: int) -> dic
             "build": runner.build_sha,
             "since_heartbeat": round(now - runner.last_seen, 1),
             "reason": _bench_reason(runner, now),
+            "isolated": runner.isolated,
         }
         for runner in pool.runners
     ]

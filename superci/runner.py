@@ -263,6 +263,7 @@ class RunnerProcess:
                 attempt=current.build.attempt if current else None,
                 identity=self._secret,
                 instance=self._instance,
+                isolated=self.executor.build_user is not None,
             )
         )
         try:

@@ -69,6 +69,7 @@ class PoolRunner:
     bench_reason: str = ""
     instance: str | None = None  # the runner process (see superci.identity.new_instance)
     leaving: bool = False  # said it leaves: it is handed nothing more
+    isolated: bool = False  # its builds run as a user of their own (--build-user)
 
     @property
     def state(self) -> RunnerState:
@@ -141,6 +142,7 @@ class RunnerView:
     build_id: int | None  # the build it runs (with build_sha)
     benched_until: float | None
     bench_reason: str
+    isolated: bool = False  # its builds run as a user of their own
 
 
 @dataclass(frozen=True)
@@ -321,6 +323,7 @@ class Scheduler:
         *,
         proof: Proof,
         instance: str | None,
+        isolated: bool = False,
     ) -> Registration:
         """A runner joined (see :meth:`admit`); it replaces its own older session at once,
         and keeps the build it claims only if that is still its lease."""
@@ -346,8 +349,9 @@ class Scheduler:
             actions.append(CancelLease(session, disowned.build_id, disowned.attempt,
                                        "lease expired"))  # fmt: skip
         runner = self.runners[name] = PoolRunner(
-            name, session, host, pid, now, kept.build_id if kept else None, instance=instance
-        )
+            name, session, host, pid, now, kept.build_id if kept else None, instance=instance,
+            isolated=isolated,
+        )  # fmt: skip
         _carry_bench(old or self._bench_records.pop(name, None), runner, now)
         if kept is None:
             if runner.benched_until is None:
@@ -585,6 +589,7 @@ class Scheduler:
                 runner.build_id,
                 runner.benched_until,
                 runner.bench_reason,
+                runner.isolated,
             )  # fmt: skip
             for runner in sorted(self.runners.values(), key=lambda r: r.name)
         )

@@ -124,7 +124,7 @@ class RunnerSessions:
             self._fault_log.log(logging.WARNING, "runner %s not noted: %s", message.name, e)
         registration = self._scheduler.register(
             message.name, session, message.host, message.pid, lease, now,
-            proof=proof, instance=message.instance,
+            proof=proof, instance=message.instance, isolated=message.isolated,
         )  # fmt: skip
         offset = None
         if registration.disowned is not None:

@@ -106,6 +106,8 @@ class RunnerSettings:
     register_timeout: float = defaults.CLIENT_TIMEOUT
     #: Time the dispatcher has to take note of a runner leaving (seconds).
     leave_timeout: float = defaults.LEAVE_TIMEOUT
+    #: The dedicated user builds run as (see :mod:`superci.builduser`); None: the runner's.
+    build_user: str | None = None
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,10 @@ def _reason(build: dict[str, Any]) -> str | None:
 def status_tables(document: dict[str, Any]) -> str:
     """The three sections of ``superci status``."""
     runners = [
-        (r["name"], r["host"], r["state"], _short(r["build"]), _seconds(r["since_heartbeat"]))
+        (r["name"], r["host"], r["state"], _short(r["build"]), _seconds(r["since_heartbeat"]),
+         "yes" if r.get("isolated") else "no")
         for r in document["runners"]
-    ]
+    ]  # fmt: skip
     queue = [
         (q["build_id"], _short(q["sha"]), q["branch"], q["attempt"]) for q in document["queue"]
     ]
@@ -59,7 +60,7 @@ def status_tables(document: dict[str, Any]) -> str:
     return "\n\n".join(
         [
             f"Runners ({len(runners)})\n"
-            + table(["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT"], runners)
+            + table(["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT", "ISOLATED"], runners)
             + "".join(f"\n{line}" for line in benched),
             f"Queue ({document.get('queued', len(queue))})\n"
             + table(["BUILD", "COMMIT", "BRANCH", "ATTEMPTS"], queue),

@@ -179,12 +179,20 @@ def _pytest_style(tree: ast.Module) -> str | None:
 
 
 def missing_module(
-    python: str | None, module: str, cwd: Path, env: Mapping[str, str] | None = None
+    python: str | None,
+    module: str,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    user: tuple[int, int] | None = None,
 ) -> str | None:
     """Why ``module`` cannot be run with ``python -m`` by ``python``; None if it can.
 
-    Asked of the interpreter itself, in the build's folder, as the build will run it.
+    Asked of the interpreter itself, in the build's folder, as the build will run it
+    (as ``user``, uid and gid, when builds run as a build user).
     """
+    as_user: dict[str, Any] = {}
+    if user is not None:
+        as_user = {"user": user[0], "group": user[1], "extra_groups": []}
     if python is None:
         return "there is no 'python' on the build's PATH"
     probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)"
@@ -192,7 +200,7 @@ def missing_module(
         done = subprocess.run(
             [python, "-c", probe, module],
             cwd=cwd, env=None if env is None else dict(env), stdin=subprocess.DEVNULL,
-            capture_output=True, timeout=CHECK_TIMEOUT,
+            capture_output=True, timeout=CHECK_TIMEOUT, **as_user,
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"cannot ask {python} whether {module} is installed: {e}"

@@ -54,6 +54,7 @@ SAMPLES: dict[str, protocol.Message] = {
         attempt=2,
         identity="5e" * 32,
         instance="1a" * 16,
+        isolated=True,
     ),  # fmt: skip
     "registered": Registered(output_offset=1234, identity="c0" * 32),
     "heartbeat": Heartbeat(),

@@ -11,7 +11,7 @@ SHA_C = "c3" * 20
 STATUS = {
     "runners": [
         {"name": "runner-a", "host": "box-1", "state": "busy", "build": SHA_A,
-         "since_heartbeat": 0.4},
+         "since_heartbeat": 0.4, "isolated": True},
         {"name": "runner-b", "host": "box-2", "state": "idle", "build": None,
          "since_heartbeat": 1.25},
     ],
@@ -37,9 +37,9 @@ def section(text: str, title: str) -> list[list[str]]:
 def test_status_lists_each_runner_with_host_state_build_and_heartbeat_age():
     rows = section(status_tables(STATUS), "Runners (2)")
 
-    assert rows[0] == ["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT"]
-    assert rows[1] == ["runner-a", "box-1", "busy", SHA_A[:12], "0.4s"]
-    assert rows[2] == ["runner-b", "box-2", "idle", "-", "1.2s"]
+    assert rows[0] == ["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT", "ISOLATED"]
+    assert rows[1] == ["runner-a", "box-1", "busy", SHA_A[:12], "0.4s", "yes"]
+    assert rows[2] == ["runner-b", "box-2", "idle", "-", "1.2s", "no"]
 
 
 def test_status_lists_the_queue_and_the_last_builds_with_dashes_for_missing_values():
@@ -67,7 +67,9 @@ def test_status_of_an_empty_system_still_shows_every_section():
         "Queue (0)",
         "Last builds",
     ]
-    assert section(text, "Runners (0)") == [["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT"]]
+    assert section(text, "Runners (0)") == [
+        ["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT", "ISOLATED"]
+    ]
 
 
 def test_table_columns_line_up_under_their_headers():
@@ -150,5 +152,5 @@ def test_status_says_under_the_runners_why_a_benched_runner_gets_no_builds():
 
     block = next(b for b in text.split("\n\n") if b.startswith("Runners (3)"))
     lines = block.splitlines()
-    assert lines[4].split() == ["runner-c", "box-3", "benched", "-", "0.1s"]
+    assert lines[4].split() == ["runner-c", "box-3", "benched", "-", "0.1s", "no"]
     assert lines[5:] == [f"runner-c is benched: {reason} (299s left)"]
