@@ -57,7 +57,7 @@ from superci.channel import Address, Channel, parse_address
 
 # The tests' own waits: the benchmark runs from a checkout, never installed, like the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support import wait_until  # noqa: E402
+from support import rss_mib, slow_readers, wait_until  # noqa: E402
 
 PYTHON = sys.executable
 #: How long any one wait may last before the scenario fails (seconds); reached only when broken.
@@ -192,14 +192,6 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
     if children:
         ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
     return ticks / CLOCK_TICKS
-
-
-def rss_mib(pid: int) -> float:
-    """VmRSS of a process, from /proc/<pid>/status."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return math.nan
 
 
 def _read(path: Path) -> str | None:
@@ -1180,35 +1172,6 @@ def scenario_flood(bench: Bench) -> list[Row]:
     ]  # fmt: skip
 
 
-async def _slow_readers(address: Address, sha: str, count: int, pid: int, seconds: float):
-    channels = []
-    for _ in range(count):
-        channel = await client.connect(address, "client")
-        await channel.send(protocol.LogRequest(commit=sha))
-        channels.append(channel)
-    got = [0]
-
-    async def read_slowly(channel: Channel) -> None:
-        while True:
-            message = await channel.receive(WAIT)
-            if isinstance(message, protocol.Reply):
-                return
-            got[0] += len(protocol.unpack_data(message.data))
-            await asyncio.sleep(0.5)
-
-    tasks = [asyncio.create_task(read_slowly(c)) for c in channels]
-    peak, start = rss_mib(pid), time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        await asyncio.sleep(0.05)
-        peak = max(peak, rss_mib(pid))
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for channel in channels:
-        await channel.close()
-    return peak, got[0]
-
-
 def scenario_readers(bench: Bench) -> list[Row]:
     """100 `logs` readers of a 20 MiB log, each taking one frame every half second."""
     s = "9 readers"
@@ -1223,7 +1186,7 @@ def scenario_readers(bench: Bench) -> list[Row]:
         time.sleep(0.5)
         idle = rss_mib(dispatcher.pid)
         peak, got = asyncio.run(
-            _slow_readers(parse_address(stack.address), sha, readers, dispatcher.pid, seconds)
+            slow_readers(parse_address(stack.address), sha, readers, dispatcher.pid, seconds)
         )
     return [
         Row(s, f"dispatcher RSS above idle, {readers} slow readers of {mib} MiB", peak - idle,

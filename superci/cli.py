@@ -113,6 +113,11 @@ def _dispatcher_server_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _state_file(results: Path, state: Path | None) -> Path:
+    """The dispatcher's database: ``--state``, else beside its results folder."""
+    return state or results.resolve().parent / defaults.STATE_FILE
+
+
 def _reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn superci's own errors into a one-line message and exit code 1, not a traceback."""
 
@@ -307,7 +312,7 @@ def dispatcher_command(
         raise click.ClickException("--tls-cert and --tls-key go together")
     tls = server_tls(tls_cert, tls_key) if tls_cert and tls_key else None
     web_address = _web_address(web, token is not None, insecure, web_public)
-    state = state or results.resolve().parent / defaults.STATE_FILE
+    state = _state_file(results, state)
     _run_until_signalled(
         run_dispatcher(
             host,
@@ -478,7 +483,7 @@ def forget_runner_command(name: str, results: Path, state: Path | None) -> None:
     place until it goes."""
     from superci.store import Store
 
-    state = state or results.resolve().parent / defaults.STATE_FILE
+    state = _state_file(results, state)
     if not state.is_file():
         raise click.ClickException(
             f"no dispatcher state at {state}: give the dispatcher's --state (or --results)"

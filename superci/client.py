@@ -223,14 +223,7 @@ async def read_log(
     async with connection(address) as channel:
         await channel.send(request_)
         while True:
-            try:
-                message = await channel.receive(silence)
-            except ConnectionClosed as e:
-                raise DispatcherUnavailable(f"the dispatcher at {address} went away") from e
-            except TimeoutError as e:
-                raise DispatcherUnavailable(
-                    f"no word from the dispatcher at {address} for {silence:g}s"
-                ) from e
+            message = await _next_streamed(channel, address, silence)
             if isinstance(message, protocol.LogData):
                 write(protocol.unpack_data(message.data))
             elif isinstance(message, protocol.Reply):
@@ -248,15 +241,7 @@ async def watch(
     async with connection(address) as channel:
         await channel.send(protocol.Watch())
         while True:
-            try:
-                message = await channel.receive(silence)
-            except ConnectionClosed as e:
-                raise DispatcherUnavailable(f"the dispatcher at {address} went away") from e
-            except TimeoutError as e:
-                raise DispatcherUnavailable(
-                    f"no word from the dispatcher at {address} for {silence:g}s "
-                    "(the link may be cut); run the command again"
-                ) from e
+            message = await _next_streamed(channel, address, silence)
             if not isinstance(message, protocol.Event):
                 raise ProtocolError(f"unexpected {message.type} while watching events")
             try:
@@ -270,3 +255,17 @@ async def watch(
             show(document)
             if document.get("event") == "resync":
                 return
+
+
+async def _next_streamed(channel: Channel, address: Address, silence: float) -> protocol.Message:
+    """The next message of a stream the dispatcher keeps alive (a log, events); silence
+    past ``silence`` seconds is a cut link."""
+    try:
+        return await channel.receive(silence)
+    except ConnectionClosed as e:
+        raise DispatcherUnavailable(f"the dispatcher at {address} went away") from e
+    except TimeoutError as e:
+        raise DispatcherUnavailable(
+            f"no word from the dispatcher at {address} for {silence:g}s "
+            "(the link may be cut); run the command again"
+        ) from e

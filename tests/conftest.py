@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from support import E2E_WAIT, wait_until
 
 
@@ -81,6 +82,23 @@ class Gated(unittest.TestCase):
         print("after the gate", flush=True)
         (GATE / ("finished-" + attempt)).write_text(os.getcwd())
 """
+
+
+def write_tls_files(folder: Path) -> dict[str, Path]:
+    """A fresh CA and a certificate for 127.0.0.1 signed by it, as files: ``cert`` (the
+    chain), ``key`` and ``ca``."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    files = {name: folder / f"{name}.pem" for name in ("cert", "key", "ca")}
+    cert.private_key_and_cert_chain_pem.write_to_path(str(files["cert"]))
+    cert.private_key_pem.write_to_path(str(files["key"]))
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    return files
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> dict[str, Path]:
+    return write_tls_files(tmp_path)
 
 
 class Repo:

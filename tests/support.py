@@ -1,5 +1,6 @@
 """What the tests and ``scripts/bench.py`` both need to watch real programs from outside:
-bounded polling waits, whether a process still runs, a free port.
+bounded polling waits, whether a process still runs, a free port, a process's memory and
+slow readers of a log.
 
 Plain functions with no pytest in them, so the benchmark imports this file as it is (it
 puts ``tests/`` on ``sys.path``): one copy of each, and the benchmark waits exactly as the
@@ -10,12 +11,16 @@ the event where there is one.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
+from superci import client, protocol
+from superci.channel import Address, Channel
 from superci.containment import read_process
 
 #: Upper bound for anything an end-to-end test waits on; reached only when broken.
@@ -92,3 +97,54 @@ def build_processes(sha: str) -> list[int]:
         if needle in environ.split(b"\0") and process_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+def rss_mib(pid: int) -> float:
+    """VmRSS of a process in MiB, from /proc/<pid>/status (NaN for one that has none)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+async def slow_readers(
+    address: Address, sha: str, count: int, pid: int, seconds: float
+) -> tuple[float, int]:
+    """``count`` readers of a commit's log, each taking a frame every half second, for
+    ``seconds``; returns the peak RSS of process ``pid`` meanwhile and the bytes they got."""
+    channels = []
+    for _ in range(count):
+        channel = await client.connect(address, "client", timeout=WAIT)
+        await channel.send(protocol.LogRequest(commit=sha))
+        channels.append(channel)
+    received = [0]
+
+    async def read_slowly(channel: Channel) -> None:
+        while True:
+            message = await channel.receive(WAIT)
+            if isinstance(message, protocol.Reply):
+                return
+            received[0] += len(protocol.unpack_data(message.data))
+            await asyncio.sleep(0.5)
+
+    readers = [asyncio.create_task(read_slowly(c)) for c in channels]
+    peak = rss_mib(pid)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        peak = max(peak, rss_mib(pid))
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
+    return peak, received[0]
+
+
+def file_text(path: Path) -> str | None:
+    """What a file holds, or None while it is missing or still empty (a marker file a
+    test process writes: poll for it with :func:`wait_until`)."""
+    try:
+        return path.read_text() or None
+    except FileNotFoundError:
+        return None

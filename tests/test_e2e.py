@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FAILING_TEST, PASSING_TEST, Repo, Superci, git
-from support import free_port, wait_until
+from support import file_text, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -70,12 +70,12 @@ def test_runner_killed_mid_build_is_redispatched_to_the_other_runner_and_recorde
         runner.wait_for_log("registered with the dispatcher")
     assert "queued" in superci.notify(sha).stdout
 
-    first_dir = Path(wait_until(lambda: _read(gate / "started-1"), what="attempt 1 to start"))
+    first_dir = Path(wait_until(lambda: file_text(gate / "started-1"), what="attempt 1 to start"))
     victim = next(name for name, clone in clones.items() if clone.samefile(first_dir))
     survivor = next(name for name in clones if name != victim)
     runners[victim].kill()
 
-    second_dir = Path(wait_until(lambda: _read(gate / "started-2"), what="attempt 2 to start"))
+    second_dir = Path(wait_until(lambda: file_text(gate / "started-2"), what="attempt 2 to start"))
     assert second_dir.samefile(clones[survivor])
     (gate / "open").touch()
     result = superci.wait_for_result(sha)
@@ -204,13 +204,6 @@ def test_up_builds_new_commits_prints_outcomes_and_stops_cleanly_on_ctrl_c(
     assert logs == ["observer.log", "runner-1.log", "runner-2.log", "up.log"]
     assert "registered with the dispatcher" in (work / "logs" / "runner-1.log").read_text()
     assert git(repo.path, "status", "--porcelain", "--ignored") == before
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text() or None
-    except FileNotFoundError:
-        return None
 
 
 def test_token_protected_dispatcher_builds_for_runners_with_the_token_only(

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 from conftest import PASSING_TEST, Process, Repo
-from support import wait_until
+from support import file_text, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -230,13 +230,6 @@ def hosts(tmp_path: Path, network: Network) -> Iterator[Hosts]:
         stack.stop_all()  # before the namespaces go (this fixture ends first)
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text() or None
-    except FileNotFoundError:
-        return None
-
-
 def _children(pid: int) -> list[int]:
     """Processes whose parent is ``pid`` (a runner's running build, for instance), but for
     the runner's guard (superci.containment.Guard), which lives as long as the runner."""
@@ -267,7 +260,7 @@ def test_runner_cut_off_mid_build_loses_its_lease_and_rejoins_when_the_link_is_b
 
     # The far runner, across the veth, takes the build; only then does the near one come.
     hosts.notify(sha)
-    started = wait_until(lambda: _read(gate / "started-1"), WAIT, "attempt 1 to start")
+    started = wait_until(lambda: file_text(gate / "started-1"), WAIT, "attempt 1 to start")
     assert Path(started).samefile(far_clone)
     near = hosts.runner(network.near, near_clone, "near")
     near.wait_for_log("registered with the dispatcher", WAIT)
@@ -276,7 +269,7 @@ def test_runner_cut_off_mid_build_loses_its_lease_and_rejoins_when_the_link_is_b
     # the near runner as attempt 2.
     network.cut()
     cut_at = time.monotonic()
-    started = wait_until(lambda: _read(gate / "started-2"), WAIT, "attempt 2 to start")
+    started = wait_until(lambda: file_text(gate / "started-2"), WAIT, "attempt 2 to start")
     redispatched_after = time.monotonic() - cut_at
     assert Path(started).samefile(near_clone)
     assert redispatched_after >= HEARTBEAT_TIMEOUT

@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import trustme
-from conftest import Repo, Superci, git
+from conftest import Repo, Superci, git, write_tls_files
 from support import free_port
 
 pytestmark = pytest.mark.e2e
@@ -74,14 +73,7 @@ def test_post_receive_in_a_bare_repository_queues_every_pushed_commit_oldest_fir
     superci: Superci, server: Path, wrapper: Path, tmp_path: Path
 ):
     """Everything from git config keys: the command outside PATH, token file, TLS CA."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    for name, blob in (
-        ("cert", cert.private_key_and_cert_chain_pem),
-        ("key", cert.private_key_pem),
-        ("ca", ca.cert_pem),
-    ):
-        blob.write_to_path(str(tmp_path / f"{name}.pem"))  # fmt: skip
+    write_tls_files(tmp_path)
     token = token_file(tmp_path)
     superci.dispatcher(
         0, "--token-file", str(token),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PASSING_TEST, Repo, Superci
-from support import E2E_WAIT, process_alive, wait_until
+from support import E2E_WAIT, file_text, process_alive, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -179,7 +179,7 @@ def test_a_stopped_runner_ends_its_build_before_another_runner_starts_it(
     first = superci.runner(repo.clone(tmp_path / "first"), "first", "--kill-grace", "1")
     first.wait_for_log("registered with the dispatcher")
     assert "queued" in superci.notify(sha).stdout
-    first_pid = int(wait_until(lambda: _read(gate / "pid-1"), what="attempt 1 to start"))
+    first_pid = int(wait_until(lambda: file_text(gate / "pid-1"), what="attempt 1 to start"))
     second = superci.runner(repo.clone(tmp_path / "second"), "second")
     second.wait_for_log("registered with the dispatcher")
 
@@ -190,10 +190,3 @@ def test_a_stopped_runner_ends_its_build_before_another_runner_starts_it(
     (gate / "open").touch()
     result = superci.wait_for_result(sha)
     assert (result["status"], result["attempt"], result["runner"]) == ("passed", 2, "second")
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text() or None
-    except FileNotFoundError:
-        return None

@@ -16,8 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import trustme
-from conftest import Repo, Superci
+from conftest import Repo, Superci, write_tls_files
 from helpers import async_test, frames_until_closed
 from support import WAIT, eventually, wait_until
 
@@ -106,12 +105,8 @@ async def test_token_never_crosses_the_wire(tmp_path, monkeypatch):
 
 @async_test()
 async def test_tls_with_a_trusted_certificate_works_and_an_untrusted_one_is_refused(tmp_path):
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    ca.cert_pem.write_to_path(str(ca_file))
+    tls = write_tls_files(tmp_path)
+    cert_file, key_file, ca_file = tls["cert"], tls["key"], tls["ca"]
     server = Credentials(token=TOKEN, ssl=auth.server_tls(cert_file, key_file))
     async with dispatcher(tmp_path, server) as address:
         trusted = replace(address, credentials=Credentials(TOKEN, auth.client_tls(ca_file)))
@@ -269,16 +264,6 @@ class _Link:
             sock.close()
 
 
-def _tls_files(tmp_path: Path) -> dict[str, Path]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    files = {name: tmp_path / f"{name}.pem" for name in ("cert", "key", "ca")}
-    cert.private_key_and_cert_chain_pem.write_to_path(str(files["cert"]))
-    cert.private_key_pem.write_to_path(str(files["key"]))
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    return files
-
-
 @pytest.mark.e2e
 def test_a_tls_connection_cut_mid_build_is_a_logged_disconnect_on_both_sides_not_an_error(
     repo: Repo, superci: Superci, tmp_path: Path
@@ -286,7 +271,7 @@ def test_a_tls_connection_cut_mid_build_is_a_logged_disconnect_on_both_sides_not
     """The runner's link to the dispatcher stops delivering mid-build: the dispatcher
     drops the silent runner (TLS close_notify), and when the link heals the runner's
     heartbeats arrive after it, which TLS reports as an SSLError, not a closed stream."""
-    tls = _tls_files(tmp_path)
+    tls = write_tls_files(tmp_path)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN.decode())
     gate = tmp_path / "gate"
@@ -325,7 +310,7 @@ async def test_tls_data_after_close_notify_is_a_closed_connection_for_every_chan
 ):
     """The side that closed first and then gets the peer's late frames sees ssl.SSLError
     from the stream; the channel turns it into ConnectionClosed on receive, send and close."""
-    tls = _tls_files(tmp_path)
+    tls = write_tls_files(tmp_path)
     accepted: asyncio.Queue[Channel] = asyncio.Queue()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -19,10 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import trustme
 from conftest import Repo, Superci
 from helpers import HARNESS_SETTINGS, FakeRunner, Harness, async_test
-from support import WAIT, eventually, wait_until
+from support import WAIT, eventually, rss_mib, slow_readers, wait_until
 
 from superci import client, protocol
 from superci.channel import Address, parse_address
@@ -104,17 +103,6 @@ class Slowloris:
                 writer.close()
 
 
-@pytest.fixture
-def tls_files(tmp_path: Path) -> dict[str, Path]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    files = {name: tmp_path / f"{name}.pem" for name in ("cert", "key", "ca")}
-    cert.private_key_and_cert_chain_pem.write_to_path(str(files["cert"]))
-    cert.private_key_pem.write_to_path(str(files["key"]))
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    return files
-
-
 def timed(args: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
     start = time.monotonic()
     done = subprocess.run(
@@ -189,13 +177,6 @@ def test_running_the_dispatcher_out_of_file_descriptors_is_logged_once_a_second(
 # --- log readers --------------------------------------------------------------------
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def write_big_log(results: Path, sha: str, mib: int) -> bytes:
     """A log as a long build leaves it (written here: what matters is its size)."""
     folder = results / sha
@@ -203,38 +184,6 @@ def write_big_log(results: Path, sha: str, mib: int) -> bytes:
     line = b"x" * 1023 + b"\n"
     (folder / "output.log").write_bytes(line * 1024 * mib)
     return line
-
-
-async def slow_readers(address: Address, sha: str, count: int, pid: int, seconds: float):
-    """``count`` readers of the log, each taking a frame every half second; returns the
-    dispatcher's peak RSS meanwhile and the bytes they got."""
-    channels = []
-    for _ in range(count):
-        channel = await client.connect(address, "client", timeout=WAIT)
-        await channel.send(protocol.LogRequest(commit=sha))
-        channels.append(channel)
-    received = [0]
-
-    async def read_slowly(channel) -> None:
-        while True:
-            message = await channel.receive(WAIT)
-            if isinstance(message, protocol.Reply):
-                return
-            received[0] += len(protocol.unpack_data(message.data))
-            await asyncio.sleep(0.5)
-
-    readers = [asyncio.create_task(read_slowly(c)) for c in channels]
-    peak = rss_mib(pid)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        peak = max(peak, rss_mib(pid))
-    for task in readers:
-        task.cancel()
-    await asyncio.gather(*readers, return_exceptions=True)
-    for channel in channels:
-        await channel.close()
-    return peak, received[0]
 
 
 def test_100_slow_log_readers_keep_the_dispatcher_memory_bounded(superci: Superci, tmp_path):
