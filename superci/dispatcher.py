@@ -22,6 +22,7 @@ import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from superci import protocol
 from superci.auth import NO_CREDENTIALS, Credentials
@@ -35,8 +36,9 @@ from superci.scheduler import Scheduler
 from superci.sessions import RunnerSessions
 from superci.settings import DispatcherSettings, with_given
 from superci.store import Store
-from superci.web import WebServer
-from superci.weblogin import WebAccess
+
+if TYPE_CHECKING:  # aiohttp is imported only by a dispatcher that serves the web page
+    from superci.web import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,9 @@ class Dispatcher:
     async def start_web(self, host: str, port: int, public: bool = False) -> Address:
         """Serve the web page on this loop too (with a token, behind a login unless
         ``public``); returns its bound address."""
+        from superci.web import WebServer  # aiohttp only for a dispatcher that serves it
+        from superci.weblogin import WebAccess
+
         self.web = WebServer(
             self.store, self.results, self.scheduler, self.bus,
             settings=self.settings, clock=self._clock, access=WebAccess(self._token, public),
