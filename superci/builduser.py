@@ -2,9 +2,12 @@
 
 A commit's tests run as a dedicated, unprivileged user: they cannot read the runner's
 token and identity, write into its clone, signal it, or leave a process it does not end.
-The runner (root) exports each commit from its private clone into a folder of the build
-user's own, under a parent only the runner may list (0711), and hands the build a clean
-environment with none of the runner's variables.
+Everything the runner does as NAME goes through :meth:`BuildUser.command`: as root it
+drops to NAME's uid and gid; as any other user it runs ``sudo -n -u NAME -- /usr/bin/env
+-i VARS PROGRAM...``, which the one-line sudo rule of the README allows (:data:`SUDO_RULE`)
+and nothing else needs. So a runner that is not root hands the tree over (a tar stream
+NAME unpacks), signals and kills NAME's processes (``kill -1`` as NAME) and removes
+NAME's folder through that rule, and never needs to be root.
 """
 
 from __future__ import annotations
@@ -12,40 +15,69 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from superci.errors import ConfigError
+from superci.errors import ConfigError, WorkspaceError
 
 log = logging.getLogger(__name__)
 
 #: Longest wait (seconds) for the build user's killed processes to be gone.
 KILL_TIMEOUT = 5.0
+#: Longest wait (seconds) for one small command run as the build user (not the build).
+COMMAND_TIMEOUT = 60.0
 #: Variables of the runner's environment a build may see: where programs are, the locale.
 KEPT_VARIABLES = ("PATH", "LANG", "LANGUAGE")
+#: The one program a runner that is not root runs through sudo; it runs the rest.
+ENV = "/usr/bin/env"
+#: The sudo rule a runner that is not root needs (README.rst gives it; a test uses it).
+SUDO_RULE = "{runner} ALL=({build_user}) NOPASSWD: " + ENV
+#: ``PATH`` of the small commands superci runs as the build user (kill, tar, rm).
+HELPER_PATH = "/usr/local/bin:/usr/bin:/bin"
+#: The folder of the runner's scratch folder where the build user makes its builds'.
+BUILDS = "builds"
 _POLL = 0.01
+
+#: Run as the build user with the tar of the tree on stdin: a folder of its own for the
+#: build (mktemp: a fresh, unguessable name), the tree unpacked in it; prints the folder.
+HAND_OVER = """set -eu
+umask 022
+root=$(mktemp -d "$1/build-XXXXXXXXXX")
+chmod 711 "$root"
+mkdir "$root/tree" "$root/report"
+mkdir -m 700 "$root/home" "$root/tmp"
+tar -x -f - -C "$root/tree"
+printf '%s\n' "$root"
+"""
+#: Run as the build user: remove its build folder, whatever modes the build left.
+REMOVE = 'chmod -R u+rwx -- "$1" 2>/dev/null; rm -rf -- "$1"'
 
 
 @dataclass(frozen=True)
 class BuildUser:
-    """The user a runner's builds run as."""
+    """The user a runner's builds run as, and the one way the runner acts as it."""
 
     name: str
     uid: int
     gid: int
     home: Path
+    #: sudo, when the runner is not root and becomes NAME through :data:`SUDO_RULE`.
+    sudo: str | None = None
 
     @classmethod
-    def lookup(cls, name: str) -> BuildUser:
-        """The user ``name``, if it may run builds: a dedicated user, neither root nor the
-        runner's own, on Linux, with the runner able to become it (root)."""
-        if not sys.platform.startswith("linux"):
-            raise ConfigError("--build-user works on Linux only")
+    def of(cls, name: str) -> BuildUser:
+        """The user ``name``, reached as root can, or else through sudo (no checks: for
+        ending what a build left, see :meth:`lookup` for a runner's start)."""
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
@@ -53,22 +85,71 @@ class BuildUser:
                 f"no user named {name!r} for --build-user: create a dedicated user for builds "
                 f"(useradd --create-home {name})"
             ) from None
-        if entry.pw_uid == 0:
+        sudo = None if os.geteuid() == 0 else (shutil.which("sudo") or "sudo")
+        return cls(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), sudo)
+
+    @classmethod
+    def lookup(cls, name: str) -> BuildUser:
+        """The user ``name``, if it may run builds: a dedicated user, neither root nor the
+        runner's own, on Linux, that the runner may become (as root, or through sudo)."""
+        if not sys.platform.startswith("linux"):
+            raise ConfigError("--build-user works on Linux only")
+        user = cls.of(name)
+        if user.uid == 0:
             raise ConfigError(
                 f"refusing build user {name!r}: it is root; a build user must be a dedicated, "
                 "unprivileged user"
             )
-        if entry.pw_uid == os.geteuid():
+        if user.uid == os.geteuid():
             raise ConfigError(
                 f"refusing build user {name!r}: it is the runner's own user, so builds could "
                 "read its token and identity; a build user must be dedicated"
             )
-        if os.geteuid() != 0:
+        user.check_reachable()
+        return user
+
+    def check_reachable(self) -> None:
+        """A runner that is not root must be able to run commands as this user through
+        sudo, without a password: ask (``id -u`` as it), or say which rule to add."""
+        if self.sudo is None:
+            return
+        try:
+            done = self.run(["id", "-u"], timeout=COMMAND_TIMEOUT)
+            said = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            became = done.stdout.strip() == str(self.uid)
+        except (OSError, subprocess.SubprocessError) as e:
+            said, became = [str(e)], False
+        if not became:
+            runner = pwd.getpwuid(os.geteuid()).pw_name
+            rule = SUDO_RULE.format(runner=runner, build_user=self.name)
             raise ConfigError(
-                f"--build-user {name} needs the runner to run as root, to run builds as "
-                f"{name} and end their processes"
+                f"--build-user {self.name}: this runner runs as {runner}, not root, and "
+                f"cannot run commands as {self.name} through sudo ({said[0]}). Install sudo "
+                f"and add this rule (visudo -f /etc/sudoers.d/superci):\n    {rule}"
             )
-        return cls(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
+
+    def command(
+        self, argv: Sequence[str], env: Mapping[str, str]
+    ) -> tuple[list[str], dict[str, Any]]:
+        """How to start ``argv`` as this user with exactly the environment ``env``: the
+        arguments and the keyword arguments for :class:`subprocess.Popen`."""
+        if self.sudo is None:  # root: subprocess drops to the user in the child
+            as_user = {"user": self.uid, "group": self.gid, "extra_groups": []}
+            return list(argv), {"env": dict(env), **as_user}
+        variables = [f"{key}={value}" for key, value in env.items()]
+        sudo = [self.sudo, "-n", "-u", self.name, "--", ENV, "-i", *variables, *argv]
+        return sudo, {"env": {"PATH": os.environ.get("PATH", os.defpath)}}
+
+    def run(
+        self, argv: Sequence[str], *, stdin: Any = subprocess.DEVNULL,
+        timeout: float = COMMAND_TIMEOUT,
+    ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """Run a small command of superci's as this user (not the build's) and wait."""
+        args, options = self.command(argv, {"PATH": HELPER_PATH, "LC_ALL": "C"})
+        return subprocess.run(
+            args, stdin=stdin, capture_output=True, text=True, timeout=timeout, cwd="/",
+            start_new_session=True, **options,
+        )  # fmt: skip
 
     def processes(self) -> list[int]:
         """Pids of the processes that run as this user."""
@@ -85,16 +166,28 @@ class BuildUser:
                 "dedicated to this runner's builds"
             )
 
+    def signal_all(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to every process of this user: the build's, since it is dedicated.
+        As root directly; otherwise as the user itself (``kill -1``), through sudo."""
+        if self.sudo is None:
+            for pid in self.processes():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            return
+        try:  # kill -1: all the caller may signal, i.e. the user's; the caller excepted
+            self.run(["/bin/sh", "-c", f"kill -{sig.name.removeprefix('SIG')} -1"])
+        except (OSError, subprocess.SubprocessError) as e:
+            log.error("cannot send %s to the processes of build user %s: %s",
+                      sig.name, self.name, e)  # fmt: skip
+
     def kill_all(self) -> int:
         """SIGKILL every process of this user until none is left (bounded); how many."""
         killed: set[int] = set()
         deadline = time.monotonic() + KILL_TIMEOUT
         while pids := self.processes():
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            self.signal_all(signal.SIGKILL)
             killed |= set(pids)
             if time.monotonic() > deadline:
                 log.error("processes %s of build user %s survive SIGKILL", pids, self.name)
@@ -115,6 +208,66 @@ class BuildUser:
             "LOGNAME": self.name,
             "TMPDIR": str(tmp),
         }
+
+    def hand_over(self, source: Path, scratch: Path) -> BuildFolders:
+        """Give this user a copy of the checked-out tree of ``source`` (without any
+        ``.git``) in a fresh folder of its own: the runner streams a tar of it, the user
+        unpacks it (see :data:`HAND_OVER`). Blocks."""
+        builds = _builds_folder(scratch)
+        with tempfile.TemporaryFile() as errors:
+            args, options = self.command(
+                ["/bin/sh", "-c", HAND_OVER, "sh", str(builds)],
+                {"PATH": HELPER_PATH, "LC_ALL": "C"},
+            )
+            unpack = subprocess.Popen(
+                args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, cwd="/",
+                start_new_session=True, **options,
+            )  # fmt: skip
+            assert unpack.stdin is not None and unpack.stdout is not None
+            try:
+                _write_tar(source, unpack.stdin)
+            except BrokenPipeError:
+                pass  # tar stopped reading: its exit code and message say why
+            finally:
+                unpack.stdin.close()
+            try:
+                printed = unpack.stdout.read().decode(errors="replace")
+                code = unpack.wait(COMMAND_TIMEOUT)
+            finally:
+                if unpack.poll() is None:
+                    unpack.kill()
+                    unpack.wait()
+            errors.seek(0)
+            said = errors.read().decode(errors="replace").strip()
+        if code != 0:
+            raise WorkspaceError(
+                f"cannot hand the checkout to build user {self.name}: the unpacking as "
+                f"{self.name} failed (exit code {code}): {said[-500:] or 'no message'}"
+            )
+        return self._folders(builds, printed.strip())
+
+    def _folders(self, builds: Path, printed: str) -> BuildFolders:
+        """The folders the unpacking made, once sure they are the user's, in ``builds``."""
+        root = Path(printed)
+        info = root.lstat() if root.is_absolute() else None
+        if (info is None or root.parent != builds or not re.fullmatch(r"build-\w+", root.name)
+                or not root.is_dir() or root.is_symlink() or info.st_uid != self.uid):  # fmt: skip
+            raise WorkspaceError(
+                f"cannot hand the checkout to build user {self.name}: it made {printed!r}, "
+                f"not a folder of its own in {builds}"
+            )
+        return BuildFolders(root, root / "tree", root / "home", root / "tmp", root / "report")
+
+    def remove(self, folders: BuildFolders) -> None:
+        """Remove a build's folder as this user (its processes are gone by then)."""
+        try:
+            done = self.run(["/bin/sh", "-c", REMOVE, "sh", str(folders.root)])
+        except (OSError, subprocess.SubprocessError) as e:
+            log.warning("cannot remove %s as build user %s: %s", folders.root, self.name, e)
+            return
+        if done.returncode != 0 or os.path.lexists(folders.root):
+            log.warning("cannot remove %s as build user %s: %s", folders.root, self.name,
+                        done.stderr.strip() or f"exit code {done.returncode}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -159,35 +312,27 @@ def make_private(path: Path) -> None:
         path.chmod(0o700)
 
 
-def export_tree(source: Path, user: BuildUser, parent: Path, build_id: int) -> BuildFolders:
-    """Copy the checked-out tree of ``source`` (without any ``.git``) into a fresh folder
-    of ``user`` under ``parent`` (made 0711: the user reaches its own folder only)."""
-    parent.chmod(0o711)
-    root = parent / f"build-{build_id}"
-    remove_folder(root)
-    root.mkdir(mode=0o700)
-    folders = BuildFolders(root, root / "tree", root / "home", root / "tmp", root / "report")
-    shutil.copytree(source, folders.tree, symlinks=True, ignore=_git_dirs)
-    for folder in (folders.home, folders.tmp, folders.report):
-        folder.mkdir(mode=0o700)
-    _chown_tree(root, user)
-    return folders
+def _builds_folder(scratch: Path) -> Path:
+    """The folder where the build user makes its builds' folders: the runner's scratch
+    folder may be entered (0711), not listed; in ``builds`` anyone may make an entry but
+    none may list or remove another's (1733), so only the runner learns a build's name."""
+    scratch.chmod(0o711)
+    builds = scratch / BUILDS
+    builds.mkdir(exist_ok=True)
+    builds.chmod(0o1733)
+    return builds
 
 
-def remove_folder(root: Path) -> None:
-    """Remove a build's folder (the build user's processes are gone by then)."""
-    if root.is_symlink() or root.is_file():
-        root.unlink()
-    elif root.exists():
-        shutil.rmtree(root)
+def _write_tar(source: Path, stream: Any) -> None:
+    """A tar of the tree at ``source``, every ``.git`` left out, to ``stream``."""
 
+    def anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        if Path(info.name).name == ".git":
+            return None
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
 
-def _git_dirs(folder: str, names: list[str]) -> set[str]:
-    return {".git"} & set(names)
-
-
-def _chown_tree(root: Path, user: BuildUser) -> None:
-    os.lchown(root, user.uid, user.gid)
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            os.lchown(os.path.join(folder, name), user.uid, user.gid)
+    with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(os.listdir(source)):
+            tar.add(source / name, arcname=name, filter=anonymous)

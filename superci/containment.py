@@ -11,7 +11,9 @@ So every build is contained in layers, the strongest first:
   than init's, so they stay its descendants and are reaped by it;
 * ``PR_SET_PDEATHSIG`` in the build's session leader, a record of the build beside the
   runner's clone, and a guard process that outlives the runner: a runner killed with
-  SIGKILL takes its build with it, and a restarted one ends what its previous life left.
+  SIGKILL takes its build with it, and a restarted one ends what its previous life left;
+* with a build user (:mod:`superci.builduser`), every process of that dedicated user, as
+  it (``kill -1``) when the runner may not signal them itself (it is not root).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from superci.builduser import BuildUser
+from superci.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +239,8 @@ class Record:
     cgroup: str | None = None
     leader: int | None = None
     leader_start: int | None = None
+    #: The build user, whose every process is the build's (it is dedicated).
+    user: str | None = None
 
     def members(self, processes: list[Process], lineage: set[int]) -> set[int]:
         """Pids of the build's processes that run still (and zombies among them)."""
@@ -253,9 +260,10 @@ class Record:
 class BuildContainment:
     """Containment of one build: made before its leader starts, closed when all is dead."""
 
-    def __init__(self, record_path: Path | None = None) -> None:
-        self.record = Record(mark=secrets.token_hex(16))
+    def __init__(self, record_path: Path | None = None, user: BuildUser | None = None) -> None:
+        self.record = Record(mark=secrets.token_hex(16), user=None if user is None else user.name)
         self.record_path = record_path
+        self.user = user
         self.cgroup = BuildCgroup.create(f"superci-build-{os.getpid()}-{self.record.mark[:8]}")
         if self.cgroup is not None:
             self.record.cgroup = str(self.cgroup.path)
@@ -326,6 +334,8 @@ class BuildContainment:
         for."""
         if self.cgroup is not None:
             self.cgroup.kill()
+        if self.user is not None:  # all of it, also what the runner may not signal itself
+            self.user.kill_all()
         killed: set[int] = set()
         deadline = time.monotonic() + KILL_TIMEOUT
         while members := self.signal_all(signal.SIGKILL):  # again: some forked meanwhile
@@ -399,6 +409,12 @@ def kill_recorded(path: Path) -> int:
         return 0
     containment = BuildContainment.__new__(BuildContainment)
     containment.record, containment.record_path = record, path
+    containment.user = None
+    if record.user is not None:
+        try:
+            containment.user = BuildUser.of(record.user)
+        except ConfigError as e:
+            log.warning("cannot end the processes of build user %s: %s", record.user, e)
     containment.cgroup = BuildCgroup(Path(record.cgroup)) if record.cgroup else None
     leader = read_process(record.leader) if record.leader is not None else None
     if leader is None or leader.start != record.leader_start:

@@ -74,7 +74,9 @@ async def run_command(
     user: BuildUser | None = None,
 ) -> Execution:
     """Run ``/bin/sh -c command`` in ``cwd``, streaming its merged output to ``on_output``;
-    as ``user`` (its uid, gid and no other group) when one is given.
+    as ``user`` when one is given (see :meth:`BuildUser.command`): then the time limit and
+    cancel signal every process of that user too, which a runner that is not root does
+    through the user itself.
 
     An exception raised by ``on_output`` stops the build (its group is terminated) and is
     re-raised here, since output nobody can receive is a build nobody can judge.
@@ -104,46 +106,56 @@ async def _run_contained(
     user: BuildUser | None,
 ) -> Execution:
     loop = asyncio.get_running_loop()
-    # Dropped in the child before the preexec (cgroup join, death signal) and the exec.
-    as_user: dict[str, Any] = {}
-    if user is not None:
-        as_user = {"user": user.uid, "group": user.gid, "extra_groups": []}
+    argv = ["/bin/sh", "-c", command]
+    options: dict[str, Any] = {"env": contain.environment(dict(env))}
+    if user is not None:  # as root, dropped in the child before the preexec and the exec
+        argv, options = user.command(argv, options["env"])
     started = time.monotonic()
     deadline = started + timeout
     try:
         transport, pipe = await loop.subprocess_exec(
             _OutputPipe,
-            "/bin/sh",
-            "-c",
-            command,
+            *argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=os.fspath(cwd),
-            env=contain.environment(dict(env)),
             start_new_session=True,
             preexec_fn=contain.preexec(),
-            **as_user,
+            **options,
         )
     except (OSError, subprocess.SubprocessError) as e:
         raise SuperCIError(f"cannot start the test command in {cwd}: {e}") from e
     pgid = transport.get_pid()  # a new session's leader: its pid is the group id
     contain.started(pgid)
+
+    # A runner that is not root may not signal its build user's processes: it goes
+    # through the user (signal_build), and containment's kill_all ends them.
+    reachable = user is None or user.sudo is None
+
+    async def signal_build(sig: signal.Signals) -> None:
+        """The group, and with a build user every process of it (escaped ones too)."""
+        if reachable:
+            _signal_group(pgid, sig)
+        if user is not None:
+            await asyncio.to_thread(user.signal_all, sig)
+
     pump = asyncio.create_task(_pump(pipe, on_output))
     finished = False
     try:
         ending = await _wait_for_end(pipe.exited, pump, cancel, timeout)
-        if ending == "exited":
+        if ending == "exited" and reachable:
             _signal_group(pgid, signal.SIGKILL)  # leftovers: background jobs, daemons
         else:
             log.info("terminating build process group %d (%s)", pgid, ending)
-            await _terminate_group(pgid, pipe.exited, kill_grace)
+            await _terminate_group(pgid, pipe.exited, kill_grace, signal_build)
         await asyncio.to_thread(contain.kill_all)  # what escaped the group: setsid, daemons
         ending = await _drain(pipe, pump, pgid, cancel, ending, deadline, drain_timeout)
         finished = True
     finally:
         if not finished:  # the caller cancelled us, or something failed unexpectedly
-            _signal_group(pgid, signal.SIGKILL)
+            if reachable:
+                _signal_group(pgid, signal.SIGKILL)
             contain.kill_all()
             pump.cancel()
         transport.close()
@@ -259,12 +271,15 @@ async def _wait_for_end(
             task.cancel()
 
 
-async def _terminate_group(pgid: int, exited: asyncio.Event, grace: float) -> None:
+async def _terminate_group(
+    pgid: int, exited: asyncio.Event, grace: float,
+    send: Callable[[signal.Signals], Awaitable[None]],
+) -> None:  # fmt: skip
     """SIGTERM lets tests clean up; SIGKILL after the grace makes sure the group ends."""
-    _signal_group(pgid, signal.SIGTERM)
+    await send(signal.SIGTERM)
     if not await _group_gone(pgid, exited, grace):
         log.warning("build process group %d outlived %.1fs after SIGTERM, killing", pgid, grace)
-        _signal_group(pgid, signal.SIGKILL)
+        await send(signal.SIGKILL)
 
 
 async def _group_gone(pgid: int, exited: asyncio.Event, grace: float) -> bool:

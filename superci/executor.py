@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from superci import containment, defaults, protocol, testtool
-from superci.builduser import BuildFolders, BuildUser, export_tree, make_private, remove_folder
+from superci.builduser import BuildFolders, BuildUser, make_private
 from superci.config import BuildConfig, load_build_config
 from superci.errors import ConfigError, UnsafeFile, WorkspaceBroken, WorkspaceError
 from superci.execute import Execution, build_environment, run_command
@@ -85,6 +86,8 @@ class BuildExecutor:
         self.build_user = (
             None if settings.build_user is None else BuildUser.lookup(settings.build_user)
         )
+        #: The running build's folders, handed to the build user (removed after it).
+        self._folders: BuildFolders | None = None
         if self.build_user is not None:
             make_private(workspace.path)
 
@@ -115,10 +118,9 @@ class BuildExecutor:
         finally:
             if self.build_user is not None:  # none of its processes outlives the build
                 await asyncio.to_thread(self.build_user.kill_all)
-                await asyncio.to_thread(remove_folder, self._build_folder(build))
-
-    def _build_folder(self, build: protocol.Build) -> Path:
-        return self._scratch / f"build-{build.build_id}"
+                if self._folders is not None:
+                    await asyncio.to_thread(self.build_user.remove, self._folders)
+                    self._folders = None
 
     def _hand_over(self, build: protocol.Build) -> BuildFolders | None:
         """With a build user: refuse one that is not dedicated, then export the commit
@@ -127,12 +129,12 @@ class BuildExecutor:
             return None
         self.build_user.check_dedicated()
         try:
-            return export_tree(self.workspace.path, self.build_user, self._scratch,
-                               build.build_id)  # fmt: skip
-        except OSError as e:
+            self._folders = self.build_user.hand_over(self.workspace.path, self._scratch)
+        except (OSError, subprocess.SubprocessError) as e:
             raise WorkspaceError(
                 f"cannot hand the checkout to build user {self.build_user.name}: {e}"
             ) from e
+        return self._folders
 
     async def _run(
         self,
@@ -199,7 +201,9 @@ class BuildExecutor:
             build_id=build.build_id, attempt=build.attempt,
             timeout=timeout, kill_grace=self.settings.kill_grace,
         ))  # fmt: skip
-        contained = await asyncio.to_thread(containment.BuildContainment, self.build_record)
+        contained = await asyncio.to_thread(
+            containment.BuildContainment, self.build_record, self.build_user
+        )
         with contained:  # closed here too, should anything fail before run_command does it
             await say(f"$ {command}")
             await say(f"contained by {contained.description}")
@@ -232,11 +236,9 @@ class BuildExecutor:
         )  # fmt: skip
         await say(f"no command in {defaults.CONFIG_FILE}: using {tool.name}, as {tool.reason}")
         python = shutil.which("python", path=environment.get("PATH"))
-        user = self.build_user
         problem = await asyncio.to_thread(
-            testtool.missing_module, python, tool.module, tree, environment,
-            None if user is None else (user.uid, user.gid),
-        )  # fmt: skip
+            testtool.missing_module, python, tool.module, tree, environment, self.build_user
+        )
         if problem is not None:
             raise ConfigError(
                 f"{problem}: install it for the runner's Python (python -m pip install "

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from superci import defaults
+from superci.builduser import BuildUser
 from superci.errors import UnsafeFile
 from superci.safefile import read_inside
 
@@ -183,24 +184,24 @@ def missing_module(
     module: str,
     cwd: Path,
     env: Mapping[str, str] | None = None,
-    user: tuple[int, int] | None = None,
+    user: BuildUser | None = None,
 ) -> str | None:
     """Why ``module`` cannot be run with ``python -m`` by ``python``; None if it can.
 
     Asked of the interpreter itself, in the build's folder, as the build will run it
-    (as ``user``, uid and gid, when builds run as a build user).
+    (as ``user`` when builds run as a build user).
     """
-    as_user: dict[str, Any] = {}
-    if user is not None:
-        as_user = {"user": user[0], "group": user[1], "extra_groups": []}
     if python is None:
         return "there is no 'python' on the build's PATH"
     probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)"
+    argv: list[str] = [python, "-c", probe, module]
+    options: dict[str, Any] = {"env": None if env is None else dict(env)}
+    if user is not None:
+        argv, options = user.command(argv, os.environ if env is None else env)
     try:
         done = subprocess.run(
-            [python, "-c", probe, module],
-            cwd=cwd, env=None if env is None else dict(env), stdin=subprocess.DEVNULL,
-            capture_output=True, timeout=CHECK_TIMEOUT, **as_user,
+            argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
+            timeout=CHECK_TIMEOUT, **options,
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"cannot ask {python} whether {module} is installed: {e}"

@@ -186,19 +186,30 @@ def test_a_build_user_with_a_process_the_runner_did_not_start_is_refused(
         stray.wait()
 
 
-def test_the_exported_tree_belongs_to_the_build_user_and_has_no_git_dir(
-    build_user: BuildUser, repo: Repo, tmp_path: Path
+def test_the_tree_handed_over_belongs_to_the_build_user_and_has_no_git_dir(
+    build_user: BuildUser, repo: Repo, tmp_path: Path, open_folder: Path
 ):
+    (repo.path / "run.sh").write_text("#!/bin/sh\n")
+    (repo.path / "run.sh").chmod(0o755)
     repo.commit({"a.txt": "a", "sub/b.txt": "b"})
     clone = repo.clone(tmp_path / "clone")
-    parent = tmp_path / "scratch"
-    parent.mkdir(mode=0o700)
+    scratch = open_folder / "scratch"
+    scratch.mkdir(mode=0o700)
 
-    folders = builduser.export_tree(clone, build_user, parent, 7)
+    folders = build_user.hand_over(clone, scratch)
 
-    assert parent.stat().st_mode & 0o777 == 0o711
-    assert sorted(p.name for p in folders.tree.iterdir()) == ["a.txt", "sub"]
+    assert scratch.stat().st_mode & 0o777 == 0o711
+    assert (scratch / "builds").stat().st_mode & 0o7777 == 0o1733  # nobody lists it
+    assert folders.root.parent == scratch / "builds"
+    assert sorted(p.name for p in folders.tree.iterdir()) == ["a.txt", "run.sh", "sub"]
+    assert (folders.tree / "sub" / "b.txt").read_text() == "b"
+    assert os.access(folders.tree / "run.sh", os.X_OK)
     owners = {p.lstat().st_uid for p in folders.root.rglob("*")} | {folders.root.stat().st_uid}
     assert owners == {build_user.uid}
-    assert folders.root.stat().st_mode & 0o777 == 0o700
+    assert folders.root.stat().st_mode & 0o777 == 0o711
+    assert folders.home.stat().st_mode & 0o777 == 0o700
     assert git(clone, "status", "--porcelain") == ""
+
+    (folders.tree / "sub").chmod(0)  # whatever modes a build leaves, the folder goes
+    build_user.remove(folders)
+    assert not folders.root.exists()
