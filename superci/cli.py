@@ -420,7 +420,8 @@ def _web_address(
     "--build-user",
     envvar="SUPERCI_BUILD_USER",
     help="Run every build as this dedicated user, in a copy of the commit of its own and a "
-    "clean environment (Linux; the runner must run as root). Recommended for any runner "
+    "clean environment (Linux; the runner runs as root or with the sudo rule the README "
+    "gives). Recommended for any runner "
     "that builds branches of people it does not fully trust.",
 )
 @click.option(

@@ -144,8 +144,9 @@ async def _run_contained(
     finished = False
     try:
         ending = await _wait_for_end(pipe.exited, pump, cancel, timeout)
-        if ending == "exited" and reachable:
-            _signal_group(pgid, signal.SIGKILL)  # leftovers: background jobs, daemons
+        if ending == "exited":
+            if reachable:  # else containment's kill_all ends them, just below
+                _signal_group(pgid, signal.SIGKILL)  # leftovers: background jobs, daemons
         else:
             log.info("terminating build process group %d (%s)", pgid, ending)
             await _terminate_group(pgid, pipe.exited, kill_grace, signal_build)

@@ -196,8 +196,9 @@ def missing_module(
     probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)"
     argv: list[str] = [python, "-c", probe, module]
     options: dict[str, Any] = {"env": None if env is None else dict(env)}
-    if user is not None:
+    if user is not None:  # in a session of its own, as the build: no terminal for sudo
         argv, options = user.command(argv, os.environ if env is None else env)
+        options["start_new_session"] = True
     try:
         done = subprocess.run(
             argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,

@@ -9,7 +9,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,13 +136,17 @@ def repo(tmp_path: Path) -> Repo:
 class Process:
     """A superci program started as a subprocess, its output in a log file."""
 
-    def __init__(self, args: list[str], log_path: Path, cwd: Path) -> None:
+    def __init__(
+        self, args: list[str], log_path: Path, cwd: Path, prefix: Sequence[str] = ()
+    ) -> None:
+        """``prefix``: what runs the program (as another user, say); it must exec it, so
+        that signals reach the program itself."""
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "superci", *args],
+            [*prefix, sys.executable, "-m", "superci", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

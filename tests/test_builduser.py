@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
+import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Repo, Superci, git
-from support import wait_until
+from conftest import Process, Repo, Superci, git
+from support import file_text, wait_until
 
 from superci import builduser
 from superci.builduser import BuildUser, processes_of
@@ -27,21 +30,29 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def build_user() -> Iterator[BuildUser]:
-    """A fresh user of its own, removed (with its home) after the test."""
-    name = f"sci-b{secrets.token_hex(4)}"
+@contextlib.contextmanager
+def new_user(prefix: str) -> Iterator[pwd.struct_passwd]:
+    """A fresh user of its own, removed (with its home and processes) afterwards."""
+    name = f"{prefix}{secrets.token_hex(4)}"
     made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name],
                           capture_output=True, text=True)  # fmt: skip
     if made.returncode != 0:
         pytest.skip(f"this machine does not let us create users: {made.stderr.strip()}")
+    entry = pwd.getpwnam(name)
     try:
-        yield BuildUser.lookup(name)
-    finally:
-        entry = pwd.getpwnam(name)
+        yield entry
+    finally:  # its processes gone before its uid can be another test's new user's
         for pid in processes_of(entry.pw_uid):
             os.kill(pid, 9)
+        wait_until(lambda: not processes_of(entry.pw_uid), what=f"the end of {name}'s processes")
         subprocess.run(["userdel", "-r", name], capture_output=True)
+
+
+@pytest.fixture
+def build_user() -> Iterator[BuildUser]:
+    """A fresh user for builds."""
+    with new_user("sci-b") as entry:
+        yield BuildUser.lookup(entry.pw_name)
 
 
 @pytest.fixture
@@ -71,6 +82,7 @@ echo "uid=$(id -u)"
 cat {token} && echo READ-''TOKEN
 cat {identity} && echo READ-''IDENTITY
 touch {clone}/.git/hooks/pre-commit && echo WROTE-''GIT
+echo '[core] hooksPath = /tmp' >> {clone}/.git/config && echo WROTE-''CONFIG
 kill -0 {runner_pid} || echo CANNOT-''SIGNAL
 env | sort
 echo planted > planted
@@ -108,8 +120,8 @@ def test_a_build_user_runs_the_build_and_cannot_touch_the_runner(
     assert f"uid={build_user.uid}" in out
     assert f"running as build user {build_user.name}" in out
     secrets_of_runner = (token.read_text(), identity.read_text().strip())
-    for forbidden in ("READ-TOKEN", "READ-IDENTITY", "WROTE-GIT", "SUPERCI_TOKEN",
-                      *secrets_of_runner):  # fmt: skip
+    for forbidden in ("READ-TOKEN", "READ-IDENTITY", "WROTE-GIT", "WROTE-CONFIG",
+                      "SUPERCI_TOKEN", *secrets_of_runner):  # fmt: skip
         assert forbidden not in out
     assert "CANNOT-SIGNAL" in out and "kill: Operation not permitted" in out  # EPERM
     assert "HOME=" in out and "CI=true" in out and f"USER={build_user.name}" in out
@@ -213,3 +225,224 @@ def test_the_tree_handed_over_belongs_to_the_build_user_and_has_no_git_dir(
     (folders.tree / "sub").chmod(0)  # whatever modes a build leaves, the folder goes
     build_user.remove(folders)
     assert not folders.root.exists()
+
+
+# --- a runner that is not root, with the sudo rule of the README -----------------------
+
+#: The sudo rule as README.rst gives it: an indented line of a literal block.
+README_RULE = re.compile(r"^    (\S+) ALL=\((\S+)\) NOPASSWD: (.+)$", re.MULTILINE)
+
+
+def readme_sudo_rule(runner: str, build_user: str) -> str:
+    """The README's rule for these users (the README and this test cannot drift)."""
+    readme = (Path(__file__).parent.parent / "README.rst").read_text()
+    found = README_RULE.search(readme)
+    assert found, "README.rst gives no sudo rule for a runner that is not root"
+    assert found.group(0).strip() == builduser.SUDO_RULE.format(
+        runner=found.group(1), build_user=found.group(2)
+    )  # the rule the runner prints when it is missing is the README's
+    return f"{runner} ALL=({build_user}) NOPASSWD: {found.group(3)}"
+
+
+@pytest.fixture
+def runner_user() -> Iterator[pwd.struct_passwd]:
+    with new_user("sci-r") as entry:
+        yield entry
+
+
+@pytest.fixture
+def sudo_rule(runner_user: pwd.struct_passwd, build_user: BuildUser) -> Iterator[str]:
+    """The README's rule in a sudoers file of this test's own, checked by visudo."""
+    if not (shutil.which("sudo") and shutil.which("visudo")):
+        pytest.skip("sudo is not installed (.ci/run installs it)")
+    rule = readme_sudo_rule(runner_user.pw_name, build_user.name)
+    name = f"superci-test-{secrets.token_hex(4)}"
+    draft = Path("/etc/sudoers.d") / f".{name}"  # sudo ignores names with a dot
+    draft.write_text(rule + "\n")
+    draft.chmod(0o440)
+    checked = subprocess.run(["visudo", "-cf", str(draft)], capture_output=True, text=True)
+    try:
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        draft.rename(draft.with_name(name))
+        yield rule
+    finally:
+        draft.unlink(missing_ok=True)
+        draft.with_name(name).unlink(missing_ok=True)
+
+
+def closed_folders(paths: list[str]) -> dict[str, set[str]]:
+    """Folders on the way to ``paths`` that others may not enter (/root here and on CI),
+    each with the names in it that lead to one of ``paths``."""
+    closed: dict[str, set[str]] = {}
+    for path in paths:
+        parts = Path(os.path.realpath(path)).parts
+        for depth in range(1, len(parts) - 1):
+            folder = os.path.join(*parts[:depth])
+            if not os.stat(folder).st_mode & 0o001:
+                closed.setdefault(folder, set()).add(parts[depth])
+    return closed
+
+
+def as_runner_user(user: pwd.struct_passwd, env: dict[str, str], hold: Path) -> list[str]:
+    """What runs this interpreter and superci as ``user``, with exactly ``env`` (each step
+    execs the next: signals reach the program). When a folder on the way to them is closed
+    to others, in a mount namespace of its own where that folder is a tmpfs showing only
+    the ways to them (the machine's folders keep their modes)."""
+    import click
+    import git as gitpython
+
+    import superci
+
+    drop = [
+        "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
+        "env", "-i", *(f"{key}={value}" for key, value in env.items()),
+    ]  # fmt: skip
+    modules = (superci, click, gitpython)
+    needed = [sys.executable, sys.prefix, sys.base_prefix, *sys.path[1:],
+              *(os.path.dirname(m.__file__ or "") for m in modules)]  # fmt: skip
+    closed = closed_folders([path for path in needed if path and os.path.exists(path)])
+    if not closed:
+        return drop
+    steps = ["set -e"]
+    for i, (folder, names) in enumerate(sorted(closed.items())):  # outer folders first
+        keep, at = shlex.quote(str(hold / str(i))), shlex.quote(folder)
+        steps += [f"mkdir -p {keep}", f"mount --bind {at} {keep}",
+                  f"mount -t tmpfs -o mode=0711 superci-test {at}"]  # fmt: skip
+        for name in names:
+            inner, original = shlex.quote(f"{folder}/{name}"), f"{keep}/{shlex.quote(name)}"
+            make = f"mkdir {inner}" if os.path.isdir(f"{folder}/{name}") else f"touch {inner}"
+            steps += [make, f"mount --rbind {original} {inner}"]
+    steps.append('exec "$@"')
+    script = "\n".join(steps)
+    return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script,
+            "sh", *drop]  # fmt: skip
+
+
+@pytest.fixture
+def runner_launch(runner_user: pwd.struct_passwd, open_folder: Path) -> Iterator[list[str]]:
+    """How to start superci as the runner user (skips, saying why, where it cannot)."""
+    gitconfig = open_folder / "runner-gitconfig"
+    gitconfig.write_text("[safe]\n\tdirectory = *\n")  # the test's repositories are root's
+    gitconfig.chmod(0o644)
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath), "HOME": runner_user.pw_dir,
+        "GIT_CONFIG_GLOBAL": str(gitconfig), "GIT_CONFIG_NOSYSTEM": "1",
+        "PYTHONUNBUFFERED": "1",
+    }  # fmt: skip
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    hold = Path(tempfile.mkdtemp(prefix="superci-hold-"))
+    try:
+        launch = as_runner_user(runner_user, env, hold)
+        probe = subprocess.run(
+            [*launch, sys.executable, "-c", "import superci.cli, superci.runner"],
+            capture_output=True, text=True, timeout=60, cwd=open_folder,
+        )  # fmt: skip
+        if probe.returncode != 0:
+            pytest.skip(f"user {runner_user.pw_name} cannot run {sys.executable} with "
+                        f"superci here: {probe.stderr.strip()[-300:]}")  # fmt: skip
+        yield launch
+    finally:
+        shutil.rmtree(hold, ignore_errors=True)
+
+
+def runners_files(folder: Path, user: pwd.struct_passwd) -> tuple[Repo, Path, Path]:
+    """An upstream repository (root's), and the runner user's clone of it and token."""
+    upstream = Repo(folder / "upstream")
+    upstream.commit({"README": "hello"})
+    clone = upstream.clone(folder / "clone")
+    token = folder / "token"
+    token.write_text(secrets.token_hex(16))
+    token.chmod(0o600)
+    for path in (clone, *clone.rglob("*"), token):
+        os.lchown(path, user.pw_uid, user.pw_gid)
+    return upstream, clone, token
+
+
+def test_a_runner_that_is_not_root_without_the_sudo_rule_refuses_and_prints_the_rule(
+    runner_launch: list[str], runner_user: pwd.struct_passwd, build_user: BuildUser,
+    open_folder: Path,
+):  # fmt: skip
+    _, clone, _ = runners_files(open_folder, runner_user)
+    refused = subprocess.run(
+        [*runner_launch, sys.executable, "-m", "superci", "runner", "--build-user",
+         build_user.name, str(clone)],
+        capture_output=True, text=True, timeout=60, cwd=open_folder,
+    )  # fmt: skip
+    assert refused.returncode == 1, refused.stderr
+    rule = readme_sudo_rule(runner_user.pw_name, build_user.name)
+    assert f"runs as {runner_user.pw_name}, not root" in refused.stderr
+    assert rule in refused.stderr
+
+
+def test_a_runner_with_the_readmes_sudo_rule_runs_builds_as_the_build_user(
+    superci: Superci, runner_launch: list[str], runner_user: pwd.struct_passwd,
+    build_user: BuildUser, sudo_rule: str, open_folder: Path,
+):  # fmt: skip
+    upstream, clone, token = runners_files(open_folder, runner_user)
+    superci.dispatcher(0, "--token-file", str(token))
+    runner = Process(
+        ["runner", "--dispatcher-server", superci.address, "--name", "r-sudo",
+         "--heartbeat-interval", "0.2", str(clone), "--token-file", str(token),
+         "--build-user", build_user.name, "--kill-grace", "0.5"],
+        superci.root / "r-sudo.log", open_folder, runner_launch,
+    )  # fmt: skip
+    superci.processes.append(runner)
+    runner.wait_for_log("registered with the dispatcher")
+    identity = clone / ".git" / "superci-identity"
+    assert identity.stat().st_uid == runner_user.pw_uid
+    assert clone.stat().st_mode & 0o777 == 0o700
+    assert processes_of(runner_user.pw_uid)  # the runner is not root
+
+    def build(command: str, timeout: str = "") -> tuple[str, dict[str, object], str]:
+        sha = upstream.commit({".superci.toml": superci_toml(command) + timeout})
+        done = superci.notify(sha, "--token-file", str(token))
+        assert done.returncode == 0, done.stderr
+        return sha, superci.wait_for_result(sha), superci.output(sha)
+
+    hostile, first, out = build(HOSTILE.format(
+        token=token, identity=identity, clone=clone, runner_pid=runner.popen.pid,
+    ))  # fmt: skip
+    assert first["status"] == "failed", out
+    assert f"uid={build_user.uid}" in out and f"USER={build_user.name}" in out
+    secrets_of_runner = (token.read_text(), identity.read_text().strip())
+    for forbidden in ("READ-TOKEN", "READ-IDENTITY", "WROTE-GIT", "WROTE-CONFIG",
+                      "SUPERCI_TOKEN", *secrets_of_runner):  # fmt: skip
+        assert forbidden not in out
+    assert "CANNOT-SIGNAL" in out and "kill: Operation not permitted" in out
+    assert not (clone / ".git" / "hooks" / "pre-commit").exists()
+    assert processes_of(build_user.uid) == []  # the nohup sleep went with the build
+
+    _, second, out = build("test ! -e planted && id -u")
+    assert second["status"] == "passed", out
+    assert f"\n{build_user.uid}\n" in out
+
+    _, timed_out, out = build("trap '' TERM; (setsid sleep 300 &); sleep 300", "timeout = 1\n")
+    assert timed_out["status"] == "timeout", out
+    assert processes_of(build_user.uid) == []
+
+    def started(command: str) -> str:
+        """A commit whose build runs ``command`` after printing STARTED-2 (the command
+        line superci prints does not hold that)."""
+        sha = upstream.commit({".superci.toml": superci_toml(f"echo STARTED-$((1+1)); {command}")})
+        assert superci.notify(sha, "--token-file", str(token)).returncode == 0
+        log = superci.results / sha / "output.log"
+        wait_until(lambda: "STARTED-2" in (file_text(log) or ""), what="the build to start")
+        return sha
+
+    cancelled = started("trap '' TERM; nohup sleep 300 >/dev/null 2>&1 & sleep 300")
+    cancel = subprocess.run(
+        [sys.executable, "-m", "superci", "cancel", "--dispatcher-server", superci.address,
+         "--token-file", str(token), cancelled],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    assert superci.wait_for_result(cancelled)["status"] == "cancelled"
+    assert processes_of(build_user.uid) == []
+
+    _, last, out = build("id -u")
+    assert last["status"] == "passed", out  # the next commit's verdict is its own
+
+    started("nohup sleep 300 >/dev/null 2>&1 & sleep 300")
+    runner.kill()  # SIGKILL: its guard, not root either, ends the build user's processes
+    wait_until(lambda: processes_of(build_user.uid) == [], what="the build user's end")
