@@ -49,14 +49,18 @@ BUILDS = "builds"
 _POLL = 0.01
 
 #: Run as the build user with the tar of the tree on stdin: a folder of its own for the
-#: build (mktemp: a fresh, unguessable name), the tree unpacked in it; prints the folder.
-HAND_OVER = """set -eu
+#: build (mktemp: a fresh, unguessable name), the tree unpacked in it; prints the folder,
+#: or leaves nothing behind.
+HAND_OVER = r"""
+set -eu
 umask 022
 root=$(mktemp -d "$1/build-XXXXXXXXXX")
+trap 'rm -rf -- "$root"' EXIT
 chmod 711 "$root"
 mkdir "$root/tree" "$root/report"
 mkdir -m 700 "$root/home" "$root/tmp"
 tar -x -f - -C "$root/tree"
+trap - EXIT
 printf '%s\n' "$root"
 """
 #: Run as the build user: remove its build folder, whatever modes the build left.
@@ -120,12 +124,16 @@ class BuildUser:
         except (OSError, subprocess.SubprocessError) as e:
             said, became = [str(e)], False
         if not became:
-            runner = pwd.getpwuid(os.geteuid()).pw_name
+            try:
+                runner = pwd.getpwuid(os.geteuid()).pw_name
+            except KeyError:
+                runner = f"#{os.geteuid()}"  # how sudoers names a user by its uid
             rule = SUDO_RULE.format(runner=runner, build_user=self.name)
             raise ConfigError(
                 f"--build-user {self.name}: this runner runs as {runner}, not root, and "
-                f"cannot run commands as {self.name} through sudo ({said[0]}). Install sudo "
-                f"and add this rule (visudo -f /etc/sudoers.d/superci):\n    {rule}"
+                f"cannot run commands as {self.name} through sudo ({said[0]}). It needs "
+                f"sudo and this rule (add it with visudo -f /etc/sudoers.d/superci):\n"
+                f"    {rule}"
             )
 
     def command(
