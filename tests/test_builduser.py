@@ -312,7 +312,7 @@ def as_runner_user(user: pwd.struct_passwd, env: dict[str, str], hold: Path) -> 
         "env", "-i", *(f"{key}={value}" for key, value in env.items()),
     ]  # fmt: skip
     modules = (superci, click, gitpython)
-    needed = [sys.executable, sys.prefix, sys.base_prefix, *sys.path[1:],
+    needed = [sys.executable, sys.prefix, sys.base_prefix, *sys.path,
               *(os.path.dirname(m.__file__ or "") for m in modules)]  # fmt: skip
     closed = closed_folders([path for path in needed if path and os.path.exists(path)])
     if not closed:
@@ -358,8 +358,12 @@ def runner_launch(runner_user: pwd.struct_passwd, open_folder: Path) -> Iterator
                         f"cannot run {sys.executable} with superci {how} here: "
                         f"{probe.stderr.strip()[-300:]}")  # fmt: skip
         yield launch
-    finally:
-        shutil.rmtree(hold, ignore_errors=True)
+    finally:  # rmdir, never rmtree: were a mount of the namespace here, it stays whole
+        for mountpoint in hold.iterdir():
+            with contextlib.suppress(OSError):
+                mountpoint.rmdir()
+        with contextlib.suppress(OSError):
+            hold.rmdir()
 
 
 def runners_files(folder: Path, user: pwd.struct_passwd) -> tuple[Repo, Path, Path]:
