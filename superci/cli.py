@@ -32,6 +32,8 @@ from superci.settings import DispatcherSettings, ObserverSettings, RunnerSetting
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
+    from superci.gitname import Description
+
 log = logging.getLogger("superci")
 
 S = TypeVar("S", bound="DataclassInstance")
@@ -542,7 +544,7 @@ def observer_command(
     _setup_logging(verbose)
 
     def deliver(sha: str, branch: str) -> None:
-        reply = submit(address, sha, branch)
+        reply = submit(address, sha, branch, described=observer.describe(sha))
         log.info("commit %s (%s): %s", sha[:12], branch, "queued" if reply.queued else "known")
 
     observer = Observer(path, deliver, branches, settings=settings)
@@ -574,7 +576,7 @@ def notify_command(address: Address, commit: str, branch: str | None, rebuild: b
     from superci.client import submit
 
     sha, branch = _commit_to_submit(address, commit, branch)
-    reply = submit(address, sha, branch, rebuild)
+    reply = submit(address, sha, branch, rebuild, described=_describe_here(sha))
     if reply.queued:
         click.echo(f"queued {sha} ({branch}) as build {reply.build_id}")
     else:
@@ -612,6 +614,17 @@ def _commit_to_submit(address: Address, name: str, branch: str | None) -> tuple[
         raise click.ClickException(f"{reply.message}{_unknown_to_git(clone)}")
     known = json.loads(reply.document)
     return known["sha"], branch or known["branch"]
+
+
+def _describe_here(sha: str) -> Description | None:
+    """The commit's subject and author from the clone (or bare repository) we are in, if
+    it has the commit; else None, and the runner that builds it says them."""
+    if not _may_be_in_clone():
+        return None
+    from superci import gitname
+
+    repo = gitname.open_clone()
+    return None if repo is None else gitname.describe(repo, sha)
 
 
 def _unknown_to_git(clone: str) -> str:

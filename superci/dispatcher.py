@@ -185,8 +185,11 @@ class Dispatcher:
 
     # --- requests made in-process (tests, tools) -------------------------------------
 
-    def submit(self, sha: str, branch: str, rebuild: bool = False) -> protocol.Submitted:
-        return self.requests.submit(sha, branch, rebuild)
+    def submit(
+        self, sha: str, branch: str, rebuild: bool = False,
+        subject: str | None = None, author: str | None = None,
+    ) -> protocol.Submitted:  # fmt: skip
+        return self.requests.submit(sha, branch, rebuild, subject, author)
 
     def cancel(self, commit: str) -> protocol.Reply:
         return self.requests.cancel(commit)

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -26,6 +26,7 @@ from superci.builduser import BuildFolders, BuildUser, export_tree, make_private
 from superci.config import BuildConfig, load_build_config
 from superci.errors import ConfigError, UnsafeFile, WorkspaceBroken, WorkspaceError
 from superci.execute import Execution, build_environment, run_command
+from superci.gitname import Description
 from superci.junit import parse_junit_bytes, pytest_junit_option
 from superci.safefile import read_inside, read_off_loop
 from superci.settings import RunnerSettings
@@ -148,6 +149,8 @@ class BuildExecutor:
             """superci's own line, on a line of its own even after output cut mid-line."""
             await emit(("" if output.ends_line else "\n").encode() + f"superci: {text}\n".encode())
 
+        described: Description | None = None  # once checked out
+
         def ended(
             status: BuildStatus,
             message: str,
@@ -156,13 +159,17 @@ class BuildExecutor:
             *,
             checkout: bool = False,
         ) -> protocol.Result:
-            return _result(build, output, status, exit_code, started, message, summary,
-                           checkout=checkout)  # fmt: skip
+            result = _result(build, output, status, exit_code, started, message, summary,
+                             checkout=checkout)  # fmt: skip
+            if described is None:
+                return result
+            return replace(result, subject=described.subject, author=described.author)
 
         where = f"{build.sha} ({build.branch}) attempt {build.attempt} on {self.runner_name}"
         await say(f"building {where}")
         try:
             await asyncio.to_thread(self.workspace.prepare, build.sha)
+            described = await asyncio.to_thread(self.workspace.describe, build.sha)
             await asyncio.to_thread(self._after_checkout)
             folders = await asyncio.to_thread(self._hand_over, build)
         except WorkspaceBroken:

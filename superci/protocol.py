@@ -43,6 +43,9 @@ MAX_STRING: Final = 256
 MAX_TEXT: Final = 4096
 MAX_LIST: Final = 1000
 MAX_BRANCH: Final = 200
+#: Longest commit subject (its first line) and author name a submission or result carries.
+MAX_SUBJECT: Final = 200
+MAX_AUTHOR: Final = 100
 #: Integers stay within what SQLite and every JSON reader hold exactly.
 MAX_INT: Final = 2**53
 #: Most rows a status query may ask for (queue and last builds each).
@@ -191,7 +194,7 @@ def _check(fn: Any, max_len: int = MAX_STRING, **default: Any) -> Any:
     return field(**default, metadata={"check": fn, "max_len": max_len})
 
 
-def _text(max_len: int = MAX_TEXT, default: str = "") -> Any:
+def _text(max_len: int = MAX_TEXT, default: str | None = "") -> Any:
     return field(default=default, metadata={"max_len": max_len})
 
 
@@ -360,6 +363,10 @@ class Result(Message):
     #: The build ended because the runner could not check the commit out: the scheduler
     #: counts these to bench a runner whose clone keeps failing.
     checkout_failed: bool = False
+    #: The commit's subject and author as the runner's checkout has them (recorded when
+    #: the submission did not carry them).
+    subject: str | None = _text(MAX_SUBJECT, None)
+    author: str | None = _text(MAX_AUTHOR, None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -392,6 +399,8 @@ class Submit(Message):
     sha: str = _check(check_sha)
     branch: str = _check(check_branch, MAX_BRANCH)
     rebuild: bool = False
+    subject: str | None = _text(MAX_SUBJECT, None)  # the commit's first line, if known
+    author: str | None = _text(MAX_AUTHOR, None)  # its author's name, if known
 
 
 @dataclass(frozen=True, kw_only=True)

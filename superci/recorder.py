@@ -223,6 +223,10 @@ class Recorder:
         between the two re-runs the build rather than losing its result."""
         record = self._store.get(outcome.lease.build_id)
         assert record is not None, "every job has a stored build"
+        if result is not None and (record.subject is None or record.author is None):
+            self._store.describe(record.id, result.subject, result.author)  # the runner's
+            record.subject = result.subject if record.subject is None else record.subject
+            record.author = result.author if record.author is None else record.author
         finished_at = self._wall()
         document = result_document(record, outcome.status, outcome.message, result, finished_at)
         self._results.write_result(outcome.sha, document)

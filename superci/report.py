@@ -12,6 +12,7 @@ from superci import defaults, protocol
 from superci.scheduler import PoolView, RunnerView
 from superci.status import BuildStatus, RunnerState
 from superci.store import BuildRecord, Store
+from superci.waiting import why_waiting
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -46,6 +47,8 @@ def result_document(
     return {
         "sha": record.sha,
         "branch": record.branch,
+        "subject": record.subject,
+        "author": record.author,
         "build_id": record.id,
         "status": str(status),
         "exit_code": result.exit_code if result else None,
@@ -70,6 +73,8 @@ def build_summary(record: BuildRecord) -> dict[str, Any]:
     return {
         "sha": record.sha,
         "branch": record.branch,
+        "subject": record.subject,
+        "author": record.author,
         "build_id": record.id,
         "status": str(record.status),
         "duration": duration,
@@ -112,9 +117,10 @@ def status_document(pool: PoolView, store: Store, now: float, limit: int) -> dic
         for runner in pool.runners
     ]
     queue = [
-        {"build_id": job.build_id, "sha": job.sha, "branch": job.branch, "attempt": job.attempt}
-        for job in pool.queue[:limit]
-    ]
+        {"build_id": job.build_id, "sha": job.sha, "branch": job.branch, "attempt": job.attempt,
+         "why": why_waiting(pool, position, now)}
+        for position, job in enumerate(pool.queue[:limit])
+    ]  # fmt: skip
     builds = [build_summary(record) for record in store.recent(limit)]
     return {"runners": runners, "queue": queue, "queued": len(pool.queue), "builds": builds}
 

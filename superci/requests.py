@@ -85,12 +85,18 @@ class ClientRequests:
     async def _on_query(self, channel: Channel, message: protocol.Query) -> None:
         channel.post(self.query(message))
 
-    def submit(self, sha: str, branch: str, rebuild: bool = False) -> protocol.Submitted:
-        """Queue a commit unless it is known; acknowledged only once it is committed."""
+    def submit(
+        self, sha: str, branch: str, rebuild: bool = False,
+        subject: str | None = None, author: str | None = None,
+    ) -> protocol.Submitted:  # fmt: skip
+        """Queue a commit unless it is known; acknowledged only once it is committed. A
+        rebuild keeps the subject and author known of the commit unless given anew."""
         known = self._store.latest_for(sha)
         if known is not None and (not rebuild or not known.status.finished):
             return protocol.Submitted(build_id=known.id, sha=sha, queued=False, status=known.status)
-        record = self._store.add_build(sha, branch, self._wall())
+        if known is not None:
+            subject, author = subject or known.subject, author or known.author
+        record = self._store.add_build(sha, branch, self._wall(), subject, author)
         log.info("queued build %d of %s (%s)", record.id, sha[:12], branch)
         self._bus.publish(events.BuildQueued(build_id=record.id, sha=sha, branch=branch))
         self._recorder.carry_out(self._scheduler.add_build(record.id, sha, branch, self._clock()))
@@ -103,7 +109,8 @@ class ClientRequests:
         delay = self.settings.store_retry_initial
         while True:
             try:
-                return self.submit(message.sha, message.branch, message.rebuild)
+                return self.submit(message.sha, message.branch, message.rebuild,
+                                   message.subject, message.author)  # fmt: skip
             except StorageError as e:
                 if self._clock() + delay > give_up:
                     raise

@@ -30,14 +30,22 @@ def _seconds(value: float | None) -> str | None:
 
 #: Longest reason shown in the status table; ``superci show`` has the whole message.
 REASON_WIDTH = 60
+#: Longest commit subject and author name in the status table (``show`` has them whole).
+SUBJECT_WIDTH = 40
+AUTHOR_WIDTH = 20
+
+
+def _cut(text: str | None, width: int) -> str | None:
+    if not text:
+        return None
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _reason(build: dict[str, Any]) -> str | None:
     """Why a build did not pass, shortened to fit a table row."""
-    message = build.get("message") or ""
-    if build["status"] in ("passed", "queued", "running") or not message:
+    if build["status"] in ("passed", "queued", "running"):
         return None
-    return message if len(message) <= REASON_WIDTH else message[: REASON_WIDTH - 1] + "…"
+    return _cut(build.get("message"), REASON_WIDTH)
 
 
 def status_tables(document: dict[str, Any]) -> str:
@@ -48,10 +56,13 @@ def status_tables(document: dict[str, Any]) -> str:
         for r in document["runners"]
     ]  # fmt: skip
     queue = [
-        (q["build_id"], _short(q["sha"]), q["branch"], q["attempt"]) for q in document["queue"]
+        (q["build_id"], _short(q["sha"]), q["branch"], q["attempt"], q.get("why"))
+        for q in document["queue"]
     ]
     builds = [
-        (b["build_id"], _short(b["sha"]), b["branch"], b["status"], _seconds(b["duration"]),
+        (b["build_id"], _short(b["sha"]), b["branch"],
+         _cut(b.get("subject"), SUBJECT_WIDTH), _cut(b.get("author"), AUTHOR_WIDTH),
+         b["status"], _seconds(b["duration"]),
          b["runner"], b["attempt"], counts_text(b.get("tests")) or None, _reason(b))
         for b in document["builds"]
     ]  # fmt: skip
@@ -63,13 +74,15 @@ def status_tables(document: dict[str, Any]) -> str:
             + table(["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT", "ISOLATED"], runners)
             + "".join(f"\n{line}" for line in benched),
             f"Queue ({document.get('queued', len(queue))})\n"
-            + table(["BUILD", "COMMIT", "BRANCH", "ATTEMPTS"], queue),
+            + table(["BUILD", "COMMIT", "BRANCH", "ATTEMPTS", "WHY"], queue),
             "Last builds\n"
             + table(
                 [
                     "BUILD",
                     "COMMIT",
                     "BRANCH",
+                    "SUBJECT",
+                    "AUTHOR",
                     "STATUS",
                     "DURATION",
                     "RUNNER",
@@ -87,6 +100,8 @@ def result_summary(result: dict[str, Any]) -> str:
     """One commit's result: what, where, how long, the counts and the failing tests."""
     lines = [
         f"commit   {result['sha']} ({result['branch']})",
+        *([f"subject  {result['subject']}"] if result.get("subject") else []),
+        *([f"author   {result['author']}"] if result.get("author") else []),
         f"status   {result['status']}"
         + (f": {result['message']}" if result.get("message") else ""),
         f"build    {result['build_id']}, attempt {result['attempt']}"

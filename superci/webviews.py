@@ -68,18 +68,21 @@ def builds_page(
     parts = []
     if number == 1 and not branch:
         rows = [[_commit_link(j["sha"]), _text(j["branch"]), _text(j["attempt"]),
-                 "waiting for a free runner"] for j in queue]  # fmt: skip
+                 _text(j.get("why"))] for j in queue]  # fmt: skip
         parts.append(f"<h2>Queue ({len(queue)})</h2>")
         headers = ["commit", "branch", "attempt", "why"]
         parts.append(_table(headers, rows) if rows else "<p>empty</p>")
     parts.append("<h2>Builds" + (f" of {escape(branch)}" if branch else "") + "</h2>")
     rows = [
-        [_commit_link(b["sha"]), _text(b["branch"]), _status(b["status"]),
+        [_commit_link(b["sha"]), _text(b["branch"]),
+         _text(b.get("subject")), _text(b.get("author")),
+         _status(b["status"]),
          _duration(b["duration"]), _text(b["runner"]), _text(b["attempt"]),
          escape(counts_text(b["tests"]))]
         for b in builds
     ]  # fmt: skip
-    headers = ["commit", "branch", "status", "duration", "runner", "attempt", "tests"]
+    headers = ["commit", "branch", "subject", "author", "status", "duration", "runner",
+               "attempt", "tests"]  # fmt: skip
     parts.append(_table(headers, rows) if rows else "<p>no builds</p>")
     parts.append(_pager(branch, number, more))
     return page("superci", "\n".join(parts))
@@ -102,6 +105,8 @@ def commit_page(document: Mapping[str, Any], log_tail: str, log_cut: bool) -> st
     facts = [
         ("commit", f"<code>{escape(sha)}</code>"),
         ("branch", _text(document["branch"])),
+        ("subject", _text(document.get("subject"))),
+        ("author", _text(document.get("author"))),
         ("build", _text(document["build_id"])),
         ("status", _status(document["status"])),
         ("message", _text(document.get("message"))),

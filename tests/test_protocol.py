@@ -74,7 +74,9 @@ SAMPLES: dict[str, protocol.Message] = {
     ),
     "result_ack": ResultAck(build_id=7, attempt=3, accepted=False, retry=True, reason="busy"),
     "cancel": Cancel(build_id=7, attempt=2, reason="lease expired"),
-    "submit": Submit(sha=SHA, branch="release-1.2", rebuild=True),
+    "submit": Submit(
+        sha=SHA, branch="release-1.2", rebuild=True, subject="Fix <b> parsing", author="Ada"
+    ),
     "submitted": Submitted(build_id=9, sha=SHA, queued=False, status="passed"),
     "auth": protocol.Auth(proof="ab" * 32),
     "authenticated": protocol.Authenticated(proof="cd" * 32),
@@ -321,6 +323,10 @@ def test_float_field_accepts_an_integer():
         ("result", "message", MAX_TEXT),
         ("output", "data", defaults.OUTPUT_CHUNK_BYTES * 2),
         ("build", "branch", MAX_BRANCH),
+        ("submit", "subject", protocol.MAX_SUBJECT),
+        ("submit", "author", protocol.MAX_AUTHOR),
+        ("result", "subject", protocol.MAX_SUBJECT),
+        ("result", "author", protocol.MAX_AUTHOR),
     ],
 )
 def test_string_over_its_limit_is_refused_and_at_its_limit_accepted(kind, name, limit):

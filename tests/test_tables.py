@@ -15,13 +15,15 @@ STATUS = {
         {"name": "runner-b", "host": "box-2", "state": "idle", "build": None,
          "since_heartbeat": 1.25},
     ],
-    "queue": [{"build_id": 7, "sha": SHA_B, "branch": "feature/x", "attempt": 0}],
+    "queue": [{"build_id": 7, "sha": SHA_B, "branch": "feature/x", "attempt": 0,
+               "why": "all 2 runners busy; next in line"}],
     "builds": [
         {"build_id": 7, "sha": SHA_B, "branch": "feature/x", "status": "queued",
          "duration": None, "runner": None, "attempt": 0},
         {"build_id": 6, "sha": SHA_A, "branch": "main", "status": "running",
          "duration": None, "runner": "runner-a", "attempt": 1},
         {"build_id": 5, "sha": SHA_C, "branch": "main", "status": "failed",
+         "subject": "Refactor", "author": "Ada",
          "duration": 3.214, "runner": "runner-b", "attempt": 2,
          "tests": {"run": 3, "passed": 1, "failed": 0, "errors": 2, "skipped": 0}},
     ],
@@ -46,15 +48,15 @@ def test_status_lists_the_queue_and_the_last_builds_with_dashes_for_missing_valu
     text = status_tables(STATUS)
 
     assert section(text, "Queue (1)") == [
-        ["BUILD", "COMMIT", "BRANCH", "ATTEMPTS"],
-        ["7", SHA_B[:12], "feature/x", "0"],
+        ["BUILD", "COMMIT", "BRANCH", "ATTEMPTS", "WHY"],
+        ["7", SHA_B[:12], "feature/x", "0", *"all 2 runners busy; next in line".split()],
     ]
     assert section(text, "Last builds") == [
-        ["BUILD", "COMMIT", "BRANCH", "STATUS", "DURATION", "RUNNER", "ATTEMPT", "TESTS",
-         "REASON"],
-        ["7", SHA_B[:12], "feature/x", "queued", "-", "-", "0", "-", "-"],
-        ["6", SHA_A[:12], "main", "running", "-", "runner-a", "1", "-", "-"],
-        ["5", SHA_C[:12], "main", "failed", "3.2s", "runner-b", "2",
+        ["BUILD", "COMMIT", "BRANCH", "SUBJECT", "AUTHOR", "STATUS", "DURATION", "RUNNER",
+         "ATTEMPT", "TESTS", "REASON"],
+        ["7", SHA_B[:12], "feature/x", "-", "-", "queued", "-", "-", "0", "-", "-"],
+        ["6", SHA_A[:12], "main", "-", "-", "running", "-", "runner-a", "1", "-", "-"],
+        ["5", SHA_C[:12], "main", "Refactor", "Ada", "failed", "3.2s", "runner-b", "2",
          *"1 passed, 0 failed, 2 errors, 0 skipped".split(), "-"],
     ]  # fmt: skip
 
@@ -154,3 +156,17 @@ def test_status_says_under_the_runners_why_a_benched_runner_gets_no_builds():
     lines = block.splitlines()
     assert lines[4].split() == ["runner-c", "box-3", "benched", "-", "0.1s", "no"]
     assert lines[5:] == [f"runner-c is benched: {reason} (299s left)"]
+
+
+def test_status_cuts_long_subjects_and_show_prints_them_whole_without_escape_sequences():
+    subject = "Make the parser accept every kind of empty input \x1b[2Jand say so" * 2
+    build = {"build_id": 4, "sha": SHA_A, "branch": "main", "status": "passed",
+             "subject": subject, "author": "Grace \x1b]0;owned\x07Hopper", "duration": 1.0,
+             "runner": "r", "attempt": 1, "message": "", "tests": {}}  # fmt: skip
+    text = status_tables({"runners": [], "queue": [], "builds": [build]})
+    assert "\x1b" not in text and "\x07" not in text
+    assert "Make the parser accept every kind of em…" in text
+
+    lines = result_summary(build).splitlines()
+    assert lines[1] == "subject  " + subject.replace("\x1b[2J", "")
+    assert lines[2] == "author   Grace Hopper"
