@@ -99,6 +99,9 @@ def test_post_receive_in_a_bare_repository_queues_every_pushed_commit_oldest_fir
 
     assert queued(superci) == [(sha, "main") for sha in (first, *later)]
     assert "could not" not in pushed.stderr
+    with sqlite3.connect(superci.state) as db:  # the hook's notify has git: it says them
+        described = db.execute("SELECT subject, author FROM builds ORDER BY id").fetchall()
+    assert described == [(s, "Test Author") for s in ("first", "change 2", "change 3")]
 
 
 @pytest.mark.parametrize("trouble", ["dispatcher down", "wrong token"])
