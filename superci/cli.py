@@ -824,6 +824,14 @@ def _note_truncated(document: dict[str, Any]) -> None:
     multiple=True,
     help="Branch to watch; repeatable [default: PATH's current branch].",
 )
+@click.option(
+    "--web-port",
+    default=defaults.UP_WEB_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Serve the web page on 127.0.0.1 at the first free port from this one (0 picks any).",
+)
+@click.option("--no-web", is_flag=True, help="Serve no web page.")
 @_verbose_option
 @_reports_errors
 def up_command(
@@ -835,12 +843,15 @@ def up_command(
     work: Path | None,
     interval: float,
     branches: tuple[str, ...],
+    web_port: int,
+    no_web: bool,
     verbose: bool,
 ) -> None:
     """Run a dispatcher, runners and an observer for the repository at PATH, here.
 
     PATH is the repository's top folder or a bare repository; superci writes nothing into
-    it. Each build's outcome is printed as it finishes; Ctrl-C stops everything.
+    it. The web page's address is printed first (see --web-port), then each build's
+    outcome as it finishes; Ctrl-C stops everything.
     """
     from superci.up import Stack
 
@@ -859,6 +870,7 @@ def up_command(
         interval=interval,
         branches=branches,
         verbose=verbose,
+        web_port=None if no_web else web_port,
     )
     stack.prepare()
     _setup_logging(verbose, None if verbose else stack.logs / "up.log")

@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable
+from ssl import SSLContext
 from typing import Any
 
 from aiohttp import web
@@ -94,14 +96,21 @@ class WebServer:
         ])  # fmt: skip
         self._runner: web.AppRunner | None = None
 
-    async def start(self, host: str, port: int) -> Address:
-        """Listen; returns the bound address (port 0 → the real one)."""
+    async def start(
+        self, host: str, port: int, ssl: SSLContext | None = None,
+        sock: socket.socket | None = None,
+    ) -> Address:  # fmt: skip
+        """Listen (over HTTPS with ``ssl``; on ``sock`` when given, a socket the caller
+        bound already); returns the bound address (port 0 → the real one)."""
         self.ring.start(self._bus)
         self._runner = web.AppRunner(
             self.app, access_log=None, shutdown_timeout=self._settings.shutdown_grace
         )
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        if sock is not None:
+            await web.SockSite(self._runner, sock, ssl_context=ssl).start()
+        else:
+            await web.TCPSite(self._runner, host, port, ssl_context=ssl).start()
         bound = self._runner.addresses[0]
         return Address(host, bound[1])
 
