@@ -13,6 +13,7 @@ stored commit id, never from the URL, so no path in a request can reach another 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -135,7 +136,8 @@ class WebServer:
 
     async def commit(self, request: web.Request) -> web.Response:
         record = self._resolve(request.match_info["name"])
-        tail, cut = self._log_tail(record)
+        # Up to TAIL_BYTES of files: read in a thread, so the loop serves everyone meanwhile.
+        tail, cut = await asyncio.get_running_loop().run_in_executor(None, self._log_tail, record)
         return _html(webviews.commit_page(self._document(record), tail, cut))
 
     async def log_text(self, request: web.Request) -> web.StreamResponse:
@@ -236,7 +238,9 @@ class WebServer:
         return result
 
     def _log_tail(self, record: BuildRecord) -> tuple[str, bool]:
-        """The last :data:`TAIL_LINES` of the log, and whether earlier ones were left out."""
+        """The last :data:`TAIL_LINES` of the log, and whether earlier ones were left out
+        (reads files only, so it may run in a thread: a segment cut meanwhile reads as
+        nothing)."""
         size = self._results.log_view_size(record.sha, record.id)
         start = max(0, size - TAIL_BYTES)
         data = b"".join(self._results.read_log(record.sha, start, record.id))

@@ -4,8 +4,10 @@ that refuses an address guessing the token."""
 from __future__ import annotations
 
 import ssl
+import threading
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -18,6 +20,7 @@ from superci.web import WebServer
 from superci.weblogin import COOKIE, WebAccess
 
 TOKEN = b"a web token of more than 32 characters"
+SHA = "7c" * 20
 
 
 @async_test()
@@ -90,3 +93,27 @@ def test_dispatcher_tls_cert_and_key_serve_the_page_over_https_too(superci, tls_
     with urllib.request.urlopen(f"{url}runners", timeout=WAIT, context=trusted) as response:
         assert response.status == 200 and "<h1>runners</h1>" in response.read().decode()
     assert process.stop() == 0
+
+
+@async_test()
+async def test_the_commit_page_reads_its_log_off_the_event_loop(tmp_path: Path):
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        d = h.dispatcher
+        assert d is not None and h.address is not None
+        await h.submit(SHA)
+        d.web = WebServer(d.store, d.results, d.scheduler, d.bus, settings=d.settings,
+                          clock=h.clock)  # fmt: skip
+        address = await d.web.start("127.0.0.1", 0)
+        readers: list[threading.Thread] = []
+        read_log = d.results.read_log
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            readers.append(threading.current_thread())
+            return read_log(*args, **kwargs)
+
+        d.results.read_log = recorded  # type: ignore[method-assign]
+        timeout = aiohttp.ClientTimeout(total=WAIT)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.get(f"http://127.0.0.1:{address.port}/commit/{SHA}") as page:
+                assert page.status == 200
+        assert readers and threading.main_thread() not in readers
