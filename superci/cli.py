@@ -26,7 +26,7 @@ import click
 from superci import __version__, defaults
 from superci.auth import TOKEN_ENV, Credentials, client_tls, is_loopback, load_token, server_tls
 from superci.channel import Address, parse_address
-from superci.errors import ProtocolError, SuperCIError
+from superci.errors import ConfigError, ProtocolError, SuperCIError
 from superci.settings import DispatcherSettings, ObserverSettings, RunnerSettings
 
 if TYPE_CHECKING:
@@ -430,6 +430,21 @@ def _web_address(
     help="Where the runner keeps the secret that proves its name (mode 0600) "
     "[default: PATH/.git/superci-identity].",
 )
+@click.option(
+    "--label",
+    "given_labels",
+    multiple=True,
+    envvar="SUPERCI_LABELS",
+    help="A label of this runner, KEY=VALUE (a bare KEY means KEY=true), which a "
+    "commit's `needs` may ask for; repeatable. It replaces a detected fact of the same key "
+    "(os, arch, python).",
+)
+@click.option(
+    "--exclusive",
+    is_flag=True,
+    envvar="SUPERCI_EXCLUSIVE",
+    help="Take only builds whose `needs` ask for one of this runner's --label labels.",
+)
 @_verbose_option
 @_reports_errors
 @_takes_settings(RunnerSettings)
@@ -439,12 +454,24 @@ def runner_command(
     path: Path,
     name: str | None,
     identity_file: Path | None,
+    given_labels: tuple[str, ...],
+    exclusive: bool,
     verbose: bool,
 ) -> None:
     """Run builds in the clone at PATH for the dispatcher at --dispatcher-server."""
+    from superci.labels import parse_labels
     from superci.runner import RunnerProcess, default_runner_name
     from superci.workspace import Workspace
 
+    try:
+        labels = parse_labels(given_labels)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--label") from None
+    if exclusive and not labels:
+        raise click.BadParameter(
+            "an exclusive runner takes only builds that need one of its own labels: give "
+            "it one with --label", param_hint="--exclusive"
+        )  # fmt: skip
     _setup_logging(verbose)
     workspace = Workspace(path, settings.git_timeout)
     runner = RunnerProcess(
@@ -453,6 +480,8 @@ def runner_command(
         name or default_runner_name(workspace),
         settings=settings,
         identity_file=identity_file,
+        given_labels=labels,
+        exclusive=exclusive,
     )
     _run_until_signalled(runner.run_forever())
 
@@ -536,13 +565,17 @@ def observer_command(
     verbose: bool,
 ) -> None:
     """Watch the clone at PATH and ask the dispatcher to build every new commit."""
+    from superci import gitname
     from superci.client import submit
+    from superci.commitconfig import config_at
     from superci.observer import Observer
 
     _setup_logging(verbose)
+    repo = gitname.open_clone(path)  # to send each commit's .superci.toml with it
 
     def deliver(sha: str, branch: str) -> None:
-        reply = submit(address, sha, branch)
+        config = None if repo is None else config_at(repo, sha)
+        reply = submit(address, sha, branch, config=config)
         log.info("commit %s (%s): %s", sha[:12], branch, "queued" if reply.queued else "known")
 
     observer = Observer(path, deliver, branches, settings=settings)
@@ -574,8 +607,11 @@ def notify_command(address: Address, commit: str, branch: str | None, rebuild: b
     from superci.client import submit
 
     sha, branch = _commit_to_submit(address, commit, branch)
-    reply = submit(address, sha, branch, rebuild)
-    if reply.queued:
+    reply = submit(address, sha, branch, rebuild, config=_config_here(sha))
+    if reply.status == "error":
+        click.echo(f"build {reply.build_id} of {sha} ended at once as an error: "
+                   f"`superci show {sha[:12]}` says why")  # fmt: skip
+    elif reply.queued:
         click.echo(f"queued {sha} ({branch}) as build {reply.build_id}")
     else:
         click.echo(f"already known: {sha} is build {reply.build_id} ({reply.status})")
@@ -612,6 +648,18 @@ def _commit_to_submit(address: Address, name: str, branch: str | None) -> tuple[
         raise click.ClickException(f"{reply.message}{_unknown_to_git(clone)}")
     known = json.loads(reply.document)
     return known["sha"], branch or known["branch"]
+
+
+def _config_here(sha: str) -> str | None:
+    """The commit's .superci.toml (its needs choose the runner), when notify runs in a
+    clone (or a bare repository, as the post-receive hook does) that has the commit."""
+    if not _may_be_in_clone():
+        return None
+    from superci import gitname
+    from superci.commitconfig import config_at
+
+    repo = gitname.open_clone()
+    return None if repo is None else config_at(repo, sha)
 
 
 def _unknown_to_git(clone: str) -> str:

@@ -155,12 +155,12 @@ async def submit_async(
     branch: str,
     rebuild: bool = False,
     timeout: float = defaults.CLIENT_TIMEOUT,
+    config: str | None = None,
 ) -> protocol.Submitted:
     protocol.check_sha(sha)
     protocol.check_branch(branch)
-    reply = await request(
-        address, protocol.Submit(sha=sha, branch=branch, rebuild=rebuild), timeout
-    )
+    message = protocol.Submit(sha=sha, branch=branch, rebuild=rebuild, config=config)
+    reply = await request(address, message, timeout)
     if not isinstance(reply, protocol.Submitted):
         raise ProtocolError(f"expected submitted from {address}, got {reply.type}")
     return reply
@@ -172,9 +172,11 @@ def submit(
     branch: str,
     rebuild: bool = False,
     timeout: float = defaults.CLIENT_TIMEOUT,
+    config: str | None = None,
 ) -> protocol.Submitted:
-    """Ask the dispatcher to build a commit; returns once it is durably queued (or known)."""
-    return asyncio.run(submit_async(address, sha, branch, rebuild, timeout))
+    """Ask the dispatcher to build a commit; returns once it is durably queued (or known).
+    ``config``: the commit's .superci.toml (see superci.commitconfig), for its needs."""
+    return asyncio.run(submit_async(address, sha, branch, rebuild, timeout, config))
 
 
 async def _expect_reply(address: Address, message: protocol.Message) -> protocol.Reply:

@@ -185,8 +185,10 @@ class Dispatcher:
 
     # --- requests made in-process (tests, tools) -------------------------------------
 
-    def submit(self, sha: str, branch: str, rebuild: bool = False) -> protocol.Submitted:
-        return self.requests.submit(sha, branch, rebuild)
+    def submit(
+        self, sha: str, branch: str, rebuild: bool = False, config: str | None = None
+    ) -> protocol.Submitted:
+        return self.requests.submit(sha, branch, rebuild, config)
 
     def cancel(self, commit: str) -> protocol.Reply:
         return self.requests.cancel(commit)

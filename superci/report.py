@@ -12,6 +12,7 @@ from superci import defaults, protocol
 from superci.scheduler import PoolView, RunnerView
 from superci.status import BuildStatus, RunnerState
 from superci.store import BuildRecord, Store
+from superci.waiting import why_waiting
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -81,7 +82,17 @@ def build_summary(record: BuildRecord) -> dict[str, Any]:
         "queued_at": iso(record.queued_at),
         "started_at": iso(record.started_at),
         "finished_at": iso(record.finished_at),
+        "needs": dict(record.needs),
     }
+
+
+def waiting_summary(record: BuildRecord, pool: PoolView) -> dict[str, Any]:
+    """What ``show`` says of a build: :func:`build_summary`, and for a queued one why it
+    waits."""
+    summary = build_summary(record)
+    if record.status is BuildStatus.QUEUED:
+        summary["waiting"] = why_waiting(record.needs, pool.runners)
+    return summary
 
 
 def _bench_reason(runner: RunnerView, now: float) -> str | None:
@@ -108,13 +119,16 @@ def status_document(pool: PoolView, store: Store, now: float, limit: int) -> dic
             "since_heartbeat": round(now - runner.last_seen, 1),
             "reason": _bench_reason(runner, now),
             "isolated": runner.isolated,
+            "labels": runner.offer.merged(),
+            "exclusive": runner.offer.exclusive,
         }
         for runner in pool.runners
     ]
     queue = [
-        {"build_id": job.build_id, "sha": job.sha, "branch": job.branch, "attempt": job.attempt}
+        {"build_id": job.build_id, "sha": job.sha, "branch": job.branch, "attempt": job.attempt,
+         "needs": dict(job.needs), "waiting": why_waiting(job.needs, pool.runners)}
         for job in pool.queue[:limit]
-    ]
+    ]  # fmt: skip
     builds = [build_summary(record) for record in store.recent(limit)]
     return {"runners": runners, "queue": queue, "queued": len(pool.queue), "builds": builds}
 

@@ -689,7 +689,9 @@ def test_status_and_show_describe_the_runners_the_queue_the_builds_and_failing_t
     [runner] = table_rows(busy.stdout, "Runners (1)")
     assert runner[:4] == ["runner-a", socket.gethostname(), "busy", running[:12]]
     assert re.fullmatch(r"\d+\.\ds", runner[4])
-    assert table_rows(busy.stdout, "Queue (1)") == [["2", failing[:12], "main", "0"]]
+    assert table_rows(busy.stdout, "Queue (1)") == [
+        ["2", failing[:12], "main", "0", "-", *"the only runner, runner-a, is busy".split()]
+    ]
     assert [row[:4] for row in table_rows(busy.stdout, "Last builds")] == [
         ["2", failing[:12], "main", "queued"],
         ["1", running[:12], "main", "running"],

@@ -7,15 +7,18 @@ from superci.tables import result_summary, status_tables, table
 SHA_A = "a1" * 20
 SHA_B = "b2" * 20
 SHA_C = "c3" * 20
+WAITING = "the only matching runner, runner-a, is busy"
 
 STATUS = {
     "runners": [
         {"name": "runner-a", "host": "box-1", "state": "busy", "build": SHA_A,
-         "since_heartbeat": 0.4, "isolated": True},
+         "since_heartbeat": 0.4, "isolated": True, "labels": {"gpu": "true", "os": "linux"},
+         "exclusive": True},
         {"name": "runner-b", "host": "box-2", "state": "idle", "build": None,
          "since_heartbeat": 1.25},
     ],
-    "queue": [{"build_id": 7, "sha": SHA_B, "branch": "feature/x", "attempt": 0}],
+    "queue": [{"build_id": 7, "sha": SHA_B, "branch": "feature/x", "attempt": 0,
+               "needs": {"gpu": "true"}, "waiting": WAITING}],
     "builds": [
         {"build_id": 7, "sha": SHA_B, "branch": "feature/x", "status": "queued",
          "duration": None, "runner": None, "attempt": 0},
@@ -37,17 +40,18 @@ def section(text: str, title: str) -> list[list[str]]:
 def test_status_lists_each_runner_with_host_state_build_and_heartbeat_age():
     rows = section(status_tables(STATUS), "Runners (2)")
 
-    assert rows[0] == ["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT", "ISOLATED"]
-    assert rows[1] == ["runner-a", "box-1", "busy", SHA_A[:12], "0.4s", "yes"]
-    assert rows[2] == ["runner-b", "box-2", "idle", "-", "1.2s", "no"]
+    assert rows[0] == ["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT", "ISOLATED", "LABELS"]
+    assert rows[1] == ["runner-a", "box-1", "busy", SHA_A[:12], "0.4s", "yes",
+                       "gpu=true", "os=linux", "(exclusive)"]  # fmt: skip
+    assert rows[2] == ["runner-b", "box-2", "idle", "-", "1.2s", "no", "-"]
 
 
 def test_status_lists_the_queue_and_the_last_builds_with_dashes_for_missing_values():
     text = status_tables(STATUS)
 
     assert section(text, "Queue (1)") == [
-        ["BUILD", "COMMIT", "BRANCH", "ATTEMPTS"],
-        ["7", SHA_B[:12], "feature/x", "0"],
+        ["BUILD", "COMMIT", "BRANCH", "ATTEMPTS", "NEEDS", "WAITING"],
+        ["7", SHA_B[:12], "feature/x", "0", "gpu=true", *WAITING.split()],
     ]
     assert section(text, "Last builds") == [
         ["BUILD", "COMMIT", "BRANCH", "STATUS", "DURATION", "RUNNER", "ATTEMPT", "TESTS",
@@ -68,7 +72,7 @@ def test_status_of_an_empty_system_still_shows_every_section():
         "Last builds",
     ]
     assert section(text, "Runners (0)") == [
-        ["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT", "ISOLATED"]
+        ["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT", "ISOLATED", "LABELS"]
     ]
 
 
@@ -152,5 +156,5 @@ def test_status_says_under_the_runners_why_a_benched_runner_gets_no_builds():
 
     block = next(b for b in text.split("\n\n") if b.startswith("Runners (3)"))
     lines = block.splitlines()
-    assert lines[4].split() == ["runner-c", "box-3", "benched", "-", "0.1s", "no"]
+    assert lines[4].split() == ["runner-c", "box-3", "benched", "-", "0.1s", "no", "-"]
     assert lines[5:] == [f"runner-c is benched: {reason} (299s left)"]

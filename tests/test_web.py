@@ -97,7 +97,7 @@ async def test_the_builds_page_lists_the_queue_and_builds_newest_first(tmp_path)
         await h.submit(OTHER, "feature/x")  # no runner: it waits in the queue
         page = await text(session, "/")
         queue, builds = page.split("<h2>Builds")
-        assert OTHER[:12] in queue and "waiting for a free runner" in queue
+        assert OTHER[:12] in queue and "no runner connected" in queue  # why it waits
         assert builds.index(OTHER[:12]) < builds.index(SHA[:12]), "newest first"
         assert 'class="s-failed"' in builds and "1 passed, 1 failed" in builds
         only_main = await text(session, "/?branch=main")
