@@ -297,7 +297,7 @@ class Recorder:
                 elif action.needs is not None:
                     why = (
                         f"attempt {action.attempt} given back (not counted) by runner "
-                        f"{action.lost_runner}, which lacks labels the commit needs: "
+                        f"{action.lost_runner}, which does not suit the commit: "
                     )
                 else:
                     why = (

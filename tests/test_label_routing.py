@@ -104,7 +104,7 @@ async def test_needs_a_runner_learns_from_the_commit_are_kept_and_the_build_goes
         assert (row["status"], row["lost"], json.loads(row["needs"])) == (
             "queued", 0, {"gpu": "true"},
         )  # fmt: skip
-        assert "which lacks labels the commit needs: lacks gpu=true" in row["message"]
+        assert "which does not suit the commit: lacks gpu=true" in row["message"]
         assert status(h)["queue"][0]["waiting"] == "no connected runner has gpu=true"
 
         gpu, _ = await FakeRunner.connect(h.address, "gpu", **GPU)
