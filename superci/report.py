@@ -87,11 +87,14 @@ def build_summary(record: BuildRecord) -> dict[str, Any]:
 
 
 def waiting_summary(record: BuildRecord, pool: PoolView) -> dict[str, Any]:
-    """What ``show`` says of a build: :func:`build_summary`, and for a queued one why it
-    waits."""
+    """What ``show`` says of an unfinished build: :func:`build_summary`, for a queued one
+    why it waits, for a running one its runner's labels."""
     summary = build_summary(record)
     if record.status is BuildStatus.QUEUED:
         summary["waiting"] = why_waiting(record.needs, pool.runners)
+    runner = next((r for r in pool.runners if r.name == record.runner), None)
+    if runner is not None:
+        summary["runner_labels"] = runner.offer.merged()
     return summary
 
 

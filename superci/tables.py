@@ -101,7 +101,8 @@ def result_summary(result: dict[str, Any]) -> str:
         f"status   {result['status']}"
         + (f": {result['message']}" if result.get("message") else ""),
         f"build    {result['build_id']}, attempt {result['attempt']}"
-        f" on {result.get('runner') or '-'}",
+        f" on {result.get('runner') or '-'}"
+        + (f" ({_labels(result['runner_labels'])})" if result.get("runner_labels") else ""),
         f"duration {_seconds(result.get('duration')) or '-'}",
     ]
     if result.get("needs"):

@@ -120,6 +120,23 @@ def test_result_summary_of_a_build_not_run_yet_uses_dashes_and_omits_counts():
     ]
 
 
+def test_result_summary_says_what_a_build_needs_why_it_waits_and_its_runners_labels():
+    queued = {
+        "sha": SHA_B, "branch": "main", "build_id": 7, "status": "queued", "message": "",
+        "runner": None, "attempt": 0, "duration": None, "needs": {"python": "3.13"},
+        "waiting": "no connected runner has python=3.13",
+    }  # fmt: skip
+    assert result_summary(queued).splitlines()[4:6] == [
+        "needs    python=3.13",
+        "waiting  no connected runner has python=3.13",
+    ]
+    running = {**queued, "status": "running", "runner": "gpu-1", "attempt": 1, "waiting": None,
+               "runner_labels": {"gpu": "true", "python": "3.12,3.13"}}  # fmt: skip
+    assert result_summary(running).splitlines()[2] == (
+        "build    7, attempt 1 on gpu-1 (gpu=true python=3.12,3.13)"
+    )
+
+
 def test_status_table_counts_the_whole_queue_when_only_its_head_is_listed():
     document = {
         "runners": [],
