@@ -416,16 +416,17 @@ class RunnerProcess:
 
     async def _hand_back(self, active: ActiveBuild, unsuited: Unsuited) -> None:
         """The commit needs labels this runner lacks: send what it printed, then hand the
-        build back with its needs (the dispatcher queues it again, uncounted)."""
+        build back with its needs (the dispatcher queues it again, uncounted). The lease
+        is dropped first: the dispatcher may answer with the next build at once."""
         log.warning("build %d handed back: %s", active.build.build_id, unsuited)
         if self._current is not active:
             return  # abandoned meanwhile: its lease is gone anyway
         await self._send_output(active)
+        self._forget(active)
         await self._send_quietly(protocol.Unsuited(
             build_id=active.build.build_id, attempt=active.build.attempt,
             needs=unsuited.needs, reason=str(unsuited)[: protocol.MAX_TEXT],
         ))  # fmt: skip
-        self._forget(active)
 
     def _leave_broken(self, error: WorkspaceBroken) -> None:
         """The clone can neither be used nor repaired: leave the pool (the build goes back
