@@ -426,10 +426,7 @@ class Scheduler:
         runner.build_id = None
         if runner.benched_until is None and not runner.leaving:
             self._idle[name] = None
-        actions = self._hand_back_job(job, name, reason)
-        if actions and isinstance(actions[-1], Requeue):
-            actions[-1] = Requeue(job.build_id, job.attempt, name, reason, False, job.needs)
-        return actions + self._dispatch(now)
+        return self._hand_back_job(job, name, reason, job.needs) + self._dispatch(now)
 
     def give_back(self, build_id: int, attempt: int) -> None:
         """A build could not be started (its lease was never sent: the results disk or the
@@ -699,9 +696,12 @@ class Scheduler:
             return [EndBuild(job.build_id, BuildStatus.ERROR, why)]
         return self._requeue(job, Requeue(job.build_id, job.attempt, runner, reason))
 
-    def _hand_back_job(self, job: Job, runner: str, reason: str) -> list[Action]:
-        """The job's runner left on purpose: re-queue it without counting an attempt,
-        unless runners keep sending it away (then something about the build is wrong)."""
+    def _hand_back_job(
+        self, job: Job, runner: str, reason: str, needs: Mapping[str, str] | None = None
+    ) -> list[Action]:
+        """The job's runner left on purpose (or, with the ``needs`` it learned, does not
+        suit it): re-queue it without counting an attempt, unless runners keep sending it
+        away (then something about the build is wrong)."""
         job.runner = None
         if job.stopping is not None:
             return self._end_stopped_job(job, f"runner {runner} left while stopping it")
@@ -713,7 +713,7 @@ class Scheduler:
                 f"({', '.join(job.runners[-3:])}, ...); last: {reason}"
             )
             return [EndBuild(job.build_id, BuildStatus.ERROR, why)]
-        return self._requeue(job, Requeue(job.build_id, job.attempt, runner, reason, False))
+        return self._requeue(job, Requeue(job.build_id, job.attempt, runner, reason, False, needs))
 
     def _end_stopped_job(self, job: Job, what: str) -> list[Action]:
         """A job that was being stopped ends as it was asked to, whatever became of its runner."""
