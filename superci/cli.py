@@ -26,7 +26,7 @@ import click
 from superci import __version__, defaults
 from superci.auth import TOKEN_ENV, Credentials, client_tls, is_loopback, load_token, server_tls
 from superci.channel import Address, parse_address
-from superci.errors import ProtocolError, SuperCIError
+from superci.errors import ConfigError, ProtocolError, SuperCIError
 from superci.settings import DispatcherSettings, ObserverSettings, RunnerSettings
 
 if TYPE_CHECKING:
@@ -432,6 +432,21 @@ def _web_address(
     help="Where the runner keeps the secret that proves its name (mode 0600) "
     "[default: PATH/.git/superci-identity].",
 )
+@click.option(
+    "--label",
+    "given_labels",
+    multiple=True,
+    envvar="SUPERCI_LABELS",
+    help="A label of this runner, KEY=VALUE (a bare KEY means KEY=true), which a "
+    "commit's `needs` may ask for; repeatable. It replaces a detected fact of the same key "
+    "(os, arch, python).",
+)
+@click.option(
+    "--exclusive",
+    is_flag=True,
+    envvar="SUPERCI_EXCLUSIVE",
+    help="Take only builds whose `needs` ask for one of this runner's --label labels.",
+)
 @_verbose_option
 @_reports_errors
 @_takes_settings(RunnerSettings)
@@ -441,12 +456,24 @@ def runner_command(
     path: Path,
     name: str | None,
     identity_file: Path | None,
+    given_labels: tuple[str, ...],
+    exclusive: bool,
     verbose: bool,
 ) -> None:
     """Run builds in the clone at PATH for the dispatcher at --dispatcher-server."""
+    from superci.labels import parse_labels
     from superci.runner import RunnerProcess, default_runner_name
     from superci.workspace import Workspace
 
+    try:
+        labels = parse_labels(given_labels)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--label") from None
+    if exclusive and not labels:
+        raise click.BadParameter(
+            "an exclusive runner takes only builds that need one of its own labels: give "
+            "it one with --label", param_hint="--exclusive"
+        )  # fmt: skip
     _setup_logging(verbose)
     workspace = Workspace(path, settings.git_timeout)
     runner = RunnerProcess(
@@ -455,6 +482,8 @@ def runner_command(
         name or default_runner_name(workspace),
         settings=settings,
         identity_file=identity_file,
+        given_labels=labels,
+        exclusive=exclusive,
     )
     _run_until_signalled(runner.run_forever())
 
@@ -538,13 +567,17 @@ def observer_command(
     verbose: bool,
 ) -> None:
     """Watch the clone at PATH and ask the dispatcher to build every new commit."""
+    from superci import gitname
     from superci.client import submit
+    from superci.commitconfig import config_at
     from superci.observer import Observer
 
     _setup_logging(verbose)
+    repo = gitname.open_clone(path)  # to send each commit's .superci.toml with it
 
     def deliver(sha: str, branch: str) -> None:
-        reply = submit(address, sha, branch, described=observer.describe(sha))
+        config = None if repo is None else config_at(repo, sha)
+        reply = submit(address, sha, branch, described=observer.describe(sha), config=config)
         log.info("commit %s (%s): %s", sha[:12], branch, "queued" if reply.queued else "known")
 
     observer = Observer(path, deliver, branches, settings=settings)
@@ -576,8 +609,12 @@ def notify_command(address: Address, commit: str, branch: str | None, rebuild: b
     from superci.client import submit
 
     sha, branch = _commit_to_submit(address, commit, branch)
-    reply = submit(address, sha, branch, rebuild, described=_describe_here(sha))
-    if reply.queued:
+    described, config = _facts_here(sha)
+    reply = submit(address, sha, branch, rebuild, described=described, config=config)
+    if reply.status == "error":
+        click.echo(f"build {reply.build_id} of {sha} ended at once as an error: "
+                   f"`superci show {sha[:12]}` says why")  # fmt: skip
+    elif reply.queued:
         click.echo(f"queued {sha} ({branch}) as build {reply.build_id}")
     else:
         click.echo(f"already known: {sha} is build {reply.build_id} ({reply.status})")
@@ -616,15 +653,19 @@ def _commit_to_submit(address: Address, name: str, branch: str | None) -> tuple[
     return known["sha"], branch or known["branch"]
 
 
-def _describe_here(sha: str) -> Description | None:
-    """The commit's subject and author from the clone (or bare repository) we are in, if
-    it has the commit; else None, and the runner that builds it says them."""
+def _facts_here(sha: str) -> tuple[Description | None, str | None]:
+    """The commit's subject and author, and its .superci.toml (whose needs choose the
+    runner), from the clone (or bare repository, as in the post-receive hook) we are in,
+    if it has the commit; else None, and the runner that builds it finds them."""
     if not _may_be_in_clone():
-        return None
+        return None, None
     from superci import gitname
+    from superci.commitconfig import config_at
 
     repo = gitname.open_clone()
-    return None if repo is None else gitname.describe(repo, sha)
+    if repo is None:
+        return None, None
+    return gitname.describe(repo, sha), config_at(repo, sha)
 
 
 def _unknown_to_git(clone: str) -> str:

@@ -159,6 +159,7 @@ async def submit_async(
     rebuild: bool = False,
     timeout: float = defaults.CLIENT_TIMEOUT,
     described: Description | None = None,
+    config: str | None = None,
 ) -> protocol.Submitted:
     protocol.check_sha(sha)
     protocol.check_branch(branch)
@@ -166,6 +167,7 @@ async def submit_async(
         sha=sha, branch=branch, rebuild=rebuild,
         subject=described.subject if described else None,
         author=described.author if described else None,
+        config=config,
     )  # fmt: skip
     reply = await request(address, message, timeout)
     if not isinstance(reply, protocol.Submitted):
@@ -180,10 +182,12 @@ def submit(
     rebuild: bool = False,
     timeout: float = defaults.CLIENT_TIMEOUT,
     described: Description | None = None,
+    config: str | None = None,
 ) -> protocol.Submitted:
     """Ask the dispatcher to build a commit; returns once it is durably queued (or known).
-    ``described``: its subject and author, when the caller has git."""
-    return asyncio.run(submit_async(address, sha, branch, rebuild, timeout, described))
+    ``described``: its subject and author, when the caller has git; ``config``: the
+    commit's .superci.toml (see superci.commitconfig), for its needs."""
+    return asyncio.run(submit_async(address, sha, branch, rebuild, timeout, described, config))
 
 
 async def _expect_reply(address: Address, message: protocol.Message) -> protocol.Reply:

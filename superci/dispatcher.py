@@ -195,9 +195,9 @@ class Dispatcher:
 
     def submit(
         self, sha: str, branch: str, rebuild: bool = False,
-        subject: str | None = None, author: str | None = None,
+        subject: str | None = None, author: str | None = None, config: str | None = None,
     ) -> protocol.Submitted:  # fmt: skip
-        return self.requests.submit(sha, branch, rebuild, subject, author)
+        return self.requests.submit(sha, branch, rebuild, subject, author, config)
 
     def cancel(self, commit: str) -> protocol.Reply:
         return self.requests.cancel(commit)

@@ -306,13 +306,20 @@ class Recorder:
             case Requeue():
                 if action.counted:
                     why = f"attempt {action.attempt} lost with runner {action.lost_runner}: "
+                elif action.needs is not None:
+                    why = (
+                        f"attempt {action.attempt} given back (not counted) by runner "
+                        f"{action.lost_runner}, which does not suit the commit: "
+                    )
                 else:
                     why = (
                         f"attempt {action.attempt} given back (not counted) by runner "
                         f"{action.lost_runner}, which left: "
                     )
                 log.warning("build %d re-queued: %s%s", action.build_id, why, action.reason)
-                self._store.mark_queued(action.build_id, why + action.reason, action.counted)
+                needs = None if action.needs is None else dict(action.needs)
+                self._store.mark_queued(action.build_id, why + action.reason, action.counted,
+                                        needs)  # fmt: skip
                 self._publish_queued(action.build_id, why + action.reason)
             case EndBuild():
                 record = self._store.get(action.build_id)

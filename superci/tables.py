@@ -24,6 +24,13 @@ def _short(sha: str | None) -> str | None:
     return sha[:12] if sha else None
 
 
+def _labels(labels: dict[str, str] | None, exclusive: bool = False) -> str | None:
+    """``gpu=true os=linux``, and whether the runner is exclusive; None when there are none."""
+    text = " ".join(f"{key}={value}" for key, value in (labels or {}).items())
+    text += " (exclusive)" if exclusive else ""
+    return text.strip() or None
+
+
 def _seconds(value: float | None) -> str | None:
     return None if value is None else f"{value:.1f}s"
 
@@ -52,13 +59,14 @@ def status_tables(document: dict[str, Any]) -> str:
     """The three sections of ``superci status``."""
     runners = [
         (r["name"], r["host"], r["state"], _short(r["build"]), _seconds(r["since_heartbeat"]),
-         "yes" if r.get("isolated") else "no")
+         "yes" if r.get("isolated") else "no", _labels(r.get("labels"), r.get("exclusive")))
         for r in document["runners"]
     ]  # fmt: skip
     queue = [
-        (q["build_id"], _short(q["sha"]), q["branch"], q["attempt"], q.get("why"))
+        (q["build_id"], _short(q["sha"]), q["branch"], q["attempt"], _labels(q.get("needs")),
+         q.get("waiting"))
         for q in document["queue"]
-    ]
+    ]  # fmt: skip
     builds = [
         (b["build_id"], _short(b["sha"]), b["branch"],
          _cut(b.get("subject"), SUBJECT_WIDTH), _cut(b.get("author"), AUTHOR_WIDTH),
@@ -71,10 +79,12 @@ def status_tables(document: dict[str, Any]) -> str:
     return "\n\n".join(
         [
             f"Runners ({len(runners)})\n"
-            + table(["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT", "ISOLATED"], runners)
+            + table(
+                ["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT", "ISOLATED", "LABELS"], runners
+            )  # fmt: skip
             + "".join(f"\n{line}" for line in benched),
             f"Queue ({document.get('queued', len(queue))})\n"
-            + table(["BUILD", "COMMIT", "BRANCH", "ATTEMPTS", "WHY"], queue),
+            + table(["BUILD", "COMMIT", "BRANCH", "ATTEMPTS", "NEEDS", "WAITING"], queue),
             "Last builds\n"
             + table(
                 [
@@ -105,9 +115,14 @@ def result_summary(result: dict[str, Any]) -> str:
         f"status   {result['status']}"
         + (f": {result['message']}" if result.get("message") else ""),
         f"build    {result['build_id']}, attempt {result['attempt']}"
-        f" on {result.get('runner') or '-'}",
+        f" on {result.get('runner') or '-'}"
+        + (f" ({_labels(result['runner_labels'])})" if result.get("runner_labels") else ""),
         f"duration {_seconds(result.get('duration')) or '-'}",
     ]
+    if result.get("needs"):
+        lines.append(f"needs    {_labels(result['needs'])}")
+    if result.get("waiting"):
+        lines.append(f"waiting  {result['waiting']}")
     tests = counts_text(result.get("tests"))
     if tests:
         lines.append(f"tests    {tests}")

@@ -1,46 +1,82 @@
-"""Why a queued build waits, in words, from the scheduler's view of the pool (no I/O).
+"""Why a queued build waits, in one sentence for people, from the build's needs and the
+scheduler's view of the pool (no I/O).
 
 People looking at a queue want to know whether to wait, start a runner or mend one: "no
-runner connected" asks for a runner, "all 3 runners busy" for patience, a benched runner
-for a look at its clone. :func:`why_waiting` is the one place that says it, for
-``superci status`` and the web page alike; a new reason (a label no runner has) goes
-there, ahead of the general ones.
+runner connected" asks for a runner, "no connected runner has gpu=true" for the right
+one, "all 3 runners busy" for patience, a benched runner for a look at its clone.
+:func:`why_waiting` is the one place that says it, for ``superci status``, ``show`` and
+the web page alike.
 """
 
 from __future__ import annotations
 
-from superci.scheduler import PoolView, RunnerView
+from collections.abc import Iterable, Mapping
+
+from superci import labels
+from superci.scheduler import RunnerView
 from superci.status import RunnerState
 
 
-def why_waiting(pool: PoolView, position: int, now: float) -> str:
-    """Why the build at ``position`` (0: next) of ``pool.queue`` has no runner yet."""
-    return f"{_pool_reason(pool.runners, now)}; {_place(position)}"
+def why_waiting(
+    needs: Mapping[str, str], runners: Iterable[RunnerView], position: int, now: float
+) -> str:
+    """Why a build that needs ``needs``, at ``position`` of the queue (0: next), has no
+    runner yet, given the pool ``runners``."""
+    return f"{_pool_reason(needs, list(runners), now)}; {_place(position)}"
 
 
-def _pool_reason(runners: tuple[RunnerView, ...], now: float) -> str:
+def _pool_reason(needs: Mapping[str, str], runners: list[RunnerView], now: float) -> str:
     connected = [r for r in runners if r.state is not RunnerState.DISCONNECTED]
     if not connected:
         return "no runner connected"
-    if any(r.state is RunnerState.IDLE for r in connected):
-        return "being handed to an idle runner"
-    busy = sum(r.state is RunnerState.BUSY for r in connected)
-    benched = [r for r in connected if r.state is RunnerState.BENCHED]
-    parts = [_busy(busy, len(connected))] if busy else []
-    parts += [_benched(r, now) for r in benched]
+    takers = [r for r in connected if r.offer.takes(needs)]
+    if not takers:
+        return _nobody_takes(needs, connected)
+    matching = "matching runner" if needs else "runner"
+    idle = [r for r in takers if r.state is RunnerState.IDLE]
+    if len(idle) == 1:
+        return f"about to start on {idle[0].name}"
+    if idle:
+        return f"about to start ({len(idle)} {matching}s idle)"
+    busy = [r for r in takers if r.state is RunnerState.BUSY]
+    if len(takers) == 1 and busy:
+        return f"the only {matching}, {busy[0].name}, is busy"
+    parts = [_busy(len(busy), len(takers), matching)] if busy else []
+    parts += [_benched(r, now) for r in takers if r.state is RunnerState.BENCHED]
     return ", ".join(parts)
 
 
-def _busy(busy: int, connected: int) -> str:
-    if busy == connected:
-        return "the runner is busy" if busy == 1 else f"all {busy} runners busy"
-    return f"{busy} runner{'s' if busy > 1 else ''} busy"
+def _busy(busy: int, takers: int, matching: str) -> str:
+    if busy == takers:
+        return f"all {busy} {matching}s busy"
+    return f"{busy} {matching}{'s' if busy > 1 else ''} busy"
 
 
 def _benched(runner: RunnerView, now: float) -> str:
     if runner.benched_until is None:
         return f"runner {runner.name} benched"
     return f"runner {runner.name} benched ({max(0.0, runner.benched_until - now):.0f}s left)"
+
+
+def _nobody_takes(needs: Mapping[str, str], connected: list[RunnerView]) -> str:
+    """No connected runner takes the build: say which need nobody has, or that the
+    runners that have them all are exclusive."""
+    missing = {
+        key: value
+        for key, value in needs.items()
+        if not any(r.offer.has(key, value) for r in connected)
+    }
+    if missing:
+        reason = f"no connected runner has {labels.text(missing)}"
+    elif needs:
+        reason = f"no connected runner has all of {labels.text(needs)}"
+    else:
+        reason = "every connected runner is exclusive"
+    refusing = [r.name for r in connected if r.offer.exclusive and not r.offer.missing(needs)]
+    if refusing:
+        names = ", ".join(refusing)
+        reason += f" (exclusive runners {names} take only builds that need their own labels)"
+    return reason
 
 
 def _place(position: int) -> str:

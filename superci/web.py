@@ -29,7 +29,7 @@ from superci.bus import EventBus
 from superci.channel import Address
 from superci.errors import AmbiguousCommit, ProtocolError, UnknownBuild
 from superci.eventring import EventRing, Numbered
-from superci.report import build_summary, status_document
+from superci.report import build_summary, status_document, waiting_summary
 from superci.results import ResultsFolder
 from superci.scheduler import Scheduler
 from superci.settings import DispatcherSettings
@@ -234,7 +234,7 @@ class WebServer:
         """The build's ``result.json`` once it has one, else what the store knows."""
         result = self._results.read_result(record.sha, record.id)
         if result is None or result.get("build_id") != record.id:
-            return build_summary(record)
+            return waiting_summary(record, self._scheduler.view(), self._clock())
         return result
 
     def _log_tail(self, record: BuildRecord) -> tuple[str, bool]:

@@ -691,7 +691,7 @@ def test_status_and_show_describe_the_runners_the_queue_the_builds_and_failing_t
     assert runner[:4] == ["runner-a", socket.gethostname(), "busy", running[:12]]
     assert re.fullmatch(r"\d+\.\ds", runner[4])
     assert table_rows(busy.stdout, "Queue (1)") == [
-        ["2", failing[:12], "main", "0", "the runner is busy; next in line"]
+        ["2", failing[:12], "main", "0", "-", "the only runner, runner-a, is busy; next in line"]
     ]
     # Notified from outside a clone: no subject or author until the runner says them.
     assert [row[:6] for row in table_rows(busy.stdout, "Last builds")] == [

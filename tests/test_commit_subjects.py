@@ -168,7 +168,9 @@ def test_notify_in_a_clone_says_the_subject_and_the_runner_says_it_for_a_bare_id
         "Add <em>math</em> tests", "Test Author",
     )  # fmt: skip
     assert queued[outside]["subject"] is None
-    assert "no runner connected; next in line" in [q["why"] for q in status_json(superci)["queue"]]
+    assert "no runner connected; next in line" in [
+        q["waiting"] for q in status_json(superci)["queue"]
+    ]
 
     superci.runner(repo.clone(tmp_path / "runner-a"), "runner-a")
     result = superci.wait_for_result(outside)
