@@ -26,11 +26,13 @@ import click
 from superci import __version__, defaults
 from superci.auth import TOKEN_ENV, Credentials, client_tls, is_loopback, load_token, server_tls
 from superci.channel import Address, parse_address
-from superci.errors import ProtocolError, SuperCIError
+from superci.errors import ConfigError, ProtocolError, SuperCIError
 from superci.settings import DispatcherSettings, ObserverSettings, RunnerSettings
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
+
+    from superci.gitname import Description
 
 log = logging.getLogger("superci")
 
@@ -431,6 +433,21 @@ def _web_address(
     help="Where the runner keeps the secret that proves its name (mode 0600) "
     "[default: PATH/.git/superci-identity].",
 )
+@click.option(
+    "--label",
+    "given_labels",
+    multiple=True,
+    envvar="SUPERCI_LABELS",
+    help="A label of this runner, KEY=VALUE (a bare KEY means KEY=true), which a "
+    "commit's `needs` may ask for; repeatable. It replaces a detected fact of the same key "
+    "(os, arch, python).",
+)
+@click.option(
+    "--exclusive",
+    is_flag=True,
+    envvar="SUPERCI_EXCLUSIVE",
+    help="Take only builds whose `needs` ask for one of this runner's --label labels.",
+)
 @_verbose_option
 @_reports_errors
 @_takes_settings(RunnerSettings)
@@ -440,12 +457,24 @@ def runner_command(
     path: Path,
     name: str | None,
     identity_file: Path | None,
+    given_labels: tuple[str, ...],
+    exclusive: bool,
     verbose: bool,
 ) -> None:
     """Run builds in the clone at PATH for the dispatcher at --dispatcher-server."""
+    from superci.labels import parse_labels
     from superci.runner import RunnerProcess, default_runner_name
     from superci.workspace import Workspace
 
+    try:
+        labels = parse_labels(given_labels)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--label") from None
+    if exclusive and not labels:
+        raise click.BadParameter(
+            "an exclusive runner takes only builds that need one of its own labels: give "
+            "it one with --label", param_hint="--exclusive"
+        )  # fmt: skip
     _setup_logging(verbose)
     workspace = Workspace(path, settings.git_timeout)
     runner = RunnerProcess(
@@ -454,6 +483,8 @@ def runner_command(
         name or default_runner_name(workspace),
         settings=settings,
         identity_file=identity_file,
+        given_labels=labels,
+        exclusive=exclusive,
     )
     _run_until_signalled(runner.run_forever())
 
@@ -537,13 +568,17 @@ def observer_command(
     verbose: bool,
 ) -> None:
     """Watch the clone at PATH and ask the dispatcher to build every new commit."""
+    from superci import gitname
     from superci.client import submit
+    from superci.commitconfig import config_at
     from superci.observer import Observer
 
     _setup_logging(verbose)
+    repo = gitname.open_clone(path)  # to send each commit's .superci.toml with it
 
     def deliver(sha: str, branch: str) -> None:
-        reply = submit(address, sha, branch)
+        config = None if repo is None else config_at(repo, sha)
+        reply = submit(address, sha, branch, described=observer.describe(sha), config=config)
         log.info("commit %s (%s): %s", sha[:12], branch, "queued" if reply.queued else "known")
 
     observer = Observer(path, deliver, branches, settings=settings)
@@ -575,8 +610,12 @@ def notify_command(address: Address, commit: str, branch: str | None, rebuild: b
     from superci.client import submit
 
     sha, branch = _commit_to_submit(address, commit, branch)
-    reply = submit(address, sha, branch, rebuild)
-    if reply.queued:
+    described, config = _facts_here(sha)
+    reply = submit(address, sha, branch, rebuild, described=described, config=config)
+    if reply.status == "error":
+        click.echo(f"build {reply.build_id} of {sha} ended at once as an error: "
+                   f"`superci show {sha[:12]}` says why")  # fmt: skip
+    elif reply.queued:
         click.echo(f"queued {sha} ({branch}) as build {reply.build_id}")
     else:
         click.echo(f"already known: {sha} is build {reply.build_id} ({reply.status})")
@@ -613,6 +652,21 @@ def _commit_to_submit(address: Address, name: str, branch: str | None) -> tuple[
         raise click.ClickException(f"{reply.message}{_unknown_to_git(clone)}")
     known = json.loads(reply.document)
     return known["sha"], branch or known["branch"]
+
+
+def _facts_here(sha: str) -> tuple[Description | None, str | None]:
+    """The commit's subject and author, and its .superci.toml (whose needs choose the
+    runner), from the clone (or bare repository, as in the post-receive hook) we are in,
+    if it has the commit; else None, and the runner that builds it finds them."""
+    if not _may_be_in_clone():
+        return None, None
+    from superci import gitname
+    from superci.commitconfig import config_at
+
+    repo = gitname.open_clone()
+    if repo is None:
+        return None, None
+    return gitname.describe(repo, sha), config_at(repo, sha)
 
 
 def _unknown_to_git(clone: str) -> str:
@@ -812,6 +866,14 @@ def _note_truncated(document: dict[str, Any]) -> None:
     multiple=True,
     help="Branch to watch; repeatable [default: PATH's current branch].",
 )
+@click.option(
+    "--web-port",
+    default=defaults.UP_WEB_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Serve the web page on 127.0.0.1 at the first free port from this one (0 picks any).",
+)
+@click.option("--no-web", is_flag=True, help="Serve no web page.")
 @_verbose_option
 @_reports_errors
 def up_command(
@@ -823,12 +885,15 @@ def up_command(
     work: Path | None,
     interval: float,
     branches: tuple[str, ...],
+    web_port: int,
+    no_web: bool,
     verbose: bool,
 ) -> None:
     """Run a dispatcher, runners and an observer for the repository at PATH, here.
 
     PATH is the repository's top folder or a bare repository; superci writes nothing into
-    it. Each build's outcome is printed as it finishes; Ctrl-C stops everything.
+    it. The web page's address is printed first (see --web-port), then each build's
+    outcome as it finishes; Ctrl-C stops everything.
     """
     from superci.up import Stack
 
@@ -847,6 +912,7 @@ def up_command(
         interval=interval,
         branches=branches,
         verbose=verbose,
+        web_port=None if no_web else web_port,
     )
     stack.prepare()
     _setup_logging(verbose, None if verbose else stack.logs / "up.log")

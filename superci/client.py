@@ -11,7 +11,7 @@ import contextlib
 import json
 import random
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from superci import defaults, protocol
 from superci.channel import Address, Channel
@@ -22,6 +22,9 @@ from superci.errors import (
     RemoteError,
 )
 from superci.handshake import ClientHandshake
+
+if TYPE_CHECKING:  # GitPython is loaded only by the callers that have git
+    from superci.gitname import Description
 
 #: How long ``logs --follow`` waits for any frame before it takes the dispatcher for
 #: gone: a few of its keep-alive intervals.
@@ -155,12 +158,18 @@ async def submit_async(
     branch: str,
     rebuild: bool = False,
     timeout: float = defaults.CLIENT_TIMEOUT,
+    described: Description | None = None,
+    config: str | None = None,
 ) -> protocol.Submitted:
     protocol.check_sha(sha)
     protocol.check_branch(branch)
-    reply = await request(
-        address, protocol.Submit(sha=sha, branch=branch, rebuild=rebuild), timeout
-    )
+    message = protocol.Submit(
+        sha=sha, branch=branch, rebuild=rebuild,
+        subject=described.subject if described else None,
+        author=described.author if described else None,
+        config=config,
+    )  # fmt: skip
+    reply = await request(address, message, timeout)
     if not isinstance(reply, protocol.Submitted):
         raise ProtocolError(f"expected submitted from {address}, got {reply.type}")
     return reply
@@ -172,9 +181,13 @@ def submit(
     branch: str,
     rebuild: bool = False,
     timeout: float = defaults.CLIENT_TIMEOUT,
+    described: Description | None = None,
+    config: str | None = None,
 ) -> protocol.Submitted:
-    """Ask the dispatcher to build a commit; returns once it is durably queued (or known)."""
-    return asyncio.run(submit_async(address, sha, branch, rebuild, timeout))
+    """Ask the dispatcher to build a commit; returns once it is durably queued (or known).
+    ``described``: its subject and author, when the caller has git; ``config``: the
+    commit's .superci.toml (see superci.commitconfig), for its needs."""
+    return asyncio.run(submit_async(address, sha, branch, rebuild, timeout, described, config))
 
 
 async def _expect_reply(address: Address, message: protocol.Message) -> protocol.Reply:

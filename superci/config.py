@@ -10,12 +10,12 @@ import difflib
 import logging
 import math
 import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from superci import defaults
+from superci import defaults, labels
 from superci.errors import ConfigError
 from superci.safefile import read_inside
 
@@ -34,6 +34,8 @@ class BuildConfig:
     junit: str | None = None
     #: Whether a build in which no test ran may pass (a repository without tests yet).
     allow_no_tests: bool = False
+    #: The runner labels a build needs (see superci.labels); empty: any runner.
+    needs: Mapping[str, str] = field(default_factory=dict)
 
 
 def load_build_config(workdir: Path) -> BuildConfig:
@@ -48,12 +50,20 @@ def load_build_config(workdir: Path) -> BuildConfig:
         log.debug("no %s in %s, using defaults", defaults.CONFIG_FILE, workdir)
         return BuildConfig()
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: cannot be read: {e}") from e
-    return _parse(path, data)
+    return parse_build_config(text, path)
+
+
+def parse_build_config(text: str, path: Path | str = defaults.CONFIG_FILE) -> BuildConfig:
+    """The settings in ``text``, the content of a .superci.toml (``path`` names it in
+    errors): what the runner reads in its checkout and the dispatcher in a submission."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    return _parse(Path(path), data)
 
 
 def _parse(path: Path, data: dict[str, Any]) -> BuildConfig:
@@ -112,6 +122,26 @@ def _allow_no_tests(path: Path, value: Any) -> bool:
     return value
 
 
+def _needs(path: Path, value: Any) -> dict[str, str]:
+    """``needs = {os = "linux", gpu = true}``: strings, or true/false; a number is refused,
+    since ``python = 3.10`` would be read as 3.1."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: 'needs' must be a table such as {{os = \"linux\"}}, "
+                          f"got {value!r:.60}")  # fmt: skip
+    texts: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, bool):
+            item = "true" if item else "false"
+        elif not isinstance(item, str):
+            raise ConfigError(f"{path}: 'needs' {key}: write the value as a string in quotes "
+                              f"(such as \"3.10\"), got {item!r:.40}")  # fmt: skip
+        texts[key] = item
+    try:
+        return labels.check_labels(texts, "'needs'")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: 'needs': {e}") from None
+
+
 #: Every key .superci.toml may hold, each with the function that checks its value; a key
 #: is a field of BuildConfig of the same name. A new setting is one line here.
 KEYS: dict[str, Callable[[Path, Any], Any]] = {
@@ -119,4 +149,5 @@ KEYS: dict[str, Callable[[Path, Any], Any]] = {
     "timeout": _timeout,
     "junit": _junit,
     "allow_no_tests": _allow_no_tests,
+    "needs": _needs,
 }

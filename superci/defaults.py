@@ -143,3 +143,11 @@ WEB_KEEPALIVE_INTERVAL = 15.0
 WEB_EVENT_RING = 10_000
 #: Builds on one page of the web page's list.
 WEB_PAGE_SIZE = 50
+#: ``superci up`` serves the web page on the first free port from this one (8080, where
+#: people look for a local web page), trying this many ports before it gives up.
+UP_WEB_PORT = 8080
+UP_WEB_PORT_TRIES = 100
+#: Wrong tokens one address may give the web page's login in a window of this many
+#: seconds; past them it is refused (429) until the window moves on.
+WEB_LOGIN_FAILURES = 5
+WEB_LOGIN_WINDOW = 60.0

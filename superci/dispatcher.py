@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,6 +94,7 @@ class Dispatcher:
         )  # fmt: skip
         self.listener = Listener(self._route, credentials, settings=settings)
         self._token = credentials.token  # the web page's login asks for it
+        self._tls = credentials.ssl  # the web page is served over HTTPS with it too
         self._watchdog: asyncio.Task[None] | None = None
         self.web: WebServer | None = None
 
@@ -122,18 +124,24 @@ class Dispatcher:
         log.info("dispatcher listening on %s", address)
         return address
 
-    async def start_web(self, host: str, port: int, public: bool = False) -> Address:
+    async def start_web(
+        self, host: str, port: int, public: bool = False, sock: socket.socket | None = None
+    ) -> Address:
         """Serve the web page on this loop too (with a token, behind a login unless
-        ``public``); returns its bound address."""
+        ``public``; over HTTPS when the dispatcher has TLS; on ``sock`` when given, a
+        socket bound already); returns its bound address."""
+        from superci.ratelimit import FailureLimit
         from superci.web import WebServer  # aiohttp only for a dispatcher that serves it
         from superci.weblogin import WebAccess
 
+        limit = FailureLimit(self.settings.web_login_failures, self.settings.web_login_window)
+        access = WebAccess(self._token, public, limit=limit)
         self.web = WebServer(
             self.store, self.results, self.scheduler, self.bus,
-            settings=self.settings, clock=self._clock, access=WebAccess(self._token, public),
+            settings=self.settings, clock=self._clock, access=access,
         )  # fmt: skip
-        address = await self.web.start(host, port)
-        log.info("web page at http://%s/", address)
+        address = await self.web.start(host, port, self._tls, sock)
+        log.info("web page at %s://%s/", "http" if self._tls is None else "https", address)
         return address
 
     async def serve_forever(self) -> None:
@@ -185,8 +193,11 @@ class Dispatcher:
 
     # --- requests made in-process (tests, tools) -------------------------------------
 
-    def submit(self, sha: str, branch: str, rebuild: bool = False) -> protocol.Submitted:
-        return self.requests.submit(sha, branch, rebuild)
+    def submit(
+        self, sha: str, branch: str, rebuild: bool = False,
+        subject: str | None = None, author: str | None = None, config: str | None = None,
+    ) -> protocol.Submitted:  # fmt: skip
+        return self.requests.submit(sha, branch, rebuild, subject, author, config)
 
     def cancel(self, commit: str) -> protocol.Reply:
         return self.requests.cancel(commit)
@@ -239,6 +250,7 @@ async def run_dispatcher(
     ready: Callable[[Address], None] | None = None,
     web: tuple[str, int] | None = None,
     web_public: bool = False,
+    web_socket: socket.socket | None = None,
     heartbeat_timeout: float | None = None,
     max_attempts: int | None = None,
     build_timeout: float | None = None,
@@ -246,8 +258,9 @@ async def run_dispatcher(
     log_idle_timeout: float | None = None,
 ) -> None:
     """Run a dispatcher until cancelled (the process entry point), with the web page on
-    ``web`` (host, port) when given (``web_public``: viewing needs no login); the older
-    keywords, when given, override their field of ``settings``."""
+    ``web`` (host, port) or the bound ``web_socket`` when given (``web_public``: viewing
+    needs no login); the older keywords, when given, override their field of
+    ``settings``."""
     settings = with_given(
         settings or DispatcherSettings(),
         heartbeat_timeout=heartbeat_timeout,
@@ -268,7 +281,10 @@ async def run_dispatcher(
     )
     try:
         address = await dispatcher.start(host, port)
-        if web is not None:
+        if web_socket is not None:
+            web_host, web_port = web_socket.getsockname()[:2]
+            await dispatcher.start_web(web_host, web_port, public=web_public, sock=web_socket)
+        elif web is not None:
             await dispatcher.start_web(*web, public=web_public)
         if ready is not None:
             ready(address)

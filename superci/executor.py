@@ -18,15 +18,16 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from superci import containment, defaults, protocol, testtool
+from superci import containment, defaults, labels, protocol, testtool
 from superci.builduser import BuildFolders, BuildUser, make_private
 from superci.config import BuildConfig, load_build_config
-from superci.errors import ConfigError, UnsafeFile, WorkspaceBroken, WorkspaceError
+from superci.errors import ConfigError, SuperCIError, UnsafeFile, WorkspaceBroken, WorkspaceError
 from superci.execute import Execution, build_environment, run_command
+from superci.gitname import Description
 from superci.junit import parse_junit_bytes, pytest_junit_option
 from superci.safefile import read_inside, read_off_loop
 from superci.settings import RunnerSettings
@@ -42,6 +43,16 @@ SUMMARY_TAIL_BYTES = 1024 * 1024
 
 #: Where a build's output goes: the session keeps it and sends it on.
 Emit = Callable[[bytes], Awaitable[None]]
+
+
+class Unsuited(SuperCIError):
+    """The commit's .superci.toml needs labels this runner does not offer (or, on an
+    exclusive runner, none of its own): it must not build it. The session hands the
+    build back with the needs (see :class:`superci.protocol.Unsuited`)."""
+
+    def __init__(self, needs: dict[str, str], message: str) -> None:
+        super().__init__(message)
+        self.needs = needs
 
 
 class BuildOutput(Protocol):
@@ -72,11 +83,14 @@ class BuildExecutor:
         runner_name: str,
         build_record: Path,
         after_checkout: Callable[[], None],
+        offer: labels.Offer | None = None,
     ) -> None:
         """``build_record``: where the running build's processes are recorded (see
         :mod:`superci.containment`); ``after_checkout`` runs in a thread after each
-        checkout (the runner keeps its identity file there, which a build may remove)."""
+        checkout (the runner keeps its identity file there, which a build may remove);
+        ``offer``: the runner's labels, which a commit's ``needs`` must match."""
         self.workspace = workspace
+        self.offer = offer or labels.Offer()
         self.settings = settings
         self.runner_name = runner_name
         self.build_record = build_record
@@ -105,11 +119,12 @@ class BuildExecutor:
     ) -> protocol.Result:
         """Check out the commit, run its tests, and describe how it ended; whatever goes
         wrong inside the runner, the build ends with a result. A clone beyond repair
-        raises :class:`WorkspaceBroken` (not the commit's fault: the build goes back)."""
+        raises :class:`WorkspaceBroken` (not the commit's fault: the build goes back), a
+        commit that needs labels this runner lacks :class:`Unsuited`."""
         started = time.monotonic()
         try:
             return await self._run(build, output, emit, cancel, on_started)
-        except WorkspaceBroken:
+        except (WorkspaceBroken, Unsuited):
             raise
         except Exception as e:
             log.exception("build %d failed inside the runner", build.build_id)
@@ -150,6 +165,8 @@ class BuildExecutor:
             """superci's own line, on a line of its own even after output cut mid-line."""
             await emit(("" if output.ends_line else "\n").encode() + f"superci: {text}\n".encode())
 
+        described: Description | None = None  # once checked out
+
         def ended(
             status: BuildStatus,
             message: str,
@@ -158,13 +175,17 @@ class BuildExecutor:
             *,
             checkout: bool = False,
         ) -> protocol.Result:
-            return _result(build, output, status, exit_code, started, message, summary,
-                           checkout=checkout)  # fmt: skip
+            result = _result(build, output, status, exit_code, started, message, summary,
+                             checkout=checkout)  # fmt: skip
+            if described is None:
+                return result
+            return replace(result, subject=described.subject, author=described.author)
 
         where = f"{build.sha} ({build.branch}) attempt {build.attempt} on {self.runner_name}"
         await say(f"building {where}")
         try:
             await asyncio.to_thread(self.workspace.prepare, build.sha)
+            described = await asyncio.to_thread(self.workspace.describe, build.sha)
             await asyncio.to_thread(self._after_checkout)
             folders = await asyncio.to_thread(self._hand_over, build)
         except WorkspaceBroken:
@@ -178,6 +199,7 @@ class BuildExecutor:
                 load_build_config, self.workspace.path,
                 timeout=self.settings.file_read_timeout, what=defaults.CONFIG_FILE,
             )  # fmt: skip
+            await self._check_needs(dict(config.needs), say)
             report = self._report_path(config.junit, folders)
             environment = self._environment(build, config.junit, report.path, folders)
             command = config.command or await self._chosen_command(environment, tree, say)
@@ -224,6 +246,23 @@ class BuildExecutor:
         status, message = _outcome(execution, summary, config, timeout)
         await say(message)
         return ended(status, message, execution.exit_code, summary)
+
+    async def _check_needs(
+        self, needs: dict[str, str], say: Callable[[str], Awaitable[None]]
+    ) -> None:
+        """Refuse (:class:`Unsuited`) a commit whose own .superci.toml needs labels this
+        runner does not offer: the dispatcher did not know them (the commit was submitted
+        without its configuration, or with another one)."""
+        if self.offer.takes(needs):
+            return
+        missing = self.offer.missing(needs)
+        if missing:
+            why = f"{defaults.CONFIG_FILE} needs {labels.text(missing)}, which this runner lacks"
+        else:
+            why = (f"this runner is exclusive and its {defaults.CONFIG_FILE} needs none of its "
+                   f"labels ({labels.text(self.offer.given)})")  # fmt: skip
+        await say(f"not building here: {why}; handing the build back")
+        raise Unsuited(needs, why)
 
     async def _chosen_command(
         self, environment: dict[str, str], tree: Path, say: Callable[[str], Awaitable[None]]

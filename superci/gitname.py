@@ -1,5 +1,7 @@
 """A commit named the way git names it (``HEAD``, a tag, a short id, a branch), resolved
-in the clone a command runs in, with the branch it is on: what ``superci notify`` sends.
+in the clone a command runs in, with the branch it is on: what ``superci notify`` sends;
+and a commit described as people know it (its subject and author), which every part
+that has git sends along.
 
 The choice of branch is a plain function of what git reports (:func:`choose_branch`);
 the rest asks git through GitPython.
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import git
 
+from superci import protocol
 from superci.errors import WorkspaceError
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,36 @@ class NamedCommit:
 
     sha: str
     branch: str
+
+
+@dataclass(frozen=True)
+class Description:
+    """A commit as people know it: its subject (first line) and its author's name, each
+    cut to what the protocol carries."""
+
+    subject: str
+    author: str
+
+
+def describe(repo: git.Repo, sha: str) -> Description | None:
+    """How ``repo`` describes commit ``sha`` (a full id); None when git cannot say, and
+    then the runner that checks it out says it instead."""
+    try:
+        text = str(repo.git.log("-1", "--no-show-signature", "--format=%an%x00%s", sha))
+    except git.GitCommandError as e:
+        log.debug("cannot describe %s: %s", sha, e)
+        return None
+    author, _, subject = text.partition("\0")
+    return Description(
+        _bounded(subject, protocol.MAX_SUBJECT), _bounded(author, protocol.MAX_AUTHOR)
+    )
+
+
+def _bounded(text: str, limit: int) -> str:
+    """``text`` on one line as valid UTF-8 (git passes on bytes of other encodings),
+    cut to ``limit`` characters with an ellipsis."""
+    text = " ".join(text.encode("utf-8", "replace").decode("utf-8").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def open_clone(path: Path | None = None) -> git.Repo | None:

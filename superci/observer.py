@@ -20,6 +20,7 @@ import git
 
 from superci.backoff import Backoff
 from superci.errors import ConfigError, SuperCIError, WorkspaceError
+from superci.gitname import Description, describe
 from superci.ownership import claim
 from superci.settings import ObserverSettings, with_given
 from superci.workspace import git_message
@@ -67,6 +68,10 @@ class Observer:
     def branches(self) -> tuple[str, ...]:
         """The watched branch names, as given (or the clone's current branch)."""
         return self._branches
+
+    def describe(self, sha: str) -> Description | None:
+        """The subject and author of a commit of the clone, to send along with it."""
+        return describe(self._repo, sha)
 
     def poll_once(self) -> list[tuple[str, str]]:
         """Fetch, then deliver each watched branch's new commits, oldest first.

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Final, Union, get_args, get_origin, get_type_hints
 
-from superci import defaults
-from superci.errors import FrameTooLarge, ProtocolError
+from superci import defaults, labels
+from superci.errors import ConfigError, FrameTooLarge, ProtocolError
 from superci.status import BuildStatus
 
 PROTOCOL_VERSION: Final = 3
@@ -43,6 +43,9 @@ MAX_STRING: Final = 256
 MAX_TEXT: Final = 4096
 MAX_LIST: Final = 1000
 MAX_BRANCH: Final = 200
+#: Longest commit subject (its first line) and author name a submission or result carries.
+MAX_SUBJECT: Final = 200
+MAX_AUTHOR: Final = 100
 #: Integers stay within what SQLite and every JSON reader hold exactly.
 MAX_INT: Final = 2**53
 #: Most rows a status query may ask for (queue and last builds each).
@@ -187,11 +190,32 @@ def _check_query(value: str) -> str:
     return value
 
 
+def _check_labels(value: dict[str, str]) -> dict[str, str]:
+    try:
+        return labels.check_labels(value)
+    except ConfigError as e:
+        raise ProtocolError(str(e)) from None
+
+
+def _check_facts(value: dict[str, list[str]]) -> dict[str, list[str]]:
+    try:
+        labels.check_facts(value)
+    except ConfigError as e:
+        raise ProtocolError(str(e)) from None
+    return value
+
+
+def _check_config(value: str) -> str:
+    if len(value.encode("utf-8", "surrogatepass")) > defaults.MAX_CONFIG_BYTES:
+        raise ProtocolError(f"a configuration is at most {defaults.MAX_CONFIG_BYTES} bytes")
+    return value
+
+
 def _check(fn: Any, max_len: int = MAX_STRING, **default: Any) -> Any:
     return field(**default, metadata={"check": fn, "max_len": max_len})
 
 
-def _text(max_len: int = MAX_TEXT, default: str = "") -> Any:
+def _text(max_len: int = MAX_TEXT, default: str | None = "") -> Any:
     return field(default=default, metadata={"max_len": max_len})
 
 
@@ -289,6 +313,9 @@ class Register(Message):
     identity: str | None = _check(_check_secret, default=None)  # the runner's own secret
     instance: str | None = _check(_check_nonce, default=None)  # this runner process
     isolated: bool = False  # its builds run as a user of their own (--build-user)
+    labels: dict[str, str] = _check(_check_labels, default_factory=dict)  # given: --label
+    facts: dict[str, list[str]] = _check(_check_facts, default_factory=dict)  # os, arch, python
+    exclusive: bool = False  # it takes only builds that need one of its given labels
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -360,6 +387,23 @@ class Result(Message):
     #: The build ended because the runner could not check the commit out: the scheduler
     #: counts these to bench a runner whose clone keeps failing.
     checkout_failed: bool = False
+    #: The commit's subject and author as the runner's checkout has them (recorded when
+    #: the submission did not carry them).
+    subject: str | None = _text(MAX_SUBJECT, None)
+    author: str | None = _text(MAX_AUTHOR, None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unsuited(Message):
+    """Runner → dispatcher: the commit's own .superci.toml needs labels this runner does
+    not offer (the submission did not say so), so it did not build it. The dispatcher
+    learns the needs and queues the build again, uncounted, for a runner that has them."""
+
+    type: ClassVar[str] = "unsuited"
+    build_id: int = _check(_check_positive)
+    attempt: int = _check(_check_positive)
+    needs: dict[str, str] = _check(_check_labels)
+    reason: str = _text()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -392,6 +436,11 @@ class Submit(Message):
     sha: str = _check(check_sha)
     branch: str = _check(check_branch, MAX_BRANCH)
     rebuild: bool = False
+    subject: str | None = _text(MAX_SUBJECT, None)  # the commit's first line, if known
+    author: str | None = _text(MAX_AUTHOR, None)  # its author's name, if known
+    #: The commit's .superci.toml as text ("": it has none), so the dispatcher knows
+    #: what the build needs; None: the submitter could not read it.
+    config: str | None = _check(_check_config, defaults.MAX_CONFIG_BYTES, default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -519,6 +568,7 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
         Build,
         Output,
         Result,
+        Unsuited,
         ResultAck,
         Cancel,
         Submit,
@@ -540,7 +590,7 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
 #: runner its registration): what a runner and a client send the dispatcher, and what the
 #: dispatcher sends a runner unasked. Everything else is refused by :func:`check_allowed`.
 ALLOWED: Final[dict[Role, frozenset[type[Message]]]] = {
-    Role.RUNNER: frozenset({Heartbeat, Output, Started, Artifact, Result, Leaving}),
+    Role.RUNNER: frozenset({Heartbeat, Output, Started, Artifact, Result, Leaving, Unsuited}),
     Role.CLIENT: frozenset({Submit, CancelRequest, Query, LogRequest, Watch}),
     Role.DISPATCHER: frozenset({Build, Cancel, ResultAck}),
 }
@@ -631,7 +681,9 @@ def _validate_container(where: str, value: list[Any] | dict[str, Any]) -> None:
     items = value if isinstance(value, list) else value.keys()
     if any(len(item) > MAX_STRING for item in items):
         raise ProtocolError(f"{where}: an item is longer than {MAX_STRING}")
-    if isinstance(value, dict) and any(abs(v) > MAX_INT for v in value.values()):
+    if isinstance(value, dict) and any(
+        isinstance(v, int) and abs(v) > MAX_INT for v in value.values()
+    ):
         raise ProtocolError(f"{where}: integer out of range")
 
 

@@ -36,7 +36,7 @@ from superci.scheduler import (
     StartBuild,
 )
 from superci.status import BuildStatus, RunnerState
-from superci.store import Store
+from superci.store import BuildRecord, Store
 
 log = logging.getLogger("superci.dispatcher.recorder")  # a part of the dispatcher, logged as one
 
@@ -223,12 +223,24 @@ class Recorder:
         between the two re-runs the build rather than losing its result."""
         record = self._store.get(outcome.lease.build_id)
         assert record is not None, "every job has a stored build"
+        if result is not None:
+            self._take_description(record, result)
         finished_at = self._wall()
         document = result_document(record, outcome.status, outcome.message, result, finished_at)
         self._results.write_result(outcome.sha, document)
         self._store.finish(record.id, outcome.status, finished_at, outcome.message,
                            document["tests"])  # fmt: skip
         return document
+
+    def _take_description(self, record: BuildRecord, result: protocol.Result) -> None:
+        """The subject and author the runner said, where the submitter said none."""
+        if (result.subject is None and result.author is None) or (
+            record.subject is not None and record.author is not None
+        ):
+            return
+        self._store.describe(record.id, result.subject, result.author)
+        record.subject = result.subject if record.subject is None else record.subject
+        record.author = result.author if record.author is None else record.author
 
     def announce(
         self, build_id: int, sha: str, status: BuildStatus, document: dict[str, Any]
@@ -294,13 +306,20 @@ class Recorder:
             case Requeue():
                 if action.counted:
                     why = f"attempt {action.attempt} lost with runner {action.lost_runner}: "
+                elif action.needs is not None:
+                    why = (
+                        f"attempt {action.attempt} given back (not counted) by runner "
+                        f"{action.lost_runner}, which does not suit the commit: "
+                    )
                 else:
                     why = (
                         f"attempt {action.attempt} given back (not counted) by runner "
                         f"{action.lost_runner}, which left: "
                     )
                 log.warning("build %d re-queued: %s%s", action.build_id, why, action.reason)
-                self._store.mark_queued(action.build_id, why + action.reason, action.counted)
+                needs = None if action.needs is None else dict(action.needs)
+                self._store.mark_queued(action.build_id, why + action.reason, action.counted,
+                                        needs)  # fmt: skip
                 self._publish_queued(action.build_id, why + action.reason)
             case EndBuild():
                 record = self._store.get(action.build_id)

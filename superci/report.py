@@ -12,6 +12,7 @@ from superci import defaults, protocol
 from superci.scheduler import PoolView, RunnerView
 from superci.status import BuildStatus, RunnerState
 from superci.store import BuildRecord, Store
+from superci.waiting import why_waiting
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -46,6 +47,8 @@ def result_document(
     return {
         "sha": record.sha,
         "branch": record.branch,
+        "subject": record.subject,
+        "author": record.author,
         "build_id": record.id,
         "status": str(status),
         "exit_code": result.exit_code if result else None,
@@ -70,6 +73,8 @@ def build_summary(record: BuildRecord) -> dict[str, Any]:
     return {
         "sha": record.sha,
         "branch": record.branch,
+        "subject": record.subject,
+        "author": record.author,
         "build_id": record.id,
         "status": str(record.status),
         "duration": duration,
@@ -81,7 +86,22 @@ def build_summary(record: BuildRecord) -> dict[str, Any]:
         "queued_at": iso(record.queued_at),
         "started_at": iso(record.started_at),
         "finished_at": iso(record.finished_at),
+        "needs": dict(record.needs),
     }
+
+
+def waiting_summary(record: BuildRecord, pool: PoolView, now: float) -> dict[str, Any]:
+    """What ``show`` says of an unfinished build: :func:`build_summary`, for a queued one
+    why it waits, for a running one its runner's labels."""
+    summary = build_summary(record)
+    if record.status is BuildStatus.QUEUED:
+        ids = [job.build_id for job in pool.queue]
+        position = ids.index(record.id) if record.id in ids else len(ids)
+        summary["waiting"] = why_waiting(record.needs, pool.runners, position, now)
+    runner = next((r for r in pool.runners if r.name == record.runner), None)
+    if runner is not None:
+        summary["runner_labels"] = runner.offer.merged()
+    return summary
 
 
 def _bench_reason(runner: RunnerView, now: float) -> str | None:
@@ -108,13 +128,17 @@ def status_document(pool: PoolView, store: Store, now: float, limit: int) -> dic
             "since_heartbeat": round(now - runner.last_seen, 1),
             "reason": _bench_reason(runner, now),
             "isolated": runner.isolated,
+            "labels": runner.offer.merged(),
+            "exclusive": runner.offer.exclusive,
         }
         for runner in pool.runners
     ]
     queue = [
-        {"build_id": job.build_id, "sha": job.sha, "branch": job.branch, "attempt": job.attempt}
-        for job in pool.queue[:limit]
-    ]
+        {"build_id": job.build_id, "sha": job.sha, "branch": job.branch, "attempt": job.attempt,
+         "needs": dict(job.needs),
+         "waiting": why_waiting(job.needs, pool.runners, position, now)}
+        for position, job in enumerate(pool.queue[:limit])
+    ]  # fmt: skip
     builds = [build_summary(record) for record in store.recent(limit)]
     return {"runners": runners, "queue": queue, "queued": len(pool.queue), "builds": builds}
 

@@ -17,13 +17,14 @@ from typing import Any
 from superci import events, names, protocol
 from superci.bus import EventBus
 from superci.channel import Channel
-from superci.errors import AmbiguousCommit, ProtocolError, StorageError, UnknownBuild
+from superci.config import parse_build_config
+from superci.errors import AmbiguousCommit, ConfigError, ProtocolError, StorageError, UnknownBuild
 from superci.logstream import LogFollower
 from superci.ratelimit import RateLimitedLog
 from superci.recorder import Recorder
-from superci.report import STATUS_LISTS, build_summary, fitted, status_document
+from superci.report import STATUS_LISTS, fitted, status_document, waiting_summary
 from superci.results import ResultsFolder
-from superci.scheduler import Scheduler
+from superci.scheduler import EndBuild, Scheduler
 from superci.settings import DispatcherSettings
 from superci.status import BuildStatus
 from superci.store import BuildRecord, Store
@@ -85,16 +86,43 @@ class ClientRequests:
     async def _on_query(self, channel: Channel, message: protocol.Query) -> None:
         channel.post(self.query(message))
 
-    def submit(self, sha: str, branch: str, rebuild: bool = False) -> protocol.Submitted:
-        """Queue a commit unless it is known; acknowledged only once it is committed."""
+    def submit(
+        self, sha: str, branch: str, rebuild: bool = False,
+        subject: str | None = None, author: str | None = None, config: str | None = None,
+    ) -> protocol.Submitted:  # fmt: skip
+        """Queue a commit unless it is known; acknowledged only once it is committed. A
+        rebuild keeps the subject and author known of the commit unless given anew.
+
+        ``config``: the commit's .superci.toml as the submitter read it, for the labels
+        the build needs. One that does not parse ends the build as an error at once, with
+        the parse error: no runner could build it, and the author hears why sooner."""
         known = self._store.latest_for(sha)
         if known is not None and (not rebuild or not known.status.finished):
             return protocol.Submitted(build_id=known.id, sha=sha, queued=False, status=known.status)
-        record = self._store.add_build(sha, branch, self._wall())
+        if known is not None:
+            subject, author = subject or known.subject, author or known.author
+        try:
+            needs = {} if config is None else dict(parse_build_config(config).needs)
+        except ConfigError as e:
+            return self._refuse(sha, branch, f"{e}; nothing was built", subject, author)
+        record = self._store.add_build(sha, branch, self._wall(), subject, author, needs)
         log.info("queued build %d of %s (%s)", record.id, sha[:12], branch)
         self._bus.publish(events.BuildQueued(build_id=record.id, sha=sha, branch=branch))
-        self._recorder.carry_out(self._scheduler.add_build(record.id, sha, branch, self._clock()))
+        self._recorder.carry_out(
+            self._scheduler.add_build(record.id, sha, branch, self._clock(), needs)
+        )
         return protocol.Submitted(build_id=record.id, sha=sha, queued=True, status=record.status)
+
+    def _refuse(
+        self, sha: str, branch: str, reason: str, subject: str | None, author: str | None
+    ) -> protocol.Submitted:
+        """Store a build that ends at once as an error with ``reason`` (its result.json
+        says why), without ever reaching a runner."""
+        record = self._store.add_build(sha, branch, self._wall(), subject, author)
+        self._bus.publish(events.BuildQueued(build_id=record.id, sha=sha, branch=branch))
+        self._recorder.carry_out([EndBuild(record.id, BuildStatus.ERROR, reason)])
+        return protocol.Submitted(build_id=record.id, sha=sha, queued=True,
+                                  status=BuildStatus.ERROR)  # fmt: skip
 
     async def _submit_when_stored(self, message: protocol.Submit) -> protocol.Submitted:
         """:meth:`submit`, retried while the database is locked by another process (the
@@ -103,7 +131,8 @@ class ClientRequests:
         delay = self.settings.store_retry_initial
         while True:
             try:
-                return self.submit(message.sha, message.branch, message.rebuild)
+                return self.submit(message.sha, message.branch, message.rebuild,
+                                   message.subject, message.author, message.config)  # fmt: skip
             except StorageError as e:
                 if self._clock() + delay > give_up:
                     raise
@@ -150,7 +179,7 @@ class ClientRequests:
             return record
         result = self._results.read_result(record.sha, message.build_id)
         if result is None or result.get("build_id") != record.id:
-            result = build_summary(record)
+            result = waiting_summary(record, self._scheduler.view(), self._clock())
         return protocol.Reply(status=record.status, document=fitted(result, ["failures"]))
 
     def _resolve(self, commit: str, build_id: int | None = None) -> BuildRecord | protocol.Reply:

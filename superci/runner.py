@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from superci import client, containment, defaults, identity, protocol
+from superci import client, containment, defaults, identity, labels, protocol
 from superci.backoff import Backoff
 from superci.buildlog import BuildLog
 from superci.channel import Address, Channel
@@ -40,7 +40,7 @@ from superci.errors import (
     RunnerRefused,
     WorkspaceBroken,
 )
-from superci.executor import BuildExecutor
+from superci.executor import BuildExecutor, Unsuited
 from superci.settings import RunnerSettings, with_given
 from superci.workspace import Workspace
 
@@ -127,9 +127,12 @@ class RunnerProcess:
         kill_grace: float | None = None,
         max_spool_bytes: int | None = None,
         max_timeout: float | None = None,
+        given_labels: dict[str, str] | None = None,
+        exclusive: bool = False,
     ) -> None:
         """The tunables come from ``settings``; the older keywords, when given, override
-        their field of it."""
+        their field of it. ``given_labels`` (``--label``) join the facts the runner
+        detects; ``exclusive``: it takes only builds that need one of them."""
         self.settings = settings = with_given(
             settings or RunnerSettings(),
             heartbeat_interval=heartbeat_interval,
@@ -144,6 +147,10 @@ class RunnerProcess:
         self.identity = identity.IdentityFile(identity_file or default_identity_file(workspace))
         self._secret = self.identity.load()  # None until the dispatcher issues one
         self._instance = identity.new_instance()
+        facts = labels.detect_facts(labels.runner_pythons())
+        self.offer = labels.Offer(labels.check_labels(given_labels or {}), facts, exclusive)
+        if exclusive and not self.offer.given:
+            raise ConfigError("an exclusive runner needs a label of its own (--label)")
         if settings.build_timeout > settings.max_timeout:
             raise ConfigError(
                 f"the runner's timeout of {settings.build_timeout:g} seconds (--timeout) is "
@@ -152,7 +159,7 @@ class RunnerProcess:
         self._channel: Channel | None = None
         self._current: ActiveBuild | None = None
         self.executor = BuildExecutor(
-            workspace, settings, self.name, self.build_record, self._keep_identity
+            workspace, settings, self.name, self.build_record, self._keep_identity, self.offer
         )
         self._workspace_lock = asyncio.Lock()  # one build at a time in the clone, dying ones too
         self._backoff = Backoff()
@@ -264,6 +271,9 @@ class RunnerProcess:
                 identity=self._secret,
                 instance=self._instance,
                 isolated=self.executor.build_user is not None,
+                labels=dict(self.offer.given),
+                facts={key: list(values) for key, values in self.offer.facts.items()},
+                exclusive=self.offer.exclusive,
             )
         )
         try:
@@ -395,11 +405,28 @@ class RunnerProcess:
             except WorkspaceBroken as e:
                 self._leave_broken(e)
                 return
+            except Unsuited as e:
+                await self._hand_back(active, e)
+                return
         if self._current is not active:
             return  # abandoned while it ran
         active.result = result
         await self._send_output(active)
         await self._send_result(active)
+
+    async def _hand_back(self, active: ActiveBuild, unsuited: Unsuited) -> None:
+        """The commit needs labels this runner lacks: send what it printed, then hand the
+        build back with its needs (the dispatcher queues it again, uncounted). The lease
+        is dropped first: the dispatcher may answer with the next build at once."""
+        log.warning("build %d handed back: %s", active.build.build_id, unsuited)
+        if self._current is not active:
+            return  # abandoned meanwhile: its lease is gone anyway
+        await self._send_output(active)
+        self._forget(active)
+        await self._send_quietly(protocol.Unsuited(
+            build_id=active.build.build_id, attempt=active.build.attempt,
+            needs=unsuited.needs, reason=str(unsuited)[: protocol.MAX_TEXT],
+        ))  # fmt: skip
 
     def _leave_broken(self, error: WorkspaceBroken) -> None:
         """The clone can neither be used nor repaired: leave the pool (the build goes back

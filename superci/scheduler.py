@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import enum
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from superci import defaults, identity
 from superci.errors import RunnerRefused, StaleResult, UnknownBuild
+from superci.labels import Offer
 from superci.status import BuildStatus, RunnerState
 
 
@@ -46,6 +47,7 @@ class Job:
     stop_by: float | None = None  # when a runner that was asked to stop is given up on
     stop_reason: str = ""
     stop_grace: float | None = None  # the runner's own kill grace plus margin, once known
+    needs: Mapping[str, str] = field(default_factory=dict)  # labels its runner must offer
 
     @property
     def lease(self) -> Lease:
@@ -70,6 +72,7 @@ class PoolRunner:
     instance: str | None = None  # the runner process (see superci.identity.new_instance)
     leaving: bool = False  # said it leaves: it is handed nothing more
     isolated: bool = False  # its builds run as a user of their own (--build-user)
+    offer: Offer = field(default_factory=Offer)  # its labels (see superci.labels)
 
     @property
     def state(self) -> RunnerState:
@@ -143,6 +146,7 @@ class RunnerView:
     benched_until: float | None
     bench_reason: str
     isolated: bool = False  # its builds run as a user of their own
+    offer: Offer = field(default_factory=Offer)  # its labels
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,7 @@ class QueuedView:
     sha: str
     branch: str
     attempt: int
+    needs: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -183,13 +188,15 @@ class Requeue:
     """The build's runner is gone; the build waits for another one (persist it as queued).
 
     ``counted`` is False when the runner left on purpose (stopped, or gave up on its
-    clone): that costs the build no attempt."""
+    clone): that costs the build no attempt. ``needs``: what the runner learned the build
+    needs, which it does not offer (persist them with the build)."""
 
     build_id: int
     attempt: int
     lost_runner: str
     reason: str
     counted: bool = True
+    needs: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -262,9 +269,13 @@ class Scheduler:
 
     # --- events ---------------------------------------------------------------------
 
-    def add_build(self, build_id: int, sha: str, branch: str, now: float) -> list[Action]:
-        """A new build was stored; queue it and hand it out if a runner is free."""
-        self.jobs[build_id] = Job(build_id, sha, branch)
+    def add_build(
+        self, build_id: int, sha: str, branch: str, now: float,
+        needs: Mapping[str, str] | None = None,
+    ) -> list[Action]:  # fmt: skip
+        """A new build was stored; queue it and hand it out if a runner that offers what
+        it ``needs`` is free."""
+        self.jobs[build_id] = Job(build_id, sha, branch, needs=dict(needs or {}))
         heapq.heappush(self._queue, build_id)
         return self._dispatch(now)
 
@@ -324,6 +335,7 @@ class Scheduler:
         proof: Proof,
         instance: str | None,
         isolated: bool = False,
+        offer: Offer | None = None,
     ) -> Registration:
         """A runner joined (see :meth:`admit`); it replaces its own older session at once,
         and keeps the build it claims only if that is still its lease."""
@@ -350,7 +362,7 @@ class Scheduler:
                                        "lease expired"))  # fmt: skip
         runner = self.runners[name] = PoolRunner(
             name, session, host, pid, now, kept.build_id if kept else None, instance=instance,
-            isolated=isolated,
+            isolated=isolated, offer=offer or Offer(),
         )  # fmt: skip
         _carry_bench(old or self._bench_records.pop(name, None), runner, now)
         if kept is None:
@@ -399,6 +411,22 @@ class Scheduler:
         if job is not None:
             actions += self._hand_back_job(job, name, reason)
         return actions + self._dispatch(now)
+
+    def unsuited(
+        self, build_id: int, attempt: int, name: str, session: int,
+        needs: Mapping[str, str], reason: str, now: float,
+    ) -> list[Action]:  # fmt: skip
+        """The runner found that the build needs labels it does not offer (the commit's
+        .superci.toml said so, the submission did not): the build learns its needs and
+        waits, uncounted, for a runner that offers them; this one is free again. Raises
+        :class:`StaleResult` unless this session holds the lease."""
+        job = self.check_lease(build_id, attempt, name, session)
+        job.needs = dict(needs)
+        runner = self.runners[name]
+        runner.build_id = None
+        if runner.benched_until is None and not runner.leaving:
+            self._idle[name] = None
+        return self._hand_back_job(job, name, reason, job.needs) + self._dispatch(now)
 
     def give_back(self, build_id: int, attempt: int) -> None:
         """A build could not be started (its lease was never sent: the results disk or the
@@ -573,8 +601,12 @@ class Scheduler:
     # --- views ----------------------------------------------------------------------
 
     def queued(self) -> list[Job]:
-        """Jobs waiting for a runner, in the order they will be handed out."""
-        return [self.jobs[b] for b in sorted(self._queue) if b in self.jobs]
+        """Jobs waiting for a runner, oldest first: the order they are handed out in,
+        among those a free runner takes."""
+        return [
+            self.jobs[b] for b in sorted(set(self._queue))
+            if b in self.jobs and self.jobs[b].status is BuildStatus.QUEUED
+        ]  # fmt: skip
 
     def view(self) -> PoolView:
         """The pool and the queue as they stand, for reports (a copy: reading it changes
@@ -590,10 +622,13 @@ class Scheduler:
                 runner.benched_until,
                 runner.bench_reason,
                 runner.isolated,
+                runner.offer,
             )  # fmt: skip
             for runner in sorted(self.runners.values(), key=lambda r: r.name)
         )
-        queue = tuple(QueuedView(j.build_id, j.sha, j.branch, j.attempt) for j in self.queued())
+        queue = tuple(
+            QueuedView(j.build_id, j.sha, j.branch, j.attempt, j.needs) for j in self.queued()
+        )
         return PoolView(runners, queue)
 
     def _sha_of(self, build_id: int | None) -> str | None:
@@ -661,9 +696,12 @@ class Scheduler:
             return [EndBuild(job.build_id, BuildStatus.ERROR, why)]
         return self._requeue(job, Requeue(job.build_id, job.attempt, runner, reason))
 
-    def _hand_back_job(self, job: Job, runner: str, reason: str) -> list[Action]:
-        """The job's runner left on purpose: re-queue it without counting an attempt,
-        unless runners keep sending it away (then something about the build is wrong)."""
+    def _hand_back_job(
+        self, job: Job, runner: str, reason: str, needs: Mapping[str, str] | None = None
+    ) -> list[Action]:
+        """The job's runner left on purpose (or, with the ``needs`` it learned, does not
+        suit it): re-queue it without counting an attempt, unless runners keep sending it
+        away (then something about the build is wrong)."""
         job.runner = None
         if job.stopping is not None:
             return self._end_stopped_job(job, f"runner {runner} left while stopping it")
@@ -675,7 +713,7 @@ class Scheduler:
                 f"({', '.join(job.runners[-3:])}, ...); last: {reason}"
             )
             return [EndBuild(job.build_id, BuildStatus.ERROR, why)]
-        return self._requeue(job, Requeue(job.build_id, job.attempt, runner, reason, False))
+        return self._requeue(job, Requeue(job.build_id, job.attempt, runner, reason, False, needs))
 
     def _end_stopped_job(self, job: Job, what: str) -> list[Action]:
         """A job that was being stopped ends as it was asked to, whatever became of its runner."""
@@ -690,13 +728,22 @@ class Scheduler:
         return [action]
 
     def _dispatch(self, now: float) -> list[Action]:
+        """Hand each queued job, oldest first, to the longest idle runner that takes it
+        (see :meth:`Offer.takes`); a job no idle runner takes keeps its place."""
         actions: list[Action] = []
+        passed_over: dict[int, None] = {}
+        untaken: set[frozenset[tuple[str, str]]] = set()  # needs no idle runner takes now
         while self._queue and self._idle:
             build_id = heapq.heappop(self._queue)
             job = self.jobs.get(build_id)
             if job is None or job.status is not BuildStatus.QUEUED:
                 continue  # finished or cancelled while it waited
-            name = next(iter(self._idle))
+            wanted = frozenset(job.needs.items())
+            name = None if wanted in untaken else self._idle_runner_for(job)
+            if name is None:
+                untaken.add(wanted)
+                passed_over[build_id] = None
+                continue
             del self._idle[name]
             runner = self.runners[name]
             assert runner.session is not None, "idle runners are connected"
@@ -709,7 +756,16 @@ class Scheduler:
             actions.append(
                 StartBuild(runner.session, name, build_id, job.attempt, job.sha, job.branch)
             )
+        for build_id in passed_over:
+            heapq.heappush(self._queue, build_id)
         return actions
+
+    def _idle_runner_for(self, job: Job) -> str | None:
+        """The longest idle runner that takes the job, if any."""
+        for name in self._idle:
+            if self.runners[name].offer.takes(job.needs):
+                return name
+        return None
 
 
 def _taken(name: str, holder: PoolRunner | None, last_host: str) -> str:

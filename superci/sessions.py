@@ -13,10 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from superci import events, identity, protocol
+from superci import events, identity, labels, protocol
 from superci.bus import EventBus
 from superci.channel import Channel
 from superci.errors import (
+    ConfigError,
     ProtocolError,
     ReportTooLarge,
     RunnerRefused,
@@ -71,6 +72,7 @@ class RunnerSessions:
             protocol.Artifact: self._on_artifact,
             protocol.Result: self._on_result,
             protocol.Leaving: self._on_leaving,
+            protocol.Unsuited: self._on_unsuited,
         }
 
     async def serve(self, channel: Channel) -> None:
@@ -125,6 +127,7 @@ class RunnerSessions:
         registration = self._scheduler.register(
             message.name, session, message.host, message.pid, lease, now,
             proof=proof, instance=message.instance, isolated=message.isolated,
+            offer=_offer(message),
         )  # fmt: skip
         offset = None
         if registration.disowned is not None:
@@ -218,6 +221,21 @@ class RunnerSessions:
             return
         self._recorder.add(PendingResult(channel, outcome, message))
 
+    def _on_unsuited(
+        self, channel: Channel, name: str, session: int, message: protocol.Unsuited
+    ) -> None:
+        """The runner lacks labels the commit's own .superci.toml needs: the build learns
+        them and waits, uncounted, for a runner that offers them."""
+        try:
+            actions = self._scheduler.unsuited(
+                message.build_id, message.attempt, name, session,
+                labels.check_labels(message.needs), message.reason, self._clock(),
+            )  # fmt: skip
+        except StaleResult as e:
+            log.debug("dropped a message from %s: %s", name, e)
+            return
+        self._recorder.carry_out(actions)
+
     def _on_leaving(
         self, channel: Channel, name: str, session: int, message: protocol.Leaving
     ) -> None:
@@ -230,3 +248,13 @@ class RunnerSessions:
         self._recorder.carry_out(
             self._scheduler.leave(name, session, message.reason, self._clock())
         )
+
+
+def _offer(message: protocol.Register) -> labels.Offer:
+    """The labels a registering runner offers, checked (lowercase) by superci.labels."""
+    try:
+        given = labels.check_labels(message.labels)
+        facts = labels.check_facts(message.facts)
+    except ConfigError as e:  # the protocol checked them already
+        raise ProtocolError(str(e)) from None
+    return labels.Offer(given, facts, message.exclusive)

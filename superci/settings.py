@@ -78,6 +78,9 @@ class DispatcherSettings:
     web_event_ring: int = defaults.WEB_EVENT_RING
     #: Builds on one page of the web page's list.
     web_page_size: int = defaults.WEB_PAGE_SIZE
+    #: Wrong tokens one address may give the web page's login per window (seconds).
+    web_login_failures: int = defaults.WEB_LOGIN_FAILURES
+    web_login_window: float = defaults.WEB_LOGIN_WINDOW
 
 
 @dataclass(frozen=True)

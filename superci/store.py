@@ -90,9 +90,26 @@ def _to_version_1(db: sqlite3.Connection) -> None:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
 
 
+def _to_version_2(db: sqlite3.Connection) -> None:
+    """The commit's subject and author name, as its submitter or runner said them (NULL:
+    nobody has yet; builds stored before keep NULL)."""
+    db.execute("ALTER TABLE builds ADD COLUMN subject TEXT")
+    db.execute("ALTER TABLE builds ADD COLUMN author TEXT")
+
+
+def _to_version_3(db: sqlite3.Connection) -> None:
+    """The runner labels each build needs (JSON object; see superci.labels): a queued
+    build waits for a runner that offers them, also after a restart."""
+    db.execute("ALTER TABLE builds ADD COLUMN needs TEXT NOT NULL DEFAULT '{}'")
+
+
 #: ``MIGRATIONS[n]`` brings a database from schema version n to n + 1, in one transaction.
 #: A new one is appended here, never edited once released.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_version_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _to_version_1,
+    _to_version_2,
+    _to_version_3,
+]
 #: The schema version this superci writes (``PRAGMA user_version``); 0 is an empty file or
 #: a database made before versions existed.
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -125,27 +142,31 @@ class BuildRecord:
     runners: list[str] = field(default_factory=list)
     tests: dict[str, int] = field(default_factory=dict)
     lost: int = 0  # runners lost while running it (runners that left on purpose excluded)
+    subject: str | None = None  # the commit's first line, once someone with git said it
+    author: str | None = None  # its author's name, likewise
+    needs: dict[str, str] = field(default_factory=dict)  # the runner labels it needs
 
     def to_job(self) -> Job:
         """The scheduler's view of an unfinished build."""
         return Job(
             self.id, self.sha, self.branch, self.status, self.attempt, self.runner,
-            list(self.runners), lost=self.lost,
+            list(self.runners), lost=self.lost, needs=dict(self.needs),
         )  # fmt: skip
 
 
 _COLUMNS = (
     "id, sha, branch, status, attempt, runner, queued_at, started_at, finished_at, message, runners"
-    ", tests, lost"
+    ", tests, lost, subject, author, needs"
 )
 
 
 def _record(row: tuple[Any, ...]) -> BuildRecord:
     (build_id, sha, branch, status, attempt, runner, queued_at, started_at, finished_at,
-     message, runners, tests, lost) = row  # fmt: skip
+     message, runners, tests, lost, subject, author, needs) = row  # fmt: skip
     return BuildRecord(
         build_id, sha, branch, BuildStatus(status), attempt, runner, queued_at, started_at,
         finished_at, message, runners=json.loads(runners), tests=json.loads(tests), lost=lost,
+        subject=subject, author=author, needs=json.loads(needs),
     )  # fmt: skip
 
 
@@ -262,14 +283,31 @@ class Store:
 
     # --- builds ---------------------------------------------------------------------
 
-    def add_build(self, sha: str, branch: str, now: float) -> BuildRecord:
-        """Store a new queued build; returns once it is committed."""
+    def add_build(
+        self, sha: str, branch: str, now: float,
+        subject: str | None = None, author: str | None = None,
+        needs: dict[str, str] | None = None,
+    ) -> BuildRecord:  # fmt: skip
+        """Store a new queued build (with the runner labels it needs); returns once it is
+        committed."""
+        needs = dict(needs or {})
         cursor = self._write(
-            "INSERT INTO builds (sha, branch, status, queued_at) VALUES (?, ?, ?, ?)",
-            (sha, branch, BuildStatus.QUEUED, now),
+            "INSERT INTO builds (sha, branch, status, queued_at, subject, author, needs)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (sha, branch, BuildStatus.QUEUED, now, subject, author, json.dumps(needs)),
         )
         assert cursor.lastrowid is not None
-        return BuildRecord(cursor.lastrowid, sha, branch, BuildStatus.QUEUED, 0, None, now)
+        return BuildRecord(cursor.lastrowid, sha, branch, BuildStatus.QUEUED, 0, None, now,
+                           subject=subject, author=author, needs=needs)  # fmt: skip
+
+    def describe(self, build_id: int, subject: str | None, author: str | None) -> None:
+        """Record the commit's subject and author where the build has none yet (what the
+        submitter said stands)."""
+        self._write(
+            "UPDATE builds SET subject = coalesce(subject, ?), author = coalesce(author, ?)"
+            " WHERE id = ?",
+            (subject, author, build_id),
+        )
 
     def mark_running(self, build_id: int, attempt: int, runner: str, now: float) -> None:
         self._write(
@@ -278,14 +316,18 @@ class Store:
             (BuildStatus.RUNNING, attempt, runner, now, runner, build_id),
         )
 
-    def mark_queued(self, build_id: int, message: str, lost: bool = True) -> None:
+    def mark_queued(
+        self, build_id: int, message: str, lost: bool = True, needs: dict[str, str] | None = None
+    ) -> None:
         """A build whose runner is gone waits again; ``message`` says what happened, and
-        ``lost`` whether the runner was lost (counted) rather than gone on purpose."""
+        ``lost`` whether the runner was lost (counted) rather than gone on purpose;
+        ``needs``, when given, replace the labels it needs (its runner learned them)."""
         self._write(
-            "UPDATE builds SET status = ?, runner = NULL, message = ?, lost = lost + ?"
-            " WHERE id = ?",
-            (BuildStatus.QUEUED, message, int(lost), build_id),
-        )
+            "UPDATE builds SET status = ?, runner = NULL, message = ?, lost = lost + ?,"
+            " needs = coalesce(?, needs) WHERE id = ?",
+            (BuildStatus.QUEUED, message, int(lost),
+             None if needs is None else json.dumps(needs), build_id),
+        )  # fmt: skip
 
     def finish(
         self,

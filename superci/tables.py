@@ -24,34 +24,53 @@ def _short(sha: str | None) -> str | None:
     return sha[:12] if sha else None
 
 
+def _labels(labels: dict[str, str] | None, exclusive: bool = False) -> str | None:
+    """``gpu=true os=linux``, and whether the runner is exclusive; None when there are none."""
+    text = " ".join(f"{key}={value}" for key, value in (labels or {}).items())
+    text += " (exclusive)" if exclusive else ""
+    return text.strip() or None
+
+
 def _seconds(value: float | None) -> str | None:
     return None if value is None else f"{value:.1f}s"
 
 
 #: Longest reason shown in the status table; ``superci show`` has the whole message.
 REASON_WIDTH = 60
+#: Longest commit subject and author name in the status table (``show`` has them whole).
+SUBJECT_WIDTH = 40
+AUTHOR_WIDTH = 20
+
+
+def _cut(text: str | None, width: int) -> str | None:
+    if not text:
+        return None
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _reason(build: dict[str, Any]) -> str | None:
     """Why a build did not pass, shortened to fit a table row."""
-    message = build.get("message") or ""
-    if build["status"] in ("passed", "queued", "running") or not message:
+    if build["status"] in ("passed", "queued", "running"):
         return None
-    return message if len(message) <= REASON_WIDTH else message[: REASON_WIDTH - 1] + "…"
+    return _cut(build.get("message"), REASON_WIDTH)
 
 
 def status_tables(document: dict[str, Any]) -> str:
     """The three sections of ``superci status``."""
     runners = [
         (r["name"], r["host"], r["state"], _short(r["build"]), _seconds(r["since_heartbeat"]),
-         "yes" if r.get("isolated") else "no")
+         "yes" if r.get("isolated") else "no", _labels(r.get("labels"), r.get("exclusive")))
         for r in document["runners"]
     ]  # fmt: skip
     queue = [
-        (q["build_id"], _short(q["sha"]), q["branch"], q["attempt"]) for q in document["queue"]
-    ]
+        (q["build_id"], _short(q["sha"]), q["branch"], q["attempt"], _labels(q.get("needs")),
+         q.get("waiting"))
+        for q in document["queue"]
+    ]  # fmt: skip
     builds = [
-        (b["build_id"], _short(b["sha"]), b["branch"], b["status"], _seconds(b["duration"]),
+        (b["build_id"], _short(b["sha"]), b["branch"],
+         _cut(b.get("subject"), SUBJECT_WIDTH), _cut(b.get("author"), AUTHOR_WIDTH),
+         b["status"], _seconds(b["duration"]),
          b["runner"], b["attempt"], counts_text(b.get("tests")) or None, _reason(b))
         for b in document["builds"]
     ]  # fmt: skip
@@ -60,16 +79,20 @@ def status_tables(document: dict[str, Any]) -> str:
     return "\n\n".join(
         [
             f"Runners ({len(runners)})\n"
-            + table(["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT", "ISOLATED"], runners)
+            + table(
+                ["NAME", "HOST", "STATE", "BUILD", "HEARTBEAT", "ISOLATED", "LABELS"], runners
+            )  # fmt: skip
             + "".join(f"\n{line}" for line in benched),
             f"Queue ({document.get('queued', len(queue))})\n"
-            + table(["BUILD", "COMMIT", "BRANCH", "ATTEMPTS"], queue),
+            + table(["BUILD", "COMMIT", "BRANCH", "ATTEMPTS", "NEEDS", "WAITING"], queue),
             "Last builds\n"
             + table(
                 [
                     "BUILD",
                     "COMMIT",
                     "BRANCH",
+                    "SUBJECT",
+                    "AUTHOR",
                     "STATUS",
                     "DURATION",
                     "RUNNER",
@@ -87,12 +110,19 @@ def result_summary(result: dict[str, Any]) -> str:
     """One commit's result: what, where, how long, the counts and the failing tests."""
     lines = [
         f"commit   {result['sha']} ({result['branch']})",
+        *([f"subject  {result['subject']}"] if result.get("subject") else []),
+        *([f"author   {result['author']}"] if result.get("author") else []),
         f"status   {result['status']}"
         + (f": {result['message']}" if result.get("message") else ""),
         f"build    {result['build_id']}, attempt {result['attempt']}"
-        f" on {result.get('runner') or '-'}",
+        f" on {result.get('runner') or '-'}"
+        + (f" ({_labels(result['runner_labels'])})" if result.get("runner_labels") else ""),
         f"duration {_seconds(result.get('duration')) or '-'}",
     ]
+    if result.get("needs"):
+        lines.append(f"needs    {_labels(result['needs'])}")
+    if result.get("waiting"):
+        lines.append(f"waiting  {result['waiting']}")
     tests = counts_text(result.get("tests"))
     if tests:
         lines.append(f"tests    {tests}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -36,6 +37,8 @@ from superci.workspace import Workspace, clone_repository
 
 log = logging.getLogger(__name__)
 
+#: Where ``up`` serves the web page: this machine only, like everything else it runs.
+WEB_HOST = "127.0.0.1"
 #: Seconds a child gets to stop after SIGTERM before it is killed.
 STOP_GRACE = defaults.KILL_GRACE + 5
 
@@ -91,7 +94,9 @@ class Stack:
         interval: float = defaults.POLL_INTERVAL,
         branches: Sequence[str] = (),
         verbose: bool = False,
+        web_port: int | None = defaults.UP_WEB_PORT,
     ) -> None:
+        """``web_port``: the web page goes on the first free port from it (None: no page)."""
         self._repo = _open_source(Path(path))
         self.source = Path(self._repo.working_tree_dir or self._repo.git_dir).resolve()
         self.runners, self.host, self.port = runners, host, port
@@ -101,10 +106,15 @@ class Stack:
         self.logs = self.work / "logs"
         self.interval, self.branches, self.verbose = interval, tuple(branches), verbose
         self._children: list[asyncio.subprocess.Process] = []
+        self.web_port = web_port
+        self._web_socket: socket.socket | None = None
 
     def prepare(self) -> None:
-        """Fail early on a busy port, then make the folders (hidden from git if inside)."""
+        """Fail early on a busy port, take the web page's, then make the folders (hidden
+        from git if inside)."""
         check_port_free(self.host, self.port)
+        if self.web_port is not None:
+            self._web_socket = first_free_port(WEB_HOST, self.web_port)
         self._exclude(self.work)
         if not self.results.resolve().is_relative_to(self.work.resolve()):
             self._exclude(self.results)
@@ -148,6 +158,8 @@ class Stack:
 
     async def run(self, echo: Callable[[str], None]) -> None:
         """Run until cancelled, printing each build's outcome; children stop with it."""
+        if self._web_socket is not None:  # first: the line people open
+            echo(f"superci: web page at http://{WEB_HOST}:{self._web_socket.getsockname()[1]}/")
         echo(
             f"superci: working in {self.work}, logs in "
             + ("this terminal (-v)" if self.verbose else str(self.logs))
@@ -170,6 +182,7 @@ class Stack:
                 credentials=Credentials(token=load_token()),  # SUPERCI_TOKEN, as the children
                 bus=bus,
                 ready=ready.set_result,
+                web_socket=self._web_socket,
             )
         )
         try:
@@ -207,6 +220,8 @@ class Stack:
             # The dispatcher closed the bus: the printer ends once it printed what is left.
             await asyncio.wait({printer}, timeout=STOP_GRACE)
             printer.cancel()
+            if self._web_socket is not None:
+                self._web_socket.close()  # closed already once the page was served
 
     async def _start(self, command: str, name: str, address: str, *args: str) -> None:
         """Start a child; its output goes to logs/<name>.log (the terminal with -v)."""
@@ -277,6 +292,30 @@ def check_port_free(host: str, port: int) -> None:
             "superci up?) may use it: stop it or choose another port with --port "
             "(--port 0 picks a free one)"
         ) from e
+
+
+def first_free_port(
+    host: str, start: int, tries: int = defaults.UP_WEB_PORT_TRIES
+) -> socket.socket:
+    """A listening socket on the first port from ``start`` that nothing else holds (0:
+    any), bound here so that nothing takes it before the page is served on it."""
+    last = start if start == 0 else min(start + tries, 65536) - 1
+    for port in range(start, last + 1):
+        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp's
+            listening.bind((host, port))
+            listening.listen()
+        except OSError as e:
+            listening.close()
+            if e.errno != errno.EADDRINUSE:
+                raise ConfigError(f"cannot serve the web page on {host}:{port}: {e}") from e
+            continue
+        return listening
+    raise ConfigError(
+        f"no free port for the web page on {host} from {start} to {last}; choose another "
+        "start with --web-port (0 picks any free one), or --no-web"
+    )
 
 
 def _open_source(path: Path) -> git.Repo:

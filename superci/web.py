@@ -13,10 +13,13 @@ stored commit id, never from the URL, so no path in a request can reach another 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable
+from ssl import SSLContext
 from typing import Any
 
 from aiohttp import web
@@ -26,7 +29,7 @@ from superci.bus import EventBus
 from superci.channel import Address
 from superci.errors import AmbiguousCommit, ProtocolError, UnknownBuild
 from superci.eventring import EventRing, Numbered
-from superci.report import build_summary, status_document
+from superci.report import build_summary, status_document, waiting_summary
 from superci.results import ResultsFolder
 from superci.scheduler import Scheduler
 from superci.settings import DispatcherSettings
@@ -94,14 +97,21 @@ class WebServer:
         ])  # fmt: skip
         self._runner: web.AppRunner | None = None
 
-    async def start(self, host: str, port: int) -> Address:
-        """Listen; returns the bound address (port 0 → the real one)."""
+    async def start(
+        self, host: str, port: int, ssl: SSLContext | None = None,
+        sock: socket.socket | None = None,
+    ) -> Address:  # fmt: skip
+        """Listen (over HTTPS with ``ssl``; on ``sock`` when given, a socket the caller
+        bound already); returns the bound address (port 0 → the real one)."""
         self.ring.start(self._bus)
         self._runner = web.AppRunner(
             self.app, access_log=None, shutdown_timeout=self._settings.shutdown_grace
         )
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        if sock is not None:
+            await web.SockSite(self._runner, sock, ssl_context=ssl).start()
+        else:
+            await web.TCPSite(self._runner, host, port, ssl_context=ssl).start()
         bound = self._runner.addresses[0]
         return Address(host, bound[1])
 
@@ -126,7 +136,8 @@ class WebServer:
 
     async def commit(self, request: web.Request) -> web.Response:
         record = self._resolve(request.match_info["name"])
-        tail, cut = self._log_tail(record)
+        # Up to TAIL_BYTES of files: read in a thread, so the loop serves everyone meanwhile.
+        tail, cut = await asyncio.get_running_loop().run_in_executor(None, self._log_tail, record)
         return _html(webviews.commit_page(self._document(record), tail, cut))
 
     async def log_text(self, request: web.Request) -> web.StreamResponse:
@@ -223,11 +234,13 @@ class WebServer:
         """The build's ``result.json`` once it has one, else what the store knows."""
         result = self._results.read_result(record.sha, record.id)
         if result is None or result.get("build_id") != record.id:
-            return build_summary(record)
+            return waiting_summary(record, self._scheduler.view(), self._clock())
         return result
 
     def _log_tail(self, record: BuildRecord) -> tuple[str, bool]:
-        """The last :data:`TAIL_LINES` of the log, and whether earlier ones were left out."""
+        """The last :data:`TAIL_LINES` of the log, and whether earlier ones were left out
+        (reads files only, so it may run in a thread: a segment cut meanwhile reads as
+        nothing)."""
         size = self._results.log_view_size(record.sha, record.id)
         start = max(0, size - TAIL_BYTES)
         data = b"".join(self._results.read_log(record.sha, start, record.id))

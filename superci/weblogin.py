@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from html import escape
@@ -21,6 +22,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from superci import webviews
+from superci.ratelimit import FailureLimit, RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,12 @@ class WebAccess:
     """The login rule of the web page, and its form."""
 
     def __init__(
-        self, token: bytes | None, public: bool, wall_clock: Callable[[], float] = time.time
-    ) -> None:
+        self, token: bytes | None, public: bool, wall_clock: Callable[[], float] = time.time,
+        limit: FailureLimit | None = None,
+    ) -> None:  # fmt: skip
+        """``limit``: how many wrong tokens one address may give (see :mod:`ratelimit`)."""
+        self._limit = limit or FailureLimit()
+        self._wrong_log = RateLimitedLog(log)  # a guesser must not flood the log either
         self._token = token
         self._key = None if token is None else hmac.digest(token, b"superci web session", "sha256")
         self._open = token is None or public
@@ -89,15 +95,33 @@ class WebAccess:
         if self._key is None:
             raise web.HTTPSeeOther(target)
         assert self._token is not None
+        address = request.remote or "an unknown address"
+        refused = self._too_many(address, target)
+        if refused is not None:  # not even compared: a guesser learns nothing meanwhile
+            return refused
         if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self._token):
-            log.warning("a wrong token at the web page's login from %s", request.remote)
+            self._limit.failed(address)
+            self._wrong_log.log(logging.WARNING, "a wrong token at the web page's login "
+                                "from %s", address)  # fmt: skip
             return _form(target, "That is not the dispatcher's token.", status=403)
+        self._limit.succeeded(address)
         response = web.HTTPSeeOther(target)
         response.set_cookie(
             COOKIE, self.cookie(), max_age=SESSION_SECONDS, httponly=True,
             samesite="Strict", path="/", secure=request.secure,
         )  # fmt: skip
         raise response
+
+    def _too_many(self, address: str, target: str) -> web.Response | None:
+        """The 429 answer for an address that gave too many wrong tokens lately."""
+        wait = self._limit.wait(address)
+        if wait <= 0:
+            return None
+        self._wrong_log.log(logging.WARNING, "web login from %s refused: too many wrong "
+                            "tokens", address)  # fmt: skip
+        seconds = math.ceil(wait)
+        problem = f"Too many wrong tokens from {address}; try again in {seconds} s."
+        return _form(target, problem, status=429, headers={"Retry-After": str(seconds)})
 
 
 def _next(target: str | None) -> str:
@@ -107,7 +131,9 @@ def _next(target: str | None) -> str:
     return target
 
 
-def _form(target: str, problem: str, status: int = 200) -> web.Response:
+def _form(
+    target: str, problem: str, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     note = f'<p class="s-failed">{escape(problem)}</p>' if problem else ""
     body = (
         f'{note}<form method="post" action="/login">'
@@ -115,4 +141,7 @@ def _form(target: str, problem: str, status: int = 200) -> web.Response:
         '<label>Token <input type="password" name="token" autofocus></label> '
         '<button type="submit">Log in</button></form>'
     )
-    return web.Response(text=webviews.page("log in", body), status=status, content_type="text/html")
+    return web.Response(
+        text=webviews.page("log in", body), status=status, content_type="text/html",
+        headers=headers,
+    )  # fmt: skip

@@ -53,6 +53,11 @@ def _text(value: Any) -> str:
     return "" if value is None else escape(str(value))
 
 
+def _labels(labels: Mapping[str, str] | None) -> str:
+    """``gpu=true os=linux`` (not escaped)."""
+    return " ".join(f"{key}={value}" for key, value in (labels or {}).items())
+
+
 def _duration(seconds: float | None) -> str:
     return "" if seconds is None else f"{seconds:.1f}s"
 
@@ -68,18 +73,21 @@ def builds_page(
     parts = []
     if number == 1 and not branch:
         rows = [[_commit_link(j["sha"]), _text(j["branch"]), _text(j["attempt"]),
-                 "waiting for a free runner"] for j in queue]  # fmt: skip
+                 _text(j.get("waiting"))] for j in queue]  # fmt: skip
         parts.append(f"<h2>Queue ({len(queue)})</h2>")
         headers = ["commit", "branch", "attempt", "why"]
         parts.append(_table(headers, rows) if rows else "<p>empty</p>")
     parts.append("<h2>Builds" + (f" of {escape(branch)}" if branch else "") + "</h2>")
     rows = [
-        [_commit_link(b["sha"]), _text(b["branch"]), _status(b["status"]),
+        [_commit_link(b["sha"]), _text(b["branch"]),
+         _text(b.get("subject")), _text(b.get("author")),
+         _status(b["status"]),
          _duration(b["duration"]), _text(b["runner"]), _text(b["attempt"]),
          escape(counts_text(b["tests"]))]
         for b in builds
     ]  # fmt: skip
-    headers = ["commit", "branch", "status", "duration", "runner", "attempt", "tests"]
+    headers = ["commit", "branch", "subject", "author", "status", "duration", "runner",
+               "attempt", "tests"]  # fmt: skip
     parts.append(_table(headers, rows) if rows else "<p>no builds</p>")
     parts.append(_pager(branch, number, more))
     return page("superci", "\n".join(parts))
@@ -102,12 +110,16 @@ def commit_page(document: Mapping[str, Any], log_tail: str, log_cut: bool) -> st
     facts = [
         ("commit", f"<code>{escape(sha)}</code>"),
         ("branch", _text(document["branch"])),
+        ("subject", _text(document.get("subject"))),
+        ("author", _text(document.get("author"))),
         ("build", _text(document["build_id"])),
         ("status", _status(document["status"])),
         ("message", _text(document.get("message"))),
         ("tests", escape(counts_text(document.get("tests")))),
         ("duration", _duration(document.get("duration"))),
         ("runner", _text(document.get("runner"))),
+        ("needs", escape(_labels(document.get("needs")))),
+        ("waiting", _text(document.get("waiting"))),
         ("attempt", _text(document.get("attempt"))),
         ("runners", escape(", ".join(document.get("runners") or []))),
         ("queued", _text(document.get("queued_at"))),
@@ -130,10 +142,12 @@ def runners_page(runners: Sequence[Mapping[str, Any]]) -> str:
     rows = [
         [_text(r["name"]), _text(r["host"]), _text(r["state"]),
          _commit_link(r["build"]) if r["build"] else "", _text(r["since_heartbeat"]),
-         _text(r.get("reason"))]
+         _text(r.get("reason")), escape(_labels(r.get("labels"))),
+         "yes" if r.get("exclusive") else "no"]
         for r in runners
     ]  # fmt: skip
-    headers = ["name", "host", "state", "build", "since heartbeat (s)", "benched"]
+    headers = ["name", "host", "state", "build", "since heartbeat (s)", "benched", "labels",
+               "exclusive"]  # fmt: skip
     return page("runners", _table(headers, rows) if rows else "<p>no runners</p>")
 
 

@@ -18,6 +18,7 @@ import git
 
 from superci import defaults
 from superci.errors import WorkspaceBroken, WorkspaceError
+from superci.gitname import Description, describe
 from superci.ownership import claim, clone_advice, write_mark
 from superci.pristine import Pristine
 from superci.protocol import SHA_RE
@@ -105,6 +106,10 @@ class Workspace:
             self._update_submodules()
         self._pristine = Pristine.take(self.path / ".git")  # the state the next build gets
         log.info("workspace %s is at %s", self.path, sha)
+
+    def describe(self, sha: str) -> Description | None:
+        """The subject and author of a commit the clone has (after :meth:`prepare`)."""
+        return describe(self._repo, sha)
 
     def _git_dir_is_real(self) -> bool:
         dot_git = self.path / ".git"

@@ -224,11 +224,14 @@ class Superci:
             name="observer",
         )  # fmt: skip
 
-    def notify(self, sha: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    def notify(
+        self, sha: str, *extra: str, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``superci notify``, run in ``cwd`` (a clone, to send the commit's config)."""
         return subprocess.run(
             [sys.executable, "-m", "superci", "notify", "--dispatcher-server", self.address,
              sha, *extra],
-            capture_output=True, text=True, timeout=30, cwd=self.root,
+            capture_output=True, text=True, timeout=30, cwd=cwd or self.root,
         )  # fmt: skip
 
     def result(self, sha: str) -> dict[str, Any] | None:

@@ -242,7 +242,9 @@ class FakeRunner:
         identity: str | None = KEPT,
         instance: str | None = KEPT,
         host: str = "test",
+        **offer: Any,
     ) -> tuple[FakeRunner, protocol.Registered]:
+        """``offer``: the register's labels, facts and exclusive, when given."""
         kept_identity, kept_instance = _KEPT.get(
             (address.port, name), (None, secrets.token_hex(16))
         )
@@ -253,7 +255,7 @@ class FakeRunner:
         build_id, attempt = lease if lease is not None else (None, None)
         await channel.send(
             protocol.Register(name=name, host=host, pid=os.getpid(), build_id=build_id,
-                              attempt=attempt, identity=identity, instance=instance)
+                              attempt=attempt, identity=identity, instance=instance, **offer)
         )  # fmt: skip
         registered = await runner.expect(protocol.Registered)
         runner.identity = registered.identity or identity

@@ -669,7 +669,8 @@ def test_files_a_build_leaves_behind_are_gone_before_the_next_build_on_that_runn
 
 def table_rows(text: str, title: str) -> list[list[str]]:
     block = next(b for b in text.split("\n\n") if b.startswith(title))
-    return [line.split() for line in block.splitlines()[2:]]  # title and header skipped
+    # Cells are two or more spaces apart (subjects and counts have single spaces).
+    return [re.split(r" {2,}", line) for line in block.splitlines()[2:]]  # title, header
 
 
 def test_status_and_show_describe_the_runners_the_queue_the_builds_and_failing_tests(
@@ -689,10 +690,13 @@ def test_status_and_show_describe_the_runners_the_queue_the_builds_and_failing_t
     [runner] = table_rows(busy.stdout, "Runners (1)")
     assert runner[:4] == ["runner-a", socket.gethostname(), "busy", running[:12]]
     assert re.fullmatch(r"\d+\.\ds", runner[4])
-    assert table_rows(busy.stdout, "Queue (1)") == [["2", failing[:12], "main", "0"]]
-    assert [row[:4] for row in table_rows(busy.stdout, "Last builds")] == [
-        ["2", failing[:12], "main", "queued"],
-        ["1", running[:12], "main", "running"],
+    assert table_rows(busy.stdout, "Queue (1)") == [
+        ["2", failing[:12], "main", "0", "-", "the only runner, runner-a, is busy; next in line"]
+    ]
+    # Notified from outside a clone: no subject or author until the runner says them.
+    assert [row[:6] for row in table_rows(busy.stdout, "Last builds")] == [
+        ["2", failing[:12], "main", "-", "-", "queued"],
+        ["1", running[:12], "main", "-", "-", "running"],
     ]
     document = json.loads(cli(superci, "status", "--json").stdout)
     assert set(document) == {"runners", "queue", "queued", "builds"}
@@ -715,11 +719,13 @@ def test_status_and_show_describe_the_runners_the_queue_the_builds_and_failing_t
     assert runner[:4] == ["runner-a", socket.gethostname(), "idle", "-"]
     assert table_rows(idle.stdout, "Queue (0)") == []
     last = {row[1]: row for row in table_rows(idle.stdout, "Last builds")}
-    assert last[running[:12]][3] == "passed" and last[failing[:12]][3] == "failed"
-    assert re.fullmatch(r"\d+\.\ds", last[failing[:12]][4])
-    assert last[failing[:12]][5:7] == ["runner-a", "1"]
-    assert " ".join(last[failing[:12]][7:15]) == "0 passed, 1 failed, 0 errors, 0 skipped"
-    assert " ".join(last[failing[:12]][15:]) == "tests failed (exit code 1)"  # the reason
+    assert last[running[:12]][3:6] == ["change", "Test Author", "passed"]
+    assert last[failing[:12]][3:6] == ["change", "Test Author", "failed"]
+    assert re.fullmatch(r"\d+\.\ds", last[failing[:12]][6])
+    assert last[failing[:12]][7:] == [
+        "runner-a", "1", "0 passed, 1 failed, 0 errors, 0 skipped",
+        "tests failed (exit code 1)",  # the reason
+    ]  # fmt: skip
 
     shown = cli(superci, "show", failing)
     assert shown.returncode == 0, shown.stderr
@@ -787,7 +793,8 @@ def test_pytest_style_tests_without_config_run_with_pytest_and_every_line_counts
     counts = "1 passed, 0 failed, 2 errors, 0 skipped"
     status = cli(superci, "status")
     [row] = table_rows(status.stdout, "Last builds")
-    assert row[:4] == ["1", sha[:12], "main", "failed"] and " ".join(row[7:15]) == counts
+    assert row[:6] == ["1", sha[:12], "main", "change", "Test Author", "failed"]
+    assert row[9] == counts
     shown = cli(superci, "show", sha)
     assert f"tests    {counts}\n" in shown.stdout
     assert "status   failed: tests failed (exit code 1)" in shown.stdout

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from superci import defaults
-from superci.config import BuildConfig, load_build_config
+from superci.config import BuildConfig, load_build_config, parse_build_config
 from superci.errors import ConfigError
 
 
@@ -120,3 +120,33 @@ def test_a_command_with_a_nul_character_is_refused(tmp_path):
     (tmp_path / ".superci.toml").write_text('command = "echo a\\u0000b"\n')
     with pytest.raises(ConfigError, match="NUL"):
         load_build_config(tmp_path)
+
+
+def test_needs_are_read_as_lowercase_labels_with_true_for_a_boolean(tmp_path):
+    write_config(tmp_path, 'needs = {os = "Linux", gpu = true, python = "3.12"}\n')
+    assert load_build_config(tmp_path).needs == {"os": "linux", "gpu": "true", "python": "3.12"}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('needs = "linux"', "'needs' must be a table"),
+        ("needs = {python = 3.10}", 'write the value as a string in quotes (such as "3.10")'),
+        ('needs = {"bad key" = "x"}', "label key 'bad key' must be"),
+        ('needs = {os = "linux mint"}', "label os: value 'linux mint' must be"),
+        ('needs = {os = ""}', "label os: value '' must be"),
+    ],
+)
+def test_bad_needs_are_an_error_naming_the_key_and_what_is_wrong(tmp_path, text, problem):
+    path = write_config(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_build_config(tmp_path)
+    assert str(path) in str(info.value) and problem in str(info.value)
+
+
+def test_the_same_text_parses_alike_from_a_file_and_from_a_submission(tmp_path):
+    text = 'command = "make test"\nneeds = {gpu = "true"}\n'
+    write_config(tmp_path, text)
+    assert parse_build_config(text) == load_build_config(tmp_path)
+    with pytest.raises(ConfigError, match=r"^\.superci\.toml: unknown key 'nedds'"):
+        parse_build_config("nedds = {}")

@@ -99,6 +99,9 @@ def test_post_receive_in_a_bare_repository_queues_every_pushed_commit_oldest_fir
 
     assert queued(superci) == [(sha, "main") for sha in (first, *later)]
     assert "could not" not in pushed.stderr
+    with sqlite3.connect(superci.state) as db:  # the hook's notify has git: it says them
+        described = db.execute("SELECT subject, author FROM builds ORDER BY id").fetchall()
+    assert described == [(s, "Test Author") for s in ("first", "change 2", "change 3")]
 
 
 @pytest.mark.parametrize("trouble", ["dispatcher down", "wrong token"])
@@ -131,3 +134,19 @@ def test_a_push_the_hook_cannot_notify_succeeds_and_shows_notifys_reason(
     assert reason in pushed.stderr
     if trouble == "wrong token":
         assert queued(superci) == []
+
+
+def test_the_hook_sends_each_commits_configuration_so_the_dispatcher_knows_its_needs(
+    superci: Superci, server: Path, wrapper: Path, tmp_path: Path
+):
+    superci.dispatcher()
+    developer = Repo(tmp_path / "developer")
+    git(developer.path, "remote", "add", "origin", str(server))
+    sha = developer.commit({".superci.toml": 'needs = {gpu = "true"}\n'}, "needs a gpu")
+
+    pushed = push(developer.path, SUPERCI_COMMAND=str(wrapper), SUPERCI_DISPATCHER=superci.address)
+
+    assert pushed.returncode == 0 and f"queued {sha}" in pushed.stderr, pushed.stderr
+    with sqlite3.connect(superci.state) as db:
+        [(needs,)] = db.execute("SELECT needs FROM builds WHERE sha = ?", (sha,)).fetchall()
+    assert needs == '{"gpu": "true"}'

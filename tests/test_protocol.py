@@ -55,6 +55,9 @@ SAMPLES: dict[str, protocol.Message] = {
         identity="5e" * 32,
         instance="1a" * 16,
         isolated=True,
+        labels={"gpu": "true", "os": "linux"},
+        facts={"os": ["linux"], "arch": ["x86_64"], "python": ["3.11", "3.12"]},
+        exclusive=True,
     ),  # fmt: skip
     "registered": Registered(output_offset=1234, identity="c0" * 32),
     "heartbeat": Heartbeat(),
@@ -74,7 +77,17 @@ SAMPLES: dict[str, protocol.Message] = {
     ),
     "result_ack": ResultAck(build_id=7, attempt=3, accepted=False, retry=True, reason="busy"),
     "cancel": Cancel(build_id=7, attempt=2, reason="lease expired"),
-    "submit": Submit(sha=SHA, branch="release-1.2", rebuild=True),
+    "submit": Submit(
+        sha=SHA,
+        branch="release-1.2",
+        rebuild=True,
+        subject="Fix <b> parsing",
+        author="Ada",
+        config='needs = {os = "linux"}\n',
+    ),
+    "unsuited": protocol.Unsuited(
+        build_id=7, attempt=2, needs={"gpu": "true"}, reason="this runner lacks gpu=true"
+    ),
     "submitted": Submitted(build_id=9, sha=SHA, queued=False, status="passed"),
     "auth": protocol.Auth(proof="ab" * 32),
     "authenticated": protocol.Authenticated(proof="cd" * 32),
@@ -321,6 +334,10 @@ def test_float_field_accepts_an_integer():
         ("result", "message", MAX_TEXT),
         ("output", "data", defaults.OUTPUT_CHUNK_BYTES * 2),
         ("build", "branch", MAX_BRANCH),
+        ("submit", "subject", protocol.MAX_SUBJECT),
+        ("submit", "author", protocol.MAX_AUTHOR),
+        ("result", "subject", protocol.MAX_SUBJECT),
+        ("result", "author", protocol.MAX_AUTHOR),
     ],
 )
 def test_string_over_its_limit_is_refused_and_at_its_limit_accepted(kind, name, limit):
@@ -798,3 +815,53 @@ def test_a_client_cannot_send_what_a_runner_sends_nor_the_other_way_round():
     for kind in protocol.ALLOWED[client]:
         with pytest.raises(ProtocolError, match="a runner cannot send"):
             protocol.check_allowed(runner, SAMPLES[kind.type])
+
+
+# --- labels and the commit's configuration ------------------------------------------
+
+
+def test_a_register_without_labels_offers_none_and_is_not_exclusive():
+    message = decode_one(frame_json({"type": "register", "name": "r1", "host": "", "pid": 1}))
+    assert (message.labels, message.facts, message.exclusive) == ({}, {}, False)
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"labels": {"bad key": "x"}}, "register.labels: label key 'bad key' must be"),
+        ({"labels": {"gpu": "a/b"}}, "register.labels: label gpu: value 'a/b' must be"),
+        ({"labels": {"gpu": 1}}, "register.labels: expected dict"),
+        ({"labels": {f"k{i}": "x" for i in range(33)}}, "at most 32 labels"),
+        ({"facts": {"python": "3.12"}}, "register.facts: expected dict"),
+        ({"facts": {"python": [f"3.{i}" for i in range(33)]}}, "at most 32 values"),
+        ({"facts": {"os": ["linux mint"]}}, "register.facts: label os: value"),
+        ({"exclusive": "yes"}, "register.exclusive: expected bool"),
+    ],
+)
+def test_labels_a_runner_announces_are_checked_like_those_it_is_given(changes, problem):
+    assert problem in str(refused(with_field("register", **changes)))
+
+
+def test_needs_a_runner_hands_a_build_back_with_are_checked():
+    error = refused(with_field("unsuited", needs={"GPU!": "true"}))
+    assert "unsuited.needs: label key" in str(error)
+
+
+def test_a_submitted_configuration_is_bounded_in_bytes_not_only_characters():
+    limit = defaults.MAX_CONFIG_BYTES
+    at_limit = decode_one(encode(Submit(sha=SHA, branch="main", config="#" * limit)))
+    assert len(at_limit.config) == limit
+    error = refused(with_field("submit", config="é" * (limit // 2 + 1)))  # 2 bytes each
+    assert f"submit.config: a configuration is at most {limit} bytes" in str(error)
+    assert "longer than" in str(refused(with_field("submit", config="#" * (limit + 1))))
+
+
+def test_a_submit_without_a_configuration_says_it_could_not_be_read():
+    message = decode_one(frame_json({"type": "submit", "sha": SHA, "branch": "main"}))
+    assert message.config is None
+
+
+def test_only_a_runner_may_hand_a_build_back():
+    protocol.check_allowed(protocol.Role.RUNNER, SAMPLES["unsuited"])
+    with pytest.raises(ProtocolError, match="a client cannot send unsuited"):
+        protocol.check_allowed(protocol.Role.CLIENT, SAMPLES["unsuited"])

@@ -30,3 +30,33 @@ def test_lines_within_the_rate_are_all_written(caplog):
         assert limited.log(logging.INFO, "line %d", n)
         clock.advance(0.5)
     assert len(caplog.records) == 5
+
+
+def test_an_address_with_too_many_failures_waits_until_the_oldest_leaves_the_window():
+    from superci.ratelimit import FailureLimit
+
+    clock = FakeClock()
+    limit = FailureLimit(limit=3, window=60.0, clock=clock)
+    for _ in range(3):
+        assert limit.wait("10.0.0.1") == 0.0
+        limit.failed("10.0.0.1")
+        clock.advance(10.0)
+    assert limit.wait("10.0.0.1") == 30.0  # the oldest, 30 s ago, leaves the window in 30 s
+    assert limit.wait("10.0.0.2") == 0.0, "other addresses are not held back"
+    clock.advance(30.0)
+    assert limit.wait("10.0.0.1") == 0.0
+    limit.failed("10.0.0.1")  # back to three in the window: the second is the oldest now
+    assert limit.wait("10.0.0.1") == 10.0
+
+
+def test_a_success_forgets_the_failures_and_the_addresses_kept_are_bounded():
+    from superci.ratelimit import FailureLimit
+
+    clock = FakeClock()
+    limit = FailureLimit(limit=1, window=60.0, clock=clock, max_keys=2)
+    limit.failed("a")
+    limit.succeeded("a")
+    assert limit.wait("a") == 0.0
+    for key in ("a", "b", "c"):  # "a" is the longest quiet: it goes
+        limit.failed(key)
+    assert [limit.wait(key) > 0 for key in ("a", "b", "c")] == [False, True, True]

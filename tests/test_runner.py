@@ -529,3 +529,32 @@ async def test_a_runner_stopped_while_its_result_waits_to_be_resent_starts_nothi
             loop.set_task_factory(None)
             undo()
     assert started_after_stop == []
+
+
+# --- labels -------------------------------------------------------------------------
+
+
+@async_test(limit=30)
+async def test_an_exclusive_runner_hands_back_a_build_whose_commit_needs_none_of_its_labels(
+    repo, workspace, tmp_path
+):
+    sha = repo.commit({"tests/test_ok.py": PASSING_TEST})  # no .superci.toml: no needs
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        runner = new_runner(h, workspace, given_labels={"gpu": "true"}, exclusive=True)
+        async with running(runner):
+            await eventually(lambda: h.dispatcher.scheduler.runners, what="the runner to join")
+            lying = 'needs = {gpu = "true"}'  # what a confused submitter said
+            submitted = await client.submit_async(h.address, sha, "main", config=lying)
+
+            def handed_back():
+                row = h.db_build(submitted.build_id)
+                return row if row["status"] == "queued" and row["attempt"] == 1 else None
+
+            row = await eventually(handed_back, BUILD_WAIT, "the build to be handed back")
+            assert (row["lost"], json.loads(row["needs"])) == (0, {})
+            assert "this runner is exclusive" in row["message"]
+            [queued] = json.loads(h.dispatcher.query(protocol.Query(what="status")).document)[
+                "queue"
+            ]
+            assert queued["waiting"].startswith("every connected runner is exclusive")
+            assert h.result_json(sha) is None

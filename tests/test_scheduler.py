@@ -1,9 +1,11 @@
 """The dispatcher's decisions, driven event by event with a fake clock."""
 
 import pytest
+from helpers import FakeClock
 
 from superci import defaults, identity
 from superci.errors import RunnerRefused, StaleResult, UnknownBuild
+from superci.labels import Offer
 from superci.scheduler import (
     CancelLease,
     CloseSession,
@@ -43,8 +45,8 @@ def register(s: Scheduler, name: str, session: int, now: float = 0.0, lease=None
     ).actions
 
 
-def add(s: Scheduler, build_id: int, branch: str = "main"):
-    return s.add_build(build_id, sha(build_id), branch, 0.0)
+def add(s: Scheduler, build_id: int, now: float = 0.0, branch: str = "main"):
+    return s.add_build(build_id, sha(build_id), branch, now)
 
 
 def replaced(name: str, session: int) -> str:
@@ -1076,3 +1078,119 @@ def test_a_leaving_runner_whose_last_result_frees_it_is_handed_nothing_more(sche
     assert of_type(actions, Requeue) == [] and of_type(actions, StartBuild) == []
     assert [job.build_id for job in sched.queued()] == [2]
     assert sched.jobs[2].attempt == 0  # never handed out, so nothing to give back
+
+
+# --- labels: builds go to runners that offer what they need ---------------------------
+
+
+def offering(given=None, exclusive=False, **facts):
+    """A runner's offer: ``given`` labels (--label) and detected ``facts`` (lists)."""
+    return Offer(dict(given or {}), {k: tuple(v) for k, v in facts.items()}, exclusive)
+
+
+def join(s: Scheduler, name: str, session: int, offer: Offer, now: float = 0.0):
+    return s.register(
+        name, session, f"{name}.lan", 1000 + session, None, now,
+        proof=Proof.PROVEN, instance=name, offer=offer,
+    ).actions  # fmt: skip
+
+
+def add_needing(s: Scheduler, build_id: int, now: float = 0.0, **needs: str):
+    return s.add_build(build_id, sha(build_id), "main", now, needs)
+
+
+LINUX = offering(os=["linux"], arch=["x86_64"], python=["3.11", "3.12"])
+MAC = offering(os=["darwin"], arch=["arm64"], python=["3.12"])
+GPU = offering({"gpu": "true"}, exclusive=True, os=["linux"], python=["3.12"])
+
+
+def test_a_build_with_needs_goes_only_to_a_runner_that_offers_every_one(sched):
+    clock = FakeClock()
+    join(sched, "linux", 1, LINUX, clock())
+    join(sched, "mac", 2, MAC, clock())
+    assert add_needing(sched, 1, clock(), os="darwin") == [start(2, "mac", 1, 1)]
+    assert add_needing(sched, 2, clock(), os="linux", python="3.11") == [start(1, "linux", 2, 1)]
+
+
+def test_a_python_need_matches_any_of_the_runners_versions(sched):
+    join(sched, "mac", 2, MAC)
+    join(sched, "linux", 1, LINUX)
+    assert add_needing(sched, 1, python="3.11") == [start(1, "linux", 1, 1)]
+    assert add_needing(sched, 2, python="3.12") == [start(2, "mac", 2, 1)]
+
+
+def test_a_given_label_replaces_a_detected_fact_of_the_same_key(sched):
+    join(sched, "pinned", 1, offering({"python": "3.11"}, python=["3.11", "3.12"]))
+    assert add_needing(sched, 1, python="3.12") == []
+    assert add_needing(sched, 2, python="3.11") == [start(1, "pinned", 2, 1)]
+
+
+def test_a_build_nobody_matches_stays_queued_uncounted_while_later_builds_pass_it(sched):
+    clock = FakeClock()
+    join(sched, "linux", 1, LINUX, clock())
+    assert add_needing(sched, 1, clock(), python="3.13") == []
+    assert add(sched, 2) == [start(1, "linux", 2, 1)]  # the one behind it is not held up
+    clock.advance(3 * TIMEOUT)
+    sched.heartbeat("linux", 1, clock())
+    assert sched.check_heartbeats(clock()) == []
+    assert sched.finish(2, clock()) == []  # free again, and still not for build 1
+    job = sched.jobs[1]
+    assert (job.status, job.attempt, job.lost) == (BuildStatus.QUEUED, 0, 0)
+    assert [j.build_id for j in sched.queued()] == [1]
+    assert sched.view().queue[0].needs == {"python": "3.13"}
+
+
+def test_a_waiting_build_starts_as_soon_as_a_matching_runner_registers(sched):
+    clock = FakeClock()
+    join(sched, "linux", 1, LINUX, clock())
+    add_needing(sched, 1, clock(), gpu="true")
+    clock.advance(60)
+    assert join(sched, "gpu", 2, GPU, clock()) == [start(2, "gpu", 1, 1)]
+    assert sched.jobs[1].attempt == 1
+
+
+def test_an_exclusive_runner_takes_only_builds_that_need_one_of_its_own_labels(sched):
+    join(sched, "gpu", 1, GPU)
+    assert add(sched, 1) == []  # no needs: not for an exclusive runner
+    assert add_needing(sched, 2, os="linux") == []  # a detected fact alone is not enough
+    assert add_needing(sched, 3, gpu="true", os="linux") == [start(1, "gpu", 3, 1)]
+    assert [j.build_id for j in sched.queued()] == [1, 2]
+    assert join(sched, "linux", 2, LINUX) == [start(2, "linux", 1, 1)]
+
+
+def test_a_runner_that_finds_the_build_needs_more_hands_it_back_uncounted_with_the_needs(sched):
+    clock = FakeClock()
+    join(sched, "linux", 1, LINUX, clock())
+    assert add(sched, 1, clock()) == [start(1, "linux", 1, 1)]  # submitted without its config
+    actions = sched.unsuited(1, 1, "linux", 1, {"gpu": "true"}, "lacks gpu=true", clock())
+    assert actions == [Requeue(1, 1, "linux", "lacks gpu=true", False, {"gpu": "true"})]
+    job = sched.jobs[1]
+    assert (job.status, job.lost, job.needs) == (BuildStatus.QUEUED, 0, {"gpu": "true"})
+    assert sched.runners["linux"].state is RunnerState.IDLE
+    assert join(sched, "gpu", 2, GPU, clock()) == [start(2, "gpu", 1, 2)]
+
+
+def test_an_unsuited_message_for_a_lease_not_held_is_stale(sched):
+    join(sched, "linux", 1, LINUX)
+    add(sched, 1)
+    with pytest.raises(StaleResult):
+        sched.unsuited(1, 2, "linux", 1, {"gpu": "true"}, "stale", 0.0)
+    assert sched.jobs[1].status is BuildStatus.RUNNING
+
+
+def test_restored_builds_keep_their_needs_after_a_dispatcher_restart():
+    clock = FakeClock()
+    restored = [Job(1, sha(1), "main", needs={"gpu": "true"}), Job(2, sha(2), "main")]
+    after = Scheduler(heartbeat_timeout=TIMEOUT)
+    assert after.restore(restored, clock()) == []
+    assert join(after, "linux", 1, LINUX, clock()) == [start(1, "linux", 2, 1)]
+    assert [j.build_id for j in after.queued()] == [1]
+    assert join(after, "gpu", 2, GPU, clock()) == [start(2, "gpu", 1, 1)]
+
+
+def test_the_view_shows_each_runners_labels_and_each_queued_builds_needs(sched):
+    join(sched, "gpu", 1, GPU)
+    add_needing(sched, 1, python="3.13")
+    view = sched.view()
+    assert view.runners[0].offer == GPU
+    assert view.queue[0].needs == {"python": "3.13"}

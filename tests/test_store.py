@@ -558,3 +558,49 @@ def test_an_error_raised_inside_a_transaction_rolls_it_back_and_is_raised_as_it_
             store.add_build(SHA_B, "main", now=2.0)
         raise Interrupted
     assert store.recent(10) == []
+
+
+def test_a_builds_needs_are_stored_and_come_back_with_its_job_after_reopening(path):
+    first = Store(path)
+    needing = first.add_build(SHA_A, "main", now=1.0, needs={"gpu": "true", "os": "linux"})
+    plain = first.add_build(SHA_B, "main", now=2.0)
+    assert needing.needs == {"gpu": "true", "os": "linux"}
+    first.close()
+
+    second = Store(path)
+    try:
+        jobs = {r.id: r.to_job() for r in second.unfinished()}
+        assert jobs[needing.id].needs == {"gpu": "true", "os": "linux"}
+        assert jobs[plain.id].needs == {}
+    finally:
+        second.close()
+
+
+def test_needs_learned_from_a_runner_replace_those_stored_and_a_requeue_keeps_them(store):
+    build = store.add_build(SHA_A, "main", now=1.0)
+    store.mark_running(build.id, 1, "r1", now=2.0)
+    store.mark_queued(build.id, "given back", lost=False, needs={"gpu": "true"})
+    store.mark_running(build.id, 2, "r2", now=3.0)
+    store.mark_queued(build.id, "runner lost")
+    assert store.get(build.id).needs == {"gpu": "true"}
+
+
+def test_a_database_from_before_needs_is_migrated_and_its_builds_need_nothing(path):
+    path.parent.mkdir(parents=True)
+    db = sqlite3.connect(path)  # schema version 1, as the release before needs wrote it
+    MIGRATIONS[0](db)
+    db.execute("PRAGMA user_version = 1")
+    db.execute(
+        "INSERT INTO builds (sha, branch, status, queued_at) VALUES (?, 'main', 'queued', 1.0)",
+        (SHA_A,),
+    )
+    db.commit()
+    db.close()
+
+    store = Store(path)
+    try:
+        assert _user_version(path) == SCHEMA_VERSION
+        [queued] = store.unfinished()
+        assert queued.sha == SHA_A and queued.to_job().needs == {}
+    finally:
+        store.close()

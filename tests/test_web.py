@@ -22,7 +22,7 @@ from helpers import FAST_WATCHDOG, FakeClock, FakeRunner, Harness, async_test
 from support import WAIT
 from yarl import URL
 
-from superci import protocol
+from superci import client, protocol
 from superci.cli import main
 from superci.eventring import EventRing
 from superci.events import BuildQueued
@@ -97,7 +97,7 @@ async def test_the_builds_page_lists_the_queue_and_builds_newest_first(tmp_path)
         await h.submit(OTHER, "feature/x")  # no runner: it waits in the queue
         page = await text(session, "/")
         queue, builds = page.split("<h2>Builds")
-        assert OTHER[:12] in queue and "waiting for a free runner" in queue
+        assert OTHER[:12] in queue and "no runner connected; next in line" in queue
         assert builds.index(OTHER[:12]) < builds.index(SHA[:12]), "newest first"
         assert 'class="s-failed"' in builds and "1 passed, 1 failed" in builds
         only_main = await text(session, "/?branch=main")
@@ -215,6 +215,23 @@ async def test_the_runners_page_names_each_runner_its_host_state_and_build(tmp_p
         page = await text(session, "/runners")
         row = page.split("runner-1")[1].split("</tr>")[0]
         assert "build-box" in row and "busy" in row and SHA[:12] in row
+        await runner.close()
+
+
+@async_test()
+async def test_the_pages_show_runners_labels_and_what_a_waiting_build_needs_and_why(tmp_path):
+    async with web(tmp_path) as (h, session):
+        assert h.address is not None
+        runner, _ = await FakeRunner.connect(
+            h.address, "gpu-1", labels={"gpu": "true"}, facts={"os": ["linux"]}, exclusive=True
+        )
+        await client.submit_async(h.address, OTHER, "main", config='needs = {python = "3.13"}')
+        row = (await text(session, "/runners")).split("gpu-1")[1].split("</tr>")[0]
+        assert "gpu=true os=linux" in row and "<td>yes</td>" in row
+        queue = (await text(session, "/")).split("<h2>Builds")[0]
+        assert "no connected runner has python=3.13" in queue
+        page = await text(session, f"/commit/{OTHER}")
+        assert "python=3.13" in page and "no connected runner has python=3.13" in page
         await runner.close()
 
 
