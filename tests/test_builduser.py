@@ -437,6 +437,14 @@ def test_a_runner_with_the_readmes_sudo_rule_runs_builds_as_the_build_user(
     assert second["status"] == "passed", out
     assert f"\n{build_user.uid}\n" in out
 
+    chosen = upstream.commit({".superci.toml": "", "pytest.ini": "[pytest]\n",
+                              "tests/test_one.py": "def test_one():\n    pass\n"})  # fmt: skip
+    assert superci.notify(chosen, "--token-file", str(token)).returncode == 0
+    pytest_run = superci.wait_for_result(chosen)  # the tool asked for, its report read
+    assert pytest_run["status"] == "passed", superci.output(chosen)
+    assert pytest_run["tests"]["passed"] == 1, pytest_run
+    assert 'name="test_one"' in (superci.results / chosen / "junit.xml").read_text()
+
     _, timed_out, out = build("trap '' TERM; (setsid sleep 300 &); sleep 300", "timeout = 1\n")
     assert timed_out["status"] == "timeout", out
     assert processes_of(build_user.uid) == []
