@@ -117,6 +117,12 @@ class BuildUser:
         sudo, without a password: ask (``id -u`` as it), or say which rule to add."""
         if self.sudo is None:
             return
+        if proc_hides_processes():
+            raise ConfigError(
+                f"--build-user {self.name}: /proc is mounted with hidepid, so this runner, "
+                f"not being root, cannot see the processes of {self.name} to end them; run "
+                "it as root, or mount /proc without hidepid"
+            )
         try:
             done = self.run(["id", "-u"], timeout=COMMAND_TIMEOUT)
             said = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -303,6 +309,22 @@ def processes_of(uid: int) -> list[int]:
         if str(uid) in uids and state not in (["Z"], ["X"]):
             found.append(int(entry))
     return found
+
+
+def proc_hides_processes(mountinfo: str | None = None) -> bool:
+    """Whether /proc hides other users' processes (``hidepid=1``, ``2``, ``invisible``,
+    ``noaccess``), as /proc/self/mountinfo (or ``mountinfo``) says."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return False
+    for line in mountinfo.splitlines():
+        fields, _, tail = line.partition(" - ")
+        if fields.split()[4:5] == ["/proc"] and tail.split()[:1] == ["proc"]:
+            options = dict(o.partition("=")[::2] for o in tail.split()[-1].split(","))
+            return options.get("hidepid", "0") not in ("0", "off")
+    return False
 
 
 def _proc_entries() -> list[str]:

@@ -241,6 +241,16 @@ def test_a_scratch_folder_the_build_user_cannot_reach_is_an_error_that_says_why(
     assert build_user.processes() == []
 
 
+@pytest.mark.parametrize(
+    ("options", "hidden"),
+    [("rw", False), ("rw,hidepid=0", False), ("rw,hidepid=2", True),
+     ("rw,hidepid=invisible", True), ("rw,hidepid=off", False)],
+)  # fmt: skip
+def test_a_proc_that_hides_other_users_processes_is_noticed(options: str, hidden: bool):
+    mountinfo = f"22 27 0:21 / /proc rw,relatime - proc proc {options}\n"
+    assert builduser.proc_hides_processes(mountinfo) is hidden
+
+
 # --- a runner that is not root, with the sudo rule of the README -----------------------
 
 #: The sudo rule as README.rst gives it: an indented line of a literal block.
