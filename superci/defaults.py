@@ -143,3 +143,6 @@ WEB_KEEPALIVE_INTERVAL = 15.0
 WEB_EVENT_RING = 10_000
 #: Builds on one page of the web page's list.
 WEB_PAGE_SIZE = 50
+#: Build environments a runner machine keeps (see superci.environments); the least
+#: recently used beyond it are removed. Ten covers a few projects with a few Pythons each.
+ENV_CACHE_SIZE = 10

@@ -24,8 +24,10 @@ from typing import Protocol
 from superci import containment, defaults, protocol, testtool
 from superci.builduser import BuildFolders, BuildUser, export_tree, make_private, remove_folder
 from superci.config import BuildConfig, load_build_config
+from superci.environments import InstallFailed
 from superci.errors import ConfigError, UnsafeFile, WorkspaceBroken, WorkspaceError
 from superci.execute import Execution, build_environment, run_command
+from superci.installstep import InstallStep, Run
 from superci.junit import parse_junit_bytes, pytest_junit_option
 from superci.safefile import read_inside, read_off_loop
 from superci.settings import RunnerSettings
@@ -87,6 +89,8 @@ class BuildExecutor:
         )
         if self.build_user is not None:
             make_private(workspace.path)
+        #: Build environments (install, python in .superci.toml).
+        self.installs = InstallStep(settings, self.build_user, build_record)
 
     def close(self) -> None:
         """Remove the scratch folder (reports asked of pytest, build users' trees)."""
@@ -157,7 +161,9 @@ class BuildExecutor:
             checkout: bool = False,
         ) -> protocol.Result:
             return _result(build, output, status, exit_code, started, message, summary,
-                           checkout=checkout)  # fmt: skip
+                           checkout=checkout, install_seconds=install_seconds)  # fmt: skip
+
+        install_seconds: float | None = None
 
         where = f"{build.sha} ({build.branch}) attempt {build.attempt} on {self.runner_name}"
         await say(f"building {where}")
@@ -178,7 +184,9 @@ class BuildExecutor:
             )  # fmt: skip
             report = self._report_path(config.junit, folders)
             environment = self._environment(build, config.junit, report.path, folders)
-            command = config.command or await self._chosen_command(environment, tree, say)
+            command = config.command
+            if command is None and not config.wants_environment:  # else: with its environment
+                command = await self._chosen_command(environment, tree, say)
         except (WorkspaceError, ConfigError) as e:
             await say(str(e))
             return ended(BuildStatus.ERROR, str(e))
@@ -199,14 +207,26 @@ class BuildExecutor:
             build_id=build.build_id, attempt=build.attempt,
             timeout=timeout, kill_grace=self.settings.kill_grace,
         ))  # fmt: skip
-        contained = await asyncio.to_thread(containment.BuildContainment, self.build_record)
-        with contained:  # closed here too, should anything fail before run_command does it
-            await say(f"$ {command}")
-            await say(f"contained by {contained.description}")
-            execution = await run_command(
-                command, tree, environment, timeout, self.settings.kill_grace, emit,
-                cancel, contained, self.settings.output_drain_timeout, user=self.build_user,
-            )  # fmt: skip
+        deadline = time.monotonic() + timeout  # the install step counts towards it
+        if not config.wants_environment:
+            assert command is not None
+            execution = await self._run_tests(command, tree, environment, deadline, emit, cancel,
+                                              say)  # fmt: skip
+        else:
+            run = Run(tree, self.workspace.path, environment, deadline, cancel, say, emit)
+            try:
+                async with self.installs.prepared(config, run) as ready:
+                    install_seconds = ready.install_seconds
+                    command = command or await self._chosen_command(ready.environment, tree, say)
+                    execution = await self._run_tests(command, tree, ready.environment, deadline,
+                                                      emit, cancel, say)  # fmt: skip
+            except InstallFailed as e:
+                status, message = _install_outcome(e.execution, timeout)
+                await say(message)
+                return ended(status, message, e.execution.exit_code)
+            except (WorkspaceError, ConfigError) as e:
+                await say(str(e))
+                return ended(BuildStatus.ERROR, str(e))
         try:
             output.report = await read_off_loop(
                 report.read, timeout=self.settings.file_read_timeout,
@@ -220,6 +240,21 @@ class BuildExecutor:
         status, message = _outcome(execution, summary, config, timeout)
         await say(message)
         return ended(status, message, execution.exit_code, summary)
+
+    async def _run_tests(
+        self, command: str, tree: Path, environment: dict[str, str], deadline: float,
+        emit: Emit, cancel: asyncio.Event, say: Callable[[str], Awaitable[None]],
+    ) -> Execution:  # fmt: skip
+        """Run the test command contained, until ``deadline`` (monotonic) at the latest."""
+        contained = await asyncio.to_thread(containment.BuildContainment, self.build_record)
+        with contained:  # closed here too, should anything fail before run_command does it
+            await say(f"$ {command}")
+            await say(f"contained by {contained.description}")
+            return await run_command(
+                command, tree, environment, max(0.0, deadline - time.monotonic()),
+                self.settings.kill_grace, emit, cancel, contained,
+                self.settings.output_drain_timeout, user=self.build_user,
+            )  # fmt: skip
 
     async def _chosen_command(
         self, environment: dict[str, str], tree: Path, say: Callable[[str], Awaitable[None]]
@@ -237,6 +272,9 @@ class BuildExecutor:
             testtool.missing_module, python, tool.module, tree, environment,
             None if user is None else (user.uid, user.gid),
         )  # fmt: skip
+        if problem is not None and "VIRTUAL_ENV" in environment:  # the build's own
+            raise ConfigError(f"{problem}: add it to install in {defaults.CONFIG_FILE}, or "
+                              "set command there")  # fmt: skip
         if problem is not None:
             raise ConfigError(
                 f"{problem}: install it for the runner's Python (python -m pip install "
@@ -310,6 +348,7 @@ def _result(
     summary: Summary | None = None,
     *,
     checkout: bool = False,
+    install_seconds: float | None = None,
 ) -> protocol.Result:
     """The build's result; ``checkout``: it ended because its checkout failed."""
     summary = _summary(output) if summary is None else summary
@@ -324,12 +363,25 @@ def _result(
         counts=summary.counts,
         failures=[name[: protocol.MAX_STRING] for name in summary.failures[: protocol.MAX_LIST]],
         checkout_failed=checkout,
+        install_seconds=install_seconds,
     )
 
 
 def _summary(output: BuildOutput) -> Summary:
     """The test counts: the JUnit report's if there is one, else those of the output."""
     return parse_junit_bytes(output.report) or parse_summary(output.tail(SUMMARY_TAIL_BYTES))
+
+
+def _install_outcome(execution: Execution, timeout: float) -> tuple[BuildStatus, str]:
+    """How a build whose install step did not succeed ends (its tests never ran)."""
+    if execution.cancelled:
+        return BuildStatus.CANCELLED, "cancelled during the install step"
+    if execution.timed_out:
+        return BuildStatus.TIMEOUT, f"timed out during the install step (limit {timeout:g}s)"
+    return BuildStatus.ERROR, (
+        f"install failed (exit code {execution.exit_code}): its output is in the install "
+        "section of the build's log"
+    )
 
 
 def _outcome(

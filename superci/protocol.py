@@ -360,6 +360,9 @@ class Result(Message):
     #: The build ended because the runner could not check the commit out: the scheduler
     #: counts these to bench a runner whose clone keeps failing.
     checkout_failed: bool = False
+    #: Seconds spent making the build's environment (its install step), apart from
+    #: ``duration``'s whole; None when no install ran (none asked, or an environment reused).
+    install_seconds: float | None = _check(_check_non_negative, default=None)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -93,6 +93,8 @@ def result_summary(result: dict[str, Any]) -> str:
         f" on {result.get('runner') or '-'}",
         f"duration {_seconds(result.get('duration')) or '-'}",
     ]
+    if _number(result.get("install_seconds")):
+        lines.append(f"install  {_seconds(result['install_seconds'])} (of the duration)")
     tests = counts_text(result.get("tests"))
     if tests:
         lines.append(f"tests    {tests}")
