@@ -10,10 +10,12 @@ asked its own version: a file name can lie, the interpreter cannot.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import subprocess
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -146,7 +148,10 @@ def _known_to_uv(
         uv = find_uv_bin()
     command = [uv, "python", "list", "--only-installed", "--no-python-downloads",
                "--output-format", "json", "--no-config"]  # fmt: skip
-    env = {**environ, "UV_PYTHON_DOWNLOADS": "never", "UV_OFFLINE": "1"}
+    folders = environ.get("PATH", "").split(os.pathsep)
+    path = [f for f in folders if not _same_folder(Path(f), shims)]
+    env = {**environ, "PATH": os.pathsep.join(path),  # uv would run the shims to ask them
+           "UV_PYTHON_DOWNLOADS": "never", "UV_OFFLINE": "1"}  # fmt: skip
     try:
         done = subprocess.run(command, capture_output=True, timeout=timeout, env=env, check=True)
         listed = json.loads(done.stdout)
@@ -165,15 +170,25 @@ def _known_to_uv(
 
 
 def _ask_version(path: Path, timeout: float) -> str | None:
-    """The version the interpreter at ``path`` says it is; None if it does not answer."""
+    """The version the interpreter at ``path`` says it is; None if it does not answer
+    within ``timeout`` (it is killed then, with whatever it started)."""
     try:
-        done = subprocess.run([os.fspath(path), "-c", _ASK_VERSION], capture_output=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
-    except (OSError, subprocess.SubprocessError) as e:
-        log.debug("%s does not answer as a Python: %s", path, e)
+        process = subprocess.Popen([os.fspath(path), "-c", _ASK_VERSION], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)  # fmt: skip
+    except OSError as e:
+        log.debug("%s does not run: %s", path, e)
         return None
-    version = done.stdout.decode(errors="replace").strip()
-    return version if done.returncode == 0 and _VERSION.fullmatch(version) else None
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not say its version within %gs; skipped", path, timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        return None
+    version = out.decode(errors="replace").strip()
+    return version if process.returncode == 0 and _VERSION.fullmatch(version) else None
 
 
 def _dedupe(paths: list[Path]) -> list[Path]:
