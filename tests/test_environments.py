@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ import pytest
 from conftest import PASSING_TEST
 from helpers import FAST_WATCHDOG, Harness, async_test
 from support import eventually, make_wheel, wait_until
+from test_builduser import build_user, open_folder  # noqa: F401 - fixtures
 from test_runner import BUILD_WAIT, new_runner, running
 
 from superci import client, protocol
@@ -461,3 +463,50 @@ def test_finding_interpreters_is_bounded_by_its_timeout(tmp_path):
                               uv=str(tmp_path / "no-uv"), timeout=0.5)  # fmt: skip
     assert found.versions() == []
     assert time.monotonic() - started < 10, "its grandchild (sleep) is killed too"
+
+
+# --- as a build user ------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("useradd")
+    or not os.access("/usr/bin/python3", os.X_OK),
+    reason="builds as another user need Linux, root, useradd and a Python others may run",
+)  # fmt: skip
+def test_a_build_users_install_runs_as_it_into_an_environment_of_its_own(
+    superci,
+    repo,
+    build_user,  # noqa: F811 - the fixture imported above
+    open_folder,  # noqa: F811 - the fixture imported above
+    monkeypatch,
+):
+    """With --build-user the environment is made, and used, by the build user."""
+    python = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info[:2])"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    wanted = ".".join(python.strip("()\n").split(", "))
+    monkeypatch.setenv(
+        "PATH", "/usr/sbin:/usr/bin:/sbin:/bin"
+    )  # Pythons under /root are not the user's
+    monkeypatch.setenv("PYENV_ROOT", str(open_folder / "no-pyenv"))
+    wheels, cache = open_folder / "wheels", open_folder / "envs"
+    make_wheel(wheels, "tinydep", body="VALUE = 42\n")
+    wheels.chmod(0o755)
+    repo.commit({"README": "a project\n"}, "start")
+    clone = repo.clone(open_folder / "clone")
+    superci.dispatcher(0)
+    runner = superci.runner(clone, "r-isolated", "--build-user", build_user.name,
+                            "--env-cache", str(cache), "--kill-grace", "0.5")  # fmt: skip
+    runner.wait_for_log("registered with the dispatcher")
+    toml = superci_toml(wheels, python=wanted, command=f"id -u && {UNITTEST}")
+    sha = repo.commit({".superci.toml": toml, "test_dep.py": NEEDS_TINYDEP})
+    superci.notify(sha)
+    result = superci.wait_for_result(sha, 120)
+
+    out = superci.output(sha)
+    assert result["status"] == "passed", out
+    assert "Successfully installed tinydep-1.0" in out
+    assert f"\n{build_user.uid}\n" in out
+    [env] = environments(cache)
+    assert (cache / "envs" / env).stat().st_uid == build_user.uid
+    assert (cache / "current").stat().st_uid == 0, "the links stay the runner's"
