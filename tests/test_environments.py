@@ -164,6 +164,23 @@ async def test_a_build_cancelled_during_its_install_leaves_no_environment(
     assert environments(cache) == []
 
 
+@async_test(limit=60)
+async def test_an_install_past_the_builds_time_limit_is_a_timeout_and_leaves_no_environment(
+    tmp_path, repo, workspace, wheels, offline
+):
+    cache = tmp_path / "envs"
+    toml = superci_toml(wheels, install="sleep 60") + "timeout = 2\n"
+    sha = repo.commit({".superci.toml": toml})
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        async with running(env_runner(h, workspace, cache)):
+            await h.submit(sha)
+            result = await h.results.wait(sha, BUILD_WAIT)
+
+    assert result["status"] == "timeout"
+    assert result["message"] == "timed out during the install step (limit 2s)"
+    assert environments(cache) == []
+
+
 @async_test(limit=120)
 async def test_python_picks_the_interpreter_asked_for(
     tmp_path, repo, workspace, offline, monkeypatch
