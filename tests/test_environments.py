@@ -32,6 +32,7 @@ from superci.errors import ConfigError
 from superci.execute import Execution
 from superci.interpreters import find_interpreters
 from superci.settings import RunnerSettings
+from superci.tables import result_summary
 from superci.workspace import Workspace
 
 #: A test importing the dependency only ``install`` provides.
@@ -527,3 +528,12 @@ def test_a_build_users_install_runs_as_it_into_an_environment_of_its_own(
     [env] = environments(cache)
     assert (cache / "envs" / env).stat().st_uid == build_user.uid
     assert (cache / "current").stat().st_uid == 0, "the links stay the runner's"
+
+
+def test_show_gives_the_install_time_apart_from_the_duration():
+    result = {"sha": "ab" * 20, "branch": "main", "build_id": 3, "status": "passed",
+              "message": "tests passed (exit code 0)", "runner": "r", "attempt": 1,
+              "duration": 5.25, "install_seconds": 4.0}  # fmt: skip
+    lines = result_summary(result).splitlines()
+    assert lines[3:5] == ["duration 5.2s", "install  4.0s (of the duration)"]
+    assert "install" not in result_summary({**result, "install_seconds": None})
