@@ -228,7 +228,7 @@ class EnvCache:
         ``stopped`` ends raises InstallFailed saying how."""
         started = time.monotonic()
         while True:
-            fd = await asyncio.to_thread(self._try_lock, digest, mode)
+            fd = self._try_lock(digest, mode)  # never blocks; no await between lock and use
             if fd is not None:
                 return fd
             why = stopped()
@@ -283,7 +283,14 @@ class EnvCache:
 
     def tidy(self, keep: str | None = None) -> None:
         """Remove the least recently used environments beyond the size (never ``keep``,
-        nor one in use), and the debris of failed or killed builds. Blocks."""
+        nor one in use), and the debris of failed or killed builds. Blocks; a cache that
+        cannot be tidied now is logged, and no reason to fail a build."""
+        try:
+            self._tidy(keep)
+        except OSError as e:
+            log.warning("cannot tidy the environment cache %s: %s", self.root, e)
+
+    def _tidy(self, keep: str | None) -> None:
         entries = []
         for link in _listdir(self.current):
             if link.startswith("."):
