@@ -217,7 +217,9 @@ class BuildExecutor:
             try:
                 async with self.installs.prepared(config, run) as ready:
                     install_seconds = ready.install_seconds
-                    command = command or await self._chosen_command(ready.environment, tree, say)
+                    command = command or await self._chosen_command(
+                        ready.environment, tree, say, in_environment=True
+                    )
                     execution = await self._run_tests(command, tree, ready.environment, deadline,
                                                       emit, cancel, say)  # fmt: skip
             except InstallFailed as e:
@@ -257,8 +259,9 @@ class BuildExecutor:
             )  # fmt: skip
 
     async def _chosen_command(
-        self, environment: dict[str, str], tree: Path, say: Callable[[str], Awaitable[None]]
-    ) -> str:
+        self, environment: dict[str, str], tree: Path, say: Callable[[str], Awaitable[None]],
+        in_environment: bool = False,
+    ) -> str:  # fmt: skip
         """The command of the tool the repository uses (it has no ``command`` of its own),
         after making sure the build's ``python`` has that tool."""
         tool = await read_off_loop(
@@ -272,7 +275,7 @@ class BuildExecutor:
             testtool.missing_module, python, tool.module, tree, environment,
             None if user is None else (user.uid, user.gid),
         )  # fmt: skip
-        if problem is not None and "VIRTUAL_ENV" in environment:  # the build's own
+        if problem is not None and in_environment:  # the build's own, made by install
             raise ConfigError(f"{problem}: add it to install in {defaults.CONFIG_FILE}, or "
                               "set command there")  # fmt: skip
         if problem is not None:

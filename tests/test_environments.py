@@ -232,6 +232,25 @@ async def test_python_picks_a_pyenv_interpreter_and_never_a_shim(
 
 
 @async_test(limit=60)
+async def test_a_test_tool_missing_from_the_environment_is_an_error_saying_to_install_it(
+    tmp_path, repo, workspace, offline
+):
+    own = ".".join(map(str, sys.version_info[:2]))
+    sha = repo.commit({".superci.toml": f'python = "{own}"\n',
+                       "tests/test_plain.py": "def test_x():\n    assert True\n"})  # fmt: skip
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        async with running(env_runner(h, workspace, tmp_path / "envs")):
+            await h.submit(sha)
+            result = await h.results.wait(sha, ENV_WAIT)
+
+    assert result["status"] == "error"
+    assert result["message"].startswith("pytest is not installed for ")
+    assert result["message"].endswith(
+        "/bin/python: add it to install in .superci.toml, or set command there"
+    )
+
+
+@async_test(limit=60)
 async def test_a_python_the_runner_lacks_is_an_error_naming_the_versions_it_has(
     tmp_path, repo, workspace, offline
 ):
