@@ -183,7 +183,7 @@ class BuildExecutor:
                 timeout=self.settings.file_read_timeout, what=defaults.CONFIG_FILE,
             )  # fmt: skip
             report = self._report_path(config.junit, folders)
-            environment = self._environment(build, config.junit, report.path, folders)
+            environment = self._environment(build, config, report.path, folders)
             command = config.command
             if command is None and not config.wants_environment:  # else: with its environment
                 command = await self._chosen_command(environment, tree, say)
@@ -304,7 +304,7 @@ class BuildExecutor:
         return Report(self.workspace.path, junit, self.settings.max_report_bytes)
 
     def _environment(
-        self, build: protocol.Build, junit: str | None, report: Path,
+        self, build: protocol.Build, config: BuildConfig, report: Path,
         folders: BuildFolders | None,
     ) -> dict[str, str]:  # fmt: skip
         extra = {
@@ -313,14 +313,14 @@ class BuildExecutor:
             "SUPERCI_BUILD_ID": str(build.build_id),
             "SUPERCI_ATTEMPT": str(build.attempt),
         }
-        if junit is None:
+        if config.junit is None:
             extra["PYTEST_ADDOPTS"] = pytest_junit_option(
                 report, os.environ.get("PYTEST_ADDOPTS", "")
             )
         if self.build_user is not None and folders is not None:  # nothing of the runner's
             base = self.build_user.environment(os.environ, folders.home, folders.tmp)
-            return build_environment(base, extra)
-        return build_environment(os.environ, extra)
+            return build_environment(base, extra, not config.wants_environment)
+        return build_environment(os.environ, extra, not config.wants_environment)
 
 
 @dataclass(frozen=True)

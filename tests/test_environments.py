@@ -214,7 +214,7 @@ async def test_python_picks_a_pyenv_interpreter_and_never_a_shim(
     root = fake_pyenv(tmp_path / "pyenv", version)
     monkeypatch.setenv("PYENV_ROOT", str(root))
     monkeypatch.setenv("PATH", f"{root / 'shims'}{os.pathsep}/usr/bin{os.pathsep}/bin")
-    command = "python -c 'import sys; print(\"version\", sys.version)'"
+    command = 'python -c \'import os, sys; print("version", sys.version, os.environ["PATH"])\''
     toml = f'python = "{version}"\ncommand = {json.dumps(command)}\nallow_no_tests = true\n'
     sha = repo.commit({".superci.toml": toml})
     async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
@@ -229,6 +229,9 @@ async def test_python_picks_a_pyenv_interpreter_and_never_a_shim(
     assert (root / "ran").read_text().strip(), "the wrapper in versions/ was the interpreter"
     assert not (root / "shim-ran").exists(), "a shim is not an interpreter"
     assert f"\nversion {version}" in log
+    path = log.split(f"\nversion {version}")[1].splitlines()[0].split()[-1].split(os.pathsep)
+    assert path[0].endswith("/bin") and (Path(path[0]) / "python").exists(), "its own first"
+    assert os.path.dirname(sys.executable) not in path, "the runner's Python is not on PATH"
 
 
 @async_test(limit=60)
