@@ -19,10 +19,11 @@ The cache keeps at most ``size`` environments (``--env-cache-size``); the least 
 used beyond that are removed first. A count, not bytes: it is what a person can reason
 about when choosing it, and it costs no walk over the environments' files.
 
-``pip`` in an environment is the interpreter's own, from ``python -m ensurepip``: it is
-bundled with CPython and works offline, whereas ``uv venv --seed`` fetches pip from an
-index (or uv's cache), which a runner without network access may not have. It costs
-about two seconds, once per environment.
+``pip`` in an environment is the interpreter's own: the wheel its ``ensurepip`` bundles,
+installed by uv (a quarter of a second), or ``python -m ensurepip`` itself where that
+wheel is not to be found (Debian's Pythons keep it elsewhere; about two seconds). Both
+work offline, whereas ``uv venv --seed`` fetches pip from an index (or uv's cache), which
+a runner without network access may not have.
 """
 
 from __future__ import annotations
@@ -118,16 +119,25 @@ def dependency_digest(tree: Path, patterns: Sequence[str] | None) -> str:
     return digest.hexdigest()
 
 
+#: Prints the pip wheel the interpreter's ensurepip bundles (nothing when it has none).
+_BUNDLED_PIP = (
+    "import ensurepip, pathlib; "
+    "print(*sorted(pathlib.Path(ensurepip.__file__).parent.glob('_bundled/pip-*.whl'))[-1:])"
+)
+
+
 def install_script(uv: str, interpreter: str, folder: Path, install: str | None) -> str:
     """The shell script that makes the environment in ``folder`` and runs ``install``
     (with the environment first on PATH): the install's exit code is the script's."""
-    python = shlex.quote(str(folder / "bin" / "python"))
+    python, uv = shlex.quote(str(folder / "bin" / "python")), shlex.quote(uv)
     steps = [
         "set -e",
-        f"{shlex.quote(uv)} venv --quiet --no-config --no-project --allow-existing "
+        f"{uv} venv --quiet --no-config --no-project --allow-existing "
         f"--python {shlex.quote(interpreter)} {shlex.quote(str(folder))}",
-        f"{python} -m ensurepip --default-pip >/dev/null",
-        f"ln -s {shlex.quote(uv)} {shlex.quote(str(folder / 'bin' / 'uv'))}",
+        f"wheel=$({python} -c {shlex.quote(_BUNDLED_PIP)} 2>/dev/null || true)",
+        f'if [ -z "$wheel" ] || ! {uv} pip install --quiet --offline --no-config --python '
+        f'{python} "$wheel" 2>/dev/null; then {python} -m ensurepip --default-pip >/dev/null; fi',
+        f"ln -s {uv} {shlex.quote(str(folder / 'bin' / 'uv'))}",
         "set +e",
     ]
     return "\n".join(steps + ([install] if install is not None else [])) + "\n"

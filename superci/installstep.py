@@ -142,7 +142,7 @@ class InstallStep:
         from uv import find_uv_bin
 
         await run.say(f"--- install: a new environment, Python {version} ({interpreter}) ---")
-        await run.say(f"$ uv venv --python {interpreter} {folder} && python -m ensurepip")
+        await run.say(f"$ uv venv --python {interpreter} {folder}, with pip (ensurepip's)")
         if install is not None:
             await run.say(f"$ {install}")
         script = install_script(find_uv_bin(), interpreter, folder, install)
