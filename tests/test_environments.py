@@ -165,6 +165,36 @@ async def test_a_build_cancelled_during_its_install_leaves_no_environment(
     assert environments(cache) == []
 
 
+@pytest.mark.e2e
+def test_a_runner_killed_mid_install_leaves_no_environment_its_successor_would_use(
+    superci, repo, tmp_path, wheels, monkeypatch
+):
+    """SIGKILL: the half-made environment is debris, removed by the runner after it."""
+    for name, value in (("UV_OFFLINE", "1"), ("PIP_NO_INDEX", "1")):
+        monkeypatch.setenv(name, value)
+    cache, gate = tmp_path / "envs", tmp_path / "installing"
+    stall = f'if [ "$SUPERCI_ATTEMPT" = 1 ]; then touch {shlex.quote(str(gate))}; sleep 60; fi'
+    install = f"{stall}; pip install --no-index --find-links {shlex.quote(str(wheels))} tinydep"
+    repo.commit({"README": "a project\n"}, "start")
+    sha = repo.commit({".superci.toml": superci_toml(wheels, install=install),
+                       "test_dep.py": NEEDS_TINYDEP})  # fmt: skip
+    clones = {name: repo.clone(tmp_path / name) for name in ("runner-a", "runner-b")}
+    superci.dispatcher()
+    first = superci.runner(clones["runner-a"], "runner-a", "--env-cache", str(cache))
+    first.wait_for_log("registered with the dispatcher")
+    superci.notify(sha)
+    wait_until(gate.exists, ENV_WAIT, "the install to start")
+    [half_made] = environments(cache)
+    first.kill()
+
+    second = superci.runner(clones["runner-b"], "runner-b", "--env-cache", str(cache))
+    second.wait_for_log("registered with the dispatcher")
+    result = superci.wait_for_result(sha, ENV_WAIT * 2)
+    assert (result["status"], result["attempt"]) == ("passed", 2), superci.output(sha)
+    assert "--- install: a new environment" in superci.output(sha), "nothing half-made reused"
+    assert half_made not in environments(cache) and len(environments(cache)) == 1
+
+
 @async_test(limit=60)
 async def test_an_install_past_the_builds_time_limit_is_a_timeout_and_leaves_no_environment(
     tmp_path, repo, workspace, wheels, offline
@@ -407,6 +437,15 @@ def test_the_dependency_files_key_the_environment_and_install_files_overrides_th
     only = dependency_digest(tmp_path, ["notes.txt"])
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'y'\n")
     assert dependency_digest(tmp_path, ["notes.txt"]) == only
+
+
+def test_a_dependency_file_leading_out_of_the_checkout_is_refused(tmp_path):
+    (tmp_path / "outside.txt").write_text("secret\n")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "requirements.txt").symlink_to(tmp_path / "outside.txt")
+    with pytest.raises(ConfigError, match=r"dependency file .*requirements.txt leads outside"):
+        dependency_digest(tree, None)
 
 
 @pytest.mark.parametrize(
