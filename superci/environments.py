@@ -93,10 +93,6 @@ class Environment:
     path: Path
     built: bool
 
-    @property
-    def bin(self) -> Path:
-        return self.path / "bin"
-
 
 def dependency_digest(tree: Path, patterns: Sequence[str] | None) -> str:
     """A digest of the files matching ``patterns`` (default: DEPENDENCY_FILES) under
@@ -342,9 +338,12 @@ class EnvCache:
         if fd is None:
             return  # being built (or used) right now
         try:
-            if self._named(digest) != self.envs / name:
+            named = self._named(digest)
+            if named != self.envs / name:
                 log.info("removing %s, left by a build that did not finish", self.envs / name)
                 _remove(self.envs / name)
+            if named is None:  # no environment of that key left: nor its lock
+                (self.locks / f"{digest}.lock").unlink(missing_ok=True)
         finally:
             os.close(fd)
 

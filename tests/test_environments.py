@@ -369,6 +369,7 @@ async def test_debris_of_a_killed_build_is_removed_once_nobody_holds_its_key(tmp
     (debris / "bin").mkdir(parents=True)
     cache.tidy()
     assert not debris.exists()
+    assert os.listdir(tmp_path / "locks") == [], "nor the lock of a key with no environment"
 
 
 def test_two_runner_processes_asking_for_the_same_environment_build_it_once(tmp_path):
