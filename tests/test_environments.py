@@ -125,6 +125,24 @@ async def test_a_project_needing_a_dependency_passes_with_install_and_reuses_its
 
 
 @async_test(limit=120)
+async def test_an_install_with_uv_pip_uses_the_shared_uv_cache(
+    tmp_path, repo, workspace, wheels, offline
+):
+    cache = tmp_path / "envs"
+    install = f"uv pip install --offline --find-links {shlex.quote(str(wheels))} tinydep"
+    sha = repo.commit({".superci.toml": superci_toml(wheels, install=install),
+                       "test_dep.py": NEEDS_TINYDEP})  # fmt: skip
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        async with running(env_runner(h, workspace, cache)):
+            await h.submit(sha)
+            result = await h.results.wait(sha, ENV_WAIT)
+
+    assert result["status"] == "passed", h.output_log(sha).decode()
+    assert "+ tinydep==1.0" in h.output_log(sha).decode()
+    assert any((cache / "uv-cache").iterdir()), "uv kept what it installed in the shared cache"
+
+
+@async_test(limit=120)
 async def test_a_failing_install_is_an_error_showing_its_output_and_leaves_no_environment(
     tmp_path, repo, workspace, wheels, offline
 ):
