@@ -57,7 +57,7 @@ from superci.channel import Address, Channel, parse_address
 
 # The tests' own waits: the benchmark runs from a checkout, never installed, like the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support import rss_mib, slow_readers, wait_until  # noqa: E402
+from support import make_wheel, rss_mib, slow_readers, wait_until  # noqa: E402
 
 PYTHON = sys.executable
 #: How long any one wait may last before the scenario fails (seconds); reached only when broken.
@@ -545,6 +545,7 @@ class Bench:
             GIT_CONFIG_GLOBAL=str(home / "gitconfig"), GIT_CONFIG_NOSYSTEM="1",
             GIT_AUTHOR_NAME="Bench", GIT_AUTHOR_EMAIL="bench@example.com",
             GIT_COMMITTER_NAME="Bench", GIT_COMMITTER_EMAIL="bench@example.com",
+            UV_OFFLINE="1", PIP_NO_INDEX="1",  # build environments' installs stay offline
         )  # fmt: skip
         self.env = env
         self._direct: list[float] | None = None
@@ -1196,6 +1197,52 @@ def scenario_readers(bench: Bench) -> list[Row]:
     ]  # fmt: skip
 
 
+# --- 10. build environments ---------------------------------------------------------
+
+
+def scenario_envs(bench: Bench) -> list[Row]:
+    """A build whose environment is cached, next to the same build making a fresh one and
+    to a build with no environment (the runner's own Python): what a cache hit costs."""
+    s = "10 envs"
+    wheels = bench.root / "envs-wheels"
+    make_wheel(wheels, "tinydep", body="VALUE = 42\n")
+    install = f"pip install --no-index --find-links {wheels} tinydep"
+    with_env = f'install = "{install}"\ncommand = "python -m unittest discover -s tests"\n'
+    repo = bench.repo("envs-upstream")
+    times: dict[str, list[float]] = {"none": [], "fresh": [], "cached": [], "install": []}
+    with Stack(bench, "envs") as stack:
+        stack.dispatcher()
+        stack.runner(repo.clone(stack.dir / "runner-a"), "runner-a",
+                     "--env-cache", str(stack.dir / "env-cache"))  # fmt: skip
+
+        def build(files: dict[str, str] | None) -> dict[str, Any]:
+            sha = repo.commit(files)
+            stack.notify(sha)
+            result = stack.wait_for_result(sha, WAIT * 2)
+            assert result["status"] == "passed", result
+            return result
+
+        build(None)  # warm-up
+        for _ in range(bench.n(10, 3)):
+            times["none"].append(build(None)["duration"])
+        for i in range(bench.n(3, 1)):  # a new requirements.txt: a new environment each
+            result = build({".superci.toml": with_env, "requirements.txt": f"# {i}\ntinydep\n"})
+            times["fresh"].append(result["duration"])
+            times["install"].append(result["install_seconds"])
+            for _ in range(bench.n(10, 3)):
+                result = build(None)
+                assert result["install_seconds"] is None, "the environment is reused"
+                times["cached"].append(result["duration"])
+    ms = {key: 1000 * median(values) for key, values in times.items()}
+    return [
+        Row(s, "build, cached environment: added", ms["cached"] - ms["none"], "ms", 100),
+        Row(s, "  build, cached environment (median)", ms["cached"], "ms"),
+        Row(s, "  build, no environment (median)", ms["none"], "ms"),
+        Row(s, "build, fresh environment (median)", ms["fresh"], "ms"),
+        Row(s, "  of which the install step", ms["install"], "ms"),
+    ]
+
+
 # --- running ------------------------------------------------------------------------
 
 SCENARIOS: dict[str, list[Callable[[Bench], list[Row]]]] = {
@@ -1208,6 +1255,7 @@ SCENARIOS: dict[str, list[Callable[[Bench], list[Row]]]] = {
     "idle": [scenario_idle],
     "flood": [scenario_flood],
     "readers": [scenario_readers],
+    "envs": [scenario_envs],
 }
 
 

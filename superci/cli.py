@@ -427,6 +427,22 @@ def _web_address(
     "that builds branches of people it does not fully trust.",
 )
 @click.option(
+    "--env-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="SUPERCI_ENV_CACHE",
+    help="Folder of the build environments (install, python in .superci.toml) that the "
+    "runners of this machine share [default: ~/.cache/superci/environments; with "
+    "--build-user, /var/cache/superci/environments-USER].",
+)
+@click.option(
+    "--env-cache-size",
+    default=defaults.ENV_CACHE_SIZE,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="SUPERCI_ENV_CACHE_SIZE",
+    help="Build environments kept in --env-cache; the least recently used beyond it are removed.",
+)
+@click.option(
     "--identity-file",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="SUPERCI_IDENTITY_FILE",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,19 @@ class BuildConfig:
     allow_no_tests: bool = False
     #: The runner labels a build needs (see superci.labels); empty: any runner.
     needs: Mapping[str, str] = field(default_factory=dict)
+    #: A shell command installing the project's dependencies into the build's environment
+    #: (see superci.environments); None: no install step.
+    install: str | None = None
+    #: The Python version the build wants ("3.12" or "3.12.1"); None: the runner's own.
+    python: str | None = None
+    #: Repository-relative files (globs allowed) whose content keys the cached environment;
+    #: None: the usual files that declare dependencies (environments.DEPENDENCY_FILES).
+    install_files: tuple[str, ...] | None = None
+
+    @property
+    def wants_environment(self) -> bool:
+        """Whether the build runs in an environment of its own rather than the runner's."""
+        return self.install is not None or self.python is not None
 
 
 def load_build_config(workdir: Path) -> BuildConfig:
@@ -81,11 +95,34 @@ def _unknown_key(key: str) -> str:
     return f"unknown key {key!r}" + (f", did you mean {close[0]!r}?" if close else "")
 
 
-def _command(path: Path, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{path}: 'command' must be a non-empty string, got {value!r}")
-    if "\0" in value:
-        raise ConfigError(f"{path}: 'command' must not contain a NUL character")
+def _shell_command(key: str) -> Callable[[Path, Any], str]:
+    def check(path: Path, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{path}: {key!r} must be a non-empty string, got {value!r}")
+        if "\0" in value:
+            raise ConfigError(f"{path}: {key!r} must not contain a NUL character")
+        return value
+
+    return check
+
+
+_command = _shell_command("command")
+_install = _shell_command("install")
+
+#: A Python version as .superci.toml names it: "3.12" or "3.12.1".
+PYTHON_VERSION = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)?")
+
+
+def _python(path: Path, value: Any) -> str:
+    if isinstance(value, list):
+        raise ConfigError(
+            f"{path}: 'python' must be one version such as \"3.12\"; a list of versions "
+            "(a matrix) is not supported yet: it comes with jobs"
+        )
+    if not isinstance(value, str) or not PYTHON_VERSION.fullmatch(value):
+        raise ConfigError(
+            f'{path}: \'python\' must be a version such as "3.12" or "3.12.1", got {value!r}'
+        )
     return value
 
 
@@ -100,20 +137,37 @@ def _timeout(path: Path, value: Any) -> float:
 
 def _junit(path: Path, value: Any) -> str:
     """Keep the report path inside the workspace, so a build cannot make us read elsewhere."""
+    return _relative_path(path, "junit", value)
+
+
+def _relative_path(path: Path, key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{path}: 'junit' must be a non-empty relative path, got {value!r}")
+        raise ConfigError(f"{path}: {key!r} must be a non-empty relative path, got {value!r}")
     posix, windows = PurePosixPath(value), PureWindowsPath(value)
     if posix.is_absolute() or windows.is_absolute() or windows.drive or windows.root:
         raise ConfigError(
-            f"{path}: 'junit' must be relative to the repository, got absolute path {value!r}"
+            f"{path}: {key!r} must be relative to the repository, got absolute path {value!r}"
         )
     if ".." in posix.parts or ".." in windows.parts:
-        raise ConfigError(f"{path}: 'junit' must stay inside the repository, got {value!r}")
+        raise ConfigError(f"{path}: {key!r} must stay inside the repository, got {value!r}")
     if not posix.parts or not windows.parts:
-        raise ConfigError(f"{path}: 'junit' must name a file in the repository, got {value!r}")
+        raise ConfigError(f"{path}: {key!r} must name a file in the repository, got {value!r}")
     if "\0" in value:
-        raise ConfigError(f"{path}: 'junit' contains a NUL byte")
+        raise ConfigError(f"{path}: {key!r} contains a NUL byte")
     return value
+
+
+#: More files than this in install_files is a mistake, not a list of dependency files.
+MAX_INSTALL_FILES = 100
+
+
+def _install_files(path: Path, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_INSTALL_FILES:
+        raise ConfigError(
+            f"{path}: 'install_files' must be a list of at most {MAX_INSTALL_FILES} relative "
+            f"paths, got {value!r}"
+        )
+    return tuple(_relative_path(path, "install_files", item) for item in value)
 
 
 def _allow_no_tests(path: Path, value: Any) -> bool:
@@ -150,4 +204,7 @@ KEYS: dict[str, Callable[[Path, Any], Any]] = {
     "junit": _junit,
     "allow_no_tests": _allow_no_tests,
     "needs": _needs,
+    "install": _install,
+    "python": _python,
+    "install_files": _install_files,
 }

@@ -151,3 +151,6 @@ UP_WEB_PORT_TRIES = 100
 #: seconds; past them it is refused (429) until the window moves on.
 WEB_LOGIN_FAILURES = 5
 WEB_LOGIN_WINDOW = 60.0
+#: Build environments a runner machine keeps (see superci.environments); the least
+#: recently used beyond it are removed. Ten covers a few projects with a few Pythons each.
+ENV_CACHE_SIZE = 10

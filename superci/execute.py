@@ -49,11 +49,14 @@ class Execution:
     duration: float
 
 
-def build_environment(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+def build_environment(
+    base: Mapping[str, str], extra: Mapping[str, str], runner_python: bool = True
+) -> dict[str, str]:
     """The build's environment: ``python`` in a test command means the runner's interpreter,
-    as a user who started the runner inside a virtualenv expects."""
+    as a user who started the runner inside a virtualenv expects; with ``runner_python``
+    false (a build with an environment of its own) the runner's is not put on PATH."""
     env = {**base, **extra, "CI": "true", "SUPERCI": "1"}
-    if sys.executable:
+    if sys.executable and runner_python:
         bindir = os.path.dirname(os.path.abspath(sys.executable))
         path = env.get("PATH", os.defpath)
         env["PATH"] = bindir + os.pathsep + path if path else bindir

@@ -25,9 +25,11 @@ from typing import Protocol
 from superci import containment, defaults, labels, protocol, testtool
 from superci.builduser import BuildFolders, BuildUser, make_private
 from superci.config import BuildConfig, load_build_config
+from superci.environments import InstallFailed
 from superci.errors import ConfigError, SuperCIError, UnsafeFile, WorkspaceBroken, WorkspaceError
 from superci.execute import Execution, build_environment, run_command
 from superci.gitname import Description
+from superci.installstep import InstallStep, Run
 from superci.junit import parse_junit_bytes, pytest_junit_option
 from superci.safefile import read_inside, read_off_loop
 from superci.settings import RunnerSettings
@@ -104,6 +106,8 @@ class BuildExecutor:
         self._folders: BuildFolders | None = None
         if self.build_user is not None:
             make_private(workspace.path)
+        #: Build environments (install, python in .superci.toml).
+        self.installs = InstallStep(settings, self.build_user, build_record)
 
     def close(self) -> None:
         """Remove the scratch folder (reports asked of pytest, build users' trees)."""
@@ -176,10 +180,12 @@ class BuildExecutor:
             checkout: bool = False,
         ) -> protocol.Result:
             result = _result(build, output, status, exit_code, started, message, summary,
-                             checkout=checkout)  # fmt: skip
+                             checkout=checkout, install_seconds=install_seconds)  # fmt: skip
             if described is None:
                 return result
             return replace(result, subject=described.subject, author=described.author)
+
+        install_seconds: float | None = None
 
         where = f"{build.sha} ({build.branch}) attempt {build.attempt} on {self.runner_name}"
         await say(f"building {where}")
@@ -201,8 +207,10 @@ class BuildExecutor:
             )  # fmt: skip
             await self._check_needs(dict(config.needs), say)
             report = self._report_path(config.junit, folders)
-            environment = self._environment(build, config.junit, report.path, folders)
-            command = config.command or await self._chosen_command(environment, tree, say)
+            environment = self._environment(build, config, report.path, folders)
+            command = config.command
+            if command is None and not config.wants_environment:  # else: with its environment
+                command = await self._chosen_command(environment, tree, say)
         except (WorkspaceError, ConfigError) as e:
             await say(str(e))
             return ended(BuildStatus.ERROR, str(e))
@@ -223,16 +231,28 @@ class BuildExecutor:
             build_id=build.build_id, attempt=build.attempt,
             timeout=timeout, kill_grace=self.settings.kill_grace,
         ))  # fmt: skip
-        contained = await asyncio.to_thread(
-            containment.BuildContainment, self.build_record, self.build_user
-        )
-        with contained:  # closed here too, should anything fail before run_command does it
-            await say(f"$ {command}")
-            await say(f"contained by {contained.description}")
-            execution = await run_command(
-                command, tree, environment, timeout, self.settings.kill_grace, emit,
-                cancel, contained, self.settings.output_drain_timeout, user=self.build_user,
-            )  # fmt: skip
+        deadline = time.monotonic() + timeout  # the install step counts towards it
+        if not config.wants_environment:
+            assert command is not None
+            execution = await self._run_tests(command, tree, environment, deadline, emit, cancel,
+                                              say)  # fmt: skip
+        else:
+            run = Run(tree, self.workspace.path, environment, deadline, cancel, say, emit)
+            try:
+                async with self.installs.prepared(config, run) as ready:
+                    install_seconds = ready.install_seconds
+                    command = command or await self._chosen_command(
+                        ready.environment, tree, say, in_environment=True
+                    )
+                    execution = await self._run_tests(command, tree, ready.environment, deadline,
+                                                      emit, cancel, say)  # fmt: skip
+            except InstallFailed as e:
+                status, message = _install_outcome(e.execution, timeout)
+                await say(message)
+                return ended(status, message, e.execution.exit_code)
+            except (WorkspaceError, ConfigError) as e:
+                await say(str(e))
+                return ended(BuildStatus.ERROR, str(e))
         try:
             output.report = await read_off_loop(
                 report.read, timeout=self.settings.file_read_timeout,
@@ -264,9 +284,27 @@ class BuildExecutor:
         await say(f"not building here: {why}; handing the build back")
         raise Unsuited(needs, why)
 
+    async def _run_tests(
+        self, command: str, tree: Path, environment: dict[str, str], deadline: float,
+        emit: Emit, cancel: asyncio.Event, say: Callable[[str], Awaitable[None]],
+    ) -> Execution:  # fmt: skip
+        """Run the test command contained, until ``deadline`` (monotonic) at the latest."""
+        contained = await asyncio.to_thread(
+            containment.BuildContainment, self.build_record, self.build_user
+        )
+        with contained:  # closed here too, should anything fail before run_command does it
+            await say(f"$ {command}")
+            await say(f"contained by {contained.description}")
+            return await run_command(
+                command, tree, environment, max(0.0, deadline - time.monotonic()),
+                self.settings.kill_grace, emit, cancel, contained,
+                self.settings.output_drain_timeout, user=self.build_user,
+            )  # fmt: skip
+
     async def _chosen_command(
-        self, environment: dict[str, str], tree: Path, say: Callable[[str], Awaitable[None]]
-    ) -> str:
+        self, environment: dict[str, str], tree: Path, say: Callable[[str], Awaitable[None]],
+        in_environment: bool = False,
+    ) -> str:  # fmt: skip
         """The command of the tool the repository uses (it has no ``command`` of its own),
         after making sure the build's ``python`` has that tool."""
         tool = await read_off_loop(
@@ -278,6 +316,9 @@ class BuildExecutor:
         problem = await asyncio.to_thread(
             testtool.missing_module, python, tool.module, tree, environment, self.build_user
         )
+        if problem is not None and in_environment:  # the build's own, made by install
+            raise ConfigError(f"{problem}: add it to install in {defaults.CONFIG_FILE}, or "
+                              "set command there")  # fmt: skip
         if problem is not None:
             raise ConfigError(
                 f"{problem}: install it for the runner's Python (python -m pip install "
@@ -304,7 +345,7 @@ class BuildExecutor:
         return Report(self.workspace.path, junit, self.settings.max_report_bytes)
 
     def _environment(
-        self, build: protocol.Build, junit: str | None, report: Path,
+        self, build: protocol.Build, config: BuildConfig, report: Path,
         folders: BuildFolders | None,
     ) -> dict[str, str]:  # fmt: skip
         extra = {
@@ -313,14 +354,14 @@ class BuildExecutor:
             "SUPERCI_BUILD_ID": str(build.build_id),
             "SUPERCI_ATTEMPT": str(build.attempt),
         }
-        if junit is None:
+        if config.junit is None:
             extra["PYTEST_ADDOPTS"] = pytest_junit_option(
                 report, os.environ.get("PYTEST_ADDOPTS", "")
             )
         if self.build_user is not None and folders is not None:  # nothing of the runner's
             base = self.build_user.environment(os.environ, folders.home, folders.tmp)
-            return build_environment(base, extra)
-        return build_environment(os.environ, extra)
+            return build_environment(base, extra, not config.wants_environment)
+        return build_environment(os.environ, extra, not config.wants_environment)
 
 
 @dataclass(frozen=True)
@@ -351,6 +392,7 @@ def _result(
     summary: Summary | None = None,
     *,
     checkout: bool = False,
+    install_seconds: float | None = None,
 ) -> protocol.Result:
     """The build's result; ``checkout``: it ended because its checkout failed."""
     summary = _summary(output) if summary is None else summary
@@ -365,12 +407,25 @@ def _result(
         counts=summary.counts,
         failures=[name[: protocol.MAX_STRING] for name in summary.failures[: protocol.MAX_LIST]],
         checkout_failed=checkout,
+        install_seconds=install_seconds,
     )
 
 
 def _summary(output: BuildOutput) -> Summary:
     """The test counts: the JUnit report's if there is one, else those of the output."""
     return parse_junit_bytes(output.report) or parse_summary(output.tail(SUMMARY_TAIL_BYTES))
+
+
+def _install_outcome(execution: Execution, timeout: float) -> tuple[BuildStatus, str]:
+    """How a build whose install step did not succeed ends (its tests never ran)."""
+    if execution.cancelled:
+        return BuildStatus.CANCELLED, "cancelled during the install step"
+    if execution.timed_out:
+        return BuildStatus.TIMEOUT, f"timed out during the install step (limit {timeout:g}s)"
+    return BuildStatus.ERROR, (
+        f"install failed (exit code {execution.exit_code}): its output is in the install "
+        "section of the build's log"
+    )
 
 
 def _outcome(

@@ -29,7 +29,8 @@ from superci import defaults, labels
 from superci.errors import ConfigError, FrameTooLarge, ProtocolError
 from superci.status import BuildStatus
 
-PROTOCOL_VERSION: Final = 3
+#: 4: labels and needs, the commit's subject, author and .superci.toml, install time.
+PROTOCOL_VERSION: Final = 4
 HEADER: Final = struct.Struct("!I")
 
 SHA_RE: Final = re.compile(r"[0-9a-f]{40}")
@@ -391,6 +392,9 @@ class Result(Message):
     #: the submission did not carry them).
     subject: str | None = _text(MAX_SUBJECT, None)
     author: str | None = _text(MAX_AUTHOR, None)
+    #: Seconds spent making the build's environment (its install step), apart from
+    #: ``duration``'s whole; None when no install ran (none asked, or an environment reused).
+    install_seconds: float | None = _check(_check_non_negative, default=None)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -53,6 +53,7 @@ def result_document(
         "status": str(status),
         "exit_code": result.exit_code if result else None,
         "duration": round(result.duration, 3) if result else None,
+        "install_seconds": _rounded(result.install_seconds) if result else None,
         "message": message,
         "runner": record.runner,
         "attempt": record.attempt,
@@ -63,6 +64,10 @@ def result_document(
         "started_at": iso(record.started_at),
         "finished_at": iso(finished_at),
     }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def build_summary(record: BuildRecord) -> dict[str, Any]:

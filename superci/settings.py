@@ -16,6 +16,7 @@ intervals and limits.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from superci import defaults
@@ -111,6 +112,11 @@ class RunnerSettings:
     leave_timeout: float = defaults.LEAVE_TIMEOUT
     #: The dedicated user builds run as (see :mod:`superci.builduser`); None: the runner's.
     build_user: str | None = None
+    #: Where build environments are cached (see :mod:`superci.environments`); None: the
+    #: default place (environments.default_root).
+    env_cache: Path | None = None
+    #: Build environments kept in that cache, least recently used removed first.
+    env_cache_size: int = defaults.ENV_CACHE_SIZE
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,8 @@ def result_summary(result: dict[str, Any]) -> str:
         lines.append(f"needs    {_labels(result['needs'])}")
     if result.get("waiting"):
         lines.append(f"waiting  {result['waiting']}")
+    if _number(result.get("install_seconds")):
+        lines.append(f"install  {_seconds(result['install_seconds'])} (of the duration)")
     tests = counts_text(result.get("tests"))
     if tests:
         lines.append(f"tests    {tests}")

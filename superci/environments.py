@@ -1,0 +1,372 @@
+"""Build environments: a virtual environment per kind of build, made with uv, cached on
+the runner's machine and reused without any install when nothing it depends on changed.
+
+An environment is keyed by the interpreter (its path and full version), the ``install``
+command and a digest of the files that declare dependencies. The cache folder holds:
+
+* ``envs/<key>-<token>/``: environments, each built in a folder of its own;
+* ``current/<key>``: a symlink to the complete environment of a key, made last and
+  swapped in with a rename, so it never names a half-built one. (A virtual environment
+  cannot be built elsewhere and renamed into place: its scripts name their interpreter
+  by absolute path.) A folder no symlink names is debris of a build that failed or was
+  killed, and is removed once no runner holds its key;
+* ``locks/<key>.lock``: ``flock`` locks, so runners sharing the machine cooperate: a
+  builder holds its key exclusively, a build using an environment holds it shared (it
+  is then never evicted from under it);
+* ``uv-cache/``: uv's shared cache (``UV_CACHE_DIR``), for uv and ``uv pip`` installs.
+
+The cache keeps at most ``size`` environments (``--env-cache-size``); the least recently
+used beyond that are removed first. A count, not bytes: it is what a person can reason
+about when choosing it, and it costs no walk over the environments' files.
+
+``pip`` in an environment is the interpreter's own: the wheel its ``ensurepip`` bundles,
+installed by uv (a quarter of a second), or ``python -m ensurepip`` itself where that
+wheel is not to be found (Debian's Pythons keep it elsewhere; about two seconds). Both
+work offline, whereas ``uv venv --seed`` fetches pip from an index (or uv's cache), which
+a runner without network access may not have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from superci.builduser import BuildUser
+from superci.errors import ConfigError, SuperCIError
+from superci.execute import Execution
+from superci.safefile import read_inside
+
+log = logging.getLogger(__name__)
+
+#: The files that declare a project's dependencies, at the root of the repository.
+DEPENDENCY_FILES = ("pyproject.toml", "setup.cfg", "setup.py", "requirements*.txt")
+#: Largest dependency file read for the key (bytes), and most files a pattern may match.
+MAX_DEPENDENCY_FILE_BYTES = 4 * 1024 * 1024
+MAX_DEPENDENCY_FILES = 200
+#: Written into a complete environment; its modification time is when it was last used.
+MARKER = "superci-environment.json"
+#: How often a runner looks again at a key another runner holds (seconds).
+LOCK_POLL = 0.05
+
+
+class InstallFailed(SuperCIError):
+    """The environment could not be made: how its install step (or the wait for another
+    runner's) ended."""
+
+    def __init__(self, execution: Execution) -> None:
+        super().__init__(f"install ended with {execution}")
+        self.execution = execution
+
+
+@dataclass(frozen=True)
+class EnvKey:
+    """What an environment is made from: equal keys make equal environments."""
+
+    interpreter: str
+    version: str
+    install: str
+    files: str  # sha256 of the dependency files' names and contents
+
+    @property
+    def digest(self) -> str:
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Environment:
+    """An environment ready for a build; ``built``: this build made it."""
+
+    path: Path
+    built: bool
+
+
+def dependency_digest(tree: Path, patterns: Sequence[str] | None) -> str:
+    """A digest of the files matching ``patterns`` (default: DEPENDENCY_FILES) under
+    ``tree``: names and contents, so a renamed or changed file makes a new environment.
+    Blocks; a file that leads out of the tree or is too large is a :class:`ConfigError`."""
+    digest = hashlib.sha256()
+    names: set[str] = set()
+    for pattern in DEPENDENCY_FILES if patterns is None else patterns:
+        names.update(str(p.relative_to(tree)) for p in tree.glob(pattern))
+        if len(names) > MAX_DEPENDENCY_FILES:
+            raise ConfigError(
+                f"more than {MAX_DEPENDENCY_FILES} files match install_files {list(patterns or [])}"
+            )
+    for name in sorted(names):
+        data = read_inside(tree, name, MAX_DEPENDENCY_FILE_BYTES, what="dependency file")
+        if data is None:
+            continue  # a folder matched by a glob: not a file that declares anything
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+#: Prints the pip wheel the interpreter's ensurepip bundles (nothing when it has none).
+_BUNDLED_PIP = (
+    "import ensurepip, pathlib; "
+    "print(*sorted(pathlib.Path(ensurepip.__file__).parent.glob('_bundled/pip-*.whl'))[-1:])"
+)
+
+
+def install_script(uv: str, interpreter: str, folder: Path, install: str | None) -> str:
+    """The shell script that makes the environment in ``folder`` and runs ``install``
+    (with the environment first on PATH): the install's exit code is the script's."""
+    python, uv = shlex.quote(str(folder / "bin" / "python")), shlex.quote(uv)
+    steps = [
+        "set -e",
+        f"{uv} venv --quiet --no-config --no-project --allow-existing "
+        f"--python {shlex.quote(interpreter)} {shlex.quote(str(folder))}",
+        f"wheel=$({python} -c {shlex.quote(_BUNDLED_PIP)} 2>/dev/null || true)",
+        f'if [ -z "$wheel" ] || ! {uv} pip install --quiet --offline --no-config --python '
+        f'{python} "$wheel" 2>/dev/null; then {python} -m ensurepip --default-pip >/dev/null; fi',
+        f"ln -s {uv} {shlex.quote(str(folder / 'bin' / 'uv'))}",
+        "set +e",
+    ]
+    return "\n".join(steps + ([install] if install is not None else [])) + "\n"
+
+
+def activated(base: Mapping[str, str], env: Path, uv_cache: Path) -> dict[str, str]:
+    """``base`` with the environment first on PATH and named by VIRTUAL_ENV (as its
+    ``activate`` script does), uv told to use the shared cache and never to download."""
+    path = base.get("PATH", os.defpath)
+    variables = {
+        **base,
+        "PATH": f"{env / 'bin'}{os.pathsep}{path}" if path else str(env / "bin"),
+        "VIRTUAL_ENV": str(env),
+        "UV_CACHE_DIR": str(uv_cache),
+        "UV_PYTHON_DOWNLOADS": "never",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
+    variables.pop("PYTHONHOME", None)
+    return variables
+
+
+def default_root(user: BuildUser | None) -> Path:
+    """Where environments are cached by default: the runner's user's cache folder; with
+    --build-user, a folder of the runner (root) that the build user may enter."""
+    if user is not None:
+        return Path("/var/cache/superci", f"environments-{user.name}")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(cache, "superci", "environments")
+
+
+#: A build's wait: returns "cancelled" or "timeout" when the build must stop waiting.
+Stopped = Callable[[], str | None]
+#: Makes an environment in the folder given, as the install step; its Execution says how.
+Build = Callable[[Path], Awaitable[Execution]]
+
+
+class EnvCache:
+    """The environments of this machine (of one user), shared by its runners."""
+
+    def __init__(self, root: Path, size: int, owner: BuildUser | None = None) -> None:
+        self.root = root
+        self.size = size
+        self.owner = owner
+        self.envs = root / "envs"
+        self.current = root / "current"
+        self.locks = root / "locks"
+        self.uv_cache = root / "uv-cache"
+
+    def setup(self) -> None:
+        """Make the cache's folders (blocks). With a build user, each environment and uv's
+        cache are its own (its builds write them); every folder above them stays the
+        runner's, so the build user can neither swap one for a symlink nor name what the
+        runner removes."""
+        for folder in (self.root, self.current, self.locks, self.envs):
+            folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.uv_cache.mkdir(mode=0o755, exist_ok=True)
+        if self.owner is not None:
+            os.chown(self.uv_cache, self.owner.uid, self.owner.gid)
+
+    @contextlib.asynccontextmanager
+    async def use(self, key: EnvKey, build: Build, stopped: Stopped) -> AsyncIterator[Environment]:
+        """The environment of ``key``, held (shared) while the block runs: the complete one
+        if there is one, else one that ``build`` makes now (holding the key exclusively, so
+        a runner asking for it meanwhile waits and then reuses it). A build that fails
+        leaves nothing and raises :class:`InstallFailed`; so does a wait ``stopped`` ends."""
+        built = False
+        while True:
+            shared = await self._lock(key.digest, fcntl.LOCK_SH, stopped)
+            try:
+                ready = await asyncio.to_thread(self._ready, key.digest)
+                if ready is not None:
+                    yield Environment(ready, built)
+                    return
+            finally:
+                os.close(shared)
+            exclusive = await self._lock(key.digest, fcntl.LOCK_EX, stopped)
+            try:
+                if await asyncio.to_thread(self._ready, key.digest) is None:
+                    await self._build(key, build)
+                    built = True
+            finally:
+                os.close(exclusive)
+            await asyncio.to_thread(self.tidy, key.digest)
+
+    async def _build(self, key: EnvKey, build: Build) -> None:
+        folder = await asyncio.to_thread(self._new_folder, key.digest)
+        try:
+            execution = await build(folder)
+            if execution.exit_code != 0 or execution.timed_out or execution.cancelled:
+                raise InstallFailed(execution)
+            await asyncio.to_thread(self._publish, key, folder)
+        except BaseException:
+            await asyncio.to_thread(_remove, folder)
+            raise
+
+    async def _lock(self, digest: str, mode: int, stopped: Stopped) -> int:
+        """Take the key's lock, waiting while another runner holds it; a wait that
+        ``stopped`` ends raises InstallFailed saying how."""
+        started = time.monotonic()
+        while True:
+            fd = self._try_lock(digest, mode)  # never blocks; no await between lock and use
+            if fd is not None:
+                return fd
+            why = stopped()
+            if why is not None:
+                waited = time.monotonic() - started
+                raise InstallFailed(Execution(None, why == "timeout", why == "cancelled", waited))
+            await asyncio.sleep(LOCK_POLL)
+
+    def _try_lock(self, digest: str, mode: int) -> int | None:
+        """The key's lock file, locked, or None when another holds it. The file may be
+        removed (with its environment) by whoever holds it: a lock on a file no longer
+        at that path locks nothing, so it is taken again."""
+        path = self.locks / f"{digest}.lock"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def _ready(self, digest: str) -> Path | None:
+        """The complete environment of the key (its use noted), or None."""
+        target = self._named(digest)
+        try:
+            if target is not None:
+                os.utime(target / MARKER)
+        except OSError:
+            return None
+        return target
+
+    def _new_folder(self, digest: str) -> Path:
+        self.setup()
+        folder = self.envs / f"{digest}-{secrets.token_hex(4)}"
+        folder.mkdir(mode=0o755)
+        if self.owner is not None:
+            os.chown(folder, self.owner.uid, self.owner.gid)
+        return folder
+
+    def _publish(self, key: EnvKey, folder: Path) -> None:
+        """Mark the environment complete, then name it as the key's (atomically)."""
+        (folder / MARKER).write_text(json.dumps({**asdict(key), "built_at": time.time()}))
+        temporary = self.current / f".{key.digest}.{secrets.token_hex(4)}"
+        os.symlink(os.path.relpath(folder, self.current), temporary)
+        os.replace(temporary, self.current / key.digest)
+
+    def tidy(self, keep: str | None = None) -> None:
+        """Remove the least recently used environments beyond the size (never ``keep``,
+        nor one in use), and the debris of failed or killed builds. Blocks; a cache that
+        cannot be tidied now is logged, and no reason to fail a build."""
+        try:
+            self._tidy(keep)
+        except OSError as e:
+            log.warning("cannot tidy the environment cache %s: %s", self.root, e)
+
+    def _tidy(self, keep: str | None) -> None:
+        entries = []
+        for link in _listdir(self.current):
+            if link.startswith("."):
+                continue
+            try:
+                used = (self.current / link / MARKER).stat().st_mtime
+            except OSError:
+                used = 0.0  # broken: first to go
+            entries.append((used, link))
+        excess = len(entries) - self.size
+        for _, digest in sorted(entries):
+            if excess <= 0:
+                break
+            if digest != keep and self._remove_key(digest):
+                excess -= 1
+        for name in _listdir(self.envs):
+            self._remove_debris(name)
+
+    def _remove_key(self, digest: str) -> bool:
+        """Remove the key's environment, if nobody holds it; whether it was removed."""
+        fd = self._try_lock(digest, fcntl.LOCK_EX)
+        if fd is None:
+            return False
+        try:
+            folder = self._named(digest)
+            (self.current / digest).unlink(missing_ok=True)
+            (self.locks / f"{digest}.lock").unlink(missing_ok=True)
+            if folder is not None:
+                _remove(folder)
+            log.info("environment %s removed from the cache (least recently used)", digest)
+        finally:
+            os.close(fd)
+        return True
+
+    def _remove_debris(self, name: str) -> None:
+        """Remove ``envs/name`` if it is not its key's environment and nobody builds it."""
+        digest = name.split("-")[0]
+        fd = self._try_lock(digest, fcntl.LOCK_EX)
+        if fd is None:
+            return  # being built (or used) right now
+        try:
+            named = self._named(digest)
+            if named != self.envs / name:
+                log.info("removing %s, left by a build that did not finish", self.envs / name)
+                _remove(self.envs / name)
+            if named is None:  # no environment of that key left: nor its lock
+                (self.locks / f"{digest}.lock").unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+    def _named(self, digest: str) -> Path | None:
+        """The folder the key's link names, if it has one."""
+        link = self.current / digest
+        try:
+            return Path(os.path.normpath(link.parent / os.readlink(link)))
+        except OSError:
+            return None
+
+
+def _listdir(folder: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except OSError:
+        return []
+
+
+def _remove(folder: Path) -> None:
+    def report(function: object, path: str, info: tuple[type, BaseException, object]) -> None:
+        error = info[1]
+        if not (isinstance(error, OSError) and error.errno == errno.ENOENT):
+            log.warning("cannot remove %s of a build environment: %s", path, error)
+
+    shutil.rmtree(folder, onerror=report)

@@ -1,0 +1,170 @@
+"""A build's install step: the environment its ``install`` and ``python`` ask for, made
+(or found in the cache) before its tests run, with its own section of the build's log.
+
+The install runs as the tests do: contained, as the build user if there is one, within
+the build's time limit, and stopped by a cancel. What the cache does with environments
+(keys, locks, eviction) is :mod:`superci.environments`'; which Pythons there are is
+:mod:`superci.interpreters`'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from superci import containment, defaults
+from superci.builduser import BuildUser
+from superci.config import BuildConfig
+from superci.environments import (
+    EnvCache,
+    EnvKey,
+    activated,
+    default_root,
+    dependency_digest,
+    install_script,
+)
+from superci.errors import ConfigError
+from superci.execute import Execution, run_command
+from superci.interpreters import Interpreters, find_interpreters
+from superci.safefile import read_off_loop
+from superci.settings import RunnerSettings
+
+log = logging.getLogger(__name__)
+
+Say = Callable[[str], Awaitable[None]]
+Emit = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A build's environment, ready: its variables, and the install's seconds (None when
+    it was reused)."""
+
+    environment: dict[str, str]
+    install_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one build's install step works with."""
+
+    tree: Path  # where the install command runs (the build's tree)
+    checkout: Path  # the runner's clone, where the dependency files are read
+    environment: dict[str, str]  # the build's variables
+    deadline: float  # monotonic: the build's time limit
+    cancel: asyncio.Event
+    say: Say
+    emit: Emit
+
+
+class InstallStep:
+    """Makes or reuses build environments for one runner; finds the machine's Pythons
+    the first time a build asks for one."""
+
+    def __init__(self, settings: RunnerSettings, user: BuildUser | None, record: Path) -> None:
+        self.settings = settings
+        self.user = user
+        self.record = record
+        root = settings.env_cache or default_root(user)
+        self.cache = EnvCache(root, settings.env_cache_size, user)
+        self._interpreters: Interpreters | None = None
+        self._set_up = False
+
+    async def interpreters(self) -> Interpreters:
+        """The Pythons of this machine, found once."""
+        if self._interpreters is None:
+            self._interpreters = await asyncio.to_thread(find_interpreters)
+        return self._interpreters
+
+    @contextlib.asynccontextmanager
+    async def prepared(self, config: BuildConfig, run: Run) -> AsyncIterator[Prepared]:
+        """The environment ``config`` asks for, held while the block runs. Raises
+        :class:`ConfigError` for a Python this runner lacks, and
+        :class:`~superci.environments.InstallFailed` when the install did not succeed."""
+        interpreter, version = await self._interpreter(config.python)
+        files = ""
+        if config.install is not None:
+            files = await read_off_loop(
+                dependency_digest, run.checkout, config.install_files,
+                timeout=self.settings.file_read_timeout, what="the dependency files",
+            )  # fmt: skip
+        key = EnvKey(interpreter, version, config.install or "", files)
+        if not self._set_up:
+            await asyncio.to_thread(self._set_up_cache)
+        started = time.monotonic()
+
+        async def build(folder: Path) -> Execution:
+            return await self._install(config.install, interpreter, version, folder, run)
+
+        def stopped() -> str | None:
+            if run.cancel.is_set():
+                return "cancelled"
+            return "timeout" if time.monotonic() >= run.deadline else None
+
+        async with self.cache.use(key, build, stopped) as env:
+            if not env.built:
+                await run.say(f"environment reused: Python {version} in {env.path}")
+            seconds = time.monotonic() - started if env.built else None
+            yield Prepared(activated(run.environment, env.path, self.cache.uv_cache), seconds)
+
+    def _set_up_cache(self) -> None:
+        self.cache.setup()
+        self.cache.tidy()  # what a runner killed mid-install left
+        self._set_up = True
+
+    async def _interpreter(self, wanted: str | None) -> tuple[str, str]:
+        """The interpreter's path and full version: the runner's own without ``python``."""
+        if wanted is None:
+            return sys.executable, platform.python_version()
+        interpreters = await self.interpreters()
+        found = interpreters.find(wanted)
+        if found is None:
+            raise ConfigError(
+                f"python = {wanted!r} in {defaults.CONFIG_FILE}: this runner has no Python "
+                f"{wanted} (it has {interpreters.describe()}); nothing is downloaded at "
+                "build time"
+            )
+        return os.fspath(found.path), found.version
+
+    async def _install(
+        self, install: str | None, interpreter: str, version: str, folder: Path, run: Run
+    ) -> Execution:
+        """Make the environment in ``folder`` and run ``install`` in it: the install
+        section of the build's log."""
+        from uv import find_uv_bin
+
+        await run.say(f"--- install: a new environment, Python {version} ({interpreter}) ---")
+        await run.say(f"$ uv venv --python {interpreter} {folder}, with pip (ensurepip's)")
+        if install is not None:
+            await run.say(f"$ {install}")
+        script = install_script(find_uv_bin(), interpreter, folder, install)
+        environment = activated(run.environment, folder, self.cache.uv_cache)
+        contained = await asyncio.to_thread(containment.BuildContainment, self.record, self.user)
+        with contained:
+            execution = await run_command(
+                script, run.tree, environment, max(0.0, run.deadline - time.monotonic()),
+                self.settings.kill_grace, run.emit, run.cancel, contained,
+                self.settings.output_drain_timeout, user=self.user,
+            )  # fmt: skip
+        if execution.exit_code == 0 and not (execution.timed_out or execution.cancelled):
+            await run.say(f"--- install: done in {execution.duration:.1f}s ---")
+        else:
+            await run.say(f"--- install: {describe_failure(execution)} ---")
+        return execution
+
+
+def describe_failure(execution: Execution) -> str:
+    """How an install that did not succeed ended, for the log and the result."""
+    if execution.cancelled:
+        return "cancelled; no environment kept"
+    if execution.timed_out:
+        return "stopped by the build's time limit; no environment kept"
+    return f"failed (exit code {execution.exit_code}); no environment kept"

@@ -1,0 +1,619 @@
+"""Build environments: a real runner makes a virtual environment with uv, runs the
+commit's ``install`` in it (offline, from a wheel made here), runs the tests with it first
+on PATH, and keeps it in a cache that several runners share.
+
+Every install here is offline: UV_OFFLINE and PIP_NO_INDEX are set, and the only package
+installed is ``tinydep``, a wheel this file writes into tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PASSING_TEST
+from helpers import FAST_WATCHDOG, Harness, async_test
+from support import eventually, make_wheel, wait_until
+from test_builduser import build_user, open_folder  # noqa: F401 - fixtures
+from test_runner import BUILD_WAIT, new_runner, running
+
+from superci import client, protocol
+from superci.config import load_build_config
+from superci.environments import MARKER, EnvCache, EnvKey, InstallFailed, dependency_digest
+from superci.errors import ConfigError
+from superci.execute import Execution
+from superci.interpreters import find_interpreters
+from superci.settings import RunnerSettings
+from superci.tables import result_summary
+from superci.workspace import Workspace
+
+#: A test importing the dependency only ``install`` provides.
+NEEDS_TINYDEP = (
+    "import unittest\n\nimport tinydep\n\n\nclass Dep(unittest.TestCase):\n"
+    "    def test_tinydep(self):\n        self.assertEqual(tinydep.VALUE, 42)\n"
+)
+#: The tests' command: the standard library's, so the environment needs nothing else.
+UNITTEST = "python -m unittest discover -v -p 'test_*.py'"
+#: Builds that make an environment: uv venv, ensurepip, one pip install, the tests.
+ENV_WAIT = 60.0
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No install here may reach the network."""
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("UV_PYTHON_DOWNLOADS", "never")
+
+
+@pytest.fixture
+def wheels(tmp_path: Path) -> Path:
+    folder = tmp_path / "wheels"
+    make_wheel(folder, "tinydep", body="VALUE = 42\n")
+    return folder
+
+
+@pytest.fixture
+def workspace(repo, tmp_path) -> Workspace:
+    repo.commit({"README": "a project\n"}, "start")
+    return Workspace.clone(str(repo.path), tmp_path / "runner-clone")
+
+
+def superci_toml(wheels: Path, **extra: str) -> str:
+    """A .superci.toml installing tinydep from ``wheels`` and running pytest."""
+    install = f"pip install --no-index --find-links {shlex.quote(str(wheels))} tinydep"
+    values = {"install": install, "command": UNITTEST, **extra}
+    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
+
+
+def env_runner(h: Harness, workspace: Workspace, cache: Path, **settings):
+    return new_runner(h, workspace, settings=RunnerSettings(env_cache=cache, **settings))
+
+
+def environments(cache: Path) -> list[str]:
+    """The environment folders in the cache, complete or not."""
+    return sorted(os.listdir(cache / "envs")) if (cache / "envs").exists() else []
+
+
+# --- with a real runner ------------------------------------------------------------------
+
+
+@async_test(limit=120)
+async def test_a_project_needing_a_dependency_passes_with_install_and_reuses_its_environment(
+    tmp_path, repo, workspace, wheels, offline
+):
+    cache = tmp_path / "envs"
+    without = repo.commit({".superci.toml": f"command = {json.dumps(UNITTEST)}\n",
+                           "test_dep.py": NEEDS_TINYDEP}, "no install")  # fmt: skip
+    first = repo.commit({".superci.toml": superci_toml(wheels)}, "install")
+    second = repo.commit({"test_more.py": PASSING_TEST}, "same deps")
+    changed = repo.commit({"requirements.txt": "tinydep\n"}, "requirements change")
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        async with running(env_runner(h, workspace, cache)):
+            for sha in (without, first, second, changed):
+                await h.submit(sha)
+                await h.results.wait(sha, ENV_WAIT)
+
+    results = {sha: h.result_json(sha) for sha in (without, first, second, changed)}
+    assert results[without]["status"] == "failed", "without install tinydep is missing"
+    assert "No module named 'tinydep'" in h.output_log(without).decode()
+    assert [results[sha]["status"] for sha in (first, second, changed)] == ["passed"] * 3
+
+    built = h.output_log(first).decode()
+    assert "superci: --- install: a new environment" in built
+    assert "Successfully installed tinydep-1.0" in built
+    assert built.index("--- install: done in") < built.index(f"superci: $ {UNITTEST}")
+    assert results[first]["install_seconds"] > 0
+    assert results[first]["duration"] >= results[first]["install_seconds"]
+
+    reused = h.output_log(second).decode()
+    assert "--- install" not in reused and "Successfully installed" not in reused
+    assert "superci: environment reused: Python" in reused
+    assert results[second]["install_seconds"] is None
+
+    rebuilt = h.output_log(changed).decode()
+    assert "--- install: a new environment" in rebuilt, "a changed requirements.txt rebuilds"
+    assert len(environments(cache)) == 2
+
+
+@async_test(limit=120)
+async def test_an_install_with_uv_pip_uses_the_shared_uv_cache(
+    tmp_path, repo, workspace, wheels, offline
+):
+    cache = tmp_path / "envs"
+    install = f"uv pip install --offline --find-links {shlex.quote(str(wheels))} tinydep"
+    sha = repo.commit({".superci.toml": superci_toml(wheels, install=install),
+                       "test_dep.py": NEEDS_TINYDEP})  # fmt: skip
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        async with running(env_runner(h, workspace, cache)):
+            await h.submit(sha)
+            result = await h.results.wait(sha, ENV_WAIT)
+
+    assert result["status"] == "passed", h.output_log(sha).decode()
+    assert "+ tinydep==1.0" in h.output_log(sha).decode()
+    assert any((cache / "uv-cache").iterdir()), "uv kept what it installed in the shared cache"
+
+
+@async_test(limit=120)
+async def test_a_failing_install_is_an_error_showing_its_output_and_leaves_no_environment(
+    tmp_path, repo, workspace, wheels, offline
+):
+    cache = tmp_path / "envs"
+    toml = superci_toml(wheels, install="echo installing; pip install --no-index nosuchpkg")
+    sha = repo.commit({".superci.toml": toml, "test_x.py": PASSING_TEST})
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        async with running(env_runner(h, workspace, cache)):
+            await h.submit(sha)
+            result = await h.results.wait(sha, ENV_WAIT)
+
+    assert result["status"] == "error"
+    assert result["message"].startswith("install failed (exit code 1)")
+    log = h.output_log(sha).decode()
+    assert "installing\n" in log and "nosuchpkg" in log, "the install's own output is shown"
+    assert "--- install: failed (exit code 1); no environment kept ---" in log
+    assert f"superci: $ {UNITTEST}" not in log, "the tests never ran"
+    assert environments(cache) == [] and os.listdir(cache / "current") == []
+
+
+@async_test(limit=120)
+async def test_a_build_cancelled_during_its_install_leaves_no_environment(
+    tmp_path, repo, workspace, wheels, offline
+):
+    cache, gate = tmp_path / "envs", tmp_path / "installing"
+    install = f"touch {shlex.quote(str(gate))}; sleep 60"
+    sha = repo.commit({".superci.toml": superci_toml(wheels, install=install)})
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        async with running(env_runner(h, workspace, cache)):
+            await h.submit(sha)
+            await eventually(gate.exists, ENV_WAIT, "the install to start")
+            assert len(environments(cache)) == 1, "the environment being made"
+            await client.request(h.address, protocol.CancelRequest(commit=sha))
+            result = await h.results.wait(sha, BUILD_WAIT)
+
+    assert (result["status"], result["message"]) == ("cancelled", "cancelled by request")
+    assert "--- install: cancelled; no environment kept ---" in h.output_log(sha).decode()
+    assert environments(cache) == []
+
+
+@pytest.mark.e2e
+def test_a_runner_killed_mid_install_leaves_no_environment_its_successor_would_use(
+    superci, repo, tmp_path, wheels, monkeypatch
+):
+    """SIGKILL: the half-made environment is debris, removed by the runner after it."""
+    for name, value in (("UV_OFFLINE", "1"), ("PIP_NO_INDEX", "1")):
+        monkeypatch.setenv(name, value)
+    cache, gate = tmp_path / "envs", tmp_path / "installing"
+    stall = f'if [ "$SUPERCI_ATTEMPT" = 1 ]; then touch {shlex.quote(str(gate))}; sleep 60; fi'
+    install = f"{stall}; pip install --no-index --find-links {shlex.quote(str(wheels))} tinydep"
+    repo.commit({"README": "a project\n"}, "start")
+    sha = repo.commit({".superci.toml": superci_toml(wheels, install=install),
+                       "test_dep.py": NEEDS_TINYDEP})  # fmt: skip
+    clones = {name: repo.clone(tmp_path / name) for name in ("runner-a", "runner-b")}
+    superci.dispatcher()
+    first = superci.runner(clones["runner-a"], "runner-a", "--env-cache", str(cache))
+    first.wait_for_log("registered with the dispatcher")
+    superci.notify(sha)
+    wait_until(gate.exists, ENV_WAIT, "the install to start")
+    [half_made] = environments(cache)
+    first.kill()
+
+    second = superci.runner(clones["runner-b"], "runner-b", "--env-cache", str(cache))
+    second.wait_for_log("registered with the dispatcher")
+    result = superci.wait_for_result(sha, ENV_WAIT * 2)
+    assert (result["status"], result["attempt"]) == ("passed", 2), superci.output(sha)
+    assert "--- install: a new environment" in superci.output(sha), "nothing half-made reused"
+    assert half_made not in environments(cache) and len(environments(cache)) == 1
+
+
+@async_test(limit=60)
+async def test_an_install_past_the_builds_time_limit_is_a_timeout_and_leaves_no_environment(
+    tmp_path, repo, workspace, wheels, offline
+):
+    cache = tmp_path / "envs"
+    toml = superci_toml(wheels, install="sleep 60") + "timeout = 2\n"
+    sha = repo.commit({".superci.toml": toml})
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        async with running(env_runner(h, workspace, cache)):
+            await h.submit(sha)
+            result = await h.results.wait(sha, BUILD_WAIT)
+
+    assert result["status"] == "timeout"
+    assert result["message"] == "timed out during the install step (limit 2s)"
+    assert environments(cache) == []
+
+
+@async_test(limit=120)
+async def test_python_picks_the_interpreter_asked_for(
+    tmp_path, repo, workspace, offline, monkeypatch
+):
+    """A Python of the machine that is not the runner's own, when there is one."""
+    own = ".".join(map(str, sys.version_info[:2]))
+    others = [v for v in find_interpreters().versions()
+              if v != own and tuple(map(int, v.split("."))) >= (3, 8)]  # fmt: skip
+    if not others:
+        pytest.skip(f"this machine has no Python other than the runner's {own}")
+    wanted = others[-1]
+    command = "python -c 'import sys; print(\"version\", sys.version)'"
+    toml = f'python = "{wanted}"\ncommand = {json.dumps(command)}\nallow_no_tests = true\n'
+    sha = repo.commit({".superci.toml": toml})
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        async with running(env_runner(h, workspace, tmp_path / "envs")):
+            await h.submit(sha)
+            result = await h.results.wait(sha, ENV_WAIT)
+
+    assert result["status"] == "passed", h.output_log(sha).decode()
+    assert f"\nversion {wanted}." in h.output_log(sha).decode()
+
+
+@async_test(limit=120)
+async def test_python_picks_a_pyenv_interpreter_and_never_a_shim(
+    tmp_path, repo, workspace, offline, monkeypatch
+):
+    """pyenv's versions folder is looked at; its shims are not run."""
+    version = ".".join(map(str, sys.version_info[:3]))
+    root = fake_pyenv(tmp_path / "pyenv", version)
+    monkeypatch.setenv("PYENV_ROOT", str(root))
+    monkeypatch.setenv("PATH", f"{root / 'shims'}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    command = 'python -c \'import os, sys; print("version", sys.version, os.environ["PATH"])\''
+    toml = f'python = "{version}"\ncommand = {json.dumps(command)}\nallow_no_tests = true\n'
+    sha = repo.commit({".superci.toml": toml})
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        async with running(env_runner(h, workspace, tmp_path / "envs")):
+            await h.submit(sha)
+            result = await h.results.wait(sha, ENV_WAIT)
+
+    log = h.output_log(sha).decode()
+    assert result["status"] == "passed", log
+    wrapper = root / "versions" / version / "bin" / "python3"
+    assert f"--- install: a new environment, Python {version} ({wrapper}) ---" in log
+    assert (root / "ran").read_text().strip(), "the wrapper in versions/ was the interpreter"
+    assert not (root / "shim-ran").exists(), "a shim is not an interpreter"
+    assert f"\nversion {version}" in log
+    path = log.split(f"\nversion {version}")[1].splitlines()[0].split()[-1].split(os.pathsep)
+    assert path[0].endswith("/bin") and (Path(path[0]) / "python").exists(), "its own first"
+    assert os.path.dirname(sys.executable) not in path, "the runner's Python is not on PATH"
+
+
+@async_test(limit=60)
+async def test_a_test_tool_missing_from_the_environment_is_an_error_saying_to_install_it(
+    tmp_path, repo, workspace, offline
+):
+    own = ".".join(map(str, sys.version_info[:2]))
+    sha = repo.commit({".superci.toml": f'python = "{own}"\n',
+                       "tests/test_plain.py": "def test_x():\n    assert True\n"})  # fmt: skip
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        async with running(env_runner(h, workspace, tmp_path / "envs")):
+            await h.submit(sha)
+            result = await h.results.wait(sha, ENV_WAIT)
+
+    assert result["status"] == "error"
+    assert result["message"].startswith("pytest is not installed for ")
+    assert result["message"].endswith(
+        "/bin/python: add it to install in .superci.toml, or set command there"
+    )
+
+
+@async_test(limit=60)
+async def test_a_python_the_runner_lacks_is_an_error_naming_the_versions_it_has(
+    tmp_path, repo, workspace, offline
+):
+    sha = repo.commit({".superci.toml": 'python = "3.99"\n'})
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        async with running(env_runner(h, workspace, tmp_path / "envs")):
+            await h.submit(sha)
+            result = await h.results.wait(sha, BUILD_WAIT * 2)
+
+    assert result["status"] == "error"
+    own = ".".join(map(str, sys.version_info[:2]))
+    assert "this runner has no Python 3.99 (it has " in result["message"]
+    assert own in result["message"].split("(it has ")[1]
+
+
+# --- the cache, on its own ------------------------------------------------------------
+
+
+def key(name: str = "k") -> EnvKey:
+    return EnvKey("/usr/bin/python3", "3.11.2", f"install {name}", "files")
+
+
+def fake_build(log: list[str], exit_code: int = 0):
+    """A build that makes a folder look like an environment, and notes each run."""
+
+    async def build(folder: Path) -> Execution:
+        log.append(folder.name)
+        (folder / "bin").mkdir()
+        return Execution(exit_code, False, False, 0.0)
+
+    return build
+
+
+def never_stopped() -> None:
+    return None
+
+
+@async_test()
+async def test_a_failed_build_leaves_nothing_and_the_next_one_builds_again(tmp_path):
+    cache, builds = EnvCache(tmp_path, size=3), []
+    cache.setup()
+    with pytest.raises(InstallFailed) as failed:
+        async with cache.use(key(), fake_build(builds, exit_code=2), never_stopped):
+            raise AssertionError("a failed build is never used")
+    assert failed.value.execution.exit_code == 2
+    assert os.listdir(tmp_path / "envs") == [] and os.listdir(tmp_path / "current") == []
+    async with cache.use(key(), fake_build(builds), never_stopped) as env:
+        assert env.built and (env.path / MARKER).is_file()
+    assert len(builds) == 2
+
+
+@async_test()
+async def test_the_least_recently_used_environment_goes_first_beyond_the_size(tmp_path):
+    cache, builds = EnvCache(tmp_path, size=2), []
+    cache.setup()
+    paths = {}
+    for n, name in enumerate(("a", "b", "a", "c")):  # b's use is the oldest when c comes
+        async with cache.use(key(name), fake_build(builds), never_stopped) as env:
+            paths[name] = env.path
+            if env.built and name != "c":
+                os.utime(env.path / MARKER, (1e9 + n, 1e9 + n))  # long ago, in this order
+    assert len(builds) == 3, "a was reused"
+    assert not paths["b"].exists() and paths["a"].exists() and paths["c"].exists()
+    assert sorted(os.listdir(tmp_path / "current")) == sorted([key("a").digest, key("c").digest])
+
+
+@async_test()
+async def test_an_environment_in_use_is_not_evicted(tmp_path):
+    cache, builds = EnvCache(tmp_path, size=1), []
+    cache.setup()
+    async with cache.use(key("a"), fake_build(builds), never_stopped) as a:
+        async with cache.use(key("b"), fake_build(builds), never_stopped) as b:
+            assert a.path.exists() and b.path.exists(), "a is held by the build using it"
+        cache.tidy(keep=key("a").digest)
+        assert not b.path.exists(), "b beyond the size, and no longer used"
+
+
+@async_test()
+async def test_debris_of_a_killed_build_is_removed_once_nobody_holds_its_key(tmp_path):
+    cache = EnvCache(tmp_path, size=3)
+    cache.setup()
+    debris = tmp_path / "envs" / f"{key().digest}-deadbeef"
+    (debris / "bin").mkdir(parents=True)
+    cache.tidy()
+    assert not debris.exists()
+    assert os.listdir(tmp_path / "locks") == [], "nor the lock of a key with no environment"
+
+
+def test_two_runner_processes_asking_for_the_same_environment_build_it_once(tmp_path):
+    """Real processes, real flock: the second waits for the first, then reuses."""
+    gate, log = tmp_path / "gate", tmp_path / "builds.log"
+    script = textwrap.dedent(f"""\
+        import asyncio, pathlib, sys
+        from superci.environments import EnvCache, EnvKey
+        from superci.execute import Execution
+
+        root, gate, log = pathlib.Path({str(tmp_path / "cache")!r}), pathlib.Path(
+            {str(gate)!r}), pathlib.Path({str(log)!r})
+        said = set()
+
+        def say(what):
+            if what not in said:
+                said.add(what)
+                with open(log, "a") as f:
+                    f.write(sys.argv[1] + " " + what + "\\n")
+
+        async def build(folder):
+            say("builds")
+            while not gate.exists():
+                await asyncio.sleep(0.01)
+            (folder / "bin").mkdir()
+            return Execution(0, False, False, 0.0)
+
+        def stopped():
+            say("waits")
+
+        async def main():
+            cache = EnvCache(root, 3)
+            cache.setup()
+            async with cache.use(EnvKey("p", "3", "i", "f"), build, stopped) as env:
+                say(f"uses {{env.path.name}} built={{env.built}}")
+
+        asyncio.run(main())
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    first = subprocess.Popen([sys.executable, "-c", script, "one"], env=env)
+    wait_until(lambda: log.exists() and "one builds" in log.read_text(), 30, "one to build")
+    second = subprocess.Popen([sys.executable, "-c", script, "two"], env=env)
+    wait_until(lambda: "two waits" in log.read_text(), 30, "two to wait for one's lock")
+    gate.touch()
+    assert (first.wait(30), second.wait(30)) == (0, 0)
+
+    lines = log.read_text().splitlines()
+    assert [line for line in lines if "builds" in line] == ["one builds"]
+    uses = sorted(line.split()[2:] for line in lines if " uses " in line)
+    assert uses[0][0] == uses[1][0], "both use the one environment"
+    assert sorted(u[1] for u in uses) == ["built=False", "built=True"]
+
+
+# --- what keys an environment ---------------------------------------------------------
+
+
+def test_the_dependency_files_key_the_environment_and_install_files_overrides_them(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (tmp_path / "requirements-dev.txt").write_text("pytest\n")
+    (tmp_path / "notes.txt").write_text("not a dependency file\n")
+    before = dependency_digest(tmp_path, None)
+    (tmp_path / "notes.txt").write_text("changed\n")
+    assert dependency_digest(tmp_path, None) == before
+    (tmp_path / "requirements-dev.txt").write_text("pytest>=8\n")
+    assert dependency_digest(tmp_path, None) != before
+    only = dependency_digest(tmp_path, ["notes.txt"])
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'y'\n")
+    assert dependency_digest(tmp_path, ["notes.txt"]) == only
+
+
+def test_a_dependency_file_leading_out_of_the_checkout_is_refused(tmp_path):
+    (tmp_path / "outside.txt").write_text("secret\n")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "requirements.txt").symlink_to(tmp_path / "outside.txt")
+    with pytest.raises(ConfigError, match=r"dependency file .*requirements.txt leads outside"):
+        dependency_digest(tree, None)
+
+
+@pytest.mark.parametrize(
+    ("toml", "error"),
+    [
+        ('python = ["3.11", "3.12"]\n', "a list of versions (a matrix) is not supported yet"),
+        ('python = "3"\n', "'python' must be a version such as \"3.12\""),
+        ("python = 3.12\n", "'python' must be a version"),
+        ('install = ""\n', "'install' must be a non-empty string"),
+        ('install_files = "requirements.txt"\n', "'install_files' must be a list"),
+        ('install_files = ["../secrets"]\n', "'install_files' must stay inside the repository"),
+        ('instal = "pip install ."\n', "unknown key 'instal', did you mean 'install'?"),
+    ],
+)
+def test_bad_environment_settings_are_refused_naming_the_key(tmp_path, toml, error):
+    (tmp_path / ".superci.toml").write_text(toml)
+    with pytest.raises(ConfigError, match=None) as refused:
+        load_build_config(tmp_path)
+    assert error in str(refused.value)
+
+
+def test_environment_settings_are_read(tmp_path):
+    (tmp_path / ".superci.toml").write_text(
+        'install = "pip install -e .[test]"\npython = "3.12"\ninstall_files = ["req/*.txt"]\n'
+    )
+    config = load_build_config(tmp_path)
+    assert (config.install, config.python, config.install_files) == (
+        "pip install -e .[test]", "3.12", ("req/*.txt",)
+    )  # fmt: skip
+    assert config.wants_environment
+
+
+# --- the machine's Pythons ------------------------------------------------------------
+
+
+def fake_pyenv(root: Path, version: str) -> Path:
+    """A pyenv root whose versions/VERSION is a wrapper of this interpreter (noting each
+    run in root/ran), and whose shims only note that they ran (as a shim that is not an
+    interpreter would fail)."""
+    wrapper = root / "versions" / version / "bin" / "python3"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text(f'#!/bin/sh\necho x >> {root / "ran"}\nexec {sys.executable} "$@"\n')
+    shim = root / "shims" / f"python{version.rsplit('.', 1)[0]}"
+    shim.parent.mkdir()
+    shim.write_text(f"#!/bin/sh\ntouch {root / 'shim-ran'}\nexit 127\n")
+    for script in (wrapper, shim):
+        script.chmod(0o755)
+    return root
+
+
+def test_interpreters_are_found_on_path_and_in_pyenv_by_asking_each_its_version(tmp_path):
+    version = ".".join(map(str, sys.version_info[:3]))
+    minor = version.rsplit(".", 1)[0]
+    root = fake_pyenv(tmp_path / "pyenv", version)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3.99").write_text("#!/bin/sh\necho not a python\n")  # lies by its name
+    (bin_dir / "python3.99").chmod(0o755)
+    (bin_dir / f"python{minor}").symlink_to(sys.executable)
+    environ = {"PATH": f"{root / 'shims'}{os.pathsep}{bin_dir}", "PYENV_ROOT": str(root),
+               "HOME": str(tmp_path)}  # fmt: skip
+    found = find_interpreters(environ, uv=str(tmp_path / "no-uv"))
+
+    assert found.find(minor).path == bin_dir / f"python{minor}", "PATH first"
+    assert found.find(version) == found.find(minor)
+    assert found.find("3.99") is None
+    assert found.versions() == [minor]
+    assert not (root / "shim-ran").exists()
+    alone = find_interpreters({**environ, "PATH": ""}, uv=str(tmp_path / "no-uv"))
+    assert alone.find(minor).path == root / "versions" / version / "bin" / "python3"
+
+
+def test_interpreters_uv_knows_are_found_too(tmp_path):
+    """uv finds ``python3`` on PATH, which the python3.X scan leaves to it."""
+    from uv import find_uv_bin
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    environ = {"PATH": str(bin_dir), "HOME": str(tmp_path), "PYENV_ROOT": str(tmp_path / "none"),
+               "UV_PYTHON_INSTALL_DIR": str(tmp_path / "uv-pythons")}  # fmt: skip
+    found = find_interpreters(environ, uv=find_uv_bin())
+    version = ".".join(map(str, sys.version_info[:3]))
+    assert found.find(version) is not None, found.as_dict()
+
+
+def test_finding_interpreters_is_bounded_by_its_timeout(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3.98").write_text("#!/bin/sh\nsleep 30\n")
+    (bin_dir / "python3.98").chmod(0o755)
+    started = time.monotonic()
+    found = find_interpreters({"PATH": str(bin_dir), "HOME": str(tmp_path)},
+                              uv=str(tmp_path / "no-uv"), timeout=0.5)  # fmt: skip
+    assert found.versions() == []
+    assert time.monotonic() - started < 10, "its grandchild (sleep) is killed too"
+
+
+# --- as a build user ------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("useradd")
+    or not os.access("/usr/bin/python3", os.X_OK),
+    reason="builds as another user need Linux, root, useradd and a Python others may run",
+)  # fmt: skip
+def test_a_build_users_install_runs_as_it_into_an_environment_of_its_own(
+    superci,
+    repo,
+    build_user,  # noqa: F811 - the fixture imported above
+    open_folder,  # noqa: F811 - the fixture imported above
+    monkeypatch,
+):
+    """With --build-user the environment is made, and used, by the build user."""
+    python = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info[:2])"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    wanted = ".".join(python.strip("()\n").split(", "))
+    monkeypatch.setenv(
+        "PATH", "/usr/sbin:/usr/bin:/sbin:/bin"
+    )  # Pythons under /root are not the user's
+    monkeypatch.setenv("PYENV_ROOT", str(open_folder / "no-pyenv"))
+    wheels, cache = open_folder / "wheels", open_folder / "envs"
+    make_wheel(wheels, "tinydep", body="VALUE = 42\n")
+    wheels.chmod(0o755)
+    repo.commit({"README": "a project\n"}, "start")
+    clone = repo.clone(open_folder / "clone")
+    superci.dispatcher(0)
+    runner = superci.runner(clone, "r-isolated", "--build-user", build_user.name,
+                            "--env-cache", str(cache), "--kill-grace", "0.5")  # fmt: skip
+    runner.wait_for_log("registered with the dispatcher")
+    toml = superci_toml(wheels, python=wanted, command=f"id -u && {UNITTEST}")
+    sha = repo.commit({".superci.toml": toml, "test_dep.py": NEEDS_TINYDEP})
+    superci.notify(sha)
+    result = superci.wait_for_result(sha, 120)
+
+    out = superci.output(sha)
+    assert result["status"] == "passed", out
+    assert "Successfully installed tinydep-1.0" in out
+    assert f"\n{build_user.uid}\n" in out
+    [env] = environments(cache)
+    assert (cache / "envs" / env).stat().st_uid == build_user.uid
+    assert (cache / "current").stat().st_uid == 0, "the links stay the runner's"
+
+
+def test_show_gives_the_install_time_apart_from_the_duration():
+    result = {"sha": "ab" * 20, "branch": "main", "build_id": 3, "status": "passed",
+              "message": "tests passed (exit code 0)", "runner": "r", "attempt": 1,
+              "duration": 5.25, "install_seconds": 4.0}  # fmt: skip
+    lines = result_summary(result).splitlines()
+    assert lines[3:5] == ["duration 5.2s", "install  4.0s (of the duration)"]
+    assert "install" not in result_summary({**result, "install_seconds": None})
