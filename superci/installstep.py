@@ -67,15 +67,21 @@ class Run:
 
 class InstallStep:
     """Makes or reuses build environments for one runner; finds the machine's Pythons
-    the first time a build asks for one."""
+    the first time a build asks for one, unless the runner gave those it announced."""
 
-    def __init__(self, settings: RunnerSettings, user: BuildUser | None, record: Path) -> None:
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        user: BuildUser | None,
+        record: Path,
+        interpreters: Interpreters | None = None,
+    ) -> None:
         self.settings = settings
         self.user = user
         self.record = record
         root = settings.env_cache or default_root(user)
         self.cache = EnvCache(root, settings.env_cache_size, user)
-        self._interpreters: Interpreters | None = None
+        self._interpreters = interpreters
         self._set_up = False
 
     async def interpreters(self) -> Interpreters:

@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -78,13 +79,16 @@ def find_interpreters(
     environ: Mapping[str, str] | None = None,
     uv: str | None = None,
     timeout: float = QUERY_TIMEOUT,
+    include_own: bool = True,
 ) -> Interpreters:
     """Look for the Pythons of this machine (blocks; a few dozen ms per interpreter, the
     queries run side by side, each bounded by ``timeout``). ``environ`` gives ``PATH``,
-    ``PYENV_ROOT`` and ``HOME``; ``uv`` is uv's binary (None: the one superci depends on)."""
+    ``PYENV_ROOT`` and ``HOME``; ``uv`` is uv's binary (None: the one superci depends on); ``include_own``:
+    count the interpreter superci runs on too."""
     environ = os.environ if environ is None else environ
     shims = _pyenv_root(environ) / "shims"
-    candidates = _dedupe([*_on_path(environ.get("PATH", ""), shims), *_in_pyenv(environ)])
+    own = [Path(sys.executable)] if include_own else []  # what a build without python runs
+    candidates = _dedupe([*_on_path(environ.get("PATH", ""), shims), *_in_pyenv(environ), *own])
     with ThreadPoolExecutor(max_workers=8) as pool:
         versions = list(pool.map(lambda path: _ask_version(path, timeout), candidates))
     found = [Interpreter(path, v) for path, v in zip(candidates, versions, strict=True) if v]

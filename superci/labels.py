@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import platform
 import re
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -117,14 +116,9 @@ def check_facts(facts: Any) -> dict[str, tuple[str, ...]]:
     return checked
 
 
-def own_python() -> str:
-    """The version of the interpreter this process runs on, as ``major.minor``."""
-    return f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
 def detect_facts(pythons: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """What a runner tells about its machine: ``os``, ``arch``, and ``python``, the
-    versions in ``pythons`` (those the runner found; see :func:`runner_pythons`)."""
+    versions in ``pythons`` (those the runner found: superci.interpreters)."""
     machine = platform.machine().lower() or "unknown"
     facts = {
         "os": (platform.system().lower() or "unknown",),
@@ -132,12 +126,6 @@ def detect_facts(pythons: Sequence[str]) -> dict[str, tuple[str, ...]]:
         PYTHON: tuple(dict.fromkeys(pythons)),
     }
     return check_facts({key: values for key, values in facts.items() if values})
-
-
-def runner_pythons() -> list[str]:
-    """The Python versions a runner announces. For now the runner's own interpreter;
-    the one place to plug in the interpreters found on the machine (superci.interpreters)."""
-    return [own_python()]
 
 
 def text(labels: Mapping[str, str]) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from superci import client, containment, defaults, identity, labels, protocol
+from superci import client, containment, defaults, identity, interpreters, labels, protocol
 from superci.backoff import Backoff
 from superci.buildlog import BuildLog
 from superci.channel import Address, Channel
@@ -147,7 +147,8 @@ class RunnerProcess:
         self.identity = identity.IdentityFile(identity_file or default_identity_file(workspace))
         self._secret = self.identity.load()  # None until the dispatcher issues one
         self._instance = identity.new_instance()
-        facts = labels.detect_facts(labels.runner_pythons())
+        found = interpreters.find_interpreters()  # announced, and what builds' python picks
+        facts = labels.detect_facts(found.versions())
         self.offer = labels.Offer(labels.check_labels(given_labels or {}), facts, exclusive)
         if exclusive and not self.offer.given:
             raise ConfigError("an exclusive runner needs a label of its own (--label)")
@@ -159,7 +160,13 @@ class RunnerProcess:
         self._channel: Channel | None = None
         self._current: ActiveBuild | None = None
         self.executor = BuildExecutor(
-            workspace, settings, self.name, self.build_record, self._keep_identity, self.offer
+            workspace,
+            settings,
+            self.name,
+            self.build_record,
+            self._keep_identity,
+            self.offer,
+            found,
         )
         self._workspace_lock = asyncio.Lock()  # one build at a time in the clone, dying ones too
         self._backoff = Backoff()

@@ -526,14 +526,16 @@ def test_interpreters_are_found_on_path_and_in_pyenv_by_asking_each_its_version(
     (bin_dir / f"python{minor}").symlink_to(sys.executable)
     environ = {"PATH": f"{root / 'shims'}{os.pathsep}{bin_dir}", "PYENV_ROOT": str(root),
                "HOME": str(tmp_path)}  # fmt: skip
-    found = find_interpreters(environ, uv=str(tmp_path / "no-uv"))
+    found = find_interpreters(environ, uv=str(tmp_path / "no-uv"), include_own=False)
 
     assert found.find(minor).path == bin_dir / f"python{minor}", "PATH first"
     assert found.find(version) == found.find(minor)
     assert found.find("3.99") is None
     assert found.versions() == [minor]
     assert not (root / "shim-ran").exists()
-    alone = find_interpreters({**environ, "PATH": ""}, uv=str(tmp_path / "no-uv"))
+    alone = find_interpreters(
+        {**environ, "PATH": ""}, uv=str(tmp_path / "no-uv"), include_own=False
+    )
     assert alone.find(minor).path == root / "versions" / version / "bin" / "python3"
 
 
@@ -546,7 +548,7 @@ def test_interpreters_uv_knows_are_found_too(tmp_path):
     (bin_dir / "python3").symlink_to(sys.executable)
     environ = {"PATH": str(bin_dir), "HOME": str(tmp_path), "PYENV_ROOT": str(tmp_path / "none"),
                "UV_PYTHON_INSTALL_DIR": str(tmp_path / "uv-pythons")}  # fmt: skip
-    found = find_interpreters(environ, uv=find_uv_bin())
+    found = find_interpreters(environ, uv=find_uv_bin(), include_own=False)
     version = ".".join(map(str, sys.version_info[:3]))
     assert found.find(version) is not None, found.as_dict()
 
@@ -557,8 +559,8 @@ def test_finding_interpreters_is_bounded_by_its_timeout(tmp_path):
     (bin_dir / "python3.98").write_text("#!/bin/sh\nsleep 30\n")
     (bin_dir / "python3.98").chmod(0o755)
     started = time.monotonic()
-    found = find_interpreters({"PATH": str(bin_dir), "HOME": str(tmp_path)},
-                              uv=str(tmp_path / "no-uv"), timeout=0.5)  # fmt: skip
+    environ = {"PATH": str(bin_dir), "HOME": str(tmp_path)}
+    found = find_interpreters(environ, uv=str(tmp_path / "no-uv"), timeout=0.5, include_own=False)
     assert found.versions() == []
     assert time.monotonic() - started < 10, "its grandchild (sleep) is killed too"
 

@@ -10,6 +10,7 @@ import pytest
 
 from superci import labels
 from superci.errors import ConfigError
+from superci.interpreters import find_interpreters
 from superci.labels import Offer, detect_facts, parse_labels
 
 # --- labels a runner is given ---------------------------------------------------------
@@ -73,8 +74,9 @@ def test_detected_facts_are_the_os_the_architecture_and_every_python_found():
 
 def test_the_runner_announces_at_least_its_own_python():
     own = f"{sys.version_info.major}.{sys.version_info.minor}"
-    assert labels.own_python() == own
-    assert own in labels.runner_pythons()
+    found = find_interpreters(environ={"PATH": "", "HOME": "/nonexistent"})
+    assert own in found.versions()
+    assert labels.detect_facts(found.versions())["python"] == tuple(found.versions())
 
 
 def test_architectures_go_by_their_usual_names():
