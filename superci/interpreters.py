@@ -83,8 +83,8 @@ def find_interpreters(
 ) -> Interpreters:
     """Look for the Pythons of this machine (blocks; a few dozen ms per interpreter, the
     queries run side by side, each bounded by ``timeout``). ``environ`` gives ``PATH``,
-    ``PYENV_ROOT`` and ``HOME``; ``uv`` is uv's binary (None: the one superci depends on); ``include_own``:
-    count the interpreter superci runs on too."""
+    ``PYENV_ROOT`` and ``HOME``; ``uv`` is uv's binary (None: the one superci depends
+    on); ``include_own``: count the interpreter superci runs on too."""
     environ = os.environ if environ is None else environ
     shims = _pyenv_root(environ) / "shims"
     own = [Path(sys.executable)] if include_own else []  # what a build without python runs
