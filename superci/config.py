@@ -10,7 +10,7 @@ import difflib
 import logging
 import math
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -53,25 +53,30 @@ def load_build_config(workdir: Path) -> BuildConfig:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: cannot be read: {e}") from e
-    return _parse(path, data)
+    return parse_settings(path, data)
 
 
-def _parse(path: Path, data: dict[str, Any]) -> BuildConfig:
-    """Validate the parsed table; an unknown key is refused, since a misspelt key silently
-    ignored is a setting the user believes in and superci does not apply."""
+def parse_settings(
+    where: str | Path, data: dict[str, Any], also_known: Iterable[str] = ()
+) -> BuildConfig:
+    """Validate one job's settings; an unknown key is refused, since a misspelt key
+    silently ignored is a setting the user believes in and superci does not apply.
+    ``also_known``: keys the caller handles itself, offered as suggestions too."""
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
-        raise ConfigError(f"{path}: " + "; ".join(_unknown_key(key) for key in unknown)
-                          + f" (known keys: {', '.join(KEYS)})")  # fmt: skip
-    return BuildConfig(**{key: KEYS[key](path, value) for key, value in data.items()})
+        known = [*KEYS, *also_known]
+        raise ConfigError(f"{where}: " + "; ".join(unknown_key(key, known) for key in unknown)
+                          + f" (known keys: {', '.join(known)})")  # fmt: skip
+    return BuildConfig(**{key: KEYS[key](where, value) for key, value in data.items()})
 
 
-def _unknown_key(key: str) -> str:
-    close = difflib.get_close_matches(key, KEYS, n=1)
+def unknown_key(key: str, known: Iterable[str]) -> str:
+    """``unknown key 'comand', did you mean 'command'?``"""
+    close = difflib.get_close_matches(key, list(known), n=1)
     return f"unknown key {key!r}" + (f", did you mean {close[0]!r}?" if close else "")
 
 
-def _command(path: Path, value: Any) -> str:
+def _command(path: str | Path, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{path}: 'command' must be a non-empty string, got {value!r}")
     if "\0" in value:
@@ -79,7 +84,7 @@ def _command(path: Path, value: Any) -> str:
     return value
 
 
-def _timeout(path: Path, value: Any) -> float:
+def _timeout(path: str | Path, value: Any) -> float:
     # bool is an int subclass; `timeout = true` is a mistake, not one second.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{path}: 'timeout' must be a number of seconds, got {value!r}")
@@ -88,7 +93,7 @@ def _timeout(path: Path, value: Any) -> float:
     return float(value)
 
 
-def _junit(path: Path, value: Any) -> str:
+def _junit(path: str | Path, value: Any) -> str:
     """Keep the report path inside the workspace, so a build cannot make us read elsewhere."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{path}: 'junit' must be a non-empty relative path, got {value!r}")
@@ -106,7 +111,7 @@ def _junit(path: Path, value: Any) -> str:
     return value
 
 
-def _allow_no_tests(path: Path, value: Any) -> bool:
+def _allow_no_tests(path: str | Path, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{path}: 'allow_no_tests' must be true or false, got {value!r}")
     return value
@@ -114,7 +119,7 @@ def _allow_no_tests(path: Path, value: Any) -> bool:
 
 #: Every key .superci.toml may hold, each with the function that checks its value; a key
 #: is a field of BuildConfig of the same name. A new setting is one line here.
-KEYS: dict[str, Callable[[Path, Any], Any]] = {
+KEYS: dict[str, Callable[[str | Path, Any], Any]] = {
     "command": _command,
     "timeout": _timeout,
     "junit": _junit,
