@@ -11,7 +11,7 @@ import logging
 import math
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -77,26 +77,31 @@ def parse_build_config(text: str, path: Path | str = defaults.CONFIG_FILE) -> Bu
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
-    return _parse(Path(path), data)
+    return parse_settings(path, data)
 
 
-def _parse(path: Path, data: dict[str, Any]) -> BuildConfig:
-    """Validate the parsed table; an unknown key is refused, since a misspelt key silently
-    ignored is a setting the user believes in and superci does not apply."""
+def parse_settings(
+    where: str | Path, data: dict[str, Any], also_known: Iterable[str] = ()
+) -> BuildConfig:
+    """Validate one job's settings; an unknown key is refused, since a misspelt key
+    silently ignored is a setting the user believes in and superci does not apply.
+    ``also_known``: keys the caller handles itself, offered as suggestions too."""
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
-        raise ConfigError(f"{path}: " + "; ".join(_unknown_key(key) for key in unknown)
-                          + f" (known keys: {', '.join(KEYS)})")  # fmt: skip
-    return BuildConfig(**{key: KEYS[key](path, value) for key, value in data.items()})
+        known = [*KEYS, *also_known]
+        raise ConfigError(f"{where}: " + "; ".join(unknown_key(key, known) for key in unknown)
+                          + f" (known keys: {', '.join(known)})")  # fmt: skip
+    return BuildConfig(**{key: KEYS[key](where, value) for key, value in data.items()})
 
 
-def _unknown_key(key: str) -> str:
-    close = difflib.get_close_matches(key, KEYS, n=1)
+def unknown_key(key: str, known: Iterable[str]) -> str:
+    """``unknown key 'comand', did you mean 'command'?``"""
+    close = difflib.get_close_matches(key, list(known), n=1)
     return f"unknown key {key!r}" + (f", did you mean {close[0]!r}?" if close else "")
 
 
-def _shell_command(key: str) -> Callable[[Path, Any], str]:
-    def check(path: Path, value: Any) -> str:
+def _shell_command(key: str) -> Callable[[str | Path, Any], str]:
+    def check(path: str | Path, value: Any) -> str:
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{path}: {key!r} must be a non-empty string, got {value!r}")
         if "\0" in value:
@@ -113,7 +118,7 @@ _install = _shell_command("install")
 PYTHON_VERSION = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)?")
 
 
-def _python(path: Path, value: Any) -> str:
+def _python(path: str | Path, value: Any) -> str:
     if isinstance(value, list):
         raise ConfigError(
             f"{path}: 'python' must be one version such as \"3.12\"; a list of versions "
@@ -126,7 +131,7 @@ def _python(path: Path, value: Any) -> str:
     return value
 
 
-def _timeout(path: Path, value: Any) -> float:
+def _timeout(path: str | Path, value: Any) -> float:
     # bool is an int subclass; `timeout = true` is a mistake, not one second.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{path}: 'timeout' must be a number of seconds, got {value!r}")
@@ -135,12 +140,12 @@ def _timeout(path: Path, value: Any) -> float:
     return float(value)
 
 
-def _junit(path: Path, value: Any) -> str:
+def _junit(path: str | Path, value: Any) -> str:
     """Keep the report path inside the workspace, so a build cannot make us read elsewhere."""
     return _relative_path(path, "junit", value)
 
 
-def _relative_path(path: Path, key: str, value: Any) -> str:
+def _relative_path(path: str | Path, key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{path}: {key!r} must be a non-empty relative path, got {value!r}")
     posix, windows = PurePosixPath(value), PureWindowsPath(value)
@@ -161,7 +166,7 @@ def _relative_path(path: Path, key: str, value: Any) -> str:
 MAX_INSTALL_FILES = 100
 
 
-def _install_files(path: Path, value: Any) -> tuple[str, ...]:
+def _install_files(path: str | Path, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > MAX_INSTALL_FILES:
         raise ConfigError(
             f"{path}: 'install_files' must be a list of at most {MAX_INSTALL_FILES} relative "
@@ -170,13 +175,13 @@ def _install_files(path: Path, value: Any) -> tuple[str, ...]:
     return tuple(_relative_path(path, "install_files", item) for item in value)
 
 
-def _allow_no_tests(path: Path, value: Any) -> bool:
+def _allow_no_tests(path: str | Path, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{path}: 'allow_no_tests' must be true or false, got {value!r}")
     return value
 
 
-def _needs(path: Path, value: Any) -> dict[str, str]:
+def _needs(path: str | Path, value: Any) -> dict[str, str]:
     """``needs = {os = "linux", gpu = true}``: strings, or true/false; a number is refused,
     since ``python = 3.10`` would be read as 3.1."""
     if not isinstance(value, dict):
@@ -198,7 +203,7 @@ def _needs(path: Path, value: Any) -> dict[str, str]:
 
 #: Every key .superci.toml may hold, each with the function that checks its value; a key
 #: is a field of BuildConfig of the same name. A new setting is one line here.
-KEYS: dict[str, Callable[[Path, Any], Any]] = {
+KEYS: dict[str, Callable[[str | Path, Any], Any]] = {
     "command": _command,
     "timeout": _timeout,
     "junit": _junit,

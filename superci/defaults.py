@@ -60,6 +60,12 @@ MAX_TIMEOUT = 6 * 3600.0
 KILL_GRACE = 10.0
 #: The repository's own configuration file.
 CONFIG_FILE = ".superci.toml"
+#: Most jobs one commit may have, counting every cell of every matrix.
+MAX_JOBS = 64
+#: Most cells a matrix may have before its exclude entries are applied.
+MAX_MATRIX_CELLS = 1024
+#: Most exclude entries a matrix may have.
+MAX_MATRIX_EXCLUDES = 256
 
 #: Where results go and the name of the dispatcher's database inside its parent.
 RESULTS_DIR = "test_results"

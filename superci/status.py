@@ -14,6 +14,8 @@ class BuildStatus(StrEnum):
     ERROR = "error"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
+    #: Not run, because a job it runs after did not pass.
+    SKIPPED = "skipped"
 
     @property
     def finished(self) -> bool:
