@@ -129,7 +129,7 @@ class Dispatcher:
         from superci.weblogin import WebAccess
 
         self.web = WebServer(
-            self.store, self.results, self.scheduler, self.bus,
+            self.store, self.results, self.scheduler, self.bus, requests=self.requests,
             settings=self.settings, clock=self._clock, access=WebAccess(self._token, public),
         )  # fmt: skip
         address = await self.web.start(host, port)
