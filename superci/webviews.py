@@ -29,10 +29,11 @@ _LOG_STYLE = (
     "#log .n{display:inline-block;min-width:5em;color:#999;text-decoration:none;"
     "user-select:none;text-align:right;padding-right:1em}"
     "#log .l:target{background:#fff8c5}.note{background:#ddf4ff;padding:4px 8px}"
-    "form.act{display:inline}"
+    "form.act{display:inline}[hidden]{display:none!important}"
 )
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title} · superci</title>
+<link rel="icon" href="data:,">
 <style>body{{font-family:sans-serif;margin:1em 2em}}table{{border-collapse:collapse}}
 td,th{{padding:2px 8px;text-align:left;border-bottom:1px solid #ddd}}
 pre{{background:#f6f8fa;padding:8px;overflow-x:auto}}{style}</style>{script}</head>
@@ -240,7 +241,7 @@ def _log(sha: str, document: Mapping[str, Any], log: Window) -> str:
     start); the script colours them, loads earlier lines and follows new output."""
     raw = f'<a href="/commit/{quote(sha)}/log.txt">raw log</a>'
     first = log.first_line or 1
-    lines = log.text.split("\n")
+    lines = log.text.split("\n") if log.text else []
     if log.text.endswith("\n"):
         lines.pop()
     shown = f"lines {first}–{first + len(lines) - 1}" if lines else "no output yet"
