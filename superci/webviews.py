@@ -25,8 +25,8 @@ COLOURS = {"queued": "#777", "running": "#1f6feb", "passed": "#2da44e", "failed"
 _STYLE = "".join(f".s-{name}{{color:{c};font-weight:bold}}" for name, c in COLOURS.items())
 _LOG_STYLE = (
     "#log{background:#f6f8fa;padding:8px;font-family:monospace;font-size:13px;overflow-x:auto}"
-    "#log .l{white-space:pre-wrap;word-break:break-all}"
-    "#log .n{display:inline-block;min-width:5em;color:#999;text-decoration:none;"
+    "#log .l{display:flex}#log .t{white-space:pre-wrap;word-break:break-all;min-width:0}"
+    "#log .n{flex:none;width:5em;color:#999;text-decoration:none;"
     "user-select:none;text-align:right;padding-right:1em}"
     "#log .l:target{background:#fff8c5}.note{background:#ddf4ff;padding:4px 8px}"
     "form.act{display:inline}[hidden]{display:none!important}"
