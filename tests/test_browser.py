@@ -12,26 +12,17 @@ from typing import Any, TypeVar
 
 import pytest
 from conftest import ARTIFACTS, Repo, Superci, failed
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
-from support import E2E_WAIT, file_text, wait_until
+from support import E2E_WAIT, file_text, have_chromium, start_chromium, wait_until
 
 from superci.weblog import TAIL_LINES
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-#: Browser flags: headless, and nothing that reaches beyond this machine.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1280,900"]  # fmt: skip
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(
-        not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+        not have_chromium(),
         reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
         "chromium-driver; .ci/run does)",
     ),
@@ -46,13 +37,7 @@ def browser(
 ) -> Iterator[WebDriver]:
     """A headless chromium with a fresh profile; its page is saved if the test fails."""
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager never downloads a driver
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(E2E_WAIT)
+    driver = start_chromium(tmp_path / "chromium-profile")
     try:
         yield driver
     finally:
