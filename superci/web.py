@@ -144,7 +144,8 @@ class WebServer:
         builds = [build_summary(r) for r in records[:size]]
         queue = self._status(size)["queue"] if number == 1 and not branch else []
         more = len(records) > size
-        return _html(webviews.builds_page(queue, builds, branch, number, more, events))
+        html = webviews.builds_page(queue, builds, branch, number, more, events, size)
+        return _html(html)
 
     async def commit(self, request: web.Request) -> web.Response:
         events = self.ring.last_id

@@ -126,6 +126,7 @@ def builds_page(
     number: int,
     more: bool,
     events: int = 0,
+    size: int = 50,
 ) -> str:
     """``/``: the queue, then one page of builds, newest first. The script adds new
     builds to the first page (of its branch) and updates every row it shows."""
@@ -137,9 +138,8 @@ def builds_page(
     parts.append("<h2>Builds" + (f" of {escape(branch)}" if branch else "") + "</h2>")
     headers = ["commit", "branch", "status", "duration", "runner", "attempt", "tests"]
     # New builds go on top of the first page only (of their branch, when filtered).
-    attributes = (' data-first-page="1"' if number == 1 else "") + (
-        f' data-branch="{escape(branch)}"' if branch else ""
-    )
+    attributes = f' data-size="{size}"' + (' data-first-page="1"' if number == 1 else "")
+    attributes += f' data-branch="{escape(branch)}"' if branch else ""
     rows = [build_row(b) for b in builds]
     parts.append(_live_table("builds", headers, rows, "no builds", attributes))
     parts.append(_pager(branch, number, more))

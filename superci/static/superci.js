@@ -102,6 +102,7 @@ function buildsPage() {
           ["status", statusSpan("queued")], ["duration", ""], ["runner", ""],
           ["attempt", attempt], ["tests", ""]]);
         add(builds, tr);
+        while (builds.rows.length > Number(table.dataset.size)) builds.lastElementChild.remove();
       }
       setCell(tr, "status", statusSpan("queued"));
       if (queue && !document.getElementById(`q-${e.build_id}`)) {
