@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections import deque
@@ -29,6 +30,11 @@ class Numbered:
     id: int
     kind: str
     data: str
+
+    @functools.cached_property
+    def frame(self) -> bytes:
+        """The event as a Server-Sent Events frame, encoded once for every browser."""
+        return f"id: {self.id}\nevent: {self.kind}\ndata: {self.data}\n\n".encode()
 
 
 class EventRing:
@@ -63,7 +69,8 @@ class EventRing:
         missed = self._last - last_id
         if missed > len(self._events):
             return None
-        return list(self._events)[len(self._events) - missed :] if missed else []
+        kept = len(self._events)  # the newest are at the right end: O(missed), not O(kept)
+        return [self._events[i] for i in range(kept - missed, kept)]
 
     async def wait(self, last_id: int, timeout: float) -> bool:
         """Wait until there is an event after ``last_id``; False after ``timeout``."""

@@ -55,6 +55,10 @@ CSP = (
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 )
 
+#: How long an event stream waits after an event for more before it writes (seconds):
+#: far below what a person notices, and one write per browser for a whole burst.
+EVENT_BATCH_DELAY = 0.02
+
 __all__ = ["TAIL_LINES", "WebServer", "parse_web_address"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -276,11 +280,13 @@ class WebServer:
                     last = self.ring.last_id
                     missed = [Numbered(last, "resync", json.dumps({"event": "resync"}))]
                 if missed:
-                    await response.write(b"".join(_frame(e) for e in missed))
+                    await response.write(b"".join(e.frame for e in missed))
                     last = missed[-1].id
                 elif not await self.ring.wait(last, self._settings.web_keepalive_interval):
                     if not self.ring.closed:
                         await response.write(b": keep-alive\n\n")
+                else:  # let a burst gather: one write per browser, not one per event
+                    await asyncio.sleep(EVENT_BATCH_DELAY)
         except (ConnectionResetError, ConnectionError):
             log.debug("an event stream's browser went away")
         return response
@@ -325,10 +331,6 @@ class WebServer:
 def _back_to(record: BuildRecord, said: str) -> web.HTTPSeeOther:
     """Back to the commit page, which says what happened (post/redirect/get)."""
     return web.HTTPSeeOther(f"/commit/{quote(record.sha)}?said={quote(said)}")
-
-
-def _frame(event: Numbered) -> bytes:
-    return f"id: {event.id}\nevent: {event.kind}\ndata: {event.data}\n\n".encode()
 
 
 def _html(text: str) -> web.Response:
