@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 from conftest import ARTIFACTS, Repo, Superci, failed
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -60,9 +61,10 @@ def web_page(superci: Superci, *extra: str) -> str:
 
 def eventually(driver: WebDriver, check: Callable[[WebDriver], T], what: str) -> T:
     """``check``'s first true value, polled in the browser (bounded by the e2e wait)."""
-    return WebDriverWait(driver, E2E_WAIT, poll_frequency=0.05).until(
-        check, message=f"gave up waiting for {what}"
-    )
+    wait = WebDriverWait(
+        driver, E2E_WAIT, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
+    )  # an element can go between finding and reading it when the page is replaced
+    return wait.until(check, message=f"gave up waiting for {what}")
 
 
 def row_status(driver: WebDriver, sha: str) -> Any:
@@ -153,6 +155,7 @@ def test_cancel_from_the_commit_page_stops_a_running_build(
     assert not browser.find_element(By.ID, "rebuild").is_displayed()
 
     browser.find_element(By.CSS_SELECTOR, "#cancel button").click()
+    eventually(browser, lambda d: "said=" in d.current_url, "the page after the cancel")
     eventually(browser, lambda d: d.find_element(By.ID, "f-status").text == "cancelled", "it")
     assert superci.wait_for_result(sha)["status"] == "cancelled"
     assert not (gate / "finished-1").exists(), "the build never got past the gate"
