@@ -28,7 +28,7 @@ _LOG_STYLE = (
     "#log .l{display:flex}#log .t{white-space:pre-wrap;word-break:break-all;min-width:0}"
     "#log .n{flex:none;width:5em;color:#999;text-decoration:none;"
     "user-select:none;text-align:right;padding-right:1em}"
-    "#log .l:target{background:#fff8c5}.note{background:#ddf4ff;padding:4px 8px}"
+    "#log .l:target,#log .l.target{background:#fff8c5}.note{background:#ddf4ff;padding:4px 8px}"
     "form.act{display:inline}[hidden]{display:none!important}"
 )
 _PAGE = """<!doctype html>

@@ -272,4 +272,10 @@ def test_a_16_mib_log_opens_with_at_most_2000_lines_and_loads_earlier_ones(
     first = log_lines(browser)[0]
     number = total - 2 * TAIL_LINES + 1
     assert first == f"L{number} " + log.splitlines()[number - 1].decode()
+
+    wanted = total - TAIL_LINES - 10  # a link to a line before the last 2,000
+    browser.get("about:blank")
+    browser.get(f"{url}commit/{sha}#L{wanted}")
+    eventually(browser, lambda d: d.find_elements(By.ID, f"L{wanted}"), "the linked line")
+    assert len(log_lines(browser)) == 2 * TAIL_LINES, "one window more, not the whole log"
     assert script_errors(browser) == []

@@ -141,6 +141,23 @@ class LogViewer {
     this.colourShown();
     this.earlierButton.hidden = this.start === 0;
     this.earlierButton.addEventListener("click", () => this.loadEarlier());
+    this.showAnchored();
+  }
+
+  // A link to a line before those shown (#L123): load earlier windows until it is in the
+  // page, if it is a few windows away; past that the raw log is the place for it.
+  async showAnchored() {
+    const wanted = /^#L(\d+)$/.exec(location.hash);
+    if (!wanted) return;
+    const number = Number(wanted[1]);
+    for (let step = 0; step < 5 && number < this.first && this.start > 0; step++) {
+      await this.loadEarlier();
+    }
+    const line = document.getElementById(`L${number}`);
+    if (line) {
+      line.classList.add("target");  // :target is decided before the line was here
+      line.scrollIntoView();
+    }
   }
 
   url(query) {
