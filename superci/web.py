@@ -189,17 +189,19 @@ class WebServer:
         size = await self._off_loop(self._results.log_view_size, record.sha, record.id)
         read = self._reader(record)
         complete = record.status.finished
+        more = False  # True: there is more after this window than one answer carries
         if "before" in request.query:
             end = min(_int_param(request, "before", 0, 0, 2**62), size)
             window = await self._off_loop(weblog.last_lines, read, end)
         elif "from" in request.query and _int_param(request, "from", 0, 0, 2**62) <= size:
             start = _int_param(request, "from", 0, 0, 2**62)
             window = await self._off_loop(weblog.output_after, read, start, size, complete)
+            more = size - start > weblog.FOLLOW_BYTES
         else:  # no window asked, or one past the end (the log was cut meanwhile)
             window = await self._off_loop(self._tail, record)
         document = {
             "build_id": record.id, "status": str(record.status), "complete": complete,
-            "size": size, "start": window.start, "end": window.end,
+            "size": size, "start": window.start, "end": window.end, "more": more,
             "first_line": window.first_line, "text": window.text,
         }  # fmt: skip
         return web.json_response(document)

@@ -30,6 +30,7 @@ from superci.events import BuildQueued
 from superci.status import BuildStatus
 from superci.store import Store
 from superci.web import MAX_QUERY, TAIL_LINES, WebServer
+from superci.weblog import FOLLOW_BYTES
 from superci.weblogin import COOKIE, SESSION_SECONDS, WebAccess
 
 Session = aiohttp.ClientSession
@@ -73,8 +74,8 @@ async def finished_build(
     runner, _ = await FakeRunner.connect(h.address, f"runner-{sha[:4]}", host="box")
     await h.submit(sha, branch)
     build = await runner.expect(protocol.Build)
-    if log:
-        await runner.output(build, 0, log)
+    for offset in range(0, len(log), 64 * 1024):  # in pieces an output frame can carry
+        await runner.output(build, offset, log[offset : offset + 64 * 1024])
     await runner.result(build, status, output_bytes=len(log), **fields)
     await h.results.wait(sha)
     await runner.close()
@@ -552,6 +553,7 @@ async def test_the_log_viewer_follows_a_running_build_a_whole_line_at_a_time(tmp
         await h.wait_for_log(SHA, b"one\ntw")
         got = await log_window(session, SHA, "from=0")
         assert (got["text"], got["end"], got["complete"]) == ("one\n", 4, False)
+        assert not got["more"], "the half-written line comes with the next output"
         await runner.output(build, 6, b"o\nthree")
         await h.wait_for_log(SHA, b"three")
         got = await log_window(session, SHA, f"from={got['end']}")
@@ -563,6 +565,21 @@ async def test_the_log_viewer_follows_a_running_build_a_whole_line_at_a_time(tmp
         restarted = await log_window(session, SHA, "from=999")
         assert restarted["first_line"] == 1 and restarted["text"] == "one\ntwo\nthree"
         await runner.close()
+
+
+@async_test()
+async def test_a_burst_of_output_larger_than_one_answer_comes_in_whole_lines_over_several(
+    tmp_path,
+):
+    async with web(tmp_path) as (h, session):
+        log = b"".join(b"%07d %s\n" % (n, b"y" * 90) for n in range(6_000))  # 594 kB
+        await finished_build(h, SHA, "main", "passed", log)
+        got, texts = {"end": 0, "more": True}, []
+        while got["more"]:
+            got = await log_window(session, SHA, f"from={got['end']}")
+            assert got["text"].endswith("\n") and len(got["text"]) <= FOLLOW_BYTES
+            texts.append(got["text"])
+        assert len(texts) > 1 and "".join(texts).encode() == log and got["end"] == len(log)
 
 
 @async_test()

@@ -137,6 +137,7 @@ class LogViewer {
     this.ansi = new AnsiUp();
     this.fetching = false;
     this.again = false;
+    this.generation = 0;
     this.earlierButton = document.getElementById("earlier");
     this.colourShown();
     this.earlierButton.hidden = this.start === 0;
@@ -222,14 +223,23 @@ class LogViewer {
     try {
       do {
         this.again = false;
+        const generation = this.generation;
         const answer = await (await fetch(this.url(`from=${this.end}`))).json();
+        if (generation !== this.generation) { this.again = true; continue; }
         if (answer.first_line !== null) this.replace(answer);  // the log began again
         else this.append(answer);
-        if (answer.end < answer.size) this.again = true;
+        if (answer.more) this.again = true;  // the rest of a long burst
       } while (this.again);
     } finally {
       this.fetching = false;
     }
+  }
+
+  // A new attempt begins its log afresh: show it from its start.
+  async restart() {
+    this.generation += 1;  // an answer still on its way belongs to the old attempt
+    this.replace({ start: 0, end: 0, text: "", first_line: 1 });
+    await this.follow();
   }
 
   append(answer) {
@@ -307,6 +317,7 @@ function commitPage() {
       fact("attempt", String(e.attempt));
       fact("started", new Date(e.time * 1000).toISOString());
       buttons(true);
+      if (e.attempt > 1) viewer.restart();
     }),
     output: mine(() => viewer.follow()),
     finished: mine(finished),
