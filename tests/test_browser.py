@@ -103,6 +103,7 @@ def test_a_build_goes_queued_running_passed_on_the_builds_page_without_a_reload(
     superci.runner(clone, "runner-1")
     eventually(browser, lambda d: row_status(d, sha) == "running", "the build to run")
     assert browser.find_element(By.ID, "queued").text == "0"
+    assert browser.find_element(By.ID, "queue").text.endswith("empty")
     (gate / "open").touch()
     eventually(browser, lambda d: row_status(d, sha) == "passed", "the build to pass")
     row = browser.find_element(By.CSS_SELECTOR, f"#builds a[href='/commit/{sha}']")

@@ -67,7 +67,14 @@ function buildsPage() {
     tbody.prepend(row);
   }
   function countQueue() {
-    if (queued && queue) queued.textContent = String(queue.querySelectorAll("tr:not(.none)").length);
+    if (!queue) return;
+    const waiting = queue.querySelectorAll("tr:not(.none)").length;
+    if (queued) queued.textContent = String(waiting);
+    if (waiting === 0 && !queue.querySelector("tr.none")) {  // as the server shows it
+      const none = element("tr", { class: "none" });
+      none.append(element("td", { colspan: "4" }, "empty"));
+      queue.append(none);
+    }
   }
   function unqueue(id) {
     const row = document.getElementById(`q-${id}`);
@@ -354,7 +361,8 @@ function runnersPage() {
   }
   // Several events in a burst (a build starts: busy and started) make one request.
   const later = () => { if (pending === null) pending = setTimeout(refresh, 50); };
-  return { joined: later, left: later, busy: later, idle: later, started: later, finished: later };
+  return { joined: later, left: later, busy: later, idle: later, started: later,
+           finished: later, cancelled: later };
 }
 
 const pages = { builds: buildsPage, commit: commitPage, runners: runnersPage };
