@@ -57,7 +57,7 @@ CSP = (
 
 #: How long an event stream waits after an event for more before it writes (seconds):
 #: far below what a person notices, and one write per browser for a whole burst.
-EVENT_BATCH_DELAY = 0.02
+EVENT_BATCH_DELAY = 0.05
 
 __all__ = ["TAIL_LINES", "WebServer", "parse_web_address"]
 
@@ -277,13 +277,13 @@ class WebServer:
         try:
             await response.write(b": connected\n\n")
             while not self.ring.closed:
-                missed = self.ring.since(last)
-                if missed is None:  # older than the ring: read the page again
-                    last = self.ring.last_id
-                    missed = [Numbered(last, "resync", json.dumps({"event": "resync"}))]
-                if missed:
-                    await response.write(b"".join(e.frame for e in missed))
-                    last = missed[-1].id
+                frames = self.ring.frames_since(last)
+                if frames is None:  # older than the ring: read the page again
+                    resync = json.dumps({"event": "resync"})
+                    frames = Numbered(self.ring.last_id, "resync", resync).frame
+                last = self.ring.last_id  # what ``frames`` holds, in this same step
+                if frames:
+                    await response.write(frames)
                 elif not await self.ring.wait(last, self._settings.web_keepalive_interval):
                     if not self.ring.closed:
                         await response.write(b": keep-alive\n\n")
