@@ -377,6 +377,20 @@ def test_the_ring_keeps_the_last_events_and_knows_what_it_lost():
     asyncio.run(check())
 
 
+def test_browsers_at_the_same_place_share_one_piece_of_frames():
+    async def check() -> None:
+        ring = EventRing(10)
+        for n in range(1, 4):
+            ring.add(BuildQueued(build_id=n, sha=SHA, branch="main"))
+        frames = ring.frames_since(1)
+        assert frames is not None and frames.count(b"\nevent: queued\n") == 2
+        assert frames.startswith(b"id: 2\n") and frames.endswith(b"\n\n")
+        assert ring.frames_since(1) is frames, "joined once for every browser"
+        assert ring.frames_since(3) == b"" and ring.frames_since(99) is None
+
+    asyncio.run(check())
+
+
 # --- what commits and runners say, and hostile URLs -------------------------------------------
 
 
