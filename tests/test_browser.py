@@ -141,7 +141,7 @@ def test_a_line_the_build_prints_appears_in_the_commit_page_s_log_while_it_runs(
     assert script_errors(browser) == []
 
 
-def test_cancel_from_the_commit_page_stops_a_running_build(
+def test_cancel_from_the_commit_page_stops_a_running_build_and_rebuild_runs_it_again(
     repo: Repo, superci: Superci, browser: WebDriver, tmp_path: Path
 ):
     gate = tmp_path / "gate"
@@ -161,6 +161,13 @@ def test_cancel_from_the_commit_page_stops_a_running_build(
     assert superci.wait_for_result(sha)["status"] == "cancelled"
     assert not (gate / "finished-1").exists(), "the build never got past the gate"
     assert browser.find_element(By.ID, "rebuild").is_displayed()
+
+    browser.find_element(By.CSS_SELECTOR, "#rebuild button").click()  # and build it again
+    eventually(browser, lambda d: "said=queued" in d.current_url, "the page after the rebuild")
+    assert browser.find_element(By.CLASS_NAME, "note").text == "Rebuild queued."
+    assert browser.find_element(By.ID, "f-build").text != "1"
+    (gate / "open").touch()
+    eventually(browser, lambda d: d.find_element(By.ID, "f-status").text == "passed", "pass")
     assert script_errors(browser) == []
 
 
