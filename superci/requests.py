@@ -107,7 +107,9 @@ class ClientRequests:
             return self._refuse(sha, branch, f"{e}; nothing was built", subject, author)
         record = self._store.add_build(sha, branch, self._wall(), subject, author, needs)
         log.info("queued build %d of %s (%s)", record.id, sha[:12], branch)
-        self._bus.publish(events.BuildQueued(build_id=record.id, sha=sha, branch=branch))
+        self._bus.publish(events.BuildQueued(
+            build_id=record.id, sha=sha, branch=branch, subject=subject, author=author
+        ))  # fmt: skip
         self._recorder.carry_out(
             self._scheduler.add_build(record.id, sha, branch, self._clock(), needs)
         )
