@@ -39,7 +39,8 @@ def test_with_a_token_the_client_proves_first_and_the_server_only_then():
     }
 
     (welcome,) = s.receive(hello)
-    assert body(welcome) == {"type": "welcome", "version": protocol.PROTOCOL_VERSION, "server": "9.9",
+    version = protocol.PROTOCOL_VERSION
+    assert body(welcome) == {"type": "welcome", "version": version, "server": "9.9",
                              "challenge": CHALLENGE}  # fmt: skip
     assert "proof" not in protocol.encode(welcome).decode()  # nothing to test guesses on
 
