@@ -27,7 +27,7 @@ from test_runner import BUILD_WAIT, new_runner, running
 
 from superci import client, protocol
 from superci.config import load_build_config
-from superci.environments import MARKER, EnvCache, EnvKey, InstallFailed, dependency_digest
+from superci.environments import EnvCache, EnvKey, InstallFailed, dependency_digest
 from superci.errors import ConfigError
 from superci.execute import Execution
 from superci.interpreters import find_interpreters
@@ -349,7 +349,9 @@ async def test_a_failed_build_leaves_nothing_and_the_next_one_builds_again(tmp_p
     assert failed.value.execution.exit_code == 2
     assert os.listdir(tmp_path / "envs") == [] and os.listdir(tmp_path / "current") == []
     async with cache.use(key(), fake_build(builds), never_stopped) as env:
-        assert env.built and (env.path / MARKER).is_file()
+        assert env.built and os.readlink(tmp_path / "current" / key().digest).endswith(
+            env.path.name
+        )
     assert len(builds) == 2
 
 
@@ -362,7 +364,8 @@ async def test_the_least_recently_used_environment_goes_first_beyond_the_size(tm
         async with cache.use(key(name), fake_build(builds), never_stopped) as env:
             paths[name] = env.path
             if env.built and name != "c":
-                os.utime(env.path / MARKER, (1e9 + n, 1e9 + n))  # long ago, in this order
+                link = tmp_path / "current" / key(name).digest  # its time: its last use
+                os.utime(link, (1e9 + n, 1e9 + n), follow_symlinks=False)  # long ago, in order
     assert len(builds) == 3, "a was reused"
     assert not paths["b"].exists() and paths["a"].exists() and paths["c"].exists()
     assert sorted(os.listdir(tmp_path / "current")) == sorted([key("a").digest, key("c").digest])
