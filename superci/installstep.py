@@ -137,7 +137,7 @@ class InstallStep:
         if sys.executable in user.runnable([sys.executable]):
             return True
         log.warning(
-            "build user %s cannot run this runner's Python %s (a folder on its way is closed "
+            "build user %s cannot run this runner's Python %s (a folder on the way is closed "
             "to it): a build with install but no python in %s, or running python with no "
             "environment of its own, cannot run. Install a Python %s may run (e.g. the "
             "system's python3, not under /root) and set python = \"3.x\" in %s, or run the "
@@ -165,19 +165,19 @@ class InstallStep:
     async def _interpreter(self, wanted: str | None, say: Say) -> tuple[str, str]:
         """The interpreter's path and full version: the runner's own without ``python``;
         with a build user, one it may run."""
-        usable, closed = await self.usable()
         if wanted is None:
             if not self._own_runs:
                 assert self.user is not None
+                usable, _ = await self.usable()
                 raise ConfigError(
                     f"build user {self.user.name} cannot run this runner's Python "
-                    f"{sys.executable} (a folder on its way is closed to it), which a build "
+                    f"{sys.executable} (a folder on the way is closed to it), which a build "
                     f'with no python in {defaults.CONFIG_FILE} uses: set python = "3.x" there '
-                    f"to a Python {self.user.name} can run (it can run "
-                    f"{usable.describe()}), or install one where it may run it (not under "
-                    "/root)"
+                    f"to a Python {self.user.name} can run (it can run {usable.describe()}), "
+                    "or install one where it may run it (not under /root)"
                 )
             return sys.executable, platform.python_version()
+        usable, closed = await self.usable()
         found = usable.find(wanted)
         skipped = [i for i in closed if wanted in (i.version, i.minor)]
         if found is None and skipped and self.user is not None:
@@ -194,10 +194,10 @@ class InstallStep:
                 f"{wanted} (it has {usable.describe()}); nothing is downloaded at "
                 "build time"
             )
-        if self.user is not None:
-            for interpreter in skipped:
-                await say(f"skipped {interpreter.path} (Python {interpreter.version}): build "
-                          f"user {self.user.name} cannot run it")  # fmt: skip
+        passed_over = (await self.interpreters()).find(wanted)
+        if self.user is not None and passed_over is not None and passed_over in closed:
+            await say(f"skipped {passed_over.path} (Python {passed_over.version}): build user "
+                      f"{self.user.name} cannot run it; {found.path} instead")  # fmt: skip
         return os.fspath(found.path), found.version
 
     async def _install(

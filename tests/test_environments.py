@@ -795,7 +795,13 @@ async def test_pythons_the_build_user_cannot_run_are_skipped_saying_so(
     async def say(text: str) -> None:
         said.append(text)
 
-    run = Run(tmp_path, tmp_path, {}, time.monotonic() + 30, asyncio.Event(), say, say)
+    async def emit(output: bytes) -> None:
+        said.append(output.decode(errors="replace"))
+
+    tree = open_folder / "tree"
+    tree.mkdir()
+    run = Run(tree, tmp_path, {"PATH": os.defpath}, time.monotonic() + 30, asyncio.Event(), say,
+              emit)  # fmt: skip
     for toml, message in (
         ('install = "pip install ."\n', rf"build user {build_user.name} cannot run this "
          rf"runner's Python {closed}/python3 .*which a build with no python .* uses: set "
@@ -809,6 +815,15 @@ async def test_pythons_the_build_user_cannot_run_are_skipped_saying_so(
             async with step.prepared(load_build_config(tmp_path), run):
                 raise AssertionError("no environment with a Python the build user cannot run")
     assert not (open_folder / "cache").exists(), "nothing made for either"
+
+    (tmp_path / ".superci.toml").write_text('python = "3.99"\n')  # the closed one comes first
+    with pytest.raises(InstallFailed):  # the one it may run is only a fake
+        async with step.prepared(load_build_config(tmp_path), run):
+            raise AssertionError("the fake Python makes no environment")
+    assert (f"skipped {unreachable} (Python 3.99.1): build user {build_user.name} cannot run "
+            f"it; {reachable} instead") in said  # fmt: skip
+    assert any(f"a new environment, Python 3.99.2 ({reachable})" in line for line in said)
+    assert environments(open_folder / "cache") == []
 
 
 def test_show_gives_the_install_time_apart_from_the_duration():
