@@ -42,6 +42,7 @@ from superci.errors import ConfigError
 from superci.execute import Execution
 from superci.installstep import InstallStep, Run
 from superci.interpreters import Interpreter, Interpreters, find_interpreters
+from superci.runner import announced_pythons
 from superci.settings import RunnerSettings
 from superci.tables import result_summary
 from superci.workspace import Workspace
@@ -760,6 +761,23 @@ def test_a_cache_whose_folders_are_not_the_runners_is_refused_saying_how_to_make
                        rf"folder of the runner's user \(root\) that build user {build_user.name} "
                        rf"may enter; make it with: install -d -m 755 -o root {root}"):  # fmt: skip
         EnvCache(root, 3, build_user).setup()
+
+
+@with_real_users
+def test_a_runner_with_a_build_user_announces_only_the_pythons_it_may_run(
+    tmp_path,
+    build_user,  # noqa: F811 - the fixtures imported above
+    open_folder,  # noqa: F811
+):
+    closed = tmp_path / "closed"  # pytest's tmp_path: closed to other users
+    closed.mkdir()
+    unreachable, reachable = closed / "python3.98", open_folder / "python3.99"
+    for fake in (unreachable, reachable):
+        fake.write_text("#!/bin/sh\nexit 1\n")
+        fake.chmod(0o755)
+    found = Interpreters([Interpreter(unreachable, "3.98.1"), Interpreter(reachable, "3.99.2")])
+    assert announced_pythons(found, None).versions() == ["3.98", "3.99"]
+    assert announced_pythons(found, build_user.name).versions() == ["3.99"]
 
 
 @with_real_users
