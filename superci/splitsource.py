@@ -253,9 +253,10 @@ class BatchSource:
             await asyncio.wait({asking, ended}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (asking, ended):
-                if not task.done():
-                    task.cancel()
-        if not asking.done() or asking.cancelled():
+                task.cancel()
+            # A cancelled read still waits on the stream until it has run: let it.
+            await asyncio.gather(asking, ended, return_exceptions=True)
+        if asking.cancelled():
             raise ConnectionError("the participant left while it waited for a batch")
         if ended.done() and not ended.cancelled() and ended.result():
             raise ProtocolError("a participant sends nothing while it waits for a batch")
