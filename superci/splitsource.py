@@ -54,6 +54,7 @@ class LocalSplit:
         self.split = split
         self.clock = clock
         self.finished = asyncio.Event()  # every test has a result
+        self.waiting: set[str] = set()  # participants waiting for tests others hold
         self._changed = asyncio.Condition()
 
     async def _notify(self) -> None:
@@ -67,11 +68,15 @@ class LocalSplit:
 
     async def next_batch(self, participant: str, wait: bool) -> Batch | Wait | Done:
         async with self._changed:
-            while True:
-                answer = self.split.next_batch(participant, self.clock())
-                if not (wait and isinstance(answer, Wait)):
-                    return answer
-                await self._changed.wait()
+            try:
+                while True:
+                    answer = self.split.next_batch(participant, self.clock())
+                    if not (wait and isinstance(answer, Wait)):
+                        return answer
+                    self.waiting.add(participant)
+                    await self._changed.wait()
+            finally:
+                self.waiting.discard(participant)
 
     async def started(self, participant: str, batch_id: int, test: str) -> None:
         self.split.started(participant, batch_id, test, self.clock())

@@ -306,3 +306,113 @@ async def test_tests_a_pytest_process_cannot_report_are_errors_naming_them(tmp_p
         gone, TestOutcome.ERROR, 0.0,
         f"{gone}: asked for, but this test process did not collect it", "p1.0",
     )  # fmt: skip
+
+
+# --- unittest participants ----------------------------------------------------------------
+
+UNITTEST_SUITE = """\
+import os
+import time
+import unittest
+
+
+class Shared(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.ready = True
+
+{sleepers}
+
+class Outcomes(unittest.TestCase):
+    def test_fails(self):
+        self.assertEqual(1, 2)
+
+    def test_errors(self):
+        raise RuntimeError("boom")
+
+    @unittest.skip("not today")
+    def test_skipped(self):
+        pass
+
+    @unittest.expectedFailure
+    def test_expected_to_fail(self):
+        self.assertEqual(1, 2)
+
+    def test_subtest_fails(self):
+        for i in range(2):
+            with self.subTest(i=i):
+                self.assertEqual(i, 0)
+
+
+class BrokenSetUp(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        raise RuntimeError("no database")
+
+    def test_needs_the_database(self):
+        pass
+"""
+
+
+def unittest_project(root: Path, extra: str = "") -> Path:
+    sleepers = "".join(
+        f"    def test_sleep_{i:02}(self):\n        time.sleep(0.2)\n        assert self.ready\n\n"
+        for i in range(12)
+    )
+    (root / "tests").mkdir()
+    (root / "tests" / "test_u.py").write_text(UNITTEST_SUITE.format(sleepers=sleepers) + extra)
+    return root
+
+
+@async_test(limit=60)
+async def test_two_unittest_processes_share_a_suite_with_its_fixtures(tmp_path, socket_dir):
+    project = unittest_project(tmp_path)
+    collected = collect(project, UNITTEST)["tests"]
+    assert isinstance(collected, list) and len(collected) == 18
+    split = Split(collected, {}, width=2)
+    backend, team = await split_over(project, UNITTEST, split, socket_dir, ["u1", "u2"])
+    assert_each_reported_once(backend, collected)
+    results = split.results
+    outcome = {t.rsplit(".", 1)[1]: r.outcome for t, r in results.items()}
+    assert outcome["test_fails"] == outcome["test_subtest_fails"] == TestOutcome.FAILED
+    assert outcome["test_errors"] == outcome["test_needs_the_database"] == TestOutcome.ERROR
+    assert outcome["test_skipped"] == outcome["test_expected_to_fail"] == TestOutcome.SKIPPED
+    assert "RuntimeError: boom" in results["test_u.Outcomes.test_errors"].message
+    needs = results["test_u.BrokenSetUp.test_needs_the_database"].message
+    assert needs.startswith("test_u.BrokenSetUp.test_needs_the_database: not run: ")
+    assert "RuntimeError: no database" in needs
+    summary = split.summary()
+    assert summary.summary.counts == {
+        "run": 18,
+        "passed": 12,
+        "failed": 2,
+        "errors": 2,
+        "skipped": 2,
+    }
+    assert sorted(summary.ran) == ["u1.0", "u2.0"], team.output()
+    assert b"Ran " in team.logs["u1.0"] and b"Ran " in team.logs["u2.0"]
+
+
+@async_test(limit=60)
+async def test_a_test_that_kills_its_unittest_process_fails_alone(tmp_path, socket_dir):
+    crash = "\n\nclass Crash(unittest.TestCase):\n    def test_exit(self):\n        os._exit(4)\n"
+    project = unittest_project(tmp_path, crash)
+    collected = collect(project, UNITTEST)["tests"]
+    assert isinstance(collected, list) and "test_u.Crash.test_exit" in collected
+    split = Split(collected, {"test_u.Crash.test_exit": 5.0}, width=2)
+    backend, team = await split_over(project, UNITTEST, split, socket_dir, ["u1", "u2"], 3)
+    assert_each_reported_once(backend, collected, unreported=("test_u.Crash.test_exit",))
+    crashed = split.results["test_u.Crash.test_exit"]
+    assert (
+        crashed.outcome == TestOutcome.ERROR and "died while running it, 2 times" in crashed.message
+    )
+    assert split.summary().summary.counts["passed"] == 12
+
+
+def test_the_unittest_loader_without_a_source_says_what_to_set(tmp_path):
+    project = unittest_project(tmp_path)
+    done = subprocess.run(
+        UNITTEST, cwd=project, env=environment(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert f"set {SOCKET_ENV} to the batch source's socket, or give --list FILE" in done.stderr
