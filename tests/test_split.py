@@ -83,6 +83,16 @@ def test_participants_join_up_to_the_width_and_none_once_it_is_over(clock):
     assert not split.join("d", clock())
 
 
+def test_a_participant_that_joins_during_the_split_gets_the_tests_left(clock):
+    split = Split(names(12), {}, width=16)  # parallel = "auto": at most 16, joining as they come
+    split.join("early", clock())
+    first = split.next_batch("early", clock())
+    clock.advance(5.0)
+    assert split.join("late", clock())
+    second = split.next_batch("late", clock())
+    assert set(first.tests).isdisjoint(second.tests) and second.tests
+
+
 # --- results ----------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from helpers import async_test
 from support import eventually
 
 import superci
-from superci.split import Split, TestOutcome, TestResult
+from superci.split import Batch, Done, Split, TestOutcome, TestResult, Wait
 from superci.splitclient import COLLECT_ENV, PARTICIPANT_ENV, SOCKET_ENV
 from superci.splitsource import BatchSource, LocalSplit
 
@@ -63,7 +63,26 @@ def twenty_four(root: Path) -> tuple[Path, dict[str, float]]:
         file = f"test_part{i % 4}.py"
         files[file] = files.get(file, "") + sleeper(name, seconds)
         durations[f"tests/{file}::{name}"] = seconds
-    return pytest_project(root, files), durations
+    project = pytest_project(root, files)
+    (project / "tests" / "conftest.py").write_text(SESSION_FIXTURE)
+    return project, durations
+
+
+#: A session fixture that notes each set-up and tear-down with the participant's name.
+SESSION_FIXTURE = f"""\
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def expensive():
+    with open("fixture.log", "a") as log:
+        log.write("setup " + os.environ["{PARTICIPANT_ENV}"] + "\\n")
+    yield
+    with open("fixture.log", "a") as log:
+        log.write("teardown " + os.environ["{PARTICIPANT_ENV}"] + "\\n")
+"""
 
 
 def environment(**extra: str) -> dict[str, str]:
@@ -90,6 +109,12 @@ class Recording(LocalSplit):
     def __init__(self, split: Split) -> None:
         super().__init__(split)
         self.accepted: list[TestResult] = []
+        self.batches: Counter[str] = Counter()  # batches handed to each participant
+
+    async def next_batch(self, participant: str, wait: bool) -> Batch | Wait | Done:
+        answer = await super().next_batch(participant, wait)
+        self.batches[participant] += isinstance(answer, Batch)
+        return answer
 
     async def report(self, participant: str, batch_id: int, result: TestResult) -> None:
         await super().report(participant, batch_id, result)
@@ -222,6 +247,9 @@ async def test_four_pytest_processes_share_24_tests_and_finish_together(tmp_path
     assert max(ends) - min(ends) < 1.5, summary.last_result
     for out in team.logs.values():
         assert b"passed" in out, team.output()
+    assert all(n >= 2 for n in backend.batches.values()), backend.batches
+    fixture = Counter((project / "fixture.log").read_text().splitlines())
+    assert fixture == {f"{what} p{n}.0": 1 for what in ("setup", "teardown") for n in range(1, 5)}
 
 
 @async_test(limit=60)
@@ -320,6 +348,8 @@ class Shared(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.ready = True
+        with open("class.log", "a") as log:
+            log.write(os.environ["SUPERCI_SPLIT_PARTICIPANT"] + "\\n")
 
 {sleepers}
 
@@ -391,6 +421,8 @@ async def test_two_unittest_processes_share_a_suite_with_its_fixtures(tmp_path, 
     }
     assert sorted(summary.ran) == ["u1.0", "u2.0"], team.output()
     assert b"Ran " in team.logs["u1.0"] and b"Ran " in team.logs["u2.0"]
+    assert min(backend.batches.values()) >= 2, backend.batches
+    assert sorted((project / "class.log").read_text().split()) == ["u1.0", "u2.0"]
 
 
 @async_test(limit=60)
