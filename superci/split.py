@@ -100,11 +100,12 @@ class Done:
 @dataclass(frozen=True)
 class SplitSummary:
     """Counts summed over every test, who ran what, and how long each participant worked
-    (the sum of its tests' durations, and when its last result came)."""
+    (the sum of its tests' durations; when it joined and when its last result came)."""
 
     summary: Summary
     ran: dict[str, list[str]]
     busy: dict[str, float]
+    joined: dict[str, float]
     last_result: dict[str, float]
 
 
@@ -127,7 +128,6 @@ class _Held:
 @dataclass
 class _Participant:
     name: str
-    joined: float
     held: dict[int, _Held] = field(default_factory=dict)
 
 
@@ -182,6 +182,7 @@ class Split:
         self._returned: deque[_Work] = deque()
         self._participants: dict[str, _Participant] = {}
         self._crashes: dict[str, list[str]] = {}
+        self._joined: dict[str, float] = {}
         self._last_result: dict[str, float] = {}
         self._next_id = 1
         self.results: dict[str, TestResult] = {}
@@ -215,7 +216,8 @@ class Split:
             return True
         if self.done or self.ended is not None or len(self._participants) >= self.width:
             return False
-        self._participants[participant] = _Participant(participant, now)
+        self._participants[participant] = _Participant(participant)
+        self._joined.setdefault(participant, now)
         return True
 
     def leave(self, participant: str, now: float) -> None:
@@ -399,4 +401,6 @@ class Split:
             if result.participant:
                 ran.setdefault(result.participant, []).append(test)
                 busy[result.participant] = busy.get(result.participant, 0.0) + result.duration
-        return SplitSummary(Summary(counts, failures), ran, busy, dict(self._last_result))
+        return SplitSummary(
+            Summary(counts, failures), ran, busy, dict(self._joined), dict(self._last_result)
+        )

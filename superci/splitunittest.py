@@ -20,12 +20,14 @@ import time
 import unittest
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from superci.splitclient import COLLECT_ENV, SOCKET_ENV, BatchClient, feed, participant_name
 
-ErrInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+if TYPE_CHECKING:  # only for the checker: the tested repository's Python may be older
+    from types import TracebackType
+
+    ErrInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
 
 
 def discover(start: str, pattern: str, top: str | None) -> dict[str, unittest.TestCase]:

@@ -279,6 +279,7 @@ def test_the_summary_sums_counts_over_every_test_and_says_who_ran_what(clock):
     assert summary.summary.failures == ["f1", "e1"]
     assert summary.ran == {"a": ["p1", "f1"], "b": ["s1", "e1"]}
     assert summary.busy == {"a": 3.0, "b": 0.5}
+    assert summary.joined == {"a": clock(), "b": clock()}
     assert summary.last_result == {"a": 5, "b": 6}
 
 
