@@ -261,10 +261,10 @@ class BatchSource:
                 task.cancel()
             # A cancelled read still waits on the stream until it has run: let it.
             await asyncio.gather(asking, ended, return_exceptions=True)
+        if not ended.cancelled() and ended.result():
+            raise ProtocolError("a participant sends nothing while it waits for a batch")
         if asking.cancelled():
             raise ConnectionError("the participant left while it waited for a batch")
-        if ended.done() and not ended.cancelled() and ended.result():
-            raise ProtocolError("a participant sends nothing while it waits for a batch")
         answer = asking.result()
         if isinstance(answer, Batch):
             return {"type": "batch", "id": answer.id, "tests": list(answer.tests)}

@@ -211,3 +211,21 @@ async def test_a_participant_that_dies_while_it_waits_is_lost_at_once(socket_pat
         await eventually(lambda: "w" not in backend.split.participants, what="w to be lost")
         assert [b.tests for b in backend.split.held("holder")] == [("a", "b"), ("c",)]
         await holder.close()
+
+
+@async_test()
+async def test_a_participant_that_talks_while_it_waits_is_told_it_broke_the_protocol(socket_path):
+    src, backend = source(socket_path)
+    async with src:
+        holder, waiter = await Peer.connect(src.path, "holder"), await Peer.connect(src.path, "w")
+        await holder.ask({"type": "next", "wait": True})
+        await holder.ask({"type": "next", "wait": True})
+        await waiter.ask({"type": "next", "wait": True})
+        await waiter.send({"type": "next", "wait": True})
+        await eventually(lambda: backend.waiting == {"w"}, what="w to wait")
+        answer = await waiter.ask({"type": "bye"})
+        assert answer == {
+            "type": "error", "message": "a participant sends nothing while it waits for a batch"
+        }  # fmt: skip
+        assert await waiter.closed()
+        await holder.close()
