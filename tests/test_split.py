@@ -314,3 +314,26 @@ def test_participants_sharing_known_durations_finish_within_the_last_small_tests
         heapq.heappush(events, (now, who))
     assert max(finished.values()) - min(finished.values()) <= 0.3 + 1e-9
     assert split.summary().summary.counts["passed"] == 24
+
+
+def test_participants_with_no_known_durations_finish_within_the_longest_test(clock):
+    """A first build: every test is guessed alike, yet the batches shrink, so four
+    participants in simulated time finish within one test of each other."""
+    real = {t: 0.1 + 0.1 * (i % 12) for i, t in enumerate(names(24))}
+    split = Split(names(24), {}, width=4)
+    events: list[tuple[float, str]] = []
+    for who in "abcd":
+        split.join(who, clock())
+        heapq.heappush(events, (clock(), who))
+    finished: dict[str, float] = {}
+    while events:
+        now, who = heapq.heappop(events)
+        answer = split.next_batch(who, now)
+        if not isinstance(answer, Batch):
+            finished[who] = now
+            continue
+        for test in answer.tests:
+            now += real[test]
+            split.report(who, answer.id, [passed(test, real[test])], now)
+        heapq.heappush(events, (now, who))
+    assert max(finished.values()) - min(finished.values()) <= max(real.values()) + 1e-9

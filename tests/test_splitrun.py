@@ -448,3 +448,24 @@ def test_the_unittest_loader_without_a_source_says_what_to_set(tmp_path):
     )
     assert done.returncode == 2
     assert f"set {SOCKET_ENV} to the batch source's socket, or give --list FILE" in done.stderr
+
+
+@async_test(limit=60)
+async def test_a_pytest_process_stopped_by_x_hands_back_what_it_held(tmp_path, socket_dir):
+    files = {
+        "test_a.py": "def test_fails():\n    assert 1 == 2\n\n\n"
+        + "".join(sleeper(f"test_{i}", 0.05) for i in range(9))
+    }
+    project = pytest_project(tmp_path, files)
+    collected = collect(project, PYTEST)["tests"]
+    assert isinstance(collected, list) and len(collected) == 10
+    split = Split(collected, {"tests/test_a.py::test_fails": 5.0}, width=2)
+    backend, team = await split_over(project, [*PYTEST, "-x"], split, socket_dir, ["p1", "p2"])
+    assert_each_reported_once(backend, collected)
+    failed = split.results["tests/test_a.py::test_fails"]
+    assert failed.outcome == TestOutcome.FAILED and "assert 1 == 2" in failed.message
+    summary = split.summary()
+    assert summary.ran[failed.participant] == ["tests/test_a.py::test_fails"]
+    assert summary.summary.counts["passed"] == 9
+    assert team.processes[failed.participant].returncode == 1
+    assert b"stopping after 1 failures" in team.logs[failed.participant]
