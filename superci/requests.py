@@ -18,7 +18,7 @@ from superci import events, names, protocol
 from superci.bus import EventBus
 from superci.channel import Channel
 from superci.errors import AmbiguousCommit, ConfigError, ProtocolError, StorageError, UnknownBuild
-from superci.jobs import DEFAULT_JOB, JobSpec, commit_status, parse_jobs
+from superci.jobs import DEFAULT_JOB, JobSpec, commit_status, job_name, parse_jobs
 from superci.logstream import LogFollower
 from superci.ratelimit import RateLimitedLog
 from superci.recorder import Recorder
@@ -213,7 +213,7 @@ class ClientRequests:
                                   f"{records[0].sha} already finished ({status}); "
                                   "nothing to cancel")  # fmt: skip
         stopping = []
-        for record in unfinished:
+        for record in sorted(unfinished, key=_depth(records), reverse=True):
             try:
                 actions = self._scheduler.cancel(record.id, self._clock(),
                                                  reason="cancelled by request")  # fmt: skip
@@ -368,3 +368,18 @@ class ClientRequests:
             said = listener.exception() or listener.result()
             if isinstance(said, protocol.Message):
                 raise ProtocolError(f"a watcher cannot send {said.type}", code="unexpected")
+
+
+def _depth(records: list[BuildRecord]) -> Callable[[BuildRecord], int]:
+    """How many jobs deep a job runs after others: cancelled deepest first, so a job is
+    cancelled as asked rather than skipped because the job before it was cancelled."""
+    after = {job_name(record.job): record.after for record in records}
+    memo: dict[str, int] = {}
+
+    def depth(name: str) -> int:
+        if name not in memo:
+            memo[name] = 0  # the jobs were checked for cycles when they were expanded
+            memo[name] = 1 + max((depth(other) for other in after.get(name, [])), default=-1)
+        return memo[name]
+
+    return lambda record: depth(job_name(record.job))

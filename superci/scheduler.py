@@ -353,7 +353,10 @@ class Scheduler:
                 job.status = BuildStatus.QUEUED
                 heapq.heappush(self._queue, job.build_id)
         self._note_rounds(jobs, ended)
-        return self._dispatch(now)
+        skipped: list[Action] = []  # a skip decided before the restart but not recorded
+        for round_id in list(self.rounds):
+            skipped += self._skip_blocked(round_id)
+        return skipped + self._dispatch(now)
 
     def admit(
         self, name: str, instance: str | None, proof: Proof, now: float, last_host: str = ""
@@ -786,16 +789,21 @@ class Scheduler:
             return []
         if status is not None:
             round_.ended[job.job] = status
+        return self._skip_blocked(job.round)
+
+    def _skip_blocked(self, round_id: int) -> list[Action]:
+        """End as skipped the queued jobs of a round that run after one that did not pass;
+        forget the round once none of its jobs is left."""
         actions: list[Action] = []
-        for build_id in self._unfinished_of(job.round):
+        for build_id in self._unfinished_of(round_id):
             other = self.jobs.get(build_id)
             if other is None or other.status is not BuildStatus.QUEUED:
                 continue  # ended meanwhile (by a skip below), or already running
             because = self._readiness(other).skipped_because
             if because is not None:
                 actions += self._end(other, BuildStatus.SKIPPED, f"skipped: {because}")
-        if not self._unfinished_of(job.round):
-            self.rounds.pop(job.round, None)
+        if not self._unfinished_of(round_id):
+            self.rounds.pop(round_id, None)
         return actions
 
     def _readiness(self, job: Job) -> Readiness:

@@ -27,9 +27,10 @@ from aiohttp import web
 from superci import names, protocol, webviews
 from superci.bus import EventBus
 from superci.channel import Address
+from superci.defaults import DEFAULT_JOB
 from superci.errors import AmbiguousCommit, ProtocolError, UnknownBuild
 from superci.eventring import EventRing, Numbered
-from superci.report import build_summary, status_document, waiting_summary
+from superci.report import build_summary, commit_document, status_document, waiting_summary
 from superci.results import ResultsFolder
 from superci.scheduler import Scheduler
 from superci.settings import DispatcherSettings
@@ -144,12 +145,14 @@ class WebServer:
         """The raw log: a finished build's file with Range support, else what there is."""
         record = self._resolve(request.match_info["name"])
         headers = {"Content-Type": "text/plain; charset=utf-8"}
-        path = self._results.log_file(record.sha, record.id) if record.status.finished else None
+        path = None
+        if record.status.finished:
+            path = self._results.log_file(record.sha, record.id, record.job)
         if path is not None:
             return web.FileResponse(path, headers=headers)
         response = web.StreamResponse(headers={**headers, "Cache-Control": "no-cache"})
         await response.prepare(request)
-        for piece in self._results.read_log(record.sha, 0, record.id):
+        for piece in self._results.read_log(record.sha, 0, record.id, job=record.job):
             await response.write(piece)
         await response.write_eof()
         return response
@@ -231,19 +234,23 @@ class WebServer:
             raise web.HTTPConflict(text=str(e)) from None
 
     def _document(self, record: BuildRecord) -> dict[str, Any]:
-        """The build's ``result.json`` once it has one, else what the store knows."""
-        result = self._results.read_result(record.sha, record.id)
+        """The build's ``result.json`` once it has one, else what the store knows; of a
+        commit of several jobs, with ``jobs`` (see :func:`commit_document`)."""
+        result = self._results.read_result(record.sha, record.id, record.job)
         if result is None or result.get("build_id") != record.id:
-            return waiting_summary(record, self._scheduler.view(), self._clock())
+            result = waiting_summary(record, self._scheduler.view(), self._clock())
+        if record.job != DEFAULT_JOB:
+            commit = commit_document(self._store.round_of(record.round))
+            result["jobs"], result["commit_status"] = commit["jobs"], commit["status"]
         return result
 
     def _log_tail(self, record: BuildRecord) -> tuple[str, bool]:
         """The last :data:`TAIL_LINES` of the log, and whether earlier ones were left out
         (reads files only, so it may run in a thread: a segment cut meanwhile reads as
         nothing)."""
-        size = self._results.log_view_size(record.sha, record.id)
+        size = self._results.log_view_size(record.sha, record.id, record.job)
         start = max(0, size - TAIL_BYTES)
-        data = b"".join(self._results.read_log(record.sha, start, record.id))
+        data = b"".join(self._results.read_log(record.sha, start, record.id, job=record.job))
         lines = data.decode("utf-8", "replace").splitlines()
         if start > 0 and lines:
             lines = lines[1:]  # the first may have been cut in the middle

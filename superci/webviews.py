@@ -127,6 +127,13 @@ def commit_page(document: Mapping[str, Any], log_tail: str, log_cut: bool) -> st
         ("finished", _text(document.get("finished_at"))),
     ]
     parts = [_table(["", ""], [[escape(k), v] for k, v in facts])]
+    jobs = document.get("jobs") or []  # a commit of several jobs: the one shown is the last
+    if jobs:
+        rows = [[_text(j["job"]), _status(j["status"]), _text(j.get("runner")),
+                 _duration(j.get("duration")), escape(counts_text(j.get("tests")))]
+                for j in jobs]  # fmt: skip
+        parts.append(f"<h2>Jobs ({len(jobs)}): {_status(str(document.get('commit_status')))}</h2>"
+                     + _table(["job", "status", "runner", "duration", "tests"], rows))  # fmt: skip
     failures = document.get("failures") or []
     if failures:
         items = "".join(f"<li><pre>{escape(str(f))}</pre></li>" for f in failures)

@@ -690,8 +690,9 @@ def test_status_and_show_describe_the_runners_the_queue_the_builds_and_failing_t
     [runner] = table_rows(busy.stdout, "Runners (1)")
     assert runner[:4] == ["runner-a", socket.gethostname(), "busy", running[:12]]
     assert re.fullmatch(r"\d+\.\ds", runner[4])
+    waiting = "the only runner, runner-a, is busy; next in line"
     assert table_rows(busy.stdout, "Queue (1)") == [
-        ["2", failing[:12], "-", "main", "0", "-", "the only runner, runner-a, is busy; next in line"]
+        ["2", failing[:12], "-", "main", "0", "-", waiting]
     ]
     # Notified from outside a clone: no subject or author until the runner says them.
     assert [row[:7] for row in table_rows(busy.stdout, "Last builds")] == [
