@@ -122,6 +122,16 @@ def commit_document(records: Sequence[BuildRecord]) -> dict[str, Any]:
     }
 
 
+def commit_view(records: Sequence[BuildRecord], pool: PoolView, now: float) -> dict[str, Any]:
+    """What ``show`` says of a commit of several jobs: :func:`commit_document`, each
+    queued job with why it waits."""
+    document = commit_document(records)
+    for entry, record in zip(document["jobs"], records, strict=True):
+        if record.status is BuildStatus.QUEUED:
+            entry["waiting"] = waiting_summary(record, pool, now).get("waiting")
+    return document
+
+
 #: What commit.json says of each job.
 JOB_FIELDS = ("job", "build_id", "status", "runner", "duration", "tests", "message",
               "started_at", "finished_at")  # fmt: skip

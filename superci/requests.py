@@ -22,13 +22,7 @@ from superci.jobs import DEFAULT_JOB, JobSpec, commit_status, job_name, parse_jo
 from superci.logstream import LogFollower
 from superci.ratelimit import RateLimitedLog
 from superci.recorder import Recorder
-from superci.report import (
-    STATUS_LISTS,
-    commit_document,
-    fitted,
-    status_document,
-    waiting_summary,
-)
+from superci.report import STATUS_LISTS, commit_view, fitted, status_document, waiting_summary
 from superci.results import ResultsFolder
 from superci.scheduler import EndBuild, Scheduler
 from superci.settings import DispatcherSettings
@@ -123,11 +117,13 @@ class ClientRequests:
                  f" with {len(records)} jobs" if len(records) > 1 else "")  # fmt: skip
         for record in records:
             self._bus.publish(events.BuildQueued(build_id=record.id, sha=sha, branch=branch))
-        if records[0].job != DEFAULT_JOB:
-            try:
+        several = records[0].job != DEFAULT_JOB
+        try:
+            self._results.new_round(sha, several)
+            if several:
                 self._recorder.write_commit(sha, round_id)
-            except StorageError as e:  # written again as each job ends
-                log.warning("commit.json of %s not written yet: %s", sha[:12], e)
+        except StorageError as e:  # commit.json is written again as each job ends
+            log.warning("the results of %s are not ready for the new round yet: %s", sha[:12], e)
         self._recorder.carry_out(
             self._scheduler.add_round([record.to_job() for record in records], self._clock())
         )
@@ -249,11 +245,7 @@ class ClientRequests:
         """``show`` of a commit of several jobs: the round's status and each job's line,
         a queued one with why it waits."""
         records = self._store.round_of(record.round)
-        document = commit_document(records)
-        pool, now = self._scheduler.view(), self._clock()
-        for entry, job in zip(document["jobs"], records, strict=True):
-            if job.status is BuildStatus.QUEUED:
-                entry["waiting"] = waiting_summary(job, pool, now).get("waiting")
+        document = commit_view(records, self._scheduler.view(), self._clock())
         return protocol.Reply(status=document["status"], document=fitted(document, ["jobs"]))
 
     def _resolve(

@@ -210,6 +210,27 @@ class ResultsFolder:
         folder = self._files_of(sha, build_id, job)
         return None if folder is None else _read_json(folder / RESULT_FILE)
 
+    def new_round(self, sha: str, several: bool) -> None:
+        """A new round of the commit's jobs was queued: what an earlier round left at the
+        top of the commit's folder moves to ``builds/<id>/`` (the one default job's files
+        before a round of ``several`` jobs, the earlier round's ``commit.json`` before a
+        round of one), so the top never shows another round's verdict as this one's."""
+        folder = self.folder(sha)
+        if not folder.is_dir():
+            return
+        if several:
+            self._set_aside_earlier(folder, None)
+            return
+        try:
+            earlier = _read_json(folder / COMMIT_FILE)
+            old = earlier.get("round") if isinstance(earlier, dict) else None
+            if isinstance(old, int):
+                target = folder / EARLIER_BUILDS / str(old)
+                target.mkdir(parents=True, exist_ok=True)
+                os.replace(folder / COMMIT_FILE, target / COMMIT_FILE)
+        except (OSError, ValueError) as e:
+            raise StorageError(f"cannot keep {folder / COMMIT_FILE} aside: {e}") from e
+
     def write_commit(self, sha: str, document: dict[str, Any]) -> Path:
         """Atomically replace ``commit.json``, the summary of the commit's jobs; that of
         an earlier round (``document["round"]`` tells) moves to ``builds/<round>/``."""

@@ -30,7 +30,7 @@ from superci.channel import Address
 from superci.defaults import DEFAULT_JOB
 from superci.errors import AmbiguousCommit, ProtocolError, UnknownBuild
 from superci.eventring import EventRing, Numbered
-from superci.report import build_summary, commit_document, status_document, waiting_summary
+from superci.report import build_summary, commit_view, status_document, waiting_summary
 from superci.results import ResultsFolder
 from superci.scheduler import Scheduler
 from superci.settings import DispatcherSettings
@@ -137,6 +137,8 @@ class WebServer:
 
     async def commit(self, request: web.Request) -> web.Response:
         record = self._resolve(request.match_info["name"])
+        if record.job != DEFAULT_JOB:  # several jobs, each with its log: the page lists them
+            return _html(webviews.commit_page(self._document(record), "", False))
         # Up to TAIL_BYTES of files: read in a thread, so the loop serves everyone meanwhile.
         tail, cut = await asyncio.get_running_loop().run_in_executor(None, self._log_tail, record)
         return _html(webviews.commit_page(self._document(record), tail, cut))
@@ -235,13 +237,13 @@ class WebServer:
 
     def _document(self, record: BuildRecord) -> dict[str, Any]:
         """The build's ``result.json`` once it has one, else what the store knows; of a
-        commit of several jobs, with ``jobs`` (see :func:`commit_document`)."""
-        result = self._results.read_result(record.sha, record.id, record.job)
-        if result is None or result.get("build_id") != record.id:
-            result = waiting_summary(record, self._scheduler.view(), self._clock())
+        commit of several jobs, its jobs (see :func:`commit_view`), as ``show`` says."""
         if record.job != DEFAULT_JOB:
-            commit = commit_document(self._store.round_of(record.round))
-            result["jobs"], result["commit_status"] = commit["jobs"], commit["status"]
+            records = self._store.round_of(record.round)
+            return commit_view(records, self._scheduler.view(), self._clock())
+        result = self._results.read_result(record.sha, record.id)
+        if result is None or result.get("build_id") != record.id:
+            return waiting_summary(record, self._scheduler.view(), self._clock())
         return result
 
     def _log_tail(self, record: BuildRecord) -> tuple[str, bool]:

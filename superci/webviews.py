@@ -107,6 +107,8 @@ def _pager(branch: str | None, number: int, more: bool) -> str:
 def commit_page(document: Mapping[str, Any], log_tail: str, log_cut: bool) -> str:
     """``/commit/<name>``: status, counts, failures, runners, times and the log's end."""
     sha = document["sha"]
+    if "jobs" in document:
+        return _jobs_page(document)
     facts = [
         ("commit", f"<code>{escape(sha)}</code>"),
         ("branch", _text(document["branch"])),
@@ -127,13 +129,6 @@ def commit_page(document: Mapping[str, Any], log_tail: str, log_cut: bool) -> st
         ("finished", _text(document.get("finished_at"))),
     ]
     parts = [_table(["", ""], [[escape(k), v] for k, v in facts])]
-    jobs = document.get("jobs") or []  # a commit of several jobs: the one shown is the last
-    if jobs:
-        rows = [[_text(j["job"]), _status(j["status"]), _text(j.get("runner")),
-                 _duration(j.get("duration")), escape(counts_text(j.get("tests")))]
-                for j in jobs]  # fmt: skip
-        parts.append(f"<h2>Jobs ({len(jobs)}): {_status(str(document.get('commit_status')))}</h2>"
-                     + _table(["job", "status", "runner", "duration", "tests"], rows))  # fmt: skip
     failures = document.get("failures") or []
     if failures:
         items = "".join(f"<li><pre>{escape(str(f))}</pre></li>" for f in failures)
@@ -142,6 +137,20 @@ def commit_page(document: Mapping[str, Any], log_tail: str, log_cut: bool) -> st
     cut = "the last lines; " if log_cut else ""
     parts.append(f'<h2>Log</h2><p>{cut}{raw}</p><pre id="log">{escape(log_tail)}</pre>')
     return page(f"{sha[:12]} ({document['branch']})", "\n".join(parts))
+
+
+def _jobs_page(document: Mapping[str, Any]) -> str:
+    """A commit of several jobs: its status and a line per job (``superci show``'s)."""
+    facts = [("commit", f"<code>{escape(document['sha'])}</code>"),
+             ("branch", _text(document["branch"])), ("subject", _text(document.get("subject"))),
+             ("status", _status(document["status"]))]  # fmt: skip
+    rows = [[_text(j["job"]), _status(j["status"]), _text(j.get("runner")),
+             _duration(j.get("duration")), escape(counts_text(j.get("tests"))),
+             _text(j.get("waiting") or j.get("message"))]
+            for j in document["jobs"]]  # fmt: skip
+    body = (_table(["", ""], [[escape(k), v] for k, v in facts]) + f"<h2>Jobs ({len(rows)})</h2>"
+            + _table(["job", "status", "runner", "duration", "tests", "reason"], rows))  # fmt: skip
+    return page(f"{document['sha'][:12]} ({document['branch']})", body)
 
 
 def runners_page(runners: Sequence[Mapping[str, Any]]) -> str:

@@ -169,3 +169,48 @@ async def test_a_restarted_dispatcher_still_runs_docs_after_tests(tmp_path):
         status, _ = await show(harness)
         assert status == "passed"
         await runner.close()
+
+
+@async_test()
+async def test_a_rebuild_with_other_jobs_moves_the_earlier_rounds_files_aside(tmp_path):
+    async with Harness(tmp_path) as harness:
+        assert harness.address is not None
+        runner, _ = await FakeRunner.connect(harness.address, "one")
+        await submit(harness, 'command = "true"\n')  # one default job: today's layout
+        build = await runner.expect(protocol.Build)
+        assert build.job == "default"
+        assert (await runner.result(build, "passed")).accepted
+        folder = harness.folder(SHA)
+        assert json.loads((folder / "result.json").read_text())["job"] == "default"
+
+        await submit(harness, '[jobs.lint]\n[jobs.tests]\nafter = ["lint"]\n', rebuild=True)
+        assert not (folder / "result.json").exists()  # the top holds no other round's verdict
+        assert json.loads((folder / "builds" / "1" / "result.json").read_text())["build_id"] == 1
+        assert json.loads((folder / "commit.json").read_text())["status"] == "queued"
+        for _ in range(2):
+            build = await runner.expect(protocol.Build)
+            assert (await runner.result(build, "passed")).accepted
+
+        await submit(harness, 'command = "true"\n', rebuild=True)  # one job again
+        assert not (folder / "commit.json").exists()
+        kept = json.loads((folder / "builds" / "2" / "commit.json").read_text())
+        assert (kept["round"], kept["status"]) == (2, "passed")
+        build = await runner.expect(protocol.Build)
+        assert (build.job, build.build_id) == ("default", 4)
+        await runner.close()
+
+
+@async_test()
+async def test_the_web_page_and_api_list_a_commits_jobs_as_show_does(tmp_path):
+    from test_web import text, web
+
+    async with web(tmp_path) as (harness, session):
+        await submit(harness, THREE_JOBS)  # no runner: every job waits
+        document = json.loads(await text(session, f"/api/commit/{SHA}"))
+        assert document == (await show(harness))[1]
+        assert [(j["job"], j["waiting"]) for j in document["jobs"]][2] == ("docs", "after tests")
+        page = await text(session, f"/commit/{SHA}")
+        assert "<h2>Jobs (3)</h2>" in page
+        rows = [page.index(f"<td>{job}</td>") for job in ("lint", "tests", "docs")]
+        assert rows == sorted(rows)
+        assert "after tests" in page
