@@ -117,13 +117,7 @@ class ClientRequests:
                  f" with {len(records)} jobs" if len(records) > 1 else "")  # fmt: skip
         for record in records:
             self._bus.publish(events.BuildQueued(build_id=record.id, sha=sha, branch=branch))
-        several = records[0].job != DEFAULT_JOB
-        try:
-            self._results.new_round(sha, several)
-            if several:
-                self._recorder.write_commit(sha, round_id)
-        except StorageError as e:  # commit.json is written again as each job ends
-            log.warning("the results of %s are not ready for the new round yet: %s", sha[:12], e)
+        self._new_round(sha, round_id, several=records[0].job != DEFAULT_JOB)
         self._recorder.carry_out(
             self._scheduler.add_round([record.to_job() for record in records], self._clock())
         )
@@ -143,6 +137,16 @@ class ClientRequests:
             ))  # fmt: skip
         return records
 
+    def _new_round(self, sha: str, round_id: int, several: bool) -> None:
+        """Make the commit's results folder ready for a new round (see
+        :meth:`ResultsFolder.new_round`) and, for several jobs, write its commit.json."""
+        try:
+            self._results.new_round(sha, several)
+            if several:
+                self._recorder.write_commit(sha, round_id)
+        except StorageError as e:  # commit.json is written again as each job ends
+            log.warning("the results of %s are not ready for the new round yet: %s", sha[:12], e)
+
     def _refuse(
         self, sha: str, branch: str, reason: str, subject: str | None, author: str | None
     ) -> protocol.Submitted:
@@ -150,6 +154,7 @@ class ClientRequests:
         says why), without ever reaching a runner."""
         record = self._store.add_build(sha, branch, self._wall(), subject, author)
         self._bus.publish(events.BuildQueued(build_id=record.id, sha=sha, branch=branch))
+        self._new_round(sha, record.id, several=False)
         self._recorder.carry_out([EndBuild(record.id, BuildStatus.ERROR, reason)])
         return protocol.Submitted(build_id=record.id, sha=sha, queued=True,
                                   status=BuildStatus.ERROR)  # fmt: skip
