@@ -369,13 +369,14 @@ class Recorder:
         )  # fmt: skip
         outbox.post(action.session, _build_message(action))
         self._bus.publish(events.BuildStarted(build_id=action.build_id, sha=action.sha,
-                                              branch=action.branch, runner=action.runner,
+                                              branch=action.branch, job=action.job,
+                                              runner=action.runner,
                                               attempt=action.attempt))  # fmt: skip
 
     def _publish_queued(self, build_id: int, reason: str) -> None:
         record = self._store.get(build_id)
         if record is not None:
-            self._bus.publish(events.BuildQueued(build_id=build_id, sha=record.sha,
+            self._bus.publish(events.BuildQueued(build_id=build_id, sha=record.sha, job=record.job,
                                                  branch=record.branch, reason=reason))  # fmt: skip
 
 

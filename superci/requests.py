@@ -116,7 +116,9 @@ class ClientRequests:
         log.info("queued build %d of %s (%s)%s", round_id, sha[:12], branch,
                  f" with {len(records)} jobs" if len(records) > 1 else "")  # fmt: skip
         for record in records:
-            self._bus.publish(events.BuildQueued(build_id=record.id, sha=sha, branch=branch))
+            self._bus.publish(
+                events.BuildQueued(build_id=record.id, sha=sha, branch=branch, job=record.job)
+            )
         self._new_round(sha, round_id, several=records[0].job != DEFAULT_JOB)
         self._recorder.carry_out(
             self._scheduler.add_round([record.to_job() for record in records], self._clock())

@@ -182,7 +182,12 @@ class RunnerSessions:
             start = message.offset + len(data) - len(new)
             self._bus.publish(
                 events.BuildOutput(
-                    build_id=job.build_id, sha=job.sha, branch=job.branch, offset=start, data=new
+                    build_id=job.build_id,
+                    sha=job.sha,
+                    branch=job.branch,
+                    job=job.job,
+                    offset=start,
+                    data=new,
                 )
             )
 

@@ -181,6 +181,8 @@ def _event_text(event: dict[str, Any]) -> str:
         return "fell behind the events; some were missed" if kind == "resync" else kind
     sha = str(event.get("sha") or "?")
     build = f"build {event.get('build_id', '?')} {sha[:12]} ({event.get('branch', '?')})"
+    if event.get("job") not in (None, DEFAULT_JOB):
+        build += f" job {event['job']}"
     return f"{build} {_BUILD_EVENTS[kind](event)}"
 
 

@@ -214,3 +214,17 @@ async def test_the_web_page_and_api_list_a_commits_jobs_as_show_does(tmp_path):
         rows = [page.index(f"<td>{job}</td>") for job in ("lint", "tests", "docs")]
         assert rows == sorted(rows)
         assert "after tests" in page
+
+
+def test_outcome_and_event_lines_name_the_job_of_a_commit_of_several():
+    from superci.tables import event_line
+    from superci.up import format_outcome
+
+    result = {"status": "passed", "sha": SHA, "branch": "main", "job": "tests (python=3.12)",
+              "duration": 1.0, "runner": "r1", "message": "tests passed"}  # fmt: skip
+    assert "(main) job tests (python=3.12) in 1.0s on r1" in format_outcome(result)
+    assert " job " not in format_outcome({**result, "job": "default"})
+    started = {"event": "started", "build_id": 2, "sha": SHA, "branch": "main", "job": "lint",
+               "runner": "r1", "attempt": 1}  # fmt: skip
+    assert event_line(started).endswith(f"build 2 {SHA[:12]} (main) job lint started on r1, "
+                                        "attempt 1")  # fmt: skip
