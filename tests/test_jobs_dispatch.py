@@ -228,3 +228,25 @@ def test_outcome_and_event_lines_name_the_job_of_a_commit_of_several():
                "runner": "r1", "attempt": 1}  # fmt: skip
     assert event_line(started).endswith(f"build 2 {SHA[:12]} (main) job lint started on r1, "
                                         "attempt 1")  # fmt: skip
+
+
+@async_test()
+async def test_a_lost_runner_re_runs_only_its_own_cell_of_the_matrix(tmp_path):
+    async with Harness(tmp_path) as harness:
+        assert harness.address is not None
+        one, _ = await FakeRunner.connect(harness.address, "one")
+        two, _ = await FakeRunner.connect(harness.address, "two")
+        await submit(harness, '[matrix]\nx = ["a", "b"]\n')
+        first, second = await one.expect(protocol.Build), await two.expect(protocol.Build)
+        assert (first.job, second.job) == ("default (x=a)", "default (x=b)")
+        await two.close()  # lost with its cell
+        assert (await one.result(first, "passed")).accepted
+        again = await one.expect(protocol.Build)
+        assert (again.job, again.build_id, again.attempt) == ("default (x=b)", 2, 2)
+        assert (await one.result(again, "passed")).accepted
+        await one.round_trip()
+        status, document = await show(harness)
+        assert status == "passed"
+        assert [(j["build_id"], j["runner"]) for j in document["jobs"]] == [(1, "one"), (2, "one")]
+        assert harness.db_build(1)["attempt"] == 1  # the other cell ran once
+        await one.close()
