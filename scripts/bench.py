@@ -57,7 +57,14 @@ from superci.channel import Address, Channel, parse_address
 
 # The tests' own waits: the benchmark runs from a checkout, never installed, like the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support import make_wheel, rss_mib, slow_readers, wait_until  # noqa: E402
+from support import (  # noqa: E402
+    have_chromium,
+    make_wheel,
+    rss_mib,
+    slow_readers,
+    start_chromium,
+    wait_until,
+)
 
 PYTHON = sys.executable
 #: How long any one wait may last before the scenario fails (seconds); reached only when broken.
@@ -1243,6 +1250,300 @@ def scenario_envs(bench: Bench) -> list[Row]:
     ]
 
 
+# --- 11. the web page ----------------------------------------------------------------
+
+#: SSE watchers of the web page, in a process of their own (as browsers would be): every
+#: stream counts its events; "watching" once all are connected; the total when stdin ends.
+SSE_WATCHERS = r"""
+import asyncio, sys, threading
+import aiohttp
+
+async def main(url, count):
+    loop = asyncio.get_running_loop()
+    stop, connected, events = asyncio.Event(), [0], [0]
+    threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)),
+                     daemon=True).start()
+
+    async def watch(session):  # cheap to read, so the watchers leave the CPU to others
+        async with session.get(url) as response:
+            await response.content.readline()  # ": connected"
+            connected[0] += 1
+            if connected[0] == count:
+                print("watching", flush=True)
+            tail = b""
+            async for chunk in response.content.iter_any():
+                piece = tail + chunk
+                events[0] += piece.count(b"\nid: ")
+                tail = piece[-4:]  # too short to hold a whole "\\nid: "
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        tasks = [asyncio.create_task(watch(session)) for _ in range(count)]
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    print("events", events[0], flush=True)
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+class Watchers:
+    """``count`` SSE streams of ``url`` held by another process until :meth:`stop`."""
+
+    def __init__(self, url: str, count: int, env: dict[str, str]) -> None:
+        self.popen = subprocess.Popen(
+            [PYTHON, "-c", SSE_WATCHERS, url, str(count)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        assert self.popen.stdout is not None
+        line = self.popen.stdout.readline()  # bounded: the process ends if it cannot connect
+        if line.strip() != "watching":
+            self.popen.kill()
+            raise RuntimeError(f"the SSE watchers did not connect: {line!r}")
+
+    def stop(self) -> int:
+        """End the streams; returns how many events they got in all."""
+        out, _ = self.popen.communicate("", timeout=WAIT)
+        match = re.search(r"events (\d+)", out)
+        if match is None:
+            raise RuntimeError(f"the SSE watchers ended without a count: {out!r}")
+        return int(match.group(1))
+
+
+def web_dispatcher(stack: Stack, *extra: str) -> tuple[Proc, str]:
+    """A dispatcher with its web page on a free port, and the page's URL."""
+    dispatcher = stack.dispatcher("--web", "127.0.0.1:0", *extra)
+    return dispatcher, dispatcher.wait_for_log(r"web page at (http://\S+/)").group(1)
+
+
+async def _paced(
+    address: Address, rate: float, seconds: float, pid: int, name: str
+) -> dict[str, Any]:
+    """Builds submitted at ``rate`` a second for ``seconds``, passed by 10 synthetic
+    runners; the dispatcher's CPU (share of one core) meanwhile."""
+    pool = SyntheticPool(address, heartbeat=2.0)
+    pool.start(10, name)  # names new to the dispatcher: each round has its own runners
+    await asyncio.wait_for(pool.all_registered.wait(), WAIT)
+    count = int(rate * seconds)
+    pool.target = count
+    cpu0, start = cpu_seconds(pid), time.perf_counter()
+    async with client.connection(address) as channel:
+        for n in range(count):
+            await channel.send(protocol.Submit(sha=random_sha(), branch="main"))
+            await channel.receive(WAIT)
+            await asyncio.sleep(max(0.0, start + (n + 1) / rate - time.perf_counter()))
+    await asyncio.wait_for(pool.done.wait(), WAIT)
+    elapsed = time.perf_counter() - start
+    cpu = (cpu_seconds(pid) - cpu0) / elapsed
+    await pool.stop()
+    if pool.errors:
+        raise RuntimeError(f"{len(pool.errors)} synthetic runner(s) failed: {pool.errors[0]}")
+    return {"cpu": cpu, "builds": pool.accepted}
+
+
+def _watcher_cpu(bench: Bench, watchers: int) -> dict[str, Any]:
+    """The dispatcher's CPU while builds flow at a steady 50 a second, with no watcher
+    and with ``watchers`` SSE streams, alternately on one dispatcher (so the machine's
+    other load weighs on both alike); medians of the rounds."""
+    rate, seconds, rounds = 50.0, bench.n(10, 3), bench.n(3, 2)
+    cpu: dict[int, list[float]] = {0: [], watchers: []}
+    events = 0
+    with Stack(bench, "web-watchers-cpu") as stack:
+        dispatcher, url = web_dispatcher(stack)
+        address = parse_address(stack.address)
+        for n in range(rounds):
+            paced = asyncio.run(_paced(address, rate, seconds, dispatcher.pid, f"alone{n}"))
+            cpu[0].append(paced["cpu"])
+            held = Watchers(url + "events", watchers, bench.env)
+            try:
+                paced = asyncio.run(_paced(address, rate, seconds, dispatcher.pid, f"watched{n}"))
+            finally:
+                events += held.stop()
+            cpu[watchers].append(paced["cpu"])
+    return {"none": median(cpu[0]), "watched": median(cpu[watchers]), "events": events}
+
+
+def _watched_throughput(bench: Bench, watchers: int, tmpfs: bool) -> dict[str, Any]:
+    """Builds/s as in *3 throughput* (10 runners) with no watcher and with ``watchers``
+    SSE streams open, alternately (the load of a shared machine drifts); with ``tmpfs``
+    the results and the database are on /dev/shm, where the dispatcher's CPU is the
+    limit. Medians of the rounds, and the watchers' own CPU (share of a core)."""
+    builds, cap, rounds = bench.n(3000, 300), bench.n(120, 20), bench.n(3, 2)
+    base = Path(tempfile.mkdtemp(prefix="superci-bench-", dir="/dev/shm")) if tmpfs else None
+    rates: dict[int, list[float]] = {0: [], watchers: []}
+    client_cpu: list[float] = []
+    try:
+        for n in range(rounds):
+            for count in (0, watchers):
+                name = f"web-throughput-{'tmpfs-' if tmpfs else ''}{n}-{count}"
+                with Stack(bench, name, base) as stack:
+                    dispatcher, url = web_dispatcher(stack)
+                    held = Watchers(url + "events", count, bench.env) if count else None
+                    try:
+                        shas = [random_sha() for _ in range(builds)]
+                        address = parse_address(stack.address)
+                        cpu0 = cpu_seconds(held.popen.pid) if held else 0.0
+                        stats = asyncio.run(_throughput(address, 10, shas, cap, dispatcher.pid))
+                        if held:
+                            used = cpu_seconds(held.popen.pid) - cpu0
+                            client_cpu.append(used * stats["rate"] / stats["accepted"])
+                    finally:
+                        if held:
+                            held.stop()
+                    rates[count].append(stats["rate"])
+    finally:
+        if base is not None:
+            shutil.rmtree(base, ignore_errors=True)
+    return {"none": median(rates[0]), "watched": median(rates[watchers]),
+            "client_cpu": median(client_cpu)}  # fmt: skip
+
+
+#: Records when each build row of the builds page first shows each status (ms, the
+#: page's clock, which is this machine's).
+OBSERVE_ROWS = """
+window.seen = {};
+const look = () => {
+  const now = performance.timeOrigin + performance.now();
+  for (const row of document.querySelectorAll('#builds tr[id^="b-"]')) {
+    const key = row.id.slice(2) + ' ' + row.querySelector('.c-status').textContent;
+    if (!(key in window.seen)) window.seen[key] = now;
+  }
+};
+new MutationObserver(look).observe(document.getElementById('builds'),
+  {subtree: true, childList: true, characterData: true});
+"""
+
+
+async def _timed_builds(address: Address, url: str, count: int) -> dict[str, float]:
+    """``count`` builds one after the other, passed by a synthetic runner; returns when
+    the dispatcher published each status, ``"<build id> <status>" → ms`` (the events'
+    own time, read from an event stream of the page)."""
+    import aiohttp  # the dispatcher's web dependency
+
+    published: dict[str, float] = {}
+    statuses = {"queued": "queued", "started": "running"}
+    pool = SyntheticPool(address, heartbeat=2.0, record=True)
+    pool.start(1, "web")
+    await asyncio.wait_for(pool.all_registered.wait(), WAIT)
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session,
+        session.get(url + "events") as response,
+    ):
+        await response.content.readline()  # ": connected"
+
+        async def read() -> None:
+            async for line in response.content:
+                if line.startswith(b"data: "):
+                    event = json.loads(line[6:])
+                    status = statuses.get(event["event"], event.get("status"))
+                    if "build_id" in event and status:
+                        published[f"{event['build_id']} {status}"] = 1000 * event["time"]
+
+        task = asyncio.create_task(read())
+        try:
+            async with client.connection(address) as channel:
+                for _ in range(count):
+                    await channel.send(protocol.Submit(sha=random_sha(), branch="main"))
+                    await channel.receive(WAIT)
+                    await asyncio.wait_for(pool.acks.get(), WAIT)
+                    await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)
+        finally:
+            task.cancel()
+            await pool.stop()
+    return published
+
+
+def _dom_latencies(bench: Bench) -> list[float]:
+    """Event published → the builds page shows it (ms), for queued, running, passed."""
+    count = bench.n(50, 10)
+    with Stack(bench, "web-latency") as stack:
+        _, url = web_dispatcher(stack)
+        browser = start_chromium(stack.dir / "chromium-profile")
+        try:
+            browser.get(url)
+            browser.execute_script(OBSERVE_ROWS)
+            published = asyncio.run(_timed_builds(parse_address(stack.address), url, count))
+            seen = wait_until(
+                lambda: (lambda s: s if all(k in s for k in published) else None)(
+                    browser.execute_script("return window.seen")
+                ),
+                WAIT, "the page to show every status", POLL,
+            )  # fmt: skip
+        finally:
+            browser.quit()
+    if len(published) < 3 * count:
+        raise RuntimeError(f"{len(published)} statuses published for {count} builds")
+    return [seen[key] - at for key, at in published.items()]
+
+
+def _big_log_page(bench: Bench) -> dict[str, float]:
+    """A commit page whose log is 16 MiB of 64-byte lines: navigation → interactive
+    (the page's script has run: DOMContentLoaded), median of a few loads."""
+    line = b"x" * 63 + b"\n"
+    with Stack(bench, "web-log") as stack:
+        _, url = web_dispatcher(stack, "--max-log-bytes", str(64 * MIB))
+        sha = random_sha()
+        stack.notify(sha)  # queued, no runner: its log is written here
+        folder = stack.results / sha
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "output.log").write_bytes(line * (16 * MIB // len(line)))
+        browser = start_chromium(stack.dir / "chromium-profile")
+        times, lines = [], 0
+        try:
+            for _ in range(bench.n(5, 2)):
+                browser.get(f"{url}commit/{sha}")
+                times.append(browser.execute_script(
+                    "return performance.getEntriesByType('navigation')[0]"
+                    ".domContentLoadedEventEnd"
+                ))  # fmt: skip
+                lines = browser.execute_script("return document.querySelectorAll('#log .l').length")
+        finally:
+            browser.quit()
+    return {"interactive": median(times), "lines": lines}
+
+
+def scenario_web(bench: Bench) -> list[Row]:
+    """The web page: event → browser latency, the cost of 50 SSE watchers to the
+    dispatcher (CPU at a steady flow, and throughput), and a 16 MiB log page."""
+    s = "11 web"
+    if not have_chromium():
+        raise RuntimeError("the web scenario needs chromium and chromedriver (apt-get install "
+                           "chromium chromium-driver)")  # fmt: skip
+    latencies = _dom_latencies(bench)
+    cpu = _watcher_cpu(bench, 50)
+    flow = _watched_throughput(bench, 50, tmpfs=False)
+    shm = Path("/dev/shm")
+    fast = None
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        fast = _watched_throughput(bench, 50, tmpfs=True)
+    page = _big_log_page(bench)
+    rows = [
+        Row(s, f"event → browser DOM, p95 ({len(latencies)})", percentile(latencies, 95), "ms",
+            500),
+        Row(s, "  event → browser DOM, median", median(latencies), "ms"),
+        Row(s, "dispatcher CPU, 50 SSE watchers − none", 100 * (cpu["watched"] - cpu["none"]),
+            "%", 5, note=f"50 builds/s; {cpu['events']} events to the watchers"),
+        Row(s, "  dispatcher CPU, no watchers", 100 * cpu["none"], "%"),
+        Row(s, "dispatch with 50 watchers / without", 100 * flow["watched"] / flow["none"], "%",
+            90, ">=", note="10 synthetic runners"),
+        Row(s, "  builds/s, no watchers", flow["none"], "/s"),
+        Row(s, "  builds/s, 50 watchers", flow["watched"], "/s"),
+        Row(s, "  the 50 watchers' own CPU (another process)", 100 * flow["client_cpu"], "%"),
+    ]  # fmt: skip
+    if fast is not None:
+        rows += [
+            Row(s, "  the same on tmpfs: with / without", 100 * fast["watched"] / fast["none"],
+                "%", note="diagnostic: results and db on /dev/shm, the dispatcher's CPU bounds"),
+            Row(s, "  builds/s on tmpfs, no watchers", fast["none"], "/s"),
+            Row(s, "  builds/s on tmpfs, 50 watchers", fast["watched"], "/s"),
+        ]  # fmt: skip
+    rows.append(Row(s, "16 MiB log page: navigation → interactive", page["interactive"], "ms",
+                    1500, note=f"{page['lines']} log lines in the page"))  # fmt: skip
+    return rows
+
+
 # --- running ------------------------------------------------------------------------
 
 SCENARIOS: dict[str, list[Callable[[Bench], list[Row]]]] = {
@@ -1256,6 +1557,7 @@ SCENARIOS: dict[str, list[Callable[[Bench], list[Row]]]] = {
     "flood": [scenario_flood],
     "readers": [scenario_readers],
     "envs": [scenario_envs],
+    "web": [scenario_web],
 }
 
 

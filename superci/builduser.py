@@ -18,6 +18,7 @@ import pwd
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -65,6 +66,16 @@ printf '%s\n' "$root"
 """
 #: Run as the build user: remove its build folder, whatever modes the build left.
 REMOVE = 'chmod -R u+rwx -- "$1" 2>/dev/null; rm -rf -- "$1"'
+#: Run as the build user: a fresh folder of its own in "$1", named "$2-" and a random tail
+#: (mktemp), that others may enter and read; prints the folder.
+MAKE_FOLDER = r"""
+set -eu
+folder=$(mktemp -d "$1/$2-XXXXXXXXXX")
+chmod 755 "$folder"
+printf '%s\n' "$folder"
+"""
+#: Run as the build user: the index (from 0) of each argument it may execute, a line each.
+RUNNABLE = 'i=0; for path do if [ -x "$path" ]; then echo "$i"; fi; i=$((i+1)); done'
 
 
 @dataclass(frozen=True)
@@ -262,26 +273,76 @@ class BuildUser:
 
     def _folders(self, builds: Path, printed: str) -> BuildFolders:
         """The folders the unpacking made, once sure they are the user's, in ``builds``."""
-        root = Path(printed)
-        info = root.lstat() if root.is_absolute() else None
-        if (info is None or root.parent != builds or not re.fullmatch(r"build-\w+", root.name)
-                or not root.is_dir() or root.is_symlink() or info.st_uid != self.uid):  # fmt: skip
+        root = self.owned_folder(builds, printed, "build")
+        if root is None:
             raise WorkspaceError(
                 f"cannot hand the checkout to build user {self.name}: it made {printed!r}, "
                 f"not a folder of its own in {builds}"
             )
         return BuildFolders(root, root / "tree", root / "home", root / "tmp", root / "report")
 
+    def owned_folder(self, parent: Path, printed: str, prefix: str) -> Path | None:
+        """``printed`` (what a command of this user said it made), if it is a folder of
+        this user's right in ``parent`` named ``prefix-`` and a random tail; else None. Read
+        with lstat only: the runner follows nothing this user could have made."""
+        folder = Path(printed)
+        if not folder.is_absolute() or folder.parent != parent:
+            return None
+        if not re.fullmatch(rf"{re.escape(prefix)}-\w+", folder.name):
+            return None
+        try:
+            info = folder.lstat()
+        except OSError:
+            return None
+        return folder if stat.S_ISDIR(info.st_mode) and info.st_uid == self.uid else None
+
+    def make_folder(self, parent: Path, prefix: str) -> Path:
+        """A fresh folder of this user's in ``parent`` (a folder of the runner's this user
+        may write in, mode 1733), named ``prefix-`` and a random tail: made by the user
+        itself (see :data:`MAKE_FOLDER`), so the runner needs no chown. Blocks."""
+        what = f"cannot make a folder as build user {self.name} in {parent}"
+        try:
+            done = self.run(["/bin/sh", "-c", MAKE_FOLDER, "sh", str(parent), prefix])
+        except (OSError, subprocess.SubprocessError) as e:
+            raise WorkspaceError(f"{what}: {e}") from e
+        if done.returncode != 0:
+            said = done.stderr.strip()[-500:] or f"exit code {done.returncode}"
+            raise WorkspaceError(f"{what}: {said}")
+        folder = self.owned_folder(parent, done.stdout.strip(), prefix)
+        if folder is None:
+            raise WorkspaceError(f"{what}: it made {done.stdout.strip()!r}, not one of its own")
+        return folder
+
+    def runnable(self, paths: Sequence[str]) -> set[str]:
+        """Those of ``paths`` this user may execute: ``test -x`` as the user, so a folder
+        on the way that is closed to it (``/root``) counts. Blocks."""
+        if not paths:
+            return set()
+        try:
+            done = self.run(["/bin/sh", "-c", RUNNABLE, "sh", *paths])
+        except (OSError, subprocess.SubprocessError) as e:
+            log.warning("cannot ask build user %s which Pythons it may run: %s", self.name, e)
+            return set()
+        indexes = {int(line) for line in done.stdout.split() if line.isdigit()}
+        return {path for i, path in enumerate(paths) if i in indexes}
+
     def remove(self, folders: BuildFolders) -> None:
         """Remove a build's folder as this user (its processes are gone by then)."""
+        self.remove_folder(folders.root)
+
+    def remove_folder(self, folder: Path) -> bool:
+        """Remove a folder of this user's as this user, whatever modes are in it; whether
+        it is gone. As the user, a symlink it planted there leads only where it may go."""
         try:
-            done = self.run(["/bin/sh", "-c", REMOVE, "sh", str(folders.root)])
+            done = self.run(["/bin/sh", "-c", REMOVE, "sh", str(folder)])
         except (OSError, subprocess.SubprocessError) as e:
-            log.warning("cannot remove %s as build user %s: %s", folders.root, self.name, e)
-            return
-        if done.returncode != 0 or os.path.lexists(folders.root):
-            log.warning("cannot remove %s as build user %s: %s", folders.root, self.name,
+            log.warning("cannot remove %s as build user %s: %s", folder, self.name, e)
+            return False
+        if done.returncode != 0 or os.path.lexists(folder):
+            log.warning("cannot remove %s as build user %s: %s", folder, self.name,
                         done.stderr.strip() or f"exit code {done.returncode}")  # fmt: skip
+            return False
+        return True
 
 
 @dataclass(frozen=True)

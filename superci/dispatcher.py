@@ -142,7 +142,7 @@ class Dispatcher:
         limit = FailureLimit(self.settings.web_login_failures, self.settings.web_login_window)
         access = WebAccess(self._token, public, limit=limit)
         self.web = WebServer(
-            self.store, self.results, self.scheduler, self.bus,
+            self.store, self.results, self.scheduler, self.bus, requests=self.requests,
             settings=self.settings, clock=self._clock, access=access,
         )  # fmt: skip
         address = await self.web.start(host, port, self._tls, sock)

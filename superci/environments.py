@@ -6,14 +6,22 @@ command and a digest of the files that declare dependencies. The cache folder ho
 
 * ``envs/<key>-<token>/``: environments, each built in a folder of its own;
 * ``current/<key>``: a symlink to the complete environment of a key, made last and
-  swapped in with a rename, so it never names a half-built one. (A virtual environment
-  cannot be built elsewhere and renamed into place: its scripts name their interpreter
-  by absolute path.) A folder no symlink names is debris of a build that failed or was
-  killed, and is removed once no runner holds its key;
+  swapped in with a rename, so it never names a half-built one; the link itself is the
+  mark that the environment is complete, and its own time when it was last used. (A
+  virtual environment cannot be built elsewhere and renamed into place: its scripts name
+  their interpreter by absolute path.) A folder no symlink names is debris of a build
+  that failed or was killed, and is removed once no runner holds its key;
 * ``locks/<key>.lock``: ``flock`` locks, so runners sharing the machine cooperate: a
   builder holds its key exclusively, a build using an environment holds it shared (it
   is then never evicted from under it);
 * ``uv-cache/``: uv's shared cache (``UV_CACHE_DIR``), for uv and ``uv pip`` installs.
+
+With a build user (``--build-user``) the build user makes, fills and removes the folders
+of its environments and its uv cache (``uv/cache-<token>/``, named by the runner's
+``uv-cache`` symlink), through :class:`~superci.builduser.BuildUser` alone, whether the
+runner is root or not: ``envs/`` and ``uv/`` are the runner's, mode 1733. The runner
+only reads its own links and lstat's what they name: nothing the build user writes
+decides what the runner trusts or removes.
 
 The cache keeps at most ``size`` environments (``--env-cache-size``); the least recently
 used beyond that are removed first. A count, not bytes: it is what a person can reason
@@ -36,16 +44,19 @@ import hashlib
 import json
 import logging
 import os
+import pwd
+import re
 import secrets
 import shlex
 import shutil
+import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from superci.builduser import BuildUser
-from superci.errors import ConfigError, SuperCIError
+from superci.errors import ConfigError, SuperCIError, WorkspaceError
 from superci.execute import Execution
 from superci.safefile import read_inside
 
@@ -56,8 +67,8 @@ DEPENDENCY_FILES = ("pyproject.toml", "setup.cfg", "setup.py", "requirements*.tx
 #: Largest dependency file read for the key (bytes), and most files a pattern may match.
 MAX_DEPENDENCY_FILE_BYTES = 4 * 1024 * 1024
 MAX_DEPENDENCY_FILES = 200
-#: Written into a complete environment; its modification time is when it was last used.
-MARKER = "superci-environment.json"
+#: The name of an environment's folder in ``envs/``: its key's digest and a random tail.
+ENV_FOLDER = re.compile(r"([0-9a-f]{24})-[A-Za-z0-9]+")
 #: How often a runner looks again at a key another runner holds (seconds).
 LOCK_POLL = 0.05
 
@@ -157,7 +168,8 @@ def activated(base: Mapping[str, str], env: Path, uv_cache: Path) -> dict[str, s
 
 def default_root(user: BuildUser | None) -> Path:
     """Where environments are cached by default: the runner's user's cache folder; with
-    --build-user, a folder of the runner (root) that the build user may enter."""
+    --build-user, a folder of the runner's per build user, that the build user may enter
+    (a runner that is not root needs it made for it: see :meth:`EnvCache.setup`)."""
     if user is not None:
         return Path("/var/cache/superci", f"environments-{user.name}")
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
@@ -171,27 +183,60 @@ Build = Callable[[Path], Awaitable[Execution]]
 
 
 class EnvCache:
-    """The environments of this machine (of one user), shared by its runners."""
+    """The environments of this machine (of one build user, when builds run as one),
+    shared by its runners."""
 
     def __init__(self, root: Path, size: int, owner: BuildUser | None = None) -> None:
         self.root = root
         self.size = size
+        #: The build user whose environments these are: it makes and removes their folders.
         self.owner = owner
         self.envs = root / "envs"
         self.current = root / "current"
         self.locks = root / "locks"
+        #: uv's cache: the folder itself, or with a build user the runner's symlink to it.
         self.uv_cache = root / "uv-cache"
+        self.uv_folders = root / "uv"
 
     def setup(self) -> None:
         """Make the cache's folders (blocks). With a build user, each environment and uv's
-        cache are its own (its builds write them); every folder above them stays the
-        runner's, so the build user can neither swap one for a symlink nor name what the
-        runner removes."""
-        for folder in (self.root, self.current, self.locks, self.envs):
+        cache are folders the build user makes itself in a folder of the runner's it may
+        write in but not list (1733); ``current/``, ``locks/`` and the folders above stay the
+        runner's alone, so the build user can neither swap a link nor name what the runner
+        removes. A cache that cannot be set up is a :class:`ConfigError` saying why."""
+        try:
+            self._setup()
+        except (OSError, WorkspaceError, ConfigError) as e:
+            raise ConfigError(f"cannot set up the environment cache {self.root}: {e}. "
+                              f"{self._advice()}") from e  # fmt: skip
+
+    def _setup(self) -> None:
+        for folder in (self.root, self.current, self.locks):
             folder.mkdir(mode=0o755, parents=True, exist_ok=True)
-        self.uv_cache.mkdir(mode=0o755, exist_ok=True)
-        if self.owner is not None:
-            os.chown(self.uv_cache, self.owner.uid, self.owner.gid)
+        if self.owner is None:
+            self.envs.mkdir(mode=0o755, exist_ok=True)
+            self.uv_cache.mkdir(mode=0o755, exist_ok=True)
+            return
+        for folder in (self.current, self.locks, self.envs, self.uv_folders):
+            folder.mkdir(mode=0o755, exist_ok=True)
+            info = folder.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                raise ConfigError(f"{folder} is not a folder of the runner's own")
+        for folder in (self.envs, self.uv_folders):
+            folder.chmod(0o1733)
+        if self._named_uv_cache(self.owner) is None:
+            made = self.owner.make_folder(self.uv_folders, "cache")
+            self._link(self.uv_cache, made)
+
+    def _advice(self) -> str:
+        if self.owner is None:
+            return "Choose another folder with --env-cache"
+        runner = _user_name(os.geteuid())
+        return (
+            f"It must be a folder of the runner's user ({runner}) that build user "
+            f"{self.owner.name} may enter; make it with: install -d -m 755 -o {runner} "
+            f"{self.root} (or choose another with --env-cache)"
+        )
 
     @contextlib.asynccontextmanager
     async def use(self, key: EnvKey, build: Build, stopped: Stopped) -> AsyncIterator[Environment]:
@@ -226,7 +271,7 @@ class EnvCache:
                 raise InstallFailed(execution)
             await asyncio.to_thread(self._publish, key, folder)
         except BaseException:
-            await asyncio.to_thread(_remove, folder)
+            await asyncio.to_thread(self._remove_folder, folder)
             raise
 
     async def _lock(self, digest: str, mode: int, stopped: Stopped) -> int:
@@ -263,29 +308,38 @@ class EnvCache:
             os.close(fd)
 
     def _ready(self, digest: str) -> Path | None:
-        """The complete environment of the key (its use noted), or None."""
-        target = self._named(digest)
+        """The complete environment of the key (its use noted on its link), or None."""
+        folder = self._named(digest)
+        if folder is None or not self._is_environment(folder):
+            return None
         try:
-            if target is not None:
-                os.utime(target / MARKER)
+            os.utime(self.current / digest, follow_symlinks=False)
         except OSError:
             return None
-        return target
+        return folder
 
     def _new_folder(self, digest: str) -> Path:
         self.setup()
-        folder = self.envs / f"{digest}-{secrets.token_hex(4)}"
-        folder.mkdir(mode=0o755)
-        if self.owner is not None:
-            os.chown(folder, self.owner.uid, self.owner.gid)
-        return folder
+        if self.owner is None:
+            folder = self.envs / f"{digest}-{secrets.token_hex(4)}"
+            folder.mkdir(mode=0o755)
+            return folder
+        try:
+            return self.owner.make_folder(self.envs, digest)
+        except WorkspaceError as e:
+            raise ConfigError(f"{e}. {self._advice()}") from e
 
     def _publish(self, key: EnvKey, folder: Path) -> None:
-        """Mark the environment complete, then name it as the key's (atomically)."""
-        (folder / MARKER).write_text(json.dumps({**asdict(key), "built_at": time.time()}))
-        temporary = self.current / f".{key.digest}.{secrets.token_hex(4)}"
-        os.symlink(os.path.relpath(folder, self.current), temporary)
-        os.replace(temporary, self.current / key.digest)
+        """Name the environment as the key's (atomically): its link says it is complete."""
+        self._link(self.current / key.digest, folder)
+        log.info("environment %s made in %s: Python %s (%s), install %r", key.digest, folder,
+                 key.version, key.interpreter, key.install)  # fmt: skip
+
+    def _link(self, link: Path, folder: Path) -> None:
+        """Make ``link`` name ``folder`` (relatively), swapped in with a rename."""
+        temporary = link.with_name(f".{link.name}.{secrets.token_hex(4)}")
+        os.symlink(os.path.relpath(folder, link.parent), temporary)
+        os.replace(temporary, link)
 
     def tidy(self, keep: str | None = None) -> None:
         """Remove the least recently used environments beyond the size (never ``keep``,
@@ -301,9 +355,12 @@ class EnvCache:
         for link in _listdir(self.current):
             if link.startswith("."):
                 continue
-            try:
-                used = (self.current / link / MARKER).stat().st_mtime
+            folder = self._named(link)
+            try:  # the link's own time: the runner reads nothing in the environment
+                used = (self.current / link).lstat().st_mtime
             except OSError:
+                continue
+            if folder is None or not self._is_environment(folder):
                 used = 0.0  # broken: first to go
             entries.append((used, link))
         excess = len(entries) - self.size
@@ -325,15 +382,19 @@ class EnvCache:
             (self.current / digest).unlink(missing_ok=True)
             (self.locks / f"{digest}.lock").unlink(missing_ok=True)
             if folder is not None:
-                _remove(folder)
+                self._remove_folder(folder)
             log.info("environment %s removed from the cache (least recently used)", digest)
         finally:
             os.close(fd)
         return True
 
     def _remove_debris(self, name: str) -> None:
-        """Remove ``envs/name`` if it is not its key's environment and nobody builds it."""
-        digest = name.split("-")[0]
+        """Remove ``envs/name`` if it is not its key's environment and nobody builds it.
+        A name superci does not make is left alone."""
+        made = ENV_FOLDER.fullmatch(name)
+        if made is None:
+            return
+        digest = made.group(1)
         fd = self._try_lock(digest, fcntl.LOCK_EX)
         if fd is None:
             return  # being built (or used) right now
@@ -341,19 +402,53 @@ class EnvCache:
             named = self._named(digest)
             if named != self.envs / name:
                 log.info("removing %s, left by a build that did not finish", self.envs / name)
-                _remove(self.envs / name)
+                self._remove_folder(self.envs / name)
             if named is None:  # no environment of that key left: nor its lock
                 (self.locks / f"{digest}.lock").unlink(missing_ok=True)
         finally:
             os.close(fd)
 
     def _named(self, digest: str) -> Path | None:
-        """The folder the key's link names, if it has one."""
-        link = self.current / digest
+        """The folder in ``envs/`` the key's link names, if it has one."""
+        return _named_in(self.current / digest, self.envs)
+
+    def _named_uv_cache(self, owner: BuildUser) -> Path | None:
+        """The build user's uv cache the runner's link names, if it is one."""
+        folder = _named_in(self.uv_cache, self.uv_folders)
+        return None if folder is None else owner.owned_folder(self.uv_folders, str(folder), "cache")
+
+    def _is_environment(self, folder: Path) -> bool:
+        """Whether ``folder`` (in ``envs/``, the runner's) is still a folder, and the build
+        user's when there is one: lstat, so nothing the build user made is followed."""
         try:
-            return Path(os.path.normpath(link.parent / os.readlink(link)))
+            info = folder.lstat()
         except OSError:
-            return None
+            return False
+        return stat.S_ISDIR(info.st_mode) and (self.owner is None or info.st_uid == self.owner.uid)
+
+    def _remove_folder(self, folder: Path) -> None:
+        """Remove an environment's folder: with a build user as that user (it owns what is
+        in it), never as the runner."""
+        if self.owner is not None:
+            self.owner.remove_folder(folder)
+        else:
+            _remove(folder)
+
+
+def _named_in(link: Path, parent: Path) -> Path | None:
+    """The entry of ``parent`` that the runner's symlink ``link`` names, if any."""
+    try:
+        named = Path(os.path.normpath(link.parent / os.readlink(link)))
+    except OSError:
+        return None
+    return named if named.parent == parent else None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _listdir(folder: Path) -> list[str]:

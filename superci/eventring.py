@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections import deque
@@ -30,6 +31,11 @@ class Numbered:
     kind: str
     data: str
 
+    @functools.cached_property
+    def frame(self) -> bytes:
+        """The event as a Server-Sent Events frame, encoded once for every browser."""
+        return f"id: {self.id}\nevent: {self.kind}\ndata: {self.data}\n\n".encode()
+
 
 class EventRing:
     """Numbers the bus's events and keeps the last ``size`` of them."""
@@ -39,6 +45,7 @@ class EventRing:
         self._last = 0
         self._arrived = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
+        self._joined: tuple[tuple[int, int], bytes] = ((-1, -1), b"")
         self.closed = False  # no event will come any more: readers end
 
     @property
@@ -63,7 +70,21 @@ class EventRing:
         missed = self._last - last_id
         if missed > len(self._events):
             return None
-        return list(self._events)[len(self._events) - missed :] if missed else []
+        kept = len(self._events)  # the newest are at the right end: O(missed), not O(kept)
+        return [self._events[i] for i in range(kept - missed, kept)]
+
+    def frames_since(self, last_id: int) -> bytes | None:
+        """The Server-Sent Events frames of the events after ``last_id``, as one piece
+        (``b""`` when there are none; None as :meth:`since`). Browsers that are at the
+        same place, as they are while they keep up, share one piece."""
+        key = (last_id, self._last)
+        if self._joined[0] == key:
+            return self._joined[1]
+        missed = self.since(last_id)
+        if missed is None:
+            return None
+        self._joined = (key, b"".join(e.frame for e in missed))
+        return self._joined[1]
 
     async def wait(self, last_id: int, timeout: float) -> bool:
         """Wait until there is an event after ``last_id``; False after ``timeout``."""

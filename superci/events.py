@@ -69,6 +69,8 @@ class BuildQueued(BuildEvent):
 
     kind: ClassVar[str] = "queued"
     reason: str = ""
+    subject: str | None = None  # the commit's first line, when its submitter said it
+    author: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -319,7 +319,10 @@ class BuildExecutor:
             timeout=self.settings.file_read_timeout, what="the files that choose the test tool",
         )  # fmt: skip
         await say(f"no command in {defaults.CONFIG_FILE}: using {tool.name}, as {tool.reason}")
-        python = shutil.which("python", path=environment.get("PATH"))
+        if in_environment:  # its own, looked up by nobody: the folder may be the build user's
+            python: str | None = os.path.join(environment["VIRTUAL_ENV"], "bin", "python")
+        else:
+            python = shutil.which("python", path=environment.get("PATH"))
         problem = await asyncio.to_thread(
             testtool.missing_module, python, tool.module, tree, environment, self.build_user
         )

@@ -33,7 +33,7 @@ from superci.environments import (
 )
 from superci.errors import ConfigError
 from superci.execute import Execution, run_command
-from superci.interpreters import Interpreters, find_interpreters
+from superci.interpreters import Interpreter, Interpreters, find_interpreters
 from superci.safefile import read_off_loop
 from superci.settings import RunnerSettings
 
@@ -82,6 +82,10 @@ class InstallStep:
         root = settings.env_cache or default_root(user)
         self.cache = EnvCache(root, settings.env_cache_size, user)
         self._interpreters = interpreters
+        #: With a build user: the Pythons it may run, and those it may not (found once).
+        self._usable: tuple[Interpreters, list[Interpreter]] | None = None
+        #: Whether builds may use the runner's own Python: the build user may run it.
+        self._own_runs = user is None or self._check_own(user)
         self._set_up = False
 
     async def interpreters(self) -> Interpreters:
@@ -95,7 +99,7 @@ class InstallStep:
         """The environment ``config`` asks for, held while the block runs. Raises
         :class:`ConfigError` for a Python this runner lacks, and
         :class:`~superci.environments.InstallFailed` when the install did not succeed."""
-        interpreter, version = await self._interpreter(config.python)
+        interpreter, version = await self._interpreter(config.python, run.say)
         files = ""
         if config.install is not None:
             files = await read_off_loop(
@@ -126,18 +130,74 @@ class InstallStep:
         self.cache.tidy()  # what a runner killed mid-install left
         self._set_up = True
 
-    async def _interpreter(self, wanted: str | None) -> tuple[str, str]:
-        """The interpreter's path and full version: the runner's own without ``python``."""
+    @staticmethod
+    def _check_own(user: BuildUser) -> bool:
+        """Whether ``user`` may run the runner's own Python; a warning, at the runner's
+        start, when it may not (blocks)."""
+        if sys.executable in user.runnable([sys.executable]):
+            return True
+        log.warning(
+            "build user %s cannot run this runner's Python %s (a folder on the way is closed "
+            "to it): a build with install but no python in %s, or running python with no "
+            "environment of its own, cannot run. Install a Python %s may run (e.g. the "
+            "system's python3, not under /root) and set python = \"3.x\" in %s, or run the "
+            "runner with it", user.name, sys.executable, defaults.CONFIG_FILE, user.name,
+            defaults.CONFIG_FILE,
+        )  # fmt: skip
+        return False
+
+    async def usable(self) -> tuple[Interpreters, list[Interpreter]]:
+        """The Pythons builds may use, and those left out: with a build user, those it may
+        run (``test -x`` as it) and those it may not, each left out named in the log."""
+        found = await self.interpreters()
+        if self.user is None:
+            return found, []
+        if self._usable is None:
+            user, every = self.user, found.all()
+            runs = await asyncio.to_thread(user.runnable, [str(i.path) for i in every])
+            closed = [i for i in every if str(i.path) not in runs]
+            for interpreter in closed:
+                log.warning("builds will not use %s (Python %s): build user %s cannot run it",
+                            interpreter.path, interpreter.version, user.name)  # fmt: skip
+            self._usable = (found.only(lambda i: str(i.path) in runs), closed)
+        return self._usable
+
+    async def _interpreter(self, wanted: str | None, say: Say) -> tuple[str, str]:
+        """The interpreter's path and full version: the runner's own without ``python``;
+        with a build user, one it may run."""
         if wanted is None:
+            if not self._own_runs:
+                assert self.user is not None
+                usable, _ = await self.usable()
+                raise ConfigError(
+                    f"build user {self.user.name} cannot run this runner's Python "
+                    f"{sys.executable} (a folder on the way is closed to it), which a build "
+                    f'with no python in {defaults.CONFIG_FILE} uses: set python = "3.x" there '
+                    f"to a Python {self.user.name} can run (it can run {usable.describe()}), "
+                    "or install one where it may run it (not under /root)"
+                )
             return sys.executable, platform.python_version()
-        interpreters = await self.interpreters()
-        found = interpreters.find(wanted)
+        usable, closed = await self.usable()
+        found = usable.find(wanted)
+        skipped = [i for i in closed if wanted in (i.version, i.minor)]
+        if found is None and skipped and self.user is not None:
+            raise ConfigError(
+                f"python = {wanted!r} in {defaults.CONFIG_FILE}: build user {self.user.name} "
+                f"cannot run this runner's Python {wanted} "
+                f"({', '.join(str(i.path) for i in skipped)}: a folder on the way is closed "
+                f"to it; it can run {usable.describe()}): install Python {wanted} where "
+                f"{self.user.name} may run it (not under /root)"
+            )
         if found is None:
             raise ConfigError(
                 f"python = {wanted!r} in {defaults.CONFIG_FILE}: this runner has no Python "
-                f"{wanted} (it has {interpreters.describe()}); nothing is downloaded at "
+                f"{wanted} (it has {usable.describe()}); nothing is downloaded at "
                 "build time"
             )
+        passed_over = (await self.interpreters()).find(wanted)
+        if self.user is not None and passed_over is not None and passed_over in closed:
+            await say(f"skipped {passed_over.path} (Python {passed_over.version}): build user "
+                      f"{self.user.name} cannot run it; {found.path} instead")  # fmt: skip
         return os.fspath(found.path), found.version
 
     async def _install(

@@ -18,7 +18,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,14 +52,24 @@ class Interpreters:
     "3.12.1"."""
 
     def __init__(self, found: Iterable[Interpreter]) -> None:
+        self._found = list(found)
         self._by_version: dict[str, Interpreter] = {}
-        for interpreter in found:
+        for interpreter in self._found:
             self._by_version.setdefault(interpreter.version, interpreter)
             self._by_version.setdefault(interpreter.minor, interpreter)
 
     def find(self, wanted: str) -> Interpreter | None:
         """The interpreter of version ``wanted`` ("3.12" or "3.12.1"), if there is one."""
         return self._by_version.get(wanted)
+
+    def all(self) -> list[Interpreter]:
+        """Every interpreter found, in the order found (a version may come more than once)."""
+        return list(self._found)
+
+    def only(self, keep: Callable[[Interpreter], bool]) -> Interpreters:
+        """Those for which ``keep`` is true: a later one of a version stands in for a
+        first one left out."""
+        return Interpreters(i for i in self._found if keep(i))
 
     def versions(self) -> list[str]:
         """The major.minor versions found, oldest first: what the runner announces."""

@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from superci import events, names, protocol
@@ -95,8 +95,9 @@ class ClientRequests:
         the subject and author known of the commit unless given anew.
 
         ``config``: the commit's .superci.toml as the submitter read it, for its jobs
-        (superci.jobs) and the labels each needs; None (the submitter has no git): one
-        default job. One that does not parse, or whose jobs cannot be expanded, ends the
+        (superci.jobs) and the labels each needs; None (the submitter has no git, or the
+        web page's rebuild): the jobs of the commit's last round, else one default job.
+        One that does not parse, or whose jobs cannot be expanded, ends the
         build as an error at once, with the reason: no runner could build it, and the
         author hears why sooner."""
         known = self._store.latest_round(sha)
@@ -107,18 +108,23 @@ class ClientRequests:
                                           status=status)  # fmt: skip
             subject, author = subject or known[0].subject, author or known[0].author
         try:
-            specs = parse_jobs(config)
+            plan: list[PlannedJob] = [
+                (record.job, record.needs, tuple(record.after)) for record in known
+            ]  # a rebuild without the file: the jobs the commit had
+            if config is not None or not known:
+                plan = _plan(parse_jobs(config))
         except ConfigError as e:
             return self._refuse(sha, branch, f"{e}; nothing was built", subject, author)
         with self._store.transaction():  # all the jobs, or none
-            records = self._store_round(sha, branch, specs, subject, author)
+            records = self._store_round(sha, branch, plan, subject, author)
         round_id = records[0].id
         log.info("queued build %d of %s (%s)%s", round_id, sha[:12], branch,
                  f" with {len(records)} jobs" if len(records) > 1 else "")  # fmt: skip
         for record in records:
-            self._bus.publish(
-                events.BuildQueued(build_id=record.id, sha=sha, branch=branch, job=record.job)
-            )
+            self._bus.publish(events.BuildQueued(
+                build_id=record.id, sha=sha, branch=branch, job=record.job, subject=subject,
+                author=author,
+            ))  # fmt: skip
         self._new_round(sha, round_id, several=records[0].job != DEFAULT_JOB)
         self._recorder.carry_out(
             self._scheduler.add_round([record.to_job() for record in records], self._clock())
@@ -127,15 +133,15 @@ class ClientRequests:
                                   status=BuildStatus.QUEUED)  # fmt: skip
 
     def _store_round(
-        self, sha: str, branch: str, specs: list[JobSpec], subject: str | None,
+        self, sha: str, branch: str, plan: list[PlannedJob], subject: str | None,
         author: str | None,
     ) -> list[BuildRecord]:  # fmt: skip
         """One build row per job, the first one's id naming the round."""
         records: list[BuildRecord] = []
-        for spec in specs:
+        for key, needs, after in plan:
             records.append(self._store.add_build(
-                sha, branch, self._wall(), subject, author, dict(spec.config.needs),
-                job=spec.key, round=records[0].id if records else None, after=spec.after,
+                sha, branch, self._wall(), subject, author, dict(needs),
+                job=key, round=records[0].id if records else None, after=after,
             ))  # fmt: skip
         return records
 
@@ -367,6 +373,14 @@ class ClientRequests:
             said = listener.exception() or listener.result()
             if isinstance(said, protocol.Message):
                 raise ProtocolError(f"a watcher cannot send {said.type}", code="unexpected")
+
+
+#: A job to store: its key, the labels it needs, the job names it runs after.
+PlannedJob = tuple[str, Mapping[str, str], tuple[str, ...]]
+
+
+def _plan(specs: list[JobSpec]) -> list[PlannedJob]:
+    return [(spec.key, spec.config.needs, spec.after) for spec in specs]
 
 
 def _depth(records: list[BuildRecord]) -> Callable[[BuildRecord], int]:

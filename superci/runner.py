@@ -29,6 +29,7 @@ from typing import Any
 from superci import client, containment, defaults, identity, interpreters, labels, protocol
 from superci.backoff import Backoff
 from superci.buildlog import BuildLog
+from superci.builduser import BuildUser
 from superci.channel import Address, Channel
 from superci.errors import (
     AuthenticationError,
@@ -148,7 +149,7 @@ class RunnerProcess:
         self._secret = self.identity.load()  # None until the dispatcher issues one
         self._instance = identity.new_instance()
         found = interpreters.find_interpreters()  # announced, and what builds' python picks
-        facts = labels.detect_facts(found.versions())
+        facts = labels.detect_facts(announced_pythons(found, settings.build_user).versions())
         self.offer = labels.Offer(labels.check_labels(given_labels or {}), facts, exclusive)
         if exclusive and not self.offer.given:
             raise ConfigError("an exclusive runner needs a label of its own (--label)")
@@ -513,3 +514,16 @@ class RunnerProcess:
             self.identity.keep(self._secret)
         except ConfigError as e:
             log.error("%s", e)
+
+
+def announced_pythons(
+    found: interpreters.Interpreters, build_user: str | None
+) -> interpreters.Interpreters:
+    """The Pythons a runner offers builds: with a build user, those it may run (a folder
+    on the way, such as /root, may be closed to it), so no build is routed here for one
+    it cannot use."""
+    if build_user is None:
+        return found
+    user = BuildUser.lookup(build_user)
+    runs = user.runnable([str(i.path) for i in found.all()])
+    return found.only(lambda i: str(i.path) in runs)

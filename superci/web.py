@@ -5,7 +5,10 @@ It reads what the dispatcher has (the store, the results folder, the scheduler's
 between two ``await`` points like every other part, and sees every change through the
 event bus (:class:`~superci.eventring.EventRing`), so it never polls. The pages are
 rendered in :mod:`superci.webviews`; this module is the routes and their I/O; who may
-see them is :mod:`superci.weblogin`'s. It is read-only: nothing here changes a build.
+see them is :mod:`superci.weblogin`'s. The only changes it makes are cancel and rebuild,
+through the dispatcher's own :class:`~superci.requests.ClientRequests`, as ``superci
+cancel`` and ``notify --rebuild`` do. Logs are read off the loop (``run_in_executor``),
+a bounded window at a time (:mod:`superci.weblog`), so a large log never stalls dispatch.
 
 Paths name builds only through :func:`superci.names.resolve`; files are found from the
 stored commit id, never from the URL, so no path in a request can reach another file.
@@ -19,22 +22,26 @@ import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from ssl import SSLContext
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 from aiohttp import web
 
-from superci import names, protocol, webviews
+from superci import names, protocol, weblog, webviews
 from superci.bus import EventBus
 from superci.channel import Address
 from superci.defaults import DEFAULT_JOB
-from superci.errors import AmbiguousCommit, ProtocolError, UnknownBuild
+from superci.errors import AmbiguousCommit, ProtocolError, StorageError, UnknownBuild
 from superci.eventring import EventRing, Numbered
 from superci.report import build_summary, commit_view, status_document, waiting_summary
+from superci.requests import ClientRequests
 from superci.results import ResultsFolder
 from superci.scheduler import Scheduler
 from superci.settings import DispatcherSettings
 from superci.store import BuildRecord, Store
+from superci.weblog import TAIL_LINES, Window
 from superci.weblogin import WebAccess
 
 log = logging.getLogger(__name__)
@@ -43,11 +50,22 @@ log = logging.getLogger(__name__)
 MAX_QUERY = 1024
 #: Highest page number of the build list (far beyond any real history).
 MAX_PAGE = 1_000_000
-#: Lines of the log the commit page shows, and the bytes read to find them.
-TAIL_LINES = 2000
-TAIL_BYTES = 512 * 1024
+#: The page's script and the ANSI converter it imports, shipped as package data.
+STATIC = Path(__file__).parent / "static"
+#: Scripts only from this site, so even a missed escape could not run one.
+CSP = (
+    "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
+
+#: How long an event stream waits after an event for more before it writes (seconds):
+#: far below what a person notices, and one write per browser for a whole burst.
+EVENT_BATCH_DELAY = 0.05
+
+__all__ = ["TAIL_LINES", "WebServer", "parse_web_address"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 def parse_web_address(text: str) -> tuple[str, int]:
@@ -69,6 +87,7 @@ class WebServer:
         scheduler: Scheduler,
         bus: EventBus,
         *,
+        requests: ClientRequests,
         settings: DispatcherSettings,
         clock: Callable[[], float],
         access: WebAccess | None = None,
@@ -77,10 +96,11 @@ class WebServer:
         self._results = results
         self._scheduler = scheduler
         self._bus = bus
+        self._requests = requests
         self._settings = settings
         self._clock = clock
         self.ring = EventRing(settings.web_event_ring)
-        access = access or WebAccess(None, public=True)
+        self._access = access = access or WebAccess(None, public=True)
         self.app = web.Application(
             middlewares=[_bounded_query, _errors_as_pages, access.middleware]
         )
@@ -89,12 +109,16 @@ class WebServer:
             web.get("/", self.index),
             web.get("/runners", self.runners),
             web.get("/commit/{name:.+}/log.txt", self.log_text),
+            web.get("/commit/{name:.+}/log.json", self.log_json),
+            web.post("/commit/{name:.+}/cancel", self.cancel),
+            web.post("/commit/{name:.+}/rebuild", self.rebuild),
             web.get("/commit/{name:.+}", self.commit),
             web.get("/badge/{branch:.+}.svg", self.badge),
             web.get("/api/builds", self.api_builds),
             web.get("/api/commit/{name:.+}", self.api_commit),
             web.get("/api/runners", self.api_runners),
             web.get("/events", self.events),
+            web.static("/static", STATIC),
         ])  # fmt: skip
         self._runner: web.AppRunner | None = None
 
@@ -129,19 +153,24 @@ class WebServer:
         branch = _branch_param(request)
         number = _int_param(request, "page", 1, 1, MAX_PAGE)
         size = self._settings.web_page_size
+        events = self.ring.last_id  # before reading: the script misses nothing after
         records = self._store.page(size + 1, (number - 1) * size, branch)
         builds = [build_summary(r) for r in records[:size]]
-        queue = self._status(1)["queue"] if number == 1 and not branch else []
-        html = webviews.builds_page(queue, builds, branch, number, len(records) > size)
+        queue = self._status(size)["queue"] if number == 1 and not branch else []
+        more = len(records) > size
+        html = webviews.builds_page(queue, builds, branch, number, more, events, size)
         return _html(html)
 
     async def commit(self, request: web.Request) -> web.Response:
+        events = self.ring.last_id
         record = self._resolve(request.match_info["name"])
-        if record.job != DEFAULT_JOB:  # several jobs, each with its log: the page lists them
-            return _html(webviews.commit_page(self._document(record), "", False))
-        # Up to TAIL_BYTES of files: read in a thread, so the loop serves everyone meanwhile.
-        tail, cut = await asyncio.get_running_loop().run_in_executor(None, self._log_tail, record)
-        return _html(webviews.commit_page(self._document(record), tail, cut))
+        actions = webviews.Actions(self._access.may_act(request), self._access.csrf_token(request))
+        note = request.query.get("said")
+        document = self._document(record)
+        if record.job != DEFAULT_JOB:  # several jobs, each with its own log: listed
+            return _html(webviews.jobs_page(document, actions, note))
+        window = await self._off_loop(self._tail, record)
+        return _html(webviews.commit_page(document, window, actions, note, events))
 
     async def log_text(self, request: web.Request) -> web.StreamResponse:
         """The raw log: a finished build's file with Range support, else what there is."""
@@ -149,18 +178,70 @@ class WebServer:
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         path = None
         if record.status.finished:
-            path = self._results.log_file(record.sha, record.id, record.job)
+            path = await self._off_loop(self._results.log_file, record.sha, record.id, record.job)
         if path is not None:
             return web.FileResponse(path, headers=headers)
         response = web.StreamResponse(headers={**headers, "Cache-Control": "no-cache"})
         await response.prepare(request)
-        for piece in self._results.read_log(record.sha, 0, record.id, job=record.job):
-            await response.write(piece)
+        pieces = self._results.read_log(record.sha, 0, record.id, job=record.job)
+        try:
+            while (piece := await self._off_loop(next, pieces, b"")) != b"":
+                await response.write(piece)
+        finally:
+            pieces.close()
         await response.write_eof()
         return response
 
+    async def log_json(self, request: web.Request) -> web.Response:
+        """A window of a build's log for the viewer, by byte offset in ``log.txt``:
+        ``before=N``: the lines before N; ``from=N``: the output from N on; neither: the
+        last lines, with the number of the first. ``build`` names the build."""
+        build_id = _int_param(request, "build", 0, 0, 2**62) or None
+        record = self._resolve(request.match_info["name"], build_id)
+        size = await self._off_loop(self._results.log_view_size, record.sha, record.id, record.job)
+        read = self._reader(record)
+        complete = record.status.finished
+        more = False  # True: there is more after this window than one answer carries
+        if "before" in request.query:
+            end = min(_int_param(request, "before", 0, 0, 2**62), size)
+            window = await self._off_loop(weblog.last_lines, read, end)
+        elif "from" in request.query and _int_param(request, "from", 0, 0, 2**62) <= size:
+            start = _int_param(request, "from", 0, 0, 2**62)
+            window = await self._off_loop(weblog.output_after, read, start, size, complete)
+            more = size - start > weblog.FOLLOW_BYTES
+        else:  # no window asked, or one past the end (the log was cut meanwhile)
+            window = await self._off_loop(self._tail, record)
+        document = {
+            "build_id": record.id, "status": str(record.status), "complete": complete,
+            "size": size, "start": window.start, "end": window.end, "more": more,
+            "first_line": window.first_line, "text": window.text,
+        }  # fmt: skip
+        return web.json_response(document)
+
     async def runners(self, request: web.Request) -> web.Response:
-        return _html(webviews.runners_page(self._status(1)["runners"]))
+        events = self.ring.last_id
+        return _html(webviews.runners_page(self._status(1)["runners"], events))
+
+    # --- changes --------------------------------------------------------------------
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        """The cancel button: the same path as ``superci cancel``."""
+        await self._access.check_action(request)
+        record = self._resolve(request.match_info["name"])
+        reply = self._requests.cancel(record.sha)
+        log.info("web page at %s: cancel %s: %s", request.remote, record.sha[:12], reply.message)
+        raise _back_to(record, reply.status)
+
+    async def rebuild(self, request: web.Request) -> web.Response:
+        """The rebuild button: the same path as ``notify --rebuild``."""
+        await self._access.check_action(request)
+        record = self._resolve(request.match_info["name"])
+        try:
+            submitted = self._requests.submit(record.sha, record.branch, rebuild=True)
+        except StorageError as e:
+            raise web.HTTPServiceUnavailable(text=f"the rebuild was not queued: {e}") from None
+        log.info("web page at %s: rebuild %s", request.remote, record.sha[:12])
+        raise _back_to(record, "queued" if submitted.queued else "busy")
 
     async def badge(self, request: web.Request) -> web.Response:
         """The branch's last finished result; public, and shows nothing but the status."""
@@ -208,16 +289,18 @@ class WebServer:
         try:
             await response.write(b": connected\n\n")
             while not self.ring.closed:
-                missed = self.ring.since(last)
-                if missed is None:  # older than the ring: read the page again
-                    last = self.ring.last_id
-                    missed = [Numbered(last, "resync", json.dumps({"event": "resync"}))]
-                if missed:
-                    await response.write(b"".join(_frame(e) for e in missed))
-                    last = missed[-1].id
+                frames = self.ring.frames_since(last)
+                if frames is None:  # older than the ring: read the page again
+                    resync = json.dumps({"event": "resync"})
+                    frames = Numbered(self.ring.last_id, "resync", resync).frame
+                last = self.ring.last_id  # what ``frames`` holds, in this same step
+                if frames:
+                    await response.write(frames)
                 elif not await self.ring.wait(last, self._settings.web_keepalive_interval):
                     if not self.ring.closed:
                         await response.write(b": keep-alive\n\n")
+                else:  # let a burst gather: one write per browser, not one per event
+                    await asyncio.sleep(EVENT_BATCH_DELAY)
         except (ConnectionResetError, ConnectionError):
             log.debug("an event stream's browser went away")
         return response
@@ -227,9 +310,9 @@ class WebServer:
     def _status(self, limit: int) -> dict[str, Any]:
         return status_document(self._scheduler.view(), self._store, self._clock(), limit)
 
-    def _resolve(self, name: str) -> BuildRecord:
+    def _resolve(self, name: str, build_id: int | None = None) -> BuildRecord:
         try:
-            return names.resolve(self._store, name)
+            return names.resolve(self._store, name, build_id)
         except UnknownBuild as e:
             raise web.HTTPNotFound(text=str(e)) from None
         except AmbiguousCommit as e:
@@ -246,29 +329,39 @@ class WebServer:
             return waiting_summary(record, self._scheduler.view(), self._clock())
         return result
 
-    def _log_tail(self, record: BuildRecord) -> tuple[str, bool]:
-        """The last :data:`TAIL_LINES` of the log, and whether earlier ones were left out
-        (reads files only, so it may run in a thread: a segment cut meanwhile reads as
-        nothing)."""
+    def _reader(self, record: BuildRecord) -> weblog.Reader:
+        return weblog.reader_of(
+            lambda offset: self._results.read_log(record.sha, offset, record.id, job=record.job)
+        )
+
+    def _tail(self, record: BuildRecord) -> Window:
+        """The last :data:`TAIL_LINES` of a build's log and the number of the first
+        (blocking: run it off the loop)."""
+        read = self._reader(record)
         size = self._results.log_view_size(record.sha, record.id, record.job)
-        start = max(0, size - TAIL_BYTES)
-        data = b"".join(self._results.read_log(record.sha, start, record.id, job=record.job))
-        lines = data.decode("utf-8", "replace").splitlines()
-        if start > 0 and lines:
-            lines = lines[1:]  # the first may have been cut in the middle
-        return "\n".join(lines[-TAIL_LINES:]), start > 0 or len(lines) > TAIL_LINES
+        window = weblog.last_lines(read, size)
+        return weblog.with_line_number(read, window)
+
+    async def _off_loop(self, function: Callable[..., T], *args: Any) -> T:
+        """Run blocking file I/O in a thread, so the dispatcher's loop never waits on it."""
+        return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
 
-def _frame(event: Numbered) -> bytes:
-    return f"id: {event.id}\nevent: {event.kind}\ndata: {event.data}\n\n".encode()
+def _back_to(record: BuildRecord, said: str) -> web.HTTPSeeOther:
+    """Back to the commit page, which says what happened (post/redirect/get)."""
+    return web.HTTPSeeOther(f"/commit/{quote(record.sha)}?said={quote(said)}")
 
 
 def _html(text: str) -> web.Response:
-    return web.Response(text=text, content_type="text/html")
+    return web.Response(
+        text=text, content_type="text/html", headers={"Content-Security-Policy": CSP}
+    )
 
 
 def _last_event_id(request: web.Request) -> int | None:
-    text = request.headers.get("Last-Event-ID", "").strip()
+    """The last event a browser had: its reconnect's ``Last-Event-ID``, else the page's
+    ``since`` (the newest event when the page was read)."""
+    text = request.headers.get("Last-Event-ID", "").strip() or request.query.get("since", "")
     return int(text) if text.isdigit() and len(text) < 19 else None
 
 

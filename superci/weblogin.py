@@ -6,6 +6,11 @@ session table, a restarted dispatcher still knows its cookies, and a changed tok
 them all. The cookie is HttpOnly (no script reads it) and SameSite=Strict (no other site
 sends it). Badges stay public and show nothing but a status; ``--web-public`` opens
 read-only viewing to everyone.
+
+Cancel and rebuild are POSTs that carry a CSRF token: an HMAC of the session cookie (of
+nothing, on an open page) under a key no other site can know, which a page of another
+site cannot read, so it cannot make a browser post one. Only a logged-in browser (or
+anyone, on a page with no token) may change a build.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import hashlib
 import hmac
 import logging
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from html import escape
@@ -29,8 +35,10 @@ log = logging.getLogger(__name__)
 COOKIE = "superci_session"
 #: How long a login lasts (seconds).
 SESSION_SECONDS = 7 * 24 * 3600
-#: Paths anyone may open: the login itself and the badges.
-PUBLIC_PREFIXES = ("/login", "/badge/")
+#: Paths anyone may open: the login itself, the badges and the page's script.
+PUBLIC_PREFIXES = ("/login", "/badge/", "/static/")
+#: The form field that carries the CSRF token.
+CSRF_FIELD = "csrf"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,6 +57,12 @@ class WebAccess:
         self._key = None if token is None else hmac.digest(token, b"superci web session", "sha256")
         self._open = token is None or public
         self._clock = wall_clock
+        # With a token, forms stay valid across restarts; without, per process.
+        self._csrf_key = (
+            secrets.token_bytes(32)
+            if token is None
+            else hmac.digest(token, b"superci web csrf", "sha256")
+        )
 
     def cookie(self) -> str:
         """A new session cookie's value: expiry and its signature."""
@@ -68,6 +82,31 @@ class WebAccess:
     def _sign(self, expiry: str) -> str:
         assert self._key is not None
         return hmac.new(self._key, expiry.encode(), hashlib.sha256).hexdigest()
+
+    def may_act(self, request: web.Request) -> bool:
+        """True when this browser may cancel and rebuild: a logged-in one, or anyone on a
+        page without a token (never a ``--web-public`` viewer who did not log in)."""
+        return self._key is None or self.valid(request.cookies.get(COOKIE))
+
+    def csrf_token(self, request: web.Request) -> str:
+        """The token this browser's forms carry, bound to its session cookie."""
+        session = request.cookies.get(COOKIE, "") if self._key is not None else ""
+        return hmac.new(self._csrf_key, session.encode(), hashlib.sha256).hexdigest()
+
+    async def check_action(self, request: web.Request) -> None:
+        """Refuse (403, saying why) a POST that may not change a build."""
+        if not self.may_act(request):
+            raise web.HTTPForbidden(
+                text="viewing is open to everyone here, but only a logged-in browser may "
+                "cancel or rebuild: log in at /login with the dispatcher's token"
+            )
+        given = (await request.post()).get(CSRF_FIELD)
+        if not isinstance(given, str) or not hmac.compare_digest(given, self.csrf_token(request)):
+            log.warning("a POST to %s without this page's CSRF token", request.path)
+            raise web.HTTPForbidden(
+                text="this form is out of date or came from another site (no valid CSRF "
+                "token); reload the page and try again"
+            )
 
     # --- in the server ----------------------------------------------------------------
 

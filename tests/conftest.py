@@ -251,6 +251,26 @@ class Superci:
             process.stop()
 
 
+#: Where a failed test leaves what shows why (a browser test: a screenshot of its page).
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+#: Each test's reports by phase ("setup", "call", "teardown"), for fixtures that act on
+#: a failure when they finish.
+REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    report = yield
+    item.stash.setdefault(REPORTS, {})[report.when] = report
+    return report
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    """True once the test that asked for a fixture has failed (setup or call)."""
+    reports = request.node.stash.get(REPORTS, {})
+    return any(r.failed for r in reports.values())
+
+
 @pytest.fixture
 def superci(tmp_path: Path) -> Iterator[Superci]:
     stack = Superci(tmp_path)

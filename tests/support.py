@@ -175,3 +175,37 @@ def make_wheel(folder: Path, name: str, version: str = "1.0", body: str = "") ->
         for path, text in files.items():
             archive.writestr(path, text)
     return wheel
+
+
+# --- a real browser ------------------------------------------------------------------
+
+#: Debian's chromium and its chromedriver (packages chromium, chromium-driver).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+#: Headless, and nothing that reaches beyond this machine.
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--window-size=1280,900",
+]  # fmt: skip
+
+
+def have_chromium() -> bool:
+    return CHROMIUM.exists() and CHROMEDRIVER.exists()
+
+
+def start_chromium(profile: Path):  # type: ignore[no-untyped-def]  # selenium: a test extra
+    """A headless chromium with a fresh profile in ``profile``, driven through the given
+    chromedriver, so Selenium Manager never looks for (or downloads) one."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(E2E_WAIT)
+    return driver

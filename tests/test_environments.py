@@ -8,7 +8,9 @@ installed is ``tinydep``, a wheel this file writes into tmp_path.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -19,18 +21,28 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PASSING_TEST
+from conftest import PASSING_TEST, Process
 from helpers import FAST_WATCHDOG, Harness, async_test
 from support import eventually, make_wheel, wait_until
-from test_builduser import build_user, open_folder  # noqa: F401 - fixtures
+from test_builduser import (  # noqa: F401 - fixtures
+    build_user,
+    open_folder,
+    runner_launch,
+    runner_user,
+    runners_files,
+    sudo_rule,
+)
 from test_runner import BUILD_WAIT, new_runner, running
 
 from superci import client, protocol
+from superci.builduser import processes_of
 from superci.config import load_build_config
-from superci.environments import MARKER, EnvCache, EnvKey, InstallFailed, dependency_digest
+from superci.environments import EnvCache, EnvKey, InstallFailed, dependency_digest
 from superci.errors import ConfigError
 from superci.execute import Execution
-from superci.interpreters import find_interpreters
+from superci.installstep import InstallStep, Run
+from superci.interpreters import Interpreter, Interpreters, find_interpreters
+from superci.runner import announced_pythons
 from superci.settings import RunnerSettings
 from superci.tables import result_summary
 from superci.workspace import Workspace
@@ -67,10 +79,14 @@ def workspace(repo, tmp_path) -> Workspace:
     return Workspace.clone(str(repo.path), tmp_path / "runner-clone")
 
 
+def pip_install(wheels: Path) -> str:
+    """The install of tinydep from ``wheels``, offline."""
+    return f"pip install --no-index --find-links {shlex.quote(str(wheels))} tinydep"
+
+
 def superci_toml(wheels: Path, **extra: str) -> str:
     """A .superci.toml installing tinydep from ``wheels`` and running pytest."""
-    install = f"pip install --no-index --find-links {shlex.quote(str(wheels))} tinydep"
-    values = {"install": install, "command": UNITTEST, **extra}
+    values = {"install": pip_install(wheels), "command": UNITTEST, **extra}
     return "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
 
 
@@ -349,7 +365,9 @@ async def test_a_failed_build_leaves_nothing_and_the_next_one_builds_again(tmp_p
     assert failed.value.execution.exit_code == 2
     assert os.listdir(tmp_path / "envs") == [] and os.listdir(tmp_path / "current") == []
     async with cache.use(key(), fake_build(builds), never_stopped) as env:
-        assert env.built and (env.path / MARKER).is_file()
+        assert env.built and os.readlink(tmp_path / "current" / key().digest).endswith(
+            env.path.name
+        )
     assert len(builds) == 2
 
 
@@ -362,7 +380,8 @@ async def test_the_least_recently_used_environment_goes_first_beyond_the_size(tm
         async with cache.use(key(name), fake_build(builds), never_stopped) as env:
             paths[name] = env.path
             if env.built and name != "c":
-                os.utime(env.path / MARKER, (1e9 + n, 1e9 + n))  # long ago, in this order
+                link = tmp_path / "current" / key(name).digest  # its time: its last use
+                os.utime(link, (1e9 + n, 1e9 + n), follow_symlinks=False)  # long ago, in order
     assert len(builds) == 3, "a was reused"
     assert not paths["b"].exists() and paths["a"].exists() and paths["c"].exists()
     assert sorted(os.listdir(tmp_path / "current")) == sorted([key("a").digest, key("c").digest])
@@ -567,13 +586,28 @@ def test_finding_interpreters_is_bounded_by_its_timeout(tmp_path):
 
 # --- as a build user ------------------------------------------------------------------
 
+#: Tests with real users: root makes them (CI runs as root).
+with_real_users = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("useradd"),
+    reason="builds as another user need Linux, root and useradd (CI runs as root)",
+)
+#: And a Python the build user may run (the runner's may be under /root, closed to it).
+with_a_python_for_users = pytest.mark.skipif(
+    not os.path.isfile("/usr/bin/python3") or not os.stat("/usr/bin/python3").st_mode & 0o001,
+    reason="no /usr/bin/python3 that other users may run",
+)
+
+
+def system_python_version() -> str:
+    """The major.minor of /usr/bin/python3: a Python any build user may run."""
+    ask = "import sys; print('%d.%d' % sys.version_info[:2])"
+    return subprocess.run(["/usr/bin/python3", "-c", ask], capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
+
 
 @pytest.mark.e2e
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("useradd")
-    or not os.access("/usr/bin/python3", os.X_OK),
-    reason="builds as another user need Linux, root, useradd and a Python others may run",
-)  # fmt: skip
+@with_real_users
+@with_a_python_for_users
 def test_a_build_users_install_runs_as_it_into_an_environment_of_its_own(
     superci,
     repo,
@@ -610,6 +644,204 @@ def test_a_build_users_install_runs_as_it_into_an_environment_of_its_own(
     [env] = environments(cache)
     assert (cache / "envs" / env).stat().st_uid == build_user.uid
     assert (cache / "current").stat().st_uid == 0, "the links stay the runner's"
+
+
+@pytest.mark.e2e
+@with_real_users
+@with_a_python_for_users
+def test_a_runner_that_is_not_root_has_its_build_user_make_and_reuse_its_environments(
+    superci,
+    runner_launch,  # noqa: F811 - the fixtures imported above
+    runner_user,  # noqa: F811
+    build_user,  # noqa: F811
+    sudo_rule,  # noqa: F811
+    open_folder,  # noqa: F811
+):
+    """Through the README's sudo rule alone: no chown, the build user's own folders."""
+    upstream, clone, token = runners_files(open_folder, runner_user)
+    cache, wheels = open_folder / "cache", open_folder / "wheels"
+    cache.mkdir()
+    os.chown(cache, runner_user.pw_uid, runner_user.pw_gid)  # as install -d -o would
+    make_wheel(wheels, "tinydep", body="VALUE = 42\n")
+    superci.dispatcher(0, "--token-file", str(token))
+    runner = Process(
+        ["runner", "--dispatcher-server", superci.address, "--name", "r-sudo-envs",
+         "--heartbeat-interval", "0.2", str(clone), "--token-file", str(token),
+         "--build-user", build_user.name, "--env-cache", str(cache), "--kill-grace", "0.5"],
+        superci.root / "r-sudo-envs.log", open_folder, runner_launch,
+    )  # fmt: skip
+    superci.processes.append(runner)
+    runner.wait_for_log("registered with the dispatcher")
+    assert processes_of(runner_user.pw_uid)  # the runner is not root
+
+    def build(files: dict[str, str]) -> tuple[dict[str, object], str]:
+        sha = upstream.commit(files)
+        assert superci.notify(sha, "--token-file", str(token)).returncode == 0
+        return superci.wait_for_result(sha, ENV_WAIT * 2), superci.output(sha)
+
+    python = system_python_version()
+    install = f"echo install-uid=$(id -u); {pip_install(wheels)}"
+    toml = superci_toml(wheels, python=python, install=install,
+                        command=f"echo command-uid=$(id -u) && {UNITTEST}")  # fmt: skip
+    first, out = build({".superci.toml": toml, "test_dep.py": NEEDS_TINYDEP})
+    assert first["status"] == "passed", out + runner.log
+    assert f"install-uid={build_user.uid}\n" in out and f"command-uid={build_user.uid}\n" in out
+    assert f"--- install: a new environment, Python {python}." in out
+    assert "Successfully installed tinydep-1.0" in out and first["install_seconds"] > 0
+
+    second, out = build({"test_more.py": PASSING_TEST})
+    assert second["status"] == "passed", out
+    assert "environment reused" in out and "--- install" not in out
+    assert second["install_seconds"] is None and f"command-uid={build_user.uid}\n" in out
+
+    failing = superci_toml(wheels, python=python, install="echo install-uid=$(id -u); exit 3")
+    third, out = build({".superci.toml": failing})
+    assert third["status"] == "error", out
+    assert f"install-uid={build_user.uid}\n" in out
+    assert "--- install: failed (exit code 3); no environment kept ---" in out
+
+    [env] = environments(cache)  # the failed one left nothing
+    [link] = os.listdir(cache / "current")
+    assert os.readlink(cache / "current" / link).endswith(f"envs/{env}")
+    assert (cache / "envs" / env).lstat().st_uid == build_user.uid
+    uv_cache = (cache / "uv-cache").resolve()
+    assert uv_cache.parent == cache / "uv" and uv_cache.lstat().st_uid == build_user.uid
+    for control in ("", "current", f"current/{link}", "locks", "envs", "uv", "uv-cache"):
+        assert (cache / control).lstat().st_uid == runner_user.pw_uid, control
+    assert (cache / "envs").stat().st_mode & 0o7777 == 0o1733  # nobody lists it
+    assert processes_of(build_user.uid) == []
+
+
+@with_real_users
+@async_test(limit=60)
+async def test_nothing_a_build_user_plants_in_its_environments_makes_the_runner_trust_or_remove_it(
+    tmp_path,
+    build_user,  # noqa: F811 - the fixtures imported above
+    open_folder,  # noqa: F811
+):
+    """A build user that swaps its environment for a symlink to the runner's files: the
+    runner builds the key again and the build user removes its symlink, as itself."""
+    cache, builds = EnvCache(open_folder / "cache", size=1, owner=build_user), []
+    runners = tmp_path / "runners-files"  # what a runner as root must not remove
+    runners.mkdir()
+    (runners / "precious").write_text("keep me\n")
+
+    async def build_as_user(folder: Path) -> Execution:
+        builds.append(folder)
+        done = await asyncio.to_thread(build_user.run, ["mkdir", str(folder / "bin")])
+        return Execution(done.returncode, False, False, 0.0)
+
+    await asyncio.to_thread(cache.setup)
+    async with cache.use(key("a"), build_as_user, never_stopped) as env:
+        planted = env.path
+    assert planted.lstat().st_uid == build_user.uid and planted.stat().st_mode & 0o777 == 0o755
+    plant = f'rm -rf "$0" && ln -s {runners} "$0"'
+    swap = await asyncio.to_thread(build_user.run, ["/bin/sh", "-c", plant, str(planted)])
+    assert swap.returncode == 0 and planted.is_symlink(), swap.stderr
+
+    async with cache.use(key("a"), build_as_user, never_stopped) as again:
+        assert again.built and again.path != planted, "a symlink is no environment"
+    async with cache.use(key("b"), build_as_user, never_stopped):
+        pass  # beyond the size: a's goes
+    assert (runners / "precious").read_text() == "keep me\n"
+    assert not os.path.lexists(planted), "the build user removed its symlink"
+    assert environments(cache.root) == [builds[-1].name]
+
+
+@with_real_users
+def test_a_cache_whose_folders_are_not_the_runners_is_refused_saying_how_to_make_it(
+    build_user,  # noqa: F811 - the fixtures imported above
+    open_folder,  # noqa: F811
+):
+    root = open_folder / "cache"
+    (root / "current").mkdir(parents=True)
+    os.chown(root / "current", build_user.uid, build_user.gid)  # it could swap the links
+    with pytest.raises(ConfigError, match=rf"cannot set up the environment cache {root}: "
+                       rf"{root}/current is not a folder of the runner's own. It must be a "
+                       rf"folder of the runner's user \(root\) that build user {build_user.name} "
+                       rf"may enter; make it with: install -d -m 755 -o root {root}"):  # fmt: skip
+        EnvCache(root, 3, build_user).setup()
+
+
+@with_real_users
+def test_a_runner_with_a_build_user_announces_only_the_pythons_it_may_run(
+    tmp_path,
+    build_user,  # noqa: F811 - the fixtures imported above
+    open_folder,  # noqa: F811
+):
+    closed = tmp_path / "closed"  # pytest's tmp_path: closed to other users
+    closed.mkdir()
+    unreachable, reachable = closed / "python3.98", open_folder / "python3.99"
+    for fake in (unreachable, reachable):
+        fake.write_text("#!/bin/sh\nexit 1\n")
+        fake.chmod(0o755)
+    found = Interpreters([Interpreter(unreachable, "3.98.1"), Interpreter(reachable, "3.99.2")])
+    assert announced_pythons(found, None).versions() == ["3.98", "3.99"]
+    assert announced_pythons(found, build_user.name).versions() == ["3.99"]
+
+
+@with_real_users
+@async_test(limit=60)
+async def test_pythons_the_build_user_cannot_run_are_skipped_saying_so(
+    tmp_path,
+    build_user,  # noqa: F811 - the fixtures imported above
+    open_folder,  # noqa: F811
+    caplog,
+    monkeypatch,
+):
+    closed = tmp_path / "closed"  # pytest's tmp_path: closed to other users
+    closed.mkdir()
+    unreachable, reachable = closed / "python3.99", open_folder / "python3.99"
+    for fake in (unreachable, reachable):  # asked only whether the user may run them
+        fake.write_text("#!/bin/sh\nexit 1\n")
+        fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(closed / "python3"))  # the runner's own
+    settings = RunnerSettings(env_cache=open_folder / "cache")
+    found = Interpreters([Interpreter(unreachable, "3.99.1"), Interpreter(reachable, "3.99.2")])
+    with caplog.at_level(logging.WARNING, "superci.installstep"):
+        step = InstallStep(settings, build_user, tmp_path / "record", found)
+    assert f"build user {build_user.name} cannot run this runner's Python {closed}" in caplog.text
+    assert 'set python = "3.x"' in caplog.text, "the start says what to do"
+
+    usable, skipped = await step.usable()
+    assert [i.path for i in usable.all()] == [reachable] and usable.find("3.99") is not None
+    assert skipped == [found.all()[0]]
+    assert f"builds will not use {unreachable} (Python 3.99.1)" in caplog.text
+
+    said: list[str] = []
+
+    async def say(text: str) -> None:
+        said.append(text)
+
+    async def emit(output: bytes) -> None:
+        said.append(output.decode(errors="replace"))
+
+    tree = open_folder / "tree"
+    tree.mkdir()
+    run = Run(tree, tmp_path, {"PATH": os.defpath}, time.monotonic() + 30, asyncio.Event(), say,
+              emit)  # fmt: skip
+    for toml, message in (
+        ('install = "pip install ."\n', rf"build user {build_user.name} cannot run this "
+         rf"runner's Python {closed}/python3 .*which a build with no python .* uses: set "
+         r'python = "3.x" there to a Python .* can run \(it can run 3.99\)'),
+        ('python = "3.99.1"\n', rf"python = '3.99.1' in .superci.toml: build user "
+         rf"{build_user.name} cannot run this runner's Python 3.99.1 \({unreachable}: a "
+         r"folder on the way is closed to it; it can run 3.99\): install Python 3.99.1 where"),
+    ):  # fmt: skip
+        (tmp_path / ".superci.toml").write_text(toml)
+        with pytest.raises(ConfigError, match=message):
+            async with step.prepared(load_build_config(tmp_path), run):
+                raise AssertionError("no environment with a Python the build user cannot run")
+    assert not (open_folder / "cache").exists(), "nothing made for either"
+
+    (tmp_path / ".superci.toml").write_text('python = "3.99"\n')  # the closed one comes first
+    with pytest.raises(InstallFailed):  # the one it may run is only a fake
+        async with step.prepared(load_build_config(tmp_path), run):
+            raise AssertionError("the fake Python makes no environment")
+    assert (f"skipped {unreachable} (Python 3.99.1): build user {build_user.name} cannot run "
+            f"it; {reachable} instead") in said  # fmt: skip
+    assert any(f"a new environment, Python 3.99.2 ({reachable})" in line for line in said)
+    assert environments(open_folder / "cache") == []
 
 
 def test_show_gives_the_install_time_apart_from_the_duration():

@@ -31,10 +31,16 @@ def body(message: protocol.Message) -> dict:
 def test_with_a_token_the_client_proves_first_and_the_server_only_then():
     s, c = server(), client()
     hello = c.start()
-    assert body(hello) == {"type": "hello", "version": 3, "role": "runner", "nonce": CLIENT_NONCE}
+    assert body(hello) == {
+        "type": "hello",
+        "version": protocol.PROTOCOL_VERSION,
+        "role": "runner",
+        "nonce": CLIENT_NONCE,
+    }
 
     (welcome,) = s.receive(hello)
-    assert body(welcome) == {"type": "welcome", "version": 3, "server": "9.9",
+    version = protocol.PROTOCOL_VERSION
+    assert body(welcome) == {"type": "welcome", "version": version, "server": "9.9",
                              "challenge": CHALLENGE}  # fmt: skip
     assert "proof" not in protocol.encode(welcome).decode()  # nothing to test guesses on
 
@@ -54,9 +60,19 @@ def test_with_a_token_the_client_proves_first_and_the_server_only_then():
 def test_without_a_token_the_welcome_ends_the_handshake():
     s, c = server(None), client(None)
     hello = c.start()
-    assert body(hello) == {"type": "hello", "version": 3, "role": "runner", "nonce": None}
+    assert body(hello) == {
+        "type": "hello",
+        "version": protocol.PROTOCOL_VERSION,
+        "role": "runner",
+        "nonce": None,
+    }
     (welcome,) = s.receive(hello)
-    assert body(welcome) == {"type": "welcome", "version": 3, "server": "9.9", "challenge": None}
+    assert body(welcome) == {
+        "type": "welcome",
+        "version": protocol.PROTOCOL_VERSION,
+        "server": "9.9",
+        "challenge": None,
+    }
     assert s.done
     assert c.receive(welcome) == []
     assert c.done

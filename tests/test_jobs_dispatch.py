@@ -250,3 +250,17 @@ async def test_a_lost_runner_re_runs_only_its_own_cell_of_the_matrix(tmp_path):
         assert [(j["build_id"], j["runner"]) for j in document["jobs"]] == [(1, "one"), (2, "one")]
         assert harness.db_build(1)["attempt"] == 1  # the other cell ran once
         await one.close()
+
+
+@async_test()
+async def test_a_rebuild_without_the_file_runs_the_jobs_the_commit_had(tmp_path):
+    async with Harness(tmp_path) as harness:
+        await submit(harness, THREE_JOBS)  # no runner: all wait
+        cancelled = await ask(harness, protocol.CancelRequest(commit=SHA))
+        assert (cancelled.status, cancelled.message) == ("cancelled", "cancelled lint, tests, docs")
+        rebuilt = await submit(harness, None, rebuild=True)  # the web page's rebuild, say
+        assert rebuilt.queued and rebuilt.build_id == 4
+        status, document = await show(harness)
+        assert (status, document["round"]) == ("queued", 4)
+        assert [j["job"] for j in document["jobs"]] == ["lint", "tests", "docs"]
+        assert harness.db_build(6)["after_jobs"] == '["tests"]'

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from click.testing import CliRunner
 from helpers import FAST_WATCHDOG, FakeClock, FakeRunner, Harness, async_test
 from support import WAIT
@@ -29,6 +30,7 @@ from superci.events import BuildQueued
 from superci.status import BuildStatus
 from superci.store import Store
 from superci.web import MAX_QUERY, TAIL_LINES, WebServer
+from superci.weblog import FOLLOW_BYTES
 from superci.weblogin import COOKIE, SESSION_SECONDS, WebAccess
 
 Session = aiohttp.ClientSession
@@ -52,8 +54,8 @@ async def web(
         d = h.dispatcher
         assert d is not None
         d.web = WebServer(
-            d.store, d.results, d.scheduler, d.bus, settings=d.settings, clock=h.clock,
-            access=WebAccess(token, public),
+            d.store, d.results, d.scheduler, d.bus, requests=d.requests, settings=d.settings,
+            clock=h.clock, access=WebAccess(token, public),
         )  # fmt: skip
         address = await d.web.start("127.0.0.1", 0)
         base = URL(f"http://127.0.0.1:{address.port}")
@@ -72,8 +74,8 @@ async def finished_build(
     runner, _ = await FakeRunner.connect(h.address, f"runner-{sha[:4]}", host="box")
     await h.submit(sha, branch)
     build = await runner.expect(protocol.Build)
-    if log:
-        await runner.output(build, 0, log)
+    for offset in range(0, len(log), 64 * 1024):  # in pieces an output frame can carry
+        await runner.output(build, offset, log[offset : offset + 64 * 1024])
     await runner.result(build, status, output_bytes=len(log), **fields)
     await h.results.wait(sha)
     await runner.close()
@@ -170,10 +172,13 @@ async def test_the_commit_page_shows_status_counts_failures_runners_and_the_log(
             page = await text(session, f"/commit/{name}")
             assert 'class="s-failed"' in page and "2 passed, 1 failed" in page
             assert "tests.test_app.test_login" in page and "runner-3f2a" in page
-        shown = page.split('<pre id="log">')[1]
-        assert f"line {TAIL_LINES + 499}</pre>" in shown
-        assert "line 499\n" not in shown and len(shown.splitlines()) <= TAIL_LINES + 1
-        assert "the last lines" in page
+        shown = page.split('<div id="log"')[1]
+        assert shown.count('<div class="l"') == TAIL_LINES, "only the last lines"
+        last, first = TAIL_LINES + 500, 501  # numbered from the log's first line
+        assert f'id="L{last}"><a class="n" href="#L{last}">{last}</a>' in shown
+        assert f'<span class="t">line {last - 1}</span>' in shown
+        assert f'id="L{first}"' in shown and f'id="L{first - 1}"' not in shown
+        assert f"lines {first}–{last}" in page and "earlier lines are in the" in page
 
 
 @async_test()
@@ -227,7 +232,7 @@ async def test_the_pages_show_runners_labels_and_what_a_waiting_build_needs_and_
         )
         await client.submit_async(h.address, OTHER, "main", config='needs = {python = "3.13"}')
         row = (await text(session, "/runners")).split("gpu-1")[1].split("</tr>")[0]
-        assert "gpu=true os=linux" in row and "<td>yes</td>" in row
+        assert "gpu=true os=linux" in row and '<td class="c-exclusive">yes</td>' in row
         queue = (await text(session, "/")).split("<h2>Builds")[0]
         assert "no connected runner has python=3.13" in queue
         page = await text(session, f"/commit/{OTHER}")
@@ -389,6 +394,20 @@ def test_the_ring_keeps_the_last_events_and_knows_what_it_lost():
     asyncio.run(check())
 
 
+def test_browsers_at_the_same_place_share_one_piece_of_frames():
+    async def check() -> None:
+        ring = EventRing(10)
+        for n in range(1, 4):
+            ring.add(BuildQueued(build_id=n, sha=SHA, branch="main"))
+        frames = ring.frames_since(1)
+        assert frames is not None and frames.count(b"\nevent: queued\n") == 2
+        assert frames.startswith(b"id: 2\n") and frames.endswith(b"\n\n")
+        assert ring.frames_since(1) is frames, "joined once for every browser"
+        assert ring.frames_since(3) == b"" and ring.frames_since(99) is None
+
+    asyncio.run(check())
+
+
 # --- what commits and runners say, and hostile URLs -------------------------------------------
 
 
@@ -527,3 +546,217 @@ def test_a_web_address_the_rules_refuse_stops_the_dispatcher_with_a_reason(
     )
     assert result.exit_code != 0
     assert says in re.sub(r"\s+", " ", result.output)
+
+
+# --- the log viewer ---------------------------------------------------------------------------
+
+
+async def log_window(session: aiohttp.ClientSession, sha: str, query: str = "") -> dict[str, Any]:
+    return json.loads(await text(session, f"/commit/{sha}/log.json?{query}"))
+
+
+@async_test()
+async def test_the_log_viewer_gets_the_last_lines_numbered_from_the_start_and_earlier_ones(
+    tmp_path,
+):
+    async with web(tmp_path) as (h, session):
+        log = b"".join(b"line %d\n" % n for n in range(1, 5001))  # line n says "line n"
+        build = await finished_build(h, SHA, "main", "passed", log)
+        tail = await log_window(session, SHA[:7], f"build={build.build_id}")
+        assert tail["first_line"] == 3001 and tail["end"] == tail["size"] == len(log)
+        assert tail["text"].startswith("line 3001\n") and tail["text"].endswith("line 5000\n")
+        assert log[tail["start"] :].decode() == tail["text"]
+        earlier = await log_window(session, SHA, f"before={tail['start']}")
+        assert earlier["text"].startswith("line 1001\n") and earlier["text"].endswith("line 3000\n")
+        assert earlier["end"] == tail["start"] and earlier["first_line"] is None
+        first = await log_window(session, SHA, f"before={earlier['start']}")
+        assert first["start"] == 0 and first["text"].startswith("line 1\n")
+
+
+@async_test()
+async def test_the_log_viewer_follows_a_running_build_a_whole_line_at_a_time(tmp_path):
+    async with web(tmp_path) as (h, session):
+        assert h.address is not None
+        runner, _ = await FakeRunner.connect(h.address, "runner-1")
+        await h.submit(SHA)
+        build = await runner.expect(protocol.Build)
+        await runner.output(build, 0, b"one\ntw")
+        await h.wait_for_log(SHA, b"one\ntw")
+        got = await log_window(session, SHA, "from=0")
+        assert (got["text"], got["end"], got["complete"]) == ("one\n", 4, False)
+        assert not got["more"], "the half-written line comes with the next output"
+        await runner.output(build, 6, b"o\nthree")
+        await h.wait_for_log(SHA, b"three")
+        got = await log_window(session, SHA, f"from={got['end']}")
+        assert got["text"] == "two\n", "the half-written line waits"
+        await runner.result(build, "passed", output_bytes=13)
+        await h.results.wait(SHA)
+        got = await log_window(session, SHA, f"from={got['end']}")
+        assert (got["text"], got["complete"]) == ("three", True), "the build ended: all of it"
+        restarted = await log_window(session, SHA, "from=999")
+        assert restarted["first_line"] == 1 and restarted["text"] == "one\ntwo\nthree"
+        await runner.close()
+
+
+@async_test()
+async def test_a_burst_of_output_larger_than_one_answer_comes_in_whole_lines_over_several(
+    tmp_path,
+):
+    async with web(tmp_path) as (h, session):
+        log = b"".join(b"%07d %s\n" % (n, b"y" * 90) for n in range(6_000))  # 594 kB
+        await finished_build(h, SHA, "main", "passed", log)
+        got, texts = {"end": 0, "more": True}, []
+        while got["more"]:
+            got = await log_window(session, SHA, f"from={got['end']}")
+            assert got["text"].endswith("\n") and len(got["text"]) <= FOLLOW_BYTES
+            texts.append(got["text"])
+        assert len(texts) > 1 and "".join(texts).encode() == log and got["end"] == len(log)
+
+
+@async_test()
+async def test_the_log_keeps_its_colours_for_the_script_and_shows_markup_as_text(tmp_path):
+    async with web(tmp_path) as (h, session):
+        log = f"\x1b[31mred {HOSTILE}\x1b[0m\nplain\n".encode()
+        await finished_build(h, SHA, "main", "passed", log)
+        page = await text(session, f"/commit/{SHA}")
+        assert "<script>alert" not in page
+        coloured = (
+            '<span class="t" data-a="\x1b[31mred &lt;script&gt;alert(1)&lt;/script&gt;\x1b[0m">'
+        )
+        assert coloured + "red &lt;script&gt;alert(1)&lt;/script&gt;</span>" in page
+        assert '<span class="t">plain</span>' in page, "no colour, no copy"
+        assert "script-src" not in page and "default-src 'self'" in await csp(session, "/")
+
+
+async def csp(session: aiohttp.ClientSession, path: str) -> str:
+    async with session.get(path) as response:
+        return response.headers["Content-Security-Policy"]
+
+
+@async_test()
+async def test_the_page_s_script_and_its_ansi_converter_are_served(tmp_path):
+    async with web(tmp_path, token=TOKEN) as (_, session):  # public, even behind a login
+        for name, says in (("superci.js", "new EventSource"), ("ansi_up.js", "MIT License")):
+            async with session.get(f"/static/{name}") as response:
+                assert response.status == 200 and "javascript" in response.content_type
+                assert says in await response.text()
+        async with session.get(URL("/static/..%2f..%2fweb.py", encoded=True)) as response:
+            assert response.status in (400, 403, 404)
+
+
+@async_test()
+async def test_the_event_stream_starts_after_the_event_the_page_was_read_at(tmp_path):
+    async with web(tmp_path) as (h, session):
+        page = await text(session, "/")
+        since = re.search(r'data-events="(\d+)"', page)
+        assert since is not None
+        await h.submit(SHA)  # after the page was read, before its script connects
+        async with session.get(f"/events?since={since.group(1)}") as response:
+            (event,) = await read_events(response, 1)
+        assert event["event"] == "queued" and json.loads(event["data"])["sha"] == SHA
+
+
+# --- cancel and rebuild -----------------------------------------------------------------------
+
+
+async def form_token(session: aiohttp.ClientSession, sha: str, action: str) -> str:
+    """The CSRF token of the commit page's ``action`` form."""
+    page = await text(session, f"/commit/{sha}")
+    form = re.search(rf'<form class="act" id="{action}"[^>]*>.*?name="csrf" value="(\w+)"', page)
+    assert form is not None, page
+    return form.group(1)
+
+
+async def post(session: aiohttp.ClientSession, path: str, data: dict[str, str]) -> tuple[int, str]:
+    async with session.post(path, data=data, allow_redirects=False) as response:
+        return response.status, response.headers.get("Location") or await response.text()
+
+
+@async_test()
+async def test_cancel_and_rebuild_without_the_page_s_csrf_token_are_refused(tmp_path):
+    async with web(tmp_path) as (h, session):
+        await h.submit(SHA)
+        for data in ({}, {"csrf": "0" * 64}, {"csrf": ""}):
+            for action in ("cancel", "rebuild"):
+                status, said = await post(session, f"/commit/{SHA}/{action}", data)
+                assert status == 403 and "no valid CSRF token" in said, (action, data)
+        assert h.dispatcher is not None
+        assert h.dispatcher.store.latest_for(SHA).status is BuildStatus.QUEUED
+
+
+@async_test()
+async def test_the_cancel_button_cancels_a_queued_build(tmp_path):
+    async with web(tmp_path) as (h, session):
+        await h.submit(SHA)
+        token = await form_token(session, SHA, "cancel")
+        status, location = await post(session, f"/commit/{SHA[:7]}/cancel", {"csrf": token})
+        assert (status, location) == (303, f"/commit/{SHA}?said=cancelled")
+        assert h.dispatcher is not None
+        assert h.dispatcher.store.latest_for(SHA).status is BuildStatus.CANCELLED
+        page = await text(session, location)
+        assert "Cancelled: the build had not started." in page and 'class="s-cancelled"' in page
+        again = await post(session, f"/commit/{SHA}/cancel", {"csrf": token})
+        assert again == (303, f"/commit/{SHA}?said=finished")
+
+
+@async_test()
+async def test_the_cancel_button_stops_a_running_build_through_its_runner(tmp_path):
+    async with web(tmp_path) as (h, session):
+        assert h.address is not None
+        runner, _ = await FakeRunner.connect(h.address, "runner-1")
+        await h.submit(SHA)
+        await runner.expect(protocol.Build)
+        token = await form_token(session, SHA, "cancel")
+        status, location = await post(session, f"/commit/{SHA}/cancel", {"csrf": token})
+        assert (status, location) == (303, f"/commit/{SHA}?said=cancelling")
+        await runner.expect(protocol.Cancel)
+        await runner.close()
+
+
+@async_test()
+async def test_the_rebuild_button_queues_a_new_build_of_a_finished_commit(tmp_path):
+    async with web(tmp_path) as (h, session):
+        first = await finished_build(h, SHA, "feature/x", "failed")
+        token = await form_token(session, SHA, "rebuild")
+        status, location = await post(session, f"/commit/{SHA}/rebuild", {"csrf": token})
+        assert (status, location) == (303, f"/commit/{SHA}?said=queued")
+        assert h.dispatcher is not None
+        newest = h.dispatcher.store.latest_for(SHA)
+        assert newest.id != first.build_id and newest.status is BuildStatus.QUEUED
+        assert newest.branch == "feature/x"
+        assert "Rebuild queued." in await text(session, location)
+        status, location = await post(session, f"/commit/{SHA}/rebuild", {"csrf": token})
+        assert location == f"/commit/{SHA}?said=busy", "one rebuild at a time"
+
+
+@async_test()
+async def test_a_public_viewer_who_did_not_log_in_cannot_cancel_or_rebuild(tmp_path):
+    async with web(tmp_path, token=TOKEN, public=True) as (h, session):
+        await h.submit(SHA)
+        page = await text(session, f"/commit/{SHA}")
+        assert 'id="cancel"' not in page and "to cancel or rebuild" in page
+        status, said = await post(session, f"/commit/{SHA}/cancel", {"csrf": "x"})
+        assert status == 403 and "only a logged-in browser may cancel or rebuild" in said
+        await post(session, "/login", {"token": TOKEN.decode(), "next": "/"})
+        token = await form_token(session, SHA, "cancel")
+        assert await post(session, f"/commit/{SHA}/cancel", {"csrf": token}) == (
+            303, f"/commit/{SHA}?said=cancelled",
+        )  # fmt: skip
+
+
+def test_a_csrf_token_is_bound_to_its_session_cookie():
+    clock = FakeClock(1_000_000.0)
+    access = WebAccess(TOKEN, public=False, wall_clock=clock)
+
+    def token_of(cookie: str | None) -> str:
+        headers = {"Cookie": f"{COOKIE}={cookie}"} if cookie else {}
+        return access.csrf_token(make_mocked_request("GET", "/", headers=headers))
+
+    first = access.cookie()
+    clock.advance(1)
+    second = access.cookie()
+    assert token_of(first) == token_of(first), "stable for one session"
+    assert len({token_of(first), token_of(second), token_of(None)}) == 3
+    assert token_of(first) != WebAccess(b"another" * 5, False, clock).csrf_token(
+        make_mocked_request("GET", "/", headers={"Cookie": f"{COOKIE}={first}"})
+    ), "another dispatcher's token signs other forms"

@@ -32,7 +32,8 @@ async def test_a_login_guessed_at_too_often_is_refused_with_429_until_the_window
         d = h.dispatcher
         assert d is not None
         access = WebAccess(TOKEN, public=False, limit=FailureLimit(3, 60.0, clock=clock))
-        d.web = WebServer(d.store, d.results, d.scheduler, d.bus, settings=d.settings,
+        d.web = WebServer(d.store, d.results, d.scheduler, d.bus, requests=d.requests,
+                          settings=d.settings,
                           clock=h.clock, access=access)  # fmt: skip
         address = await d.web.start("127.0.0.1", 0)
         timeout = aiohttp.ClientTimeout(total=WAIT)
@@ -66,7 +67,8 @@ async def test_the_web_page_is_served_over_https_with_the_dispatcher_s_certifica
     async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         d = h.dispatcher
         assert d is not None
-        d.web = WebServer(d.store, d.results, d.scheduler, d.bus, settings=d.settings,
+        d.web = WebServer(d.store, d.results, d.scheduler, d.bus, requests=d.requests,
+                          settings=d.settings,
                           clock=h.clock)  # fmt: skip
         tls = server_tls(tls_files["cert"], tls_files["key"])
         address = await d.web.start("127.0.0.1", 0, ssl=tls)
@@ -101,17 +103,18 @@ async def test_the_commit_page_reads_its_log_off_the_event_loop(tmp_path: Path):
         d = h.dispatcher
         assert d is not None and h.address is not None
         await h.submit(SHA)
-        d.web = WebServer(d.store, d.results, d.scheduler, d.bus, settings=d.settings,
+        d.web = WebServer(d.store, d.results, d.scheduler, d.bus, requests=d.requests,
+                          settings=d.settings,
                           clock=h.clock)  # fmt: skip
         address = await d.web.start("127.0.0.1", 0)
         readers: list[threading.Thread] = []
-        read_log = d.results.read_log
+        log_view_size = d.results.log_view_size  # the first file the log window reads
 
         def recorded(*args: Any, **kwargs: Any) -> Any:
             readers.append(threading.current_thread())
-            return read_log(*args, **kwargs)
+            return log_view_size(*args, **kwargs)
 
-        d.results.read_log = recorded  # type: ignore[method-assign]
+        d.results.log_view_size = recorded  # type: ignore[method-assign]
         timeout = aiohttp.ClientTimeout(total=WAIT)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             async with session.get(f"http://127.0.0.1:{address.port}/commit/{SHA}") as page:
