@@ -727,6 +727,11 @@ _BUILD_OPTION = click.option(
     type=click.IntRange(min=1),
     help="That build of the commit (an earlier one) instead of the newest.",
 )
+_JOB_OPTION = click.option(
+    "--job",
+    "job",
+    help="That job of a commit of several (its name as `show` lists it: 'tests (python=3.12)').",
+)
 
 
 @main.command("logs")
@@ -734,8 +739,11 @@ _BUILD_OPTION = click.option(
 @click.argument("commit")
 @click.option("-f", "--follow", is_flag=True, help="Stream the log live until the build ends.")
 @_BUILD_OPTION
+@_JOB_OPTION
 @_reports_errors
-def logs_command(address: Address, commit: str, follow: bool, build_id: int | None) -> None:
+def logs_command(
+    address: Address, commit: str, follow: bool, build_id: int | None, job: str | None
+) -> None:
     """Print the output of the build of COMMIT (a full id, a unique prefix of 7+
     characters, or a branch: its latest build).
 
@@ -748,10 +756,10 @@ def logs_command(address: Address, commit: str, follow: bool, build_id: int | No
         sys.stdout.buffer.flush()
 
     try:
-        reply = asyncio.run(read_log(address, _commit_name(commit), follow, write, build_id))
+        reply = asyncio.run(read_log(address, _commit_name(commit), follow, write, build_id, job))
     except KeyboardInterrupt:
         sys.exit(130)
-    if reply.status in ("unknown", "ambiguous"):
+    if reply.status in ("unknown", "ambiguous", "choose-job"):
         raise click.ClickException(reply.message)
     if follow:
         click.echo(f"superci: {reply.message}" if reply.status == "idle"
@@ -816,20 +824,28 @@ def status_command(address: Address, limit: int, as_json: bool) -> None:
 @_dispatcher_server_option
 @click.argument("commit")
 @_BUILD_OPTION
+@_JOB_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_reports_errors
-def show_command(address: Address, commit: str, build_id: int | None, as_json: bool) -> None:
+def show_command(
+    address: Address, commit: str, build_id: int | None, job: str | None, as_json: bool
+) -> None:
     """Show the result of the build of COMMIT and its failing tests (a full id, a unique
-    prefix of 7+ characters, or a branch: its latest build)."""
+    prefix of 7+ characters, or a branch: its latest build); of a commit of several jobs,
+    its status and one line per job (--job for one of them)."""
     from superci import protocol
     from superci.client import query
-    from superci.tables import result_summary
+    from superci.tables import commit_summary, result_summary
 
-    reply = query(address, protocol.QueryKind.SHOW, commit=_commit_name(commit), build_id=build_id)
+    reply = query(address, protocol.QueryKind.SHOW, commit=_commit_name(commit),
+                  build_id=build_id, job=job)  # fmt: skip
     if reply.status in ("unknown", "ambiguous"):
         raise click.ClickException(reply.message)
     document = json.loads(reply.document)
-    click.echo(json.dumps(document, indent=2) if as_json else result_summary(document))
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+    else:
+        click.echo(commit_summary(document) if "jobs" in document else result_summary(document))
     _note_truncated(document)
 
 

@@ -210,12 +210,13 @@ def query(
     commit: str | None = None,
     limit: int = 20,
     build_id: int | None = None,
+    job: str | None = None,
 ) -> protocol.Reply:
     """``status`` or ``show`` (of one commit, by id, prefix or branch; its newest build or
-    ``build_id``); the reply's document is JSON."""
+    ``build_id``; one of its jobs with ``job``); the reply's document is JSON."""
     if commit is not None:
         protocol.check_commit_name(commit)
-    message = protocol.Query(what=what, commit=commit, limit=limit, build_id=build_id)
+    message = protocol.Query(what=what, commit=commit, limit=limit, build_id=build_id, job=job)
     return asyncio.run(_expect_reply(address, message))
 
 
@@ -225,11 +226,12 @@ async def read_log(
     follow: bool,
     write: Callable[[bytes], None],
     build_id: int | None = None,
+    job: str | None = None,
 ) -> protocol.Reply:
     """Pass a commit's log to ``write`` (live until the build ends, with ``follow``); of
-    its newest build, or of ``build_id``."""
+    its newest build, or of ``build_id``; of its job ``job`` (a commit of several)."""
     request_ = protocol.LogRequest(
-        commit=protocol.check_commit_name(commit), follow=follow, build_id=build_id
+        commit=protocol.check_commit_name(commit), follow=follow, build_id=build_id, job=job
     )
     # While following, the dispatcher sends a keep-alive at least this often.
     silence = FOLLOW_SILENCE if follow else defaults.CLIENT_TIMEOUT

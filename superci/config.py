@@ -53,31 +53,44 @@ class BuildConfig:
 
 
 def load_build_config(workdir: Path) -> BuildConfig:
-    """Read ``workdir/.superci.toml``; a repository without one gets the defaults.
+    """Read ``workdir/.superci.toml`` as one job's settings; a repository without one gets
+    the defaults. A file of several jobs is read with :func:`superci.jobs.load_jobs`.
 
     Only a regular file inside the checkout, of at most MAX_CONFIG_BYTES, is read (see
     :mod:`superci.safefile`); anything else is a :class:`ConfigError` naming it.
     """
+    text = read_config_text(workdir)
+    if text is None:
+        return BuildConfig()
+    return parse_build_config(text, Path(workdir) / defaults.CONFIG_FILE)
+
+
+def read_config_text(workdir: Path) -> str | None:
+    """The text of ``workdir/.superci.toml``, or None when the checkout has none."""
     path = Path(workdir) / defaults.CONFIG_FILE
     raw = read_inside(workdir, defaults.CONFIG_FILE, defaults.MAX_CONFIG_BYTES)
     if raw is None:
         log.debug("no %s in %s, using defaults", defaults.CONFIG_FILE, workdir)
-        return BuildConfig()
+        return None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: cannot be read: {e}") from e
-    return parse_build_config(text, path)
 
 
 def parse_build_config(text: str, path: Path | str = defaults.CONFIG_FILE) -> BuildConfig:
-    """The settings in ``text``, the content of a .superci.toml (``path`` names it in
-    errors): what the runner reads in its checkout and the dispatcher in a submission."""
+    """The settings in ``text``, the content of a .superci.toml of one job (``path`` names
+    it in errors)."""
+    return parse_settings(path, config_data(text, path))
+
+
+def config_data(text: str, path: Path | str = defaults.CONFIG_FILE) -> dict[str, Any]:
+    """``text`` parsed as TOML, not yet checked: what :func:`superci.jobs.expand_jobs`
+    reads (the runner in its checkout, the dispatcher in a submission)."""
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
-    return parse_settings(path, data)
 
 
 def parse_settings(
@@ -121,8 +134,8 @@ PYTHON_VERSION = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)?")
 def _python(path: str | Path, value: Any) -> str:
     if isinstance(value, list):
         raise ConfigError(
-            f"{path}: 'python' must be one version such as \"3.12\"; a list of versions "
-            "(a matrix) is not supported yet: it comes with jobs"
+            f"{path}: 'python' must be one version such as \"3.12\" here; a list of "
+            "versions is a matrix, which only a whole .superci.toml defines (superci.jobs)"
         )
     if not isinstance(value, str) or not PYTHON_VERSION.fullmatch(value):
         raise ConfigError(

@@ -62,6 +62,10 @@ KILL_GRACE = 10.0
 CONFIG_FILE = ".superci.toml"
 #: Most jobs one commit may have, counting every cell of every matrix.
 MAX_JOBS = 64
+#: The job a .superci.toml without [jobs] defines (see superci.jobs).
+DEFAULT_JOB = "default"
+#: The longest job key (``tests (python=3.12)``) a commit may give a job.
+MAX_JOB_KEY = 256
 #: Most cells a matrix may have before its exclude entries are applied.
 MAX_MATRIX_CELLS = 1024
 #: Most exclude entries a matrix may have.

@@ -118,7 +118,12 @@ class Dispatcher:
         unfinished = [record.to_job() for record in self.store.unfinished()]
         if unfinished:
             log.info("resuming %d unfinished build(s) from %s", len(unfinished), self.store.path)
-        self.recorder.carry_out(self.scheduler.restore(unfinished, self._clock()))
+        ended = [  # the finished jobs of their rounds, which others may run after
+            record.to_job()
+            for round_id in {job.round for job in unfinished if job.after}
+            for record in self.store.round_of(round_id) if record.status.finished
+        ]  # fmt: skip
+        self.recorder.carry_out(self.scheduler.restore(unfinished, self._clock(), ended))
         address = await self.listener.start(host, port)
         self._watchdog = asyncio.create_task(self._watch())
         log.info("dispatcher listening on %s", address)

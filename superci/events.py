@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from superci.defaults import DEFAULT_JOB
 from superci.status import BuildStatus, RunnerState
 
 
@@ -59,6 +60,7 @@ class BuildEvent(Event):
     build_id: int
     sha: str
     branch: str
+    job: str = DEFAULT_JOB  # which of the commit's jobs (see superci.jobs)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +126,7 @@ def build_ended(document: Mapping[str, Any]) -> BuildFinished:
         build_id=document["build_id"],
         sha=document["sha"],
         branch=document["branch"],
+        job=document.get("job") or DEFAULT_JOB,
         status=status,
         message=document.get("message") or "",
         runner=document.get("runner"),

@@ -24,13 +24,14 @@ from typing import Protocol
 
 from superci import containment, defaults, labels, protocol, testtool
 from superci.builduser import BuildFolders, BuildUser, make_private
-from superci.config import BuildConfig, load_build_config
+from superci.config import BuildConfig
 from superci.environments import InstallFailed
 from superci.errors import ConfigError, SuperCIError, UnsafeFile, WorkspaceBroken, WorkspaceError
 from superci.execute import Execution, build_environment, run_command
 from superci.gitname import Description
 from superci.installstep import InstallStep, Run
 from superci.interpreters import Interpreters
+from superci.jobs import DEFAULT_JOB, JobSpec, load_jobs
 from superci.junit import parse_junit_bytes, pytest_junit_option
 from superci.safefile import read_inside, read_off_loop
 from superci.settings import RunnerSettings
@@ -190,7 +191,8 @@ class BuildExecutor:
 
         install_seconds: float | None = None
 
-        where = f"{build.sha} ({build.branch}) attempt {build.attempt} on {self.runner_name}"
+        job = "" if build.job == DEFAULT_JOB else f"job {build.job} of "
+        where = f"{job}{build.sha} ({build.branch}) attempt {build.attempt} on {self.runner_name}"
         await say(f"building {where}")
         try:
             await asyncio.to_thread(self.workspace.prepare, build.sha)
@@ -204,13 +206,15 @@ class BuildExecutor:
             return ended(BuildStatus.ERROR, str(e), checkout=True)
         tree = self.workspace.path if folders is None else folders.tree
         try:
-            config = await read_off_loop(
-                load_build_config, self.workspace.path,
+            specs = await read_off_loop(
+                load_jobs, self.workspace.path,
                 timeout=self.settings.file_read_timeout, what=defaults.CONFIG_FILE,
             )  # fmt: skip
+            spec = _job_of(build, specs)
+            config = spec.config
             await self._check_needs(dict(config.needs), say)
             report = self._report_path(config.junit, folders)
-            environment = self._environment(build, config, report.path, folders)
+            environment = self._environment(build, spec, report.path, folders)
             command = config.command
             if command is None and not config.wants_environment:  # else: with its environment
                 command = await self._chosen_command(environment, tree, say)
@@ -351,14 +355,17 @@ class BuildExecutor:
         return Report(self.workspace.path, junit, self.settings.max_report_bytes)
 
     def _environment(
-        self, build: protocol.Build, config: BuildConfig, report: Path,
+        self, build: protocol.Build, spec: JobSpec, report: Path,
         folders: BuildFolders | None,
     ) -> dict[str, str]:  # fmt: skip
+        config = spec.config
         extra = {
             "SUPERCI_COMMIT": build.sha,
             "SUPERCI_BRANCH": build.branch,
             "SUPERCI_BUILD_ID": str(build.build_id),
             "SUPERCI_ATTEMPT": str(build.attempt),
+            "SUPERCI_JOB": build.job,
+            **spec.environment,
         }
         if config.junit is None:
             extra["PYTEST_ADDOPTS"] = pytest_junit_option(
@@ -386,6 +393,19 @@ class Report:
         """The report's bytes (b"" when the run wrote none); blocks, see safefile."""
         data = read_inside(self.folder, self.name, self.max_bytes, what="JUnit report")
         return data or b""
+
+
+def _job_of(build: protocol.Build, specs: list[JobSpec]) -> JobSpec:
+    """The job the build names, as the checkout's own .superci.toml defines it: the
+    repository decides what runs, the dispatcher only which of its jobs."""
+    for spec in specs:
+        if spec.key == build.job:
+            return spec
+    defined = ", ".join(spec.key for spec in specs)
+    raise ConfigError(
+        f"the build asks for job {build.job!r}, which {defaults.CONFIG_FILE} of "
+        f"{build.sha[:12]} does not define (it defines: {defined})"
+    )
 
 
 def _result(

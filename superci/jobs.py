@@ -12,17 +12,19 @@ import graphlib
 import itertools
 import math
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from superci import defaults
-from superci.config import BuildConfig, parse_settings, unknown_key
+from superci.config import BuildConfig, config_data, parse_settings, read_config_text, unknown_key
 from superci.errors import ConfigError
 from superci.status import BuildStatus
 
 #: The name of the job a file without ``[jobs]`` defines with its top-level keys.
-DEFAULT_JOB = "default"
+DEFAULT_JOB = defaults.DEFAULT_JOB
 #: Keys that shape the jobs rather than say how one of them builds.
 SHAPE_KEYS = ("jobs", "matrix", "after")
 #: The matrix key that removes cells rather than naming an axis.
@@ -59,6 +61,33 @@ class JobSpec:
     def environment(self) -> dict[str, str]:
         """The cell's axes as the build sees them: ``SUPERCI_MATRIX_PYTHON=3.12``."""
         return {f"SUPERCI_MATRIX_{axis.upper()}": value for axis, value in self.cell}
+
+
+def parse_jobs(text: str | None, where: str | Path = defaults.CONFIG_FILE) -> list[JobSpec]:
+    """The jobs of a .superci.toml's ``text``; None (no file) is one default job."""
+    if text is None:
+        return [JobSpec(DEFAULT_JOB, (), BuildConfig())]
+    return expand_jobs(config_data(text, where), str(where))
+
+
+def load_jobs(workdir: Path) -> list[JobSpec]:
+    """The jobs of ``workdir/.superci.toml`` (see :func:`superci.config.read_config_text`)."""
+    return parse_jobs(read_config_text(workdir), Path(workdir) / defaults.CONFIG_FILE)
+
+
+def job_name(key: str) -> str:
+    """The name of the job whose key is ``key`` (``tests`` of ``tests (python=3.12)``);
+    a name has no space, so the cell starts at the first."""
+    return key.split(" ", 1)[0]
+
+
+def folder_name(key: str) -> str:
+    """The folder of a job's files: ``tests,python=3.12`` for ``tests (python=3.12)``.
+    One key, one folder: names, axes and values hold no space, comma or parenthesis, and
+    anything a file name must not hold (a ``/`` in a value) is %-escaped."""
+    name, _, cell = key.partition(" (")
+    plain = ",".join([name, *cell.removesuffix(")").split(", ")]) if cell else name
+    return urllib.parse.quote(plain, safe=",=._+:@~-")
 
 
 def expand_jobs(data: Mapping[str, Any], where: str) -> list[JobSpec]:
@@ -103,6 +132,11 @@ def _check_job_name(name: str, table: Any, where: str) -> None:
         )
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: [jobs.{name}] must be a table, got {table!r}")
+    if name == DEFAULT_JOB:
+        raise ConfigError(
+            f"{where}: [jobs.{DEFAULT_JOB}]: {DEFAULT_JOB!r} is the name of the one job of a "
+            "file without [jobs]; give this job another name"
+        )
 
 
 def _expand_one(name: str, table: dict[str, Any], where: str) -> list[JobSpec]:
@@ -112,10 +146,16 @@ def _expand_one(name: str, table: dict[str, Any], where: str) -> list[JobSpec]:
     after = _after(settings.pop("after", []), label)
     axes, excludes = _matrix(settings, label)
     cells = _cells(axes, excludes, label)
-    return [
+    specs = [
         JobSpec(name, cell, parse_settings(label, _for_cell(settings, cell), SHAPE_KEYS), after)
         for cell in cells
     ]
+    if len(specs[0].key) > defaults.MAX_JOB_KEY:
+        raise ConfigError(
+            f"{label}: a job's name and matrix cell make a key of {len(specs[0].key)} "
+            f"characters, such as {specs[0].key[:60]!r}...; at most {defaults.MAX_JOB_KEY}"
+        )
+    return specs
 
 
 def _after(value: Any, label: str) -> tuple[str, ...]:
@@ -264,14 +304,21 @@ def readiness(
     spec: JobSpec, specs: Iterable[JobSpec], statuses: Mapping[str, BuildStatus]
 ) -> Readiness:
     """Decide for ``spec`` from the statuses (by job key) of the commit's other jobs."""
-    before = [other for other in specs if other.name in spec.after]
-    for other in before:
-        status = statuses.get(other.key, BuildStatus.QUEUED)
+    return readiness_after(spec.after, [other.key for other in specs], statuses)
+
+
+def readiness_after(
+    after: Iterable[str], keys: Iterable[str], statuses: Mapping[str, BuildStatus]
+) -> Readiness:
+    """:func:`readiness` of a job that runs ``after`` these job names, among the commit's
+    jobs ``keys``: what the scheduler decides with, knowing only keys and statuses."""
+    names = set(after)
+    before = [key for key in keys if job_name(key) in names]
+    for key in before:
+        status = statuses.get(key, BuildStatus.QUEUED)
         if status.finished and status is not BuildStatus.PASSED:
-            return Readiness(False, skipped_because=f"{other.key} did not pass ({status})")
-    waiting = tuple(
-        other.key for other in before if statuses.get(other.key) is not BuildStatus.PASSED
-    )
+            return Readiness(False, skipped_because=f"{key} did not pass ({status})")
+    waiting = tuple(key for key in before if statuses.get(key) is not BuildStatus.PASSED)
     return Readiness(not waiting, waiting_for=waiting)
 
 

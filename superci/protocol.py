@@ -355,6 +355,9 @@ class Build(Message):
     attempt: int = _check(_check_positive)
     sha: str = _check(check_sha)
     branch: str = _check(check_branch, MAX_BRANCH)
+    #: Which of the commit's jobs (its key, see superci.jobs); the runner reads what it
+    #: runs from its own checkout.
+    job: str = _text(defaults.MAX_JOB_KEY, defaults.DEFAULT_JOB)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -500,6 +503,7 @@ class LogRequest(Message):
     offset: int = _check(_check_non_negative, default=0)
     follow: bool = False
     build_id: int | None = _check(_check_positive, default=None)
+    job: str | None = _text(defaults.MAX_JOB_KEY, None)  # one job of a commit of several
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -520,6 +524,7 @@ class Query(Message):
     commit: str | None = _check(check_commit_name, MAX_BRANCH, default=None)
     limit: int = _check(_check_limit, default=20)
     build_id: int | None = _check(_check_positive, default=None)
+    job: str | None = _text(defaults.MAX_JOB_KEY, None)  # one job of a commit of several
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "what", QueryKind(self.what))  # checked when decoded

@@ -21,8 +21,9 @@ from superci import events, protocol
 from superci.bus import EventBus
 from superci.channel import Channel
 from superci.errors import StorageError
+from superci.jobs import DEFAULT_JOB
 from superci.ratelimit import RateLimitedLog
-from superci.report import counts_text, result_document
+from superci.report import commit_document, counts_text, result_document
 from superci.results import ResultsFolder
 from superci.scheduler import (
     Action,
@@ -176,7 +177,8 @@ class Recorder:
             self.announce(outcome.lease.build_id, outcome.sha, outcome.status, document)
             pending.channel.post(result_ack(pending.result, accepted=True))
             checkout_error = pending.result.message if pending.result.checkout_failed else None
-            actions += self._scheduler.finish(outcome.lease.build_id, now, checkout_error)
+            actions += self._scheduler.finish(outcome.lease.build_id, now, checkout_error,
+                                              outcome.status)  # fmt: skip
         self._hand_out(actions)
 
     def _hand_out(self, actions: list[Action]) -> None:
@@ -227,10 +229,16 @@ class Recorder:
             self._take_description(record, result)
         finished_at = self._wall()
         document = result_document(record, outcome.status, outcome.message, result, finished_at)
-        self._results.write_result(outcome.sha, document)
+        self._results.write_result(outcome.sha, document, record.job)
         self._store.finish(record.id, outcome.status, finished_at, outcome.message,
                            document["tests"])  # fmt: skip
+        if record.job != DEFAULT_JOB:
+            self.write_commit(record.sha, record.round)
         return document
+
+    def write_commit(self, sha: str, round_id: int) -> None:
+        """Sum the round of a commit of several jobs up in its ``commit.json``."""
+        self._results.write_commit(sha, commit_document(self._store.round_of(round_id)))
 
     def _take_description(self, record: BuildRecord, result: protocol.Result) -> None:
         """The subject and author the runner said, where the submitter said none."""
@@ -348,7 +356,7 @@ class Recorder:
         try:
             if not self._write_unwritten(action.build_id):
                 raise StorageError("its earlier state is not recorded yet")
-            self._results.start_log(action.sha, action.build_id)
+            self._results.start_log(action.sha, action.build_id, action.job)
             self._store.mark_running(action.build_id, action.attempt, action.runner, self._wall())
         except StorageError as e:
             self._fault_log.log(logging.ERROR, "cannot start build %d yet: %s",
@@ -361,13 +369,14 @@ class Recorder:
         )  # fmt: skip
         outbox.post(action.session, _build_message(action))
         self._bus.publish(events.BuildStarted(build_id=action.build_id, sha=action.sha,
-                                              branch=action.branch, runner=action.runner,
+                                              branch=action.branch, job=action.job,
+                                              runner=action.runner,
                                               attempt=action.attempt))  # fmt: skip
 
     def _publish_queued(self, build_id: int, reason: str) -> None:
         record = self._store.get(build_id)
         if record is not None:
-            self._bus.publish(events.BuildQueued(build_id=build_id, sha=record.sha,
+            self._bus.publish(events.BuildQueued(build_id=build_id, sha=record.sha, job=record.job,
                                                  branch=record.branch, reason=reason))  # fmt: skip
 
 
@@ -382,5 +391,9 @@ def result_ack(result: protocol.Result, **fields: Any) -> protocol.ResultAck:
 
 def _build_message(action: StartBuild) -> protocol.Build:
     return protocol.Build(
-        build_id=action.build_id, attempt=action.attempt, sha=action.sha, branch=action.branch
+        build_id=action.build_id,
+        attempt=action.attempt,
+        sha=action.sha,
+        branch=action.branch,
+        job=action.job,
     )

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from superci import defaults, protocol
+from superci.jobs import commit_status
 from superci.scheduler import PoolView, RunnerView
 from superci.status import BuildStatus, RunnerState
 from superci.store import BuildRecord, Store
@@ -50,6 +51,8 @@ def result_document(
         "subject": record.subject,
         "author": record.author,
         "build_id": record.id,
+        "job": record.job,
+        "round": record.round,
         "status": str(status),
         "exit_code": result.exit_code if result else None,
         "duration": round(result.duration, 3) if result else None,
@@ -81,6 +84,8 @@ def build_summary(record: BuildRecord) -> dict[str, Any]:
         "subject": record.subject,
         "author": record.author,
         "build_id": record.id,
+        "job": record.job,
+        "round": record.round,
         "status": str(record.status),
         "duration": duration,
         "message": record.message,
@@ -95,6 +100,43 @@ def build_summary(record: BuildRecord) -> dict[str, Any]:
     }
 
 
+def commit_document(records: Sequence[BuildRecord]) -> dict[str, Any]:
+    """``commit.json``: the status of a round of a commit's jobs (see
+    :func:`superci.jobs.commit_status`) and one entry per job, in the file's order."""
+    first = records[0]
+    jobs = [
+        {key: summary[key] for key in JOB_FIELDS}
+        for summary in (build_summary(record) for record in records)
+    ]
+    not_passed = [job["job"] for job in jobs if job["status"] != BuildStatus.PASSED]
+    status = commit_status(record.status for record in records)
+    return {
+        "sha": first.sha,
+        "branch": first.branch,
+        "subject": first.subject,
+        "author": first.author,
+        "round": first.round,
+        "status": str(status),
+        "not_passed": not_passed if status.finished else [],
+        "jobs": jobs,
+    }
+
+
+def commit_view(records: Sequence[BuildRecord], pool: PoolView, now: float) -> dict[str, Any]:
+    """What ``show`` says of a commit of several jobs: :func:`commit_document`, each
+    queued job with why it waits."""
+    document = commit_document(records)
+    for entry, record in zip(document["jobs"], records, strict=True):
+        if record.status is BuildStatus.QUEUED:
+            entry["waiting"] = waiting_summary(record, pool, now).get("waiting")
+    return document
+
+
+#: What commit.json says of each job.
+JOB_FIELDS = ("job", "build_id", "status", "runner", "duration", "tests", "message",
+              "started_at", "finished_at")  # fmt: skip
+
+
 def waiting_summary(record: BuildRecord, pool: PoolView, now: float) -> dict[str, Any]:
     """What ``show`` says of an unfinished build: :func:`build_summary`, for a queued one
     why it waits, for a running one its runner's labels."""
@@ -102,7 +144,8 @@ def waiting_summary(record: BuildRecord, pool: PoolView, now: float) -> dict[str
     if record.status is BuildStatus.QUEUED:
         ids = [job.build_id for job in pool.queue]
         position = ids.index(record.id) if record.id in ids else len(ids)
-        summary["waiting"] = why_waiting(record.needs, pool.runners, position, now)
+        after = pool.queue[position].waiting_for if position < len(ids) else ()
+        summary["waiting"] = why_waiting(record.needs, pool.runners, position, now, after)
     runner = next((r for r in pool.runners if r.name == record.runner), None)
     if runner is not None:
         summary["runner_labels"] = runner.offer.merged()
@@ -140,8 +183,8 @@ def status_document(pool: PoolView, store: Store, now: float, limit: int) -> dic
     ]
     queue = [
         {"build_id": job.build_id, "sha": job.sha, "branch": job.branch, "attempt": job.attempt,
-         "needs": dict(job.needs),
-         "waiting": why_waiting(job.needs, pool.runners, position, now)}
+         "needs": dict(job.needs), "job": job.job,
+         "waiting": why_waiting(job.needs, pool.runners, position, now, job.waiting_for)}
         for position, job in enumerate(pool.queue[:limit])
     ]  # fmt: skip
     builds = [build_summary(record) for record in store.recent(limit)]

@@ -9,6 +9,10 @@ put in place together with the result.
 The newest build of a commit keeps those paths; when another build of the commit starts
 (or ends without starting), the earlier build's files move to ``builds/<build_id>/``, so
 a rebuild never hides what the commit did before.
+
+A commit of several jobs (see :mod:`superci.jobs`) keeps each job's files the same way in
+``jobs/<job>/``, and ``commit.json`` sums its newest round up (the earlier round's moves
+to ``builds/<round>/``). The one default job keeps the commit's own folder.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 from superci import buildlog, defaults
 from superci.buildlog import BuildLog
 from superci.errors import ReportTooLarge, StorageError
+from superci.jobs import DEFAULT_JOB, folder_name
 from superci.protocol import ARTIFACT_NAMES, DATA_CHUNK, check_sha
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,10 @@ LOG_FILE = "output.log"
 READ_CHUNK = DATA_CHUNK
 #: Where the files of a commit's earlier builds go: ``builds/<build_id>/``.
 EARLIER_BUILDS = "builds"
+#: Where each job of a commit of several jobs keeps its files: ``jobs/<job>/``.
+JOBS_FOLDER = "jobs"
+#: The summary of a commit's jobs (its newest round).
+COMMIT_FILE = "commit.json"
 
 
 class ResultsFolder:
@@ -42,88 +51,95 @@ class ResultsFolder:
     def __init__(self, root: Path, max_log_bytes: int = defaults.MAX_LOG_BYTES) -> None:
         self.root = root
         self.max_log_bytes = max_log_bytes
-        self._logs: dict[str, BuildLog] = {}
+        self._logs: dict[tuple[str, str], BuildLog] = {}
 
-    def folder(self, sha: str) -> Path:
-        return self.root / check_sha(sha)
+    def folder(self, sha: str, job: str = DEFAULT_JOB) -> Path:
+        """The folder of a commit's files, or of one of its jobs' (see :func:`folder_name`)."""
+        folder = self.root / check_sha(sha)
+        return folder if job == DEFAULT_JOB else folder / JOBS_FOLDER / folder_name(job)
 
     # --- the live log ---------------------------------------------------------------
 
-    def build_folder(self, sha: str, build_id: int) -> Path:
-        """Where an earlier build of a commit keeps its files."""
-        return self.folder(sha) / EARLIER_BUILDS / str(build_id)
+    def build_folder(self, sha: str, build_id: int, job: str = DEFAULT_JOB) -> Path:
+        """Where an earlier build of a commit (or of one of its jobs) keeps its files."""
+        return self.folder(sha, job) / EARLIER_BUILDS / str(build_id)
 
-    def start_log(self, sha: str, build_id: int | None = None) -> None:
+    def start_log(self, sha: str, build_id: int | None = None, job: str = DEFAULT_JOB) -> None:
         """Begin an empty log for a new attempt, so two attempts never mix. The files of
         an earlier build (one whose result is here; any, without ``build_id``) move to
         ``builds/<its id>/``; reports a lost attempt left go."""
-        self.close_log(sha)
-        folder = self._make_folder(sha)
+        self.close_log(sha, job)
+        folder = self._make_folder(sha, job)
         self._set_aside_earlier(folder, build_id)
         for name in ARTIFACT_NAMES:
             for path in (folder / name, folder / f".{name}.part"):
                 path.unlink(missing_ok=True)
-        self._logs[sha] = BuildLog(folder / LOG_FILE, self.max_log_bytes, fresh=True)
+        self._logs[sha, job] = BuildLog(folder / LOG_FILE, self.max_log_bytes, fresh=True)
 
-    def _log(self, sha: str) -> BuildLog:
+    def _log(self, sha: str, job: str) -> BuildLog:
         """The open log, or the existing file continued (a build adopted after a restart)."""
-        log_ = self._logs.get(sha)
+        log_ = self._logs.get((sha, job))
         if log_ is None:
-            path = self._make_folder(sha) / LOG_FILE
-            log_ = self._logs[sha] = BuildLog(path, self.max_log_bytes, fresh=False)
+            path = self._make_folder(sha, job) / LOG_FILE
+            log_ = self._logs[sha, job] = BuildLog(path, self.max_log_bytes, fresh=False)
         return log_
 
-    def _make_folder(self, sha: str) -> Path:
-        folder = self.folder(sha)
+    def _make_folder(self, sha: str, job: str = DEFAULT_JOB) -> Path:
+        folder = self.folder(sha, job)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StorageError(f"cannot create {folder}: {e}") from e
         return folder
 
-    def log_size(self, sha: str) -> int:
+    def log_size(self, sha: str, job: str = DEFAULT_JOB) -> int:
         """Bytes of output received so far (counting any that were cut from the middle)."""
-        if sha not in self._logs and not (self.folder(sha) / LOG_FILE).exists():
+        if (sha, job) not in self._logs and not (self.folder(sha, job) / LOG_FILE).exists():
             return 0
-        return self._log(sha).raw
+        return self._log(sha, job).raw
 
-    def append_output(self, sha: str, offset: int, data: bytes, *, skipped: bool = False) -> bytes:
+    def append_output(
+        self, sha: str, offset: int, data: bytes, *, skipped: bool = False, job: str = DEFAULT_JOB
+    ) -> bytes:
         """Write bytes ``offset``.. of the output; bytes already written are skipped, so a
         runner that resends after a reconnect never duplicates output. Returns the new
         bytes (for the people following the log). ``skipped``: the runner no longer has
         the bytes before ``offset`` (see :meth:`BuildLog.append`)."""
-        return self._log(sha).append(offset, data, skipped=skipped)
+        return self._log(sha, job).append(offset, data, skipped=skipped)
 
     def read_log(
-        self, sha: str, offset: int = 0, build_id: int | None = None, chunk: int = READ_CHUNK
-    ) -> Generator[bytes, None, None]:
+        self, sha: str, offset: int = 0, build_id: int | None = None, chunk: int = READ_CHUNK,
+        job: str = DEFAULT_JOB,
+    ) -> Generator[bytes, None, None]:  # fmt: skip
         """The log (head, marker, tail; bounded by the cap) from ``offset`` as it stands
         now, in pieces of up to ``chunk`` bytes, of the newest build or of ``build_id``;
         nothing if there is none. Output that arrives later is not included (a follower
         receives it live), and pieces are read one at a time, so many readers of a large
         log cost the dispatcher one piece each."""
-        folder = self._files_of(sha, build_id)
+        folder = self._files_of(sha, build_id, job)
         if folder is None:
             return buildlog.nothing()
         return buildlog.pieces(folder / LOG_FILE, offset, chunk)
 
-    def log_view_size(self, sha: str, build_id: int | None = None) -> int:
+    def log_view_size(self, sha: str, build_id: int | None = None, job: str = DEFAULT_JOB) -> int:
         """Bytes :meth:`read_log` yields from offset 0 now (0 when there is no log)."""
-        folder = self._files_of(sha, build_id)
+        folder = self._files_of(sha, build_id, job)
         return 0 if folder is None else buildlog.view_size(folder / LOG_FILE)
 
-    def log_file(self, sha: str, build_id: int | None = None) -> Path | None:
+    def log_file(
+        self, sha: str, build_id: int | None = None, job: str = DEFAULT_JOB
+    ) -> Path | None:
         """The log as one plain file (what a download of a finished build serves with
         ranges), or None when there is none or it is in parts (cut, being written)."""
-        folder = self._files_of(sha, build_id)
+        folder = self._files_of(sha, build_id, job)
         if folder is None:
             return None
         path = folder / LOG_FILE
         return path if buildlog.is_plain(path) else None
 
-    def close_log(self, sha: str) -> None:
+    def close_log(self, sha: str, job: str = DEFAULT_JOB) -> None:
         """Flush the log to disk and stop writing it."""
-        log_ = self._logs.pop(sha, None)
+        log_ = self._logs.pop((sha, job), None)
         if log_ is not None:
             log_.finish()
 
@@ -136,6 +152,7 @@ class ResultsFolder:
         offset: int,
         data: bytes,
         max_bytes: int | None = None,
+        job: str = DEFAULT_JOB,
     ) -> None:
         """Receive bytes ``offset``.. of a report; it is put in place with the result.
         A report that would grow past ``max_bytes`` (default: the largest a runner
@@ -143,7 +160,7 @@ class ResultsFolder:
         if name not in ARTIFACT_NAMES:
             raise StorageError(f"unknown report {name!r}")
         max_bytes = defaults.MAX_REPORT_BYTES if max_bytes is None else max_bytes
-        part = self._make_folder(sha) / f".{name}.part"
+        part = self._make_folder(sha, job) / f".{name}.part"
         if offset + len(data) > max_bytes:
             part.unlink(missing_ok=True)
             raise ReportTooLarge(
@@ -170,12 +187,12 @@ class ResultsFolder:
 
     # --- the result -----------------------------------------------------------------
 
-    def write_result(self, sha: str, result: dict[str, Any]) -> Path:
+    def write_result(self, sha: str, result: dict[str, Any], job: str = DEFAULT_JOB) -> Path:
         """Atomically replace ``result.json``; the log is closed and synced first. The
         result of another build (one that ended without starting) moves aside first."""
-        folder = self.folder(sha)
+        folder = self.folder(sha, job)
         try:
-            self.close_log(sha)
+            self.close_log(sha, job)
             folder.mkdir(parents=True, exist_ok=True)
             if isinstance(result.get("build_id"), int):
                 self._set_aside_earlier(folder, result["build_id"])
@@ -186,20 +203,66 @@ class ResultsFolder:
         except OSError as e:
             raise StorageError(f"cannot write the result of {sha} to {folder}: {e}") from e
 
-    def read_result(self, sha: str, build_id: int | None = None) -> dict[str, Any] | None:
+    def read_result(
+        self, sha: str, build_id: int | None = None, job: str = DEFAULT_JOB
+    ) -> dict[str, Any] | None:
         """``result.json`` of the newest build, or of ``build_id``; None if there is none."""
-        folder = self._files_of(sha, build_id)
+        folder = self._files_of(sha, build_id, job)
         return None if folder is None else _read_json(folder / RESULT_FILE)
+
+    def new_round(self, sha: str, several: bool) -> None:
+        """A new round of the commit's jobs was queued: what an earlier round left at the
+        top of the commit's folder moves to ``builds/<id>/`` (the one default job's files
+        before a round of ``several`` jobs, the earlier round's ``commit.json`` before a
+        round of one), so the top never shows another round's verdict as this one's."""
+        folder = self.folder(sha)
+        if not folder.is_dir():
+            return
+        if several:
+            self._set_aside_earlier(folder, None)
+            return
+        try:
+            earlier = _read_json(folder / COMMIT_FILE)
+            old = earlier.get("round") if isinstance(earlier, dict) else None
+            if isinstance(old, int):
+                target = folder / EARLIER_BUILDS / str(old)
+                target.mkdir(parents=True, exist_ok=True)
+                os.replace(folder / COMMIT_FILE, target / COMMIT_FILE)
+        except (OSError, ValueError) as e:
+            raise StorageError(f"cannot keep {folder / COMMIT_FILE} aside: {e}") from e
+
+    def write_commit(self, sha: str, document: dict[str, Any]) -> Path:
+        """Atomically replace ``commit.json``, the summary of the commit's jobs; that of
+        an earlier round (``document["round"]`` tells) moves to ``builds/<round>/``."""
+        folder = self._make_folder(sha)
+        path = folder / COMMIT_FILE
+        try:
+            earlier = _read_json(path)
+            old = earlier.get("round") if isinstance(earlier, dict) else None
+            if isinstance(old, int) and old != document.get("round"):
+                target = folder / EARLIER_BUILDS / str(old)
+                target.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target / COMMIT_FILE)
+            return _atomic_write(path, json.dumps(document, indent=2) + "\n")
+        except (OSError, ValueError) as e:
+            raise StorageError(f"cannot write {path}: {e}") from e
+
+    def read_commit(self, sha: str) -> dict[str, Any] | None:
+        """``commit.json``, if the commit's newest round of several jobs wrote one."""
+        try:
+            return _read_json(self.folder(sha) / COMMIT_FILE)
+        except (OSError, ValueError):
+            return None
 
     # --- earlier builds -------------------------------------------------------------
 
-    def _files_of(self, sha: str, build_id: int | None) -> Path | None:
+    def _files_of(self, sha: str, build_id: int | None, job: str = DEFAULT_JOB) -> Path | None:
         """The folder with a build's files: its own under ``builds/``, else the commit's
-        while no other build's result is there; None if it has none."""
-        folder = self.folder(sha)
+        (or its job's) while no other build's result is there; None if it has none."""
+        folder = self.folder(sha, job)
         if build_id is None:
             return folder
-        earlier = self.build_folder(sha, build_id)
+        earlier = self.build_folder(sha, build_id, job)
         if earlier.is_dir():
             return earlier
         newest = _build_id_of(folder)

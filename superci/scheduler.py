@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import enum
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from superci import defaults, identity
 from superci.errors import RunnerRefused, StaleResult, UnknownBuild
+from superci.jobs import DEFAULT_JOB, Readiness, readiness_after
 from superci.labels import Offer
 from superci.status import BuildStatus, RunnerState
 
@@ -48,10 +49,25 @@ class Job:
     stop_reason: str = ""
     stop_grace: float | None = None  # the runner's own kill grace plus margin, once known
     needs: Mapping[str, str] = field(default_factory=dict)  # labels its runner must offer
+    job: str = DEFAULT_JOB  # the job's key among its commit's jobs (see superci.jobs)
+    round: int = 0  # the first build id of its round (the jobs of one submission); 0: its own
+    after: tuple[str, ...] = ()  # the job names of its round that must pass before it runs
+
+    def __post_init__(self) -> None:
+        self.round = self.round or self.build_id
 
     @property
     def lease(self) -> Lease:
         return Lease(self.build_id, self.attempt)
+
+
+@dataclass
+class Round:
+    """What the scheduler keeps of a round in which a job runs after others: every job's
+    key, and how those that ended ended (see :func:`superci.jobs.readiness_after`)."""
+
+    keys: list[str]
+    ended: dict[str, BuildStatus] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,6 +125,7 @@ class Kept:
     build_id: int
     attempt: int
     sha: str
+    job: str = DEFAULT_JOB
 
 
 @dataclass(frozen=True)
@@ -158,6 +175,9 @@ class QueuedView:
     branch: str
     attempt: int
     needs: Mapping[str, str] = field(default_factory=dict)
+    job: str = DEFAULT_JOB
+    #: The jobs of its round it waits for (they must pass first); empty: only a runner.
+    waiting_for: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -181,6 +201,7 @@ class StartBuild:
     attempt: int
     sha: str
     branch: str
+    job: str = DEFAULT_JOB  # which of the commit's jobs
 
 
 @dataclass(frozen=True)
@@ -260,6 +281,7 @@ class Scheduler:
         self.bench_time = bench_time  # its first bench, doubled each time up to bench_max
         self.bench_max = bench_max
         self.jobs: dict[int, Job] = {}
+        self.rounds: dict[int, Round] = {}  # rounds with a job that runs after others
         self.runners: dict[str, PoolRunner] = {}
         self._queue: list[int] = []  # heap of build ids: oldest first
         self._idle: dict[str, None] = {}  # insertion-ordered: longest idle first
@@ -275,17 +297,44 @@ class Scheduler:
     ) -> list[Action]:  # fmt: skip
         """A new build was stored; queue it and hand it out if a runner that offers what
         it ``needs`` is free."""
-        self.jobs[build_id] = Job(build_id, sha, branch, needs=dict(needs or {}))
-        heapq.heappush(self._queue, build_id)
+        return self.add_round([Job(build_id, sha, branch, needs=dict(needs or {}))], now)
+
+    def add_round(self, jobs: Sequence[Job], now: float) -> list[Action]:
+        """A commit's jobs were stored (one round); queue them all and hand out those
+        that run after no other to free runners that take them."""
+        for job in jobs:
+            self.jobs[job.build_id] = job
+            heapq.heappush(self._queue, job.build_id)
+        self._note_rounds(jobs)
         return self._dispatch(now)
 
-    def restore(self, jobs: Iterable[Job], now: float) -> list[Action]:
-        """Take over the unfinished builds of a previous dispatcher process.
+    def _note_rounds(self, jobs: Iterable[Job], ended: Iterable[Job] = ()) -> None:
+        """Keep the rounds of these jobs in which one runs after others (with the jobs of
+        those rounds that already ended, after a restart)."""
+        members: dict[int, dict[str, BuildStatus | None]] = {}
+        for job in jobs:
+            members.setdefault(job.round, {})[job.job] = None
+        for job in ended:
+            if job.round in members:
+                members[job.round][job.job] = job.status
+        for round_id, keys in members.items():
+            if any(self.jobs[j].after for j in self._unfinished_of(round_id)):
+                self.rounds[round_id] = Round(
+                    list(keys), {key: status for key, status in keys.items() if status}
+                )
+
+    def _unfinished_of(self, round_id: int) -> list[int]:
+        return [build_id for build_id, job in self.jobs.items() if job.round == round_id]
+
+    def restore(self, jobs: Iterable[Job], now: float, ended: Iterable[Job] = ()) -> list[Action]:
+        """Take over the unfinished builds of a previous dispatcher process; ``ended``:
+        the jobs of their rounds that already finished, which the others may run after.
 
         A build that was running keeps its lease for one heartbeat timeout, held by a
         disconnected placeholder of its runner: if that runner reconnects and claims the
         lease, it is adopted; if not, the usual death of a runner re-queues it.
         """
+        jobs = list(jobs)
         for job in jobs:
             self.jobs[job.build_id] = job
             # A runner builds one thing at a time: should the database say it held two
@@ -303,7 +352,11 @@ class Scheduler:
             else:
                 job.status = BuildStatus.QUEUED
                 heapq.heappush(self._queue, job.build_id)
-        return self._dispatch(now)
+        self._note_rounds(jobs, ended)
+        skipped: list[Action] = []  # a skip decided before the restart but not recorded
+        for round_id in list(self.rounds):
+            skipped += self._skip_blocked(round_id)
+        return skipped + self._dispatch(now)
 
     def admit(
         self, name: str, instance: str | None, proof: Proof, now: float, last_host: str = ""
@@ -372,7 +425,7 @@ class Scheduler:
             actions.append(CancelLease(session, kept.build_id, kept.attempt, kept.stop_reason))
         return Registration(
             actions + self._dispatch(now),
-            Kept(kept.build_id, kept.attempt, kept.sha) if kept else None,
+            Kept(kept.build_id, kept.attempt, kept.sha, kept.job) if kept else None,
             disowned,
         )
 
@@ -505,8 +558,7 @@ class Scheduler:
             raise UnknownBuild(f"build {build_id} is neither queued nor running")
         runner = self.runners.get(job.runner) if job.runner else None
         if job.status is BuildStatus.QUEUED or runner is None or runner.session is None:
-            self._drop_job(job)
-            return [EndBuild(build_id, status, reason)] + self._dispatch(now)
+            return self._end(job, status, reason) + self._dispatch(now)
         if job.stopping is None:
             grace = job.stop_grace if job.stop_grace is not None else self.stop_grace
             job.stopping, job.stop_by, job.stop_reason = status, now + grace, reason
@@ -523,9 +575,8 @@ class Scheduler:
             if job.stopping is not None and job.stop_by is not None and now > job.stop_by:
                 runner = self.runners.get(job.runner) if job.runner else None
                 wedged = runner is not None and runner.build_id == job.build_id
-                self._drop_job(job)
                 why = f"{job.stop_reason}; runner {job.runner} did not stop it and was dropped"
-                actions.append(EndBuild(job.build_id, job.stopping, why))
+                actions += self._end(job, job.stopping, why)
                 if runner is not None and wedged:  # not a runner busy with something else
                     actions += self._mark_runner_dead(runner, "did not stop a build", now)
             elif job.stopping is None and job.deadline is not None and now > job.deadline:
@@ -570,8 +621,13 @@ class Scheduler:
         job = self.jobs.get(lease.build_id)
         return job is not None and job.status is BuildStatus.RUNNING and job.lease == lease
 
-    def finish(self, build_id: int, now: float, checkout_error: str | None = None) -> list[Action]:
-        """The build's result is recorded: forget the job, free its runner.
+    def finish(
+        self, build_id: int, now: float, checkout_error: str | None = None,
+        status: BuildStatus | None = None,
+    ) -> list[Action]:  # fmt: skip
+        """The build's result is recorded: forget the job, free its runner; the jobs of
+        its round that run after it learn its ``status`` (the recorder always says it),
+        and may start, or are skipped when it did not pass.
 
         ``checkout_error``: the build ended because its runner could not check the commit
         out (the runner's message); see :meth:`_note_checkout`.
@@ -583,7 +639,7 @@ class Scheduler:
         if runner is not None and runner.build_id == build_id:
             self._note_checkout(runner, job.sha, checkout_error, now)
         self._drop_job(job)
-        return self._dispatch(now)
+        return self._ended(job, status) + self._dispatch(now)
 
     def check_benched(self, now: float) -> list[Action]:
         """Give benched runners whose time is up builds again, on probation: their next
@@ -627,8 +683,10 @@ class Scheduler:
             for runner in sorted(self.runners.values(), key=lambda r: r.name)
         )
         queue = tuple(
-            QueuedView(j.build_id, j.sha, j.branch, j.attempt, j.needs) for j in self.queued()
-        )
+            QueuedView(j.build_id, j.sha, j.branch, j.attempt, j.needs, j.job,
+                       self._readiness(j).waiting_for)
+            for j in self.queued()
+        )  # fmt: skip
         return PoolView(runners, queue)
 
     def _sha_of(self, build_id: int | None) -> str | None:
@@ -690,10 +748,9 @@ class Scheduler:
             return self._end_stopped_job(job, f"runner {runner} lost while stopping it")
         job.lost += 1
         if job.lost >= self.max_attempts:
-            self.jobs.pop(job.build_id)
             tried = ", ".join(job.runners)
             why = f"runner lost on {job.lost} attempts, the limit ({tried}); last: {reason}"
-            return [EndBuild(job.build_id, BuildStatus.ERROR, why)]
+            return self._end(job, BuildStatus.ERROR, why)
         return self._requeue(job, Requeue(job.build_id, job.attempt, runner, reason))
 
     def _hand_back_job(
@@ -707,19 +764,54 @@ class Scheduler:
             return self._end_stopped_job(job, f"runner {runner} left while stopping it")
         handbacks = job.attempt - job.lost
         if handbacks >= self.max_handbacks:
-            self.jobs.pop(job.build_id)
             why = (
                 f"runners left while building it {handbacks} times "
                 f"({', '.join(job.runners[-3:])}, ...); last: {reason}"
             )
-            return [EndBuild(job.build_id, BuildStatus.ERROR, why)]
+            return self._end(job, BuildStatus.ERROR, why)
         return self._requeue(job, Requeue(job.build_id, job.attempt, runner, reason, False, needs))
 
     def _end_stopped_job(self, job: Job, what: str) -> list[Action]:
         """A job that was being stopped ends as it was asked to, whatever became of its runner."""
-        self.jobs.pop(job.build_id)
-        return [EndBuild(job.build_id, job.stopping or BuildStatus.CANCELLED,
-                         f"{job.stop_reason}; {what}")]  # fmt: skip
+        return self._end(job, job.stopping or BuildStatus.CANCELLED, f"{job.stop_reason}; {what}")
+
+    def _end(self, job: Job, status: BuildStatus, reason: str) -> list[Action]:
+        """End a job without a runner's result (see :class:`EndBuild`); the jobs that run
+        after it learn how it ended."""
+        self._drop_job(job)
+        return [EndBuild(job.build_id, status, reason), *self._ended(job, status)]
+
+    def _ended(self, job: Job, status: BuildStatus | None) -> list[Action]:
+        """Tell the job's round how it ended: the queued jobs of the round that run after
+        a job that did not pass end as skipped, with the reason (and so, in turn, theirs)."""
+        round_ = self.rounds.get(job.round)
+        if round_ is None:
+            return []
+        if status is not None:
+            round_.ended[job.job] = status
+        return self._skip_blocked(job.round)
+
+    def _skip_blocked(self, round_id: int) -> list[Action]:
+        """End as skipped the queued jobs of a round that run after one that did not pass;
+        forget the round once none of its jobs is left."""
+        actions: list[Action] = []
+        for build_id in self._unfinished_of(round_id):
+            other = self.jobs.get(build_id)
+            if other is None or other.status is not BuildStatus.QUEUED:
+                continue  # ended meanwhile (by a skip below), or already running
+            because = self._readiness(other).skipped_because
+            if because is not None:
+                actions += self._end(other, BuildStatus.SKIPPED, f"skipped: {because}")
+        if not self._unfinished_of(round_id):
+            self.rounds.pop(round_id, None)
+        return actions
+
+    def _readiness(self, job: Job) -> Readiness:
+        """Whether the jobs the job runs after have all passed (see superci.jobs)."""
+        round_ = self.rounds.get(job.round) if job.after else None
+        if round_ is None:
+            return Readiness(True)
+        return readiness_after(job.after, round_.keys, round_.ended)
 
     def _requeue(self, job: Job, action: Requeue) -> list[Action]:
         job.deadline = None
@@ -738,6 +830,9 @@ class Scheduler:
             job = self.jobs.get(build_id)
             if job is None or job.status is not BuildStatus.QUEUED:
                 continue  # finished or cancelled while it waited
+            if not self._readiness(job).ready:  # a job of its round must pass first
+                passed_over[build_id] = None
+                continue
             wanted = frozenset(job.needs.items())
             name = None if wanted in untaken else self._idle_runner_for(job)
             if name is None:
@@ -753,9 +848,8 @@ class Scheduler:
             job.runner = name
             job.runners.append(name)
             job.deadline = now + self.build_timeout + self.stop_grace
-            actions.append(
-                StartBuild(runner.session, name, build_id, job.attempt, job.sha, job.branch)
-            )
+            actions.append(StartBuild(runner.session, name, build_id, job.attempt, job.sha,
+                                      job.branch, job.job))  # fmt: skip
         for build_id in passed_over:
             heapq.heappush(self._queue, build_id)
         return actions

@@ -137,7 +137,7 @@ class RunnerSessions:
                 message.name, registration.disowned.build_id, registration.disowned.attempt,
             )  # fmt: skip
         elif registration.kept is not None:
-            offset = self._results.log_size(registration.kept.sha)
+            offset = self._results.log_size(registration.kept.sha, registration.kept.job)
             log.info("runner %s re-adopted build %d at output byte %d",
                      message.name, registration.kept.build_id, offset)  # fmt: skip
         log.info("runner %s registered from %s (pid %d)", message.name, channel.peer, message.pid)
@@ -168,7 +168,7 @@ class RunnerSessions:
             return
         try:
             new = self._results.append_output(
-                job.sha, message.offset, data, skipped=message.skipped
+                job.sha, message.offset, data, skipped=message.skipped, job=job.job
             )
         except StorageError as e:
             # Close the connection but keep the lease: the runner registers again and
@@ -182,7 +182,12 @@ class RunnerSessions:
             start = message.offset + len(data) - len(new)
             self._bus.publish(
                 events.BuildOutput(
-                    build_id=job.build_id, sha=job.sha, branch=job.branch, offset=start, data=new
+                    build_id=job.build_id,
+                    sha=job.sha,
+                    branch=job.branch,
+                    job=job.job,
+                    offset=start,
+                    data=new,
                 )
             )
 
@@ -195,7 +200,12 @@ class RunnerSessions:
             return
         try:
             self._results.append_artifact(
-                job.sha, message.name, message.offset, data, self.settings.max_report_bytes
+                job.sha,
+                message.name,
+                message.offset,
+                data,
+                self.settings.max_report_bytes,
+                job.job,
             )
         except ReportTooLarge as e:  # runners cap reports, but that is not relied on
             self._runner_log.log(logging.WARNING, "build %d from runner %s: %s",

@@ -11,13 +11,14 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from superci import __version__, defaults
 from superci.errors import StorageError
+from superci.jobs import DEFAULT_JOB
 from superci.scheduler import Job
 from superci.status import BuildStatus
 
@@ -103,12 +104,24 @@ def _to_version_3(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE builds ADD COLUMN needs TEXT NOT NULL DEFAULT '{}'")
 
 
+def _add_jobs(db: sqlite3.Connection) -> None:
+    """A commit's several jobs (see superci.jobs): each build row is one job of a *round*
+    (the jobs one submission or rebuild made), named by its job key, with the names of
+    the jobs it runs after (JSON list). Rows stored before are rounds of one default job
+    (``round_id`` NULL: the round is the build itself)."""
+    db.execute(f"ALTER TABLE builds ADD COLUMN job TEXT NOT NULL DEFAULT '{DEFAULT_JOB}'")
+    db.execute("ALTER TABLE builds ADD COLUMN round_id INTEGER")
+    db.execute("ALTER TABLE builds ADD COLUMN after_jobs TEXT NOT NULL DEFAULT '[]'")
+    db.execute("CREATE INDEX IF NOT EXISTS builds_by_round ON builds (round_id)")
+
+
 #: ``MIGRATIONS[n]`` brings a database from schema version n to n + 1, in one transaction.
 #: A new one is appended here, never edited once released.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _to_version_1,
     _to_version_2,
     _to_version_3,
+    _add_jobs,
 ]
 #: The schema version this superci writes (``PRAGMA user_version``); 0 is an empty file or
 #: a database made before versions existed.
@@ -145,28 +158,36 @@ class BuildRecord:
     subject: str | None = None  # the commit's first line, once someone with git said it
     author: str | None = None  # its author's name, likewise
     needs: dict[str, str] = field(default_factory=dict)  # the runner labels it needs
+    job: str = DEFAULT_JOB  # its job's key (see superci.jobs.JobSpec.key)
+    round: int = 0  # the id of the first build of its round (0: its own id)
+    after: list[str] = field(default_factory=list)  # the job names it runs after
+
+    def __post_init__(self) -> None:
+        self.round = self.round or self.id
 
     def to_job(self) -> Job:
         """The scheduler's view of an unfinished build."""
         return Job(
             self.id, self.sha, self.branch, self.status, self.attempt, self.runner,
             list(self.runners), lost=self.lost, needs=dict(self.needs),
+            job=self.job, round=self.round, after=tuple(self.after),
         )  # fmt: skip
 
 
 _COLUMNS = (
     "id, sha, branch, status, attempt, runner, queued_at, started_at, finished_at, message, runners"
-    ", tests, lost, subject, author, needs"
+    ", tests, lost, subject, author, needs, job, coalesce(round_id, id), after_jobs"
 )
 
 
 def _record(row: tuple[Any, ...]) -> BuildRecord:
     (build_id, sha, branch, status, attempt, runner, queued_at, started_at, finished_at,
-     message, runners, tests, lost, subject, author, needs) = row  # fmt: skip
+     message, runners, tests, lost, subject, author, needs, job, round_id, after) = row  # fmt: skip
     return BuildRecord(
         build_id, sha, branch, BuildStatus(status), attempt, runner, queued_at, started_at,
         finished_at, message, runners=json.loads(runners), tests=json.loads(tests), lost=lost,
-        subject=subject, author=author, needs=json.loads(needs),
+        subject=subject, author=author, needs=json.loads(needs), job=job, round=round_id,
+        after=json.loads(after),
     )  # fmt: skip
 
 
@@ -287,18 +308,34 @@ class Store:
         self, sha: str, branch: str, now: float,
         subject: str | None = None, author: str | None = None,
         needs: dict[str, str] | None = None,
+        *, job: str = DEFAULT_JOB, round: int | None = None, after: Sequence[str] = (),
     ) -> BuildRecord:  # fmt: skip
-        """Store a new queued build (with the runner labels it needs); returns once it is
-        committed."""
+        """Store a new queued build (with the runner labels it needs): the job ``job`` of
+        the round ``round`` (None: a round of its own, which it starts), run ``after``
+        those job names; returns once it is committed (or with the outer transaction)."""
         needs = dict(needs or {})
         cursor = self._write(
-            "INSERT INTO builds (sha, branch, status, queued_at, subject, author, needs)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (sha, branch, BuildStatus.QUEUED, now, subject, author, json.dumps(needs)),
-        )
+            "INSERT INTO builds (sha, branch, status, queued_at, subject, author, needs, job,"
+            " round_id, after_jobs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (sha, branch, BuildStatus.QUEUED, now, subject, author, json.dumps(needs), job,
+             round, json.dumps(list(after))),
+        )  # fmt: skip
         assert cursor.lastrowid is not None
         return BuildRecord(cursor.lastrowid, sha, branch, BuildStatus.QUEUED, 0, None, now,
-                           subject=subject, author=author, needs=needs)  # fmt: skip
+                           subject=subject, author=author, needs=needs, job=job,
+                           round=round or 0, after=list(after))  # fmt: skip
+
+    def round_of(self, round_id: int) -> list[BuildRecord]:
+        """Every job of a round, in the order they were stored."""
+        return self._all(
+            f"SELECT {_COLUMNS} FROM builds WHERE id = ? OR round_id = ? ORDER BY id",
+            (round_id, round_id),
+        )
+
+    def latest_round(self, sha: str) -> list[BuildRecord]:
+        """The jobs of the newest round of a commit; empty if it was never asked for."""
+        latest = self.latest_for(sha)
+        return [] if latest is None else self.round_of(latest.round)
 
     def describe(self, build_id: int, subject: str | None, author: str | None) -> None:
         """Record the commit's subject and author where the build has none yet (what the

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from superci.defaults import DEFAULT_JOB
 from superci.report import counts_text
 from superci.sanitize import printable
 
@@ -63,12 +64,12 @@ def status_tables(document: dict[str, Any]) -> str:
         for r in document["runners"]
     ]  # fmt: skip
     queue = [
-        (q["build_id"], _short(q["sha"]), q["branch"], q["attempt"], _labels(q.get("needs")),
-         q.get("waiting"))
+        (q["build_id"], _short(q["sha"]), _job(q), q["branch"], q["attempt"],
+         _labels(q.get("needs")), q.get("waiting"))
         for q in document["queue"]
     ]  # fmt: skip
     builds = [
-        (b["build_id"], _short(b["sha"]), b["branch"],
+        (b["build_id"], _short(b["sha"]), _job(b), b["branch"],
          _cut(b.get("subject"), SUBJECT_WIDTH), _cut(b.get("author"), AUTHOR_WIDTH),
          b["status"], _seconds(b["duration"]),
          b["runner"], b["attempt"], counts_text(b.get("tests")) or None, _reason(b))
@@ -84,12 +85,13 @@ def status_tables(document: dict[str, Any]) -> str:
             )  # fmt: skip
             + "".join(f"\n{line}" for line in benched),
             f"Queue ({document.get('queued', len(queue))})\n"
-            + table(["BUILD", "COMMIT", "BRANCH", "ATTEMPTS", "NEEDS", "WAITING"], queue),
+            + table(["BUILD", "COMMIT", "JOB", "BRANCH", "ATTEMPTS", "NEEDS", "WAITING"], queue),
             "Last builds\n"
             + table(
                 [
                     "BUILD",
                     "COMMIT",
+                    "JOB",
                     "BRANCH",
                     "SUBJECT",
                     "AUTHOR",
@@ -135,6 +137,34 @@ def result_summary(result: dict[str, Any]) -> str:
     return "\n".join(printable(line) for line in lines)  # names and messages from commits
 
 
+def commit_summary(document: dict[str, Any]) -> str:
+    """A commit of several jobs: its status, one line per job, the jobs that did not pass."""
+    lines = [
+        f"commit   {document['sha']} ({document['branch']})",
+        *([f"subject  {document['subject']}"] if document.get("subject") else []),
+        *([f"author   {document['author']}"] if document.get("author") else []),
+        f"status   {document['status']} ({len(document['jobs'])} jobs, round {document['round']})",
+    ]
+    if document.get("not_passed"):
+        lines.append(f"not passed: {', '.join(document['not_passed'])}")
+    rows = [
+        (job["job"], job["status"], _seconds(job.get("duration")), job.get("runner"),
+         counts_text(job.get("tests")) or None,
+         job.get("waiting") or (_reason(job) if job.get("message") else None))
+        for job in document["jobs"]
+    ]  # fmt: skip
+    lines += ["", table(["JOB", "STATUS", "DURATION", "RUNNER", "TESTS", "REASON"], rows)]
+    lines.append("(superci show COMMIT --job JOB for one job, superci logs COMMIT --job JOB "
+                 "for its output)")  # fmt: skip
+    return "\n".join(printable(line) for line in "\n".join(lines).split("\n"))
+
+
+def _job(build: dict[str, Any]) -> str | None:
+    """A build's job, left out (``-``) for the one job of a commit without [jobs]."""
+    job = build.get("job")
+    return None if job in (None, DEFAULT_JOB) else str(job)
+
+
 def event_line(document: dict[str, Any]) -> str:
     """One event of ``superci watch`` as one line: its local time, then what happened.
     An event kind this version does not know is still shown, by its name."""
@@ -151,6 +181,8 @@ def _event_text(event: dict[str, Any]) -> str:
         return "fell behind the events; some were missed" if kind == "resync" else kind
     sha = str(event.get("sha") or "?")
     build = f"build {event.get('build_id', '?')} {sha[:12]} ({event.get('branch', '?')})"
+    if event.get("job") not in (None, DEFAULT_JOB):
+        build += f" job {event['job']}"
     return f"{build} {_BUILD_EVENTS[kind](event)}"
 
 

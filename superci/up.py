@@ -27,6 +27,7 @@ from superci import defaults
 from superci.auth import Credentials, load_token
 from superci.bus import EventBus, Subscription
 from superci.channel import Address
+from superci.defaults import DEFAULT_JOB
 from superci.dispatcher import run_dispatcher
 from superci.errors import ConfigError, SuperCIError, WorkspaceError
 from superci.events import BuildFinished, Event
@@ -51,8 +52,15 @@ def format_outcome(result: dict[str, Any]) -> str:
     took = f" in {duration:.1f}s" if isinstance(duration, int | float) else ""
     return printable(
         f"{result['status'].upper():9} {result['sha'][:12]} ({result['branch']})"
+        f"{_job_of(result)}"
         f"{took}{counts} on {result.get('runner') or '-'}: {result.get('message', '')}"
     )
+
+
+def _job_of(result: dict[str, Any]) -> str:
+    """`` job tests (python=3.12)`` for one job of several; nothing for the one job."""
+    job = result.get("job")
+    return f" job {job}" if job and job != DEFAULT_JOB else ""
 
 
 def _outcome(event: Event) -> bool:

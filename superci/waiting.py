@@ -10,7 +10,7 @@ the web page alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from superci import labels
 from superci.scheduler import RunnerView
@@ -18,10 +18,14 @@ from superci.status import RunnerState
 
 
 def why_waiting(
-    needs: Mapping[str, str], runners: Iterable[RunnerView], position: int, now: float
-) -> str:
+    needs: Mapping[str, str], runners: Iterable[RunnerView], position: int, now: float,
+    after: Sequence[str] = (),
+) -> str:  # fmt: skip
     """Why a build that needs ``needs``, at ``position`` of the queue (0: next), has no
-    runner yet, given the pool ``runners``."""
+    runner yet, given the pool ``runners``; ``after``: the jobs of its commit it waits
+    for (it runs once they passed)."""
+    if after:
+        return f"after {', '.join(after)}"
     return f"{_pool_reason(needs, list(runners), now)}; {_place(position)}"
 
 

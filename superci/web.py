@@ -32,9 +32,10 @@ from aiohttp import web
 from superci import names, protocol, weblog, webviews
 from superci.bus import EventBus
 from superci.channel import Address
+from superci.defaults import DEFAULT_JOB
 from superci.errors import AmbiguousCommit, ProtocolError, StorageError, UnknownBuild
 from superci.eventring import EventRing, Numbered
-from superci.report import build_summary, status_document, waiting_summary
+from superci.report import build_summary, commit_view, status_document, waiting_summary
 from superci.requests import ClientRequests
 from superci.results import ResultsFolder
 from superci.scheduler import Scheduler
@@ -163,10 +164,12 @@ class WebServer:
     async def commit(self, request: web.Request) -> web.Response:
         events = self.ring.last_id
         record = self._resolve(request.match_info["name"])
-        window = await self._off_loop(self._tail, record)
         actions = webviews.Actions(self._access.may_act(request), self._access.csrf_token(request))
         note = request.query.get("said")
         document = self._document(record)
+        if record.job != DEFAULT_JOB:  # several jobs, each with its own log: listed
+            return _html(webviews.jobs_page(document, actions, note))
+        window = await self._off_loop(self._tail, record)
         return _html(webviews.commit_page(document, window, actions, note, events))
 
     async def log_text(self, request: web.Request) -> web.StreamResponse:
@@ -175,12 +178,12 @@ class WebServer:
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         path = None
         if record.status.finished:
-            path = await self._off_loop(self._results.log_file, record.sha, record.id)
+            path = await self._off_loop(self._results.log_file, record.sha, record.id, record.job)
         if path is not None:
             return web.FileResponse(path, headers=headers)
         response = web.StreamResponse(headers={**headers, "Cache-Control": "no-cache"})
         await response.prepare(request)
-        pieces = self._results.read_log(record.sha, 0, record.id)
+        pieces = self._results.read_log(record.sha, 0, record.id, job=record.job)
         try:
             while (piece := await self._off_loop(next, pieces, b"")) != b"":
                 await response.write(piece)
@@ -195,7 +198,7 @@ class WebServer:
         last lines, with the number of the first. ``build`` names the build."""
         build_id = _int_param(request, "build", 0, 0, 2**62) or None
         record = self._resolve(request.match_info["name"], build_id)
-        size = await self._off_loop(self._results.log_view_size, record.sha, record.id)
+        size = await self._off_loop(self._results.log_view_size, record.sha, record.id, record.job)
         read = self._reader(record)
         complete = record.status.finished
         more = False  # True: there is more after this window than one answer carries
@@ -316,7 +319,11 @@ class WebServer:
             raise web.HTTPConflict(text=str(e)) from None
 
     def _document(self, record: BuildRecord) -> dict[str, Any]:
-        """The build's ``result.json`` once it has one, else what the store knows."""
+        """The build's ``result.json`` once it has one, else what the store knows; of a
+        commit of several jobs, its jobs (see :func:`commit_view`), as ``show`` says."""
+        if record.job != DEFAULT_JOB:
+            records = self._store.round_of(record.round)
+            return commit_view(records, self._scheduler.view(), self._clock())
         result = self._results.read_result(record.sha, record.id)
         if result is None or result.get("build_id") != record.id:
             return waiting_summary(record, self._scheduler.view(), self._clock())
@@ -324,14 +331,15 @@ class WebServer:
 
     def _reader(self, record: BuildRecord) -> weblog.Reader:
         return weblog.reader_of(
-            lambda offset: self._results.read_log(record.sha, offset, record.id)
+            lambda offset: self._results.read_log(record.sha, offset, record.id, job=record.job)
         )
 
     def _tail(self, record: BuildRecord) -> Window:
         """The last :data:`TAIL_LINES` of a build's log and the number of the first
         (blocking: run it off the loop)."""
         read = self._reader(record)
-        window = weblog.last_lines(read, self._results.log_view_size(record.sha, record.id))
+        size = self._results.log_view_size(record.sha, record.id, record.job)
+        window = weblog.last_lines(read, size)
         return weblog.with_line_number(read, window)
 
     async def _off_loop(self, function: Callable[..., T], *args: Any) -> T:

@@ -230,6 +230,25 @@ def commit_page(
     return page(title, "\n".join(parts), view="commit", events=events)
 
 
+def jobs_page(document: Mapping[str, Any], actions: Actions, note: str | None = None) -> str:
+    """``/commit/<name>`` of a commit of several jobs: its status and a line per job, as
+    ``superci show`` prints them (each job's log: ``superci logs SHA --job JOB``)."""
+    sha = document["sha"]
+    facts = [("commit", f"<code>{escape(sha)}</code>"), ("branch", _text(document["branch"])),
+             ("subject", _text(document.get("subject"))),
+             ("status", _status(document["status"]))]  # fmt: skip
+    rows = [[_text(j["job"]), _status(j["status"]), _text(j.get("runner")),
+             _duration(j.get("duration")), escape(counts_text(j.get("tests"))),
+             _text(j.get("waiting") or j.get("message"))]
+            for j in document["jobs"]]  # fmt: skip
+    parts = [f'<p class="note">{escape(NOTES[note])}</p>' if note in NOTES else ""]
+    parts.append(_table(["", ""], [[escape(k), v] for k, v in facts]))
+    parts.append(_buttons(sha, document["status"] in ("queued", "running"), actions))
+    parts.append(f"<h2>Jobs ({len(rows)})</h2>")
+    parts.append(_table(["job", "status", "runner", "duration", "tests", "reason"], rows))
+    return page(f"{sha[:12]} ({document['branch']})", "\n".join(parts))
+
+
 def _buttons(sha: str, unfinished: bool, actions: Actions) -> str:
     """Cancel while the build is queued or running, rebuild once it finished."""
     if not actions.allowed:

@@ -690,13 +690,14 @@ def test_status_and_show_describe_the_runners_the_queue_the_builds_and_failing_t
     [runner] = table_rows(busy.stdout, "Runners (1)")
     assert runner[:4] == ["runner-a", socket.gethostname(), "busy", running[:12]]
     assert re.fullmatch(r"\d+\.\ds", runner[4])
+    waiting = "the only runner, runner-a, is busy; next in line"
     assert table_rows(busy.stdout, "Queue (1)") == [
-        ["2", failing[:12], "main", "0", "-", "the only runner, runner-a, is busy; next in line"]
+        ["2", failing[:12], "-", "main", "0", "-", waiting]
     ]
     # Notified from outside a clone: no subject or author until the runner says them.
-    assert [row[:6] for row in table_rows(busy.stdout, "Last builds")] == [
-        ["2", failing[:12], "main", "-", "-", "queued"],
-        ["1", running[:12], "main", "-", "-", "running"],
+    assert [row[:7] for row in table_rows(busy.stdout, "Last builds")] == [
+        ["2", failing[:12], "-", "main", "-", "-", "queued"],
+        ["1", running[:12], "-", "main", "-", "-", "running"],
     ]
     document = json.loads(cli(superci, "status", "--json").stdout)
     assert set(document) == {"runners", "queue", "queued", "builds"}
@@ -719,10 +720,10 @@ def test_status_and_show_describe_the_runners_the_queue_the_builds_and_failing_t
     assert runner[:4] == ["runner-a", socket.gethostname(), "idle", "-"]
     assert table_rows(idle.stdout, "Queue (0)") == []
     last = {row[1]: row for row in table_rows(idle.stdout, "Last builds")}
-    assert last[running[:12]][3:6] == ["change", "Test Author", "passed"]
-    assert last[failing[:12]][3:6] == ["change", "Test Author", "failed"]
-    assert re.fullmatch(r"\d+\.\ds", last[failing[:12]][6])
-    assert last[failing[:12]][7:] == [
+    assert last[running[:12]][4:7] == ["change", "Test Author", "passed"]
+    assert last[failing[:12]][4:7] == ["change", "Test Author", "failed"]
+    assert re.fullmatch(r"\d+\.\ds", last[failing[:12]][7])
+    assert last[failing[:12]][8:] == [
         "runner-a", "1", "0 passed, 1 failed, 0 errors, 0 skipped",
         "tests failed (exit code 1)",  # the reason
     ]  # fmt: skip
@@ -793,8 +794,8 @@ def test_pytest_style_tests_without_config_run_with_pytest_and_every_line_counts
     counts = "1 passed, 0 failed, 2 errors, 0 skipped"
     status = cli(superci, "status")
     [row] = table_rows(status.stdout, "Last builds")
-    assert row[:6] == ["1", sha[:12], "main", "change", "Test Author", "failed"]
-    assert row[9] == counts
+    assert row[:7] == ["1", sha[:12], "-", "main", "change", "Test Author", "failed"]
+    assert row[10] == counts
     shown = cli(superci, "show", sha)
     assert f"tests    {counts}\n" in shown.stdout
     assert "status   failed: tests failed (exit code 1)" in shown.stdout

@@ -489,7 +489,7 @@ def test_a_dependency_file_leading_out_of_the_checkout_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("toml", "error"),
     [
-        ('python = ["3.11", "3.12"]\n', "a list of versions (a matrix) is not supported yet"),
+        ('python = ["3.11", "3.12"]\n', "a list of versions is a matrix"),
         ('python = "3"\n', "'python' must be a version such as \"3.12\""),
         ("python = 3.12\n", "'python' must be a version"),
         ('install = ""\n', "'install' must be a non-empty string"),

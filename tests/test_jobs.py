@@ -8,7 +8,17 @@ import pytest
 from superci import defaults
 from superci.config import BuildConfig
 from superci.errors import ConfigError
-from superci.jobs import DEFAULT_JOB, Readiness, commit_status, expand_jobs, readiness
+from superci.jobs import (
+    DEFAULT_JOB,
+    Readiness,
+    commit_status,
+    expand_jobs,
+    folder_name,
+    job_name,
+    parse_jobs,
+    readiness,
+    readiness_after,
+)
 from superci.status import BuildStatus as S
 
 
@@ -174,3 +184,43 @@ def test_a_python_list_is_an_axis_and_each_cell_asks_for_its_python():
     assert [spec.config.python for spec in specs] == ["3.11", "3.12"]
     assert specs[1].config.install == "pip install -r req-3.12.txt"
     assert specs[1].environment == {"SUPERCI_MATRIX_PYTHON": "3.12"}
+
+
+def test_each_job_key_has_a_folder_of_its_own_that_stays_inside_the_results():
+    assert folder_name("tests") == "tests"
+    assert folder_name("tests (python=3.12)") == "tests,python=3.12"
+    assert folder_name("docs (os=linux, path=a/b)") == "docs,os=linux,path=a%2Fb"
+    keys = [  # every key a file can make: names, axes and values hold no space or comma
+        *keys_of('[jobs.a]\n[jobs.a.matrix]\nx = ["1", "2"]\ny = ["2", "x-1"]\n'),
+        *keys_of("[jobs.a-x-1]\n[jobs.a_x-1]\n[jobs.a]\n"),
+    ]
+    assert len({folder_name(key) for key in keys}) == len(keys)
+    assert all("/" not in folder_name(key) for key in keys)
+
+
+def test_a_job_may_not_take_the_default_jobs_name_nor_make_a_huge_key():
+    with pytest.raises(ConfigError, match=r"\[jobs.default\]: 'default' is the name of the one"):
+        jobs_of('[jobs.default]\ncommand = "true"\n')
+    axes = "".join(f'a{i} = ["{"v" * 60}"]\n' for i in range(5))
+    with pytest.raises(ConfigError, match=r"make a key of \d+ characters.*at most 256"):
+        jobs_of(f"[matrix]\n{axes}")
+
+
+def test_a_file_that_is_not_there_is_one_default_job_and_names_map_back_from_keys():
+    [spec] = parse_jobs(None)
+    assert (spec.key, spec.config) == (DEFAULT_JOB, BuildConfig())
+    assert [s.key for s in parse_jobs('python = ["3.11", "3.12"]\n')] == [
+        "default (python=3.11)", "default (python=3.12)"
+    ]  # fmt: skip
+    assert job_name("tests (python=3.12)") == "tests" and job_name("lint") == "lint"
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse_jobs("[jobs\n")
+
+
+def test_readiness_from_keys_alone_is_what_readiness_of_specs_says():
+    specs = jobs_of('[jobs.tests]\npython = ["3.11", "3.12"]\n[jobs.docs]\nafter = ["tests"]\n')
+    docs = specs[-1]
+    keys = [spec.key for spec in specs]
+    for statuses in ({}, {keys[0]: S.PASSED}, {keys[0]: S.PASSED, keys[1]: S.PASSED},
+                     {keys[1]: S.TIMEOUT}):  # fmt: skip
+        assert readiness_after(docs.after, keys, statuses) == readiness(docs, specs, statuses)

@@ -83,7 +83,7 @@ def test_a_build_needing_a_label_nobody_has_waits_with_the_reason_then_runs_when
 
     notified(superci, sha, cwd=repo.path)
     text = cli(superci, "status").stdout
-    assert queue_row(text).split()[4:] == [
+    assert queue_row(text).split()[5:] == [
         "gpu=true",
         *"no connected runner has gpu=true; next in line".split(),
     ]

@@ -604,3 +604,29 @@ def test_a_database_from_before_needs_is_migrated_and_its_builds_need_nothing(pa
         assert queued.sha == SHA_A and queued.to_job().needs == {}
     finally:
         store.close()
+
+
+def test_builds_stored_before_jobs_are_rounds_of_one_default_job(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None)
+    for migrate in MIGRATIONS[:3]:  # the schema before jobs
+        migrate(db)
+    db.execute("PRAGMA user_version = 3")
+    db.execute("INSERT INTO builds (sha, branch, status, queued_at)"
+               " VALUES (?, 'main', 'queued', 1.0)", (SHA_A,))  # fmt: skip
+    db.close()
+
+    store = Store(path)
+    try:
+        [old] = store.unfinished()
+        assert (old.job, old.round, old.after) == ("default", old.id, [])
+        assert old.to_job().round == old.id
+        first = store.add_build(SHA_B, "main", 2.0, job="lint")
+        second = store.add_build(SHA_B, "main", 2.0, job="docs", round=first.id, after=["lint"])
+        assert [(r.job, r.round, r.after) for r in store.round_of(first.id)] == [
+            ("lint", first.id, []), ("docs", first.id, ["lint"])
+        ]  # fmt: skip
+        assert store.latest_round(SHA_B) == store.round_of(second.round)
+        assert store.latest_round(SHA_A) == [old]
+    finally:
+        store.close()

@@ -51,15 +51,15 @@ def test_status_lists_the_queue_and_the_last_builds_with_dashes_for_missing_valu
     text = status_tables(STATUS)
 
     assert section(text, "Queue (1)") == [
-        ["BUILD", "COMMIT", "BRANCH", "ATTEMPTS", "NEEDS", "WAITING"],
-        ["7", SHA_B[:12], "feature/x", "0", "gpu=true", *WAITING.split()],
+        ["BUILD", "COMMIT", "JOB", "BRANCH", "ATTEMPTS", "NEEDS", "WAITING"],
+        ["7", SHA_B[:12], "-", "feature/x", "0", "gpu=true", *WAITING.split()],
     ]
     assert section(text, "Last builds") == [
-        ["BUILD", "COMMIT", "BRANCH", "SUBJECT", "AUTHOR", "STATUS", "DURATION", "RUNNER",
-         "ATTEMPT", "TESTS", "REASON"],
-        ["7", SHA_B[:12], "feature/x", "-", "-", "queued", "-", "-", "0", "-", "-"],
-        ["6", SHA_A[:12], "main", "-", "-", "running", "-", "runner-a", "1", "-", "-"],
-        ["5", SHA_C[:12], "main", "Refactor", "Ada", "failed", "3.2s", "runner-b", "2",
+        ["BUILD", "COMMIT", "JOB", "BRANCH", "SUBJECT", "AUTHOR", "STATUS", "DURATION",
+         "RUNNER", "ATTEMPT", "TESTS", "REASON"],
+        ["7", SHA_B[:12], "-", "feature/x", "-", "-", "queued", "-", "-", "0", "-", "-"],
+        ["6", SHA_A[:12], "-", "main", "-", "-", "running", "-", "runner-a", "1", "-", "-"],
+        ["5", SHA_C[:12], "-", "main", "Refactor", "Ada", "failed", "3.2s", "runner-b", "2",
          *"1 passed, 0 failed, 2 errors, 0 skipped".split(), "-"],
     ]  # fmt: skip
 
