@@ -212,7 +212,7 @@ class BuildExecutor:
             )  # fmt: skip
             spec = _job_of(build, specs)
             config = spec.config
-            await self._check_needs(dict(config.needs), say)
+            await self._check_needs(spec.needs, say)
             report = self._report_path(config.junit, folders)
             environment = self._environment(build, spec, report.path, folders)
             command = config.command

@@ -62,6 +62,16 @@ class JobSpec:
         """The cell's axes as the build sees them: ``SUPERCI_MATRIX_PYTHON=3.12``."""
         return {f"SUPERCI_MATRIX_{axis.upper()}": value for axis, value in self.cell}
 
+    @property
+    def needs(self) -> dict[str, str]:
+        """The runner labels the job needs: its ``needs``, and the ``python`` it asks for
+        (as ``3.12``, the version runners announce), so a job waits for a runner that has
+        its Python rather than failing on one that lacks it."""
+        needs = dict(self.config.needs)
+        if self.config.python is not None:
+            needs.setdefault("python", ".".join(self.config.python.split(".")[:2]))
+        return needs
+
 
 def parse_jobs(text: str | None, where: str | Path = defaults.CONFIG_FILE) -> list[JobSpec]:
     """The jobs of a .superci.toml's ``text``; None (no file) is one default job."""

@@ -380,7 +380,7 @@ PlannedJob = tuple[str, Mapping[str, str], tuple[str, ...]]
 
 
 def _plan(specs: list[JobSpec]) -> list[PlannedJob]:
-    return [(spec.key, spec.config.needs, spec.after) for spec in specs]
+    return [(spec.key, spec.needs, spec.after) for spec in specs]
 
 
 def _depth(records: list[BuildRecord]) -> Callable[[BuildRecord], int]:

@@ -318,19 +318,25 @@ async def test_a_test_tool_missing_from_the_environment_is_an_error_saying_to_in
 
 
 @async_test(limit=60)
-async def test_a_python_the_runner_lacks_is_an_error_naming_the_versions_it_has(
+async def test_a_python_no_runner_has_waits_uncounted_for_a_runner_that_has_it(
     tmp_path, repo, workspace, offline
 ):
+    """Submitted without its file (so the dispatcher could not know), the build reaches a
+    runner that lacks the Python; that runner hands it back rather than failing it."""
     sha = repo.commit({".superci.toml": 'python = "3.99"\n'})
     async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
         async with running(env_runner(h, workspace, tmp_path / "envs")):
-            await h.submit(sha)
-            result = await h.results.wait(sha, BUILD_WAIT * 2)
-
-    assert result["status"] == "error"
-    own = ".".join(map(str, sys.version_info[:2]))
-    assert "this runner has no Python 3.99 (it has " in result["message"]
-    assert own in result["message"].split("(it has ")[1]
+            submitted = await h.submit(sha)
+            row = await eventually(
+                lambda: (r := h.db_build(submitted.build_id)) and r["needs"] != "{}" and r,
+                what="the runner to hand the build back with what it needs",
+            )
+            assert (row["status"], row["lost"], json.loads(row["needs"])) == (
+                "queued", 0, {"python": "3.99"},
+            )  # fmt: skip
+            assert h.dispatcher is not None
+            status = json.loads(h.dispatcher.query(protocol.Query(what="status")).document)
+            assert status["queue"][0]["waiting"].startswith("no connected runner has python=3.99")
 
 
 # --- the cache, on its own ------------------------------------------------------------

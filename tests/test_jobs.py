@@ -224,3 +224,15 @@ def test_readiness_from_keys_alone_is_what_readiness_of_specs_says():
     for statuses in ({}, {keys[0]: S.PASSED}, {keys[0]: S.PASSED, keys[1]: S.PASSED},
                      {keys[1]: S.TIMEOUT}):  # fmt: skip
         assert readiness_after(docs.after, keys, statuses) == readiness(docs, specs, statuses)
+
+
+def test_a_job_that_asks_for_a_python_needs_a_runner_that_has_it():
+    specs = jobs_of('python = ["3.11", "3.12.1"]\nneeds = {os = "linux"}\n')
+    assert [spec.needs for spec in specs] == [
+        {"os": "linux", "python": "3.11"},
+        {"os": "linux", "python": "3.12"},
+    ]
+    (pinned,) = jobs_of('python = "3.12"\nneeds = {python = "3.12"}\n')
+    assert pinned.needs == {"python": "3.12"}
+    (plain,) = jobs_of('command = "make test"\n')
+    assert plain.needs == {}
