@@ -424,13 +424,19 @@ class Store:
             (*params, limit, offset),
         )
 
-    def latest_finished_on_branch(self, branch: str) -> BuildRecord | None:
-        """The newest build of a branch that has a result (what its badge shows)."""
-        return self._one(
-            f"SELECT {_COLUMNS} FROM builds WHERE branch = ?"
-            " AND status NOT IN ('queued', 'running') ORDER BY id DESC LIMIT 1",
-            (branch,),
-        )
+    def latest_finished_round_on_branch(self, branch: str) -> list[BuildRecord]:
+        """The jobs of the newest round of a branch whose jobs have all finished (what its
+        badge shows); empty if it has none."""
+        try:
+            row = self._db.execute(
+                "SELECT coalesce(round_id, id) AS round FROM builds WHERE branch = ?"
+                " GROUP BY round HAVING sum(status IN ('queued', 'running')) = 0"
+                " ORDER BY round DESC LIMIT 1",
+                (branch,),
+            ).fetchone()
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot read the state database {self.path}: {e}") from e
+        return [] if row is None else self.round_of(row[0])
 
     # --- runners --------------------------------------------------------------------
 

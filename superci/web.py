@@ -35,6 +35,7 @@ from superci.channel import Address
 from superci.defaults import DEFAULT_JOB
 from superci.errors import AmbiguousCommit, ProtocolError, StorageError, UnknownBuild
 from superci.eventring import EventRing, Numbered
+from superci.jobs import commit_status
 from superci.report import build_summary, commit_view, status_document, waiting_summary
 from superci.requests import ClientRequests
 from superci.results import ResultsFolder
@@ -246,16 +247,17 @@ class WebServer:
     async def badge(self, request: web.Request) -> web.Response:
         """The branch's last finished result; public, and shows nothing but the status."""
         branch = request.match_info["branch"]
-        record = None
-        if names.is_branch(branch):
-            record = self._store.latest_finished_on_branch(branch)
-        svg = webviews.badge(None if record is None else str(record.status))
+        jobs = (
+            self._store.latest_finished_round_on_branch(branch) if names.is_branch(branch) else []
+        )
+        status = commit_status(job.status for job in jobs) if jobs else None
+        svg = webviews.badge(None if status is None else str(status))
         etag = hashlib.sha256(svg.encode()).hexdigest()[:20]
         headers = {"Cache-Control": "no-cache, max-age=0", "ETag": f'"{etag}"'}
         if request.headers.get("If-None-Match") == f'"{etag}"':
             return web.Response(status=304, headers=headers)
-        status = 404 if record is None else 200
-        return web.Response(text=svg, status=status, content_type="image/svg+xml", headers=headers)
+        code = 404 if status is None else 200
+        return web.Response(text=svg, status=code, content_type="image/svg+xml", headers=headers)
 
     # --- JSON -------------------------------------------------------------------------
 

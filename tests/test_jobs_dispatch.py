@@ -216,6 +216,36 @@ async def test_the_web_page_and_api_list_a_commits_jobs_as_show_does(tmp_path):
         assert "after tests" in page
 
 
+@async_test()
+async def test_the_badge_shows_the_newest_finished_round_as_one_status(tmp_path):
+    """Lint passing last does not hide the tests that failed; a round still running does
+    not replace the one that finished."""
+    from test_web import web
+
+    async def badge(session) -> str:
+        async with session.get("/badge/main.svg") as response:
+            return (await response.text()).split("<title>")[1].split("</title>")[0]
+
+    async with web(tmp_path) as (harness, session):
+        assert harness.address is not None
+        runner, _ = await FakeRunner.connect(harness.address, "one")
+        await submit(harness, THREE_JOBS)
+        assert await badge(session) == "build: unknown"
+        lint = await runner.expect(protocol.Build)
+        assert (await runner.result(lint, "passed")).accepted
+        tests = await runner.expect(protocol.Build)
+        assert (await runner.result(tests, "failed")).accepted  # docs: skipped
+        await runner.round_trip()
+        assert await badge(session) == "build: failing"
+
+        await submit(harness, THREE_JOBS, rebuild=True)
+        lint = await runner.expect(protocol.Build)
+        assert (await runner.result(lint, "passed")).accepted  # its tests still to run
+        await runner.round_trip()
+        assert await badge(session) == "build: failing"
+        await runner.close()
+
+
 def test_outcome_and_event_lines_name_the_job_of_a_commit_of_several():
     from superci.tables import event_line
     from superci.up import format_outcome
