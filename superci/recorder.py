@@ -237,8 +237,11 @@ class Recorder:
         return document
 
     def write_commit(self, sha: str, round_id: int) -> None:
-        """Sum the round of a commit of several jobs up in its ``commit.json``."""
-        self._results.write_commit(sha, commit_document(self._store.round_of(round_id)))
+        """Once every job of a round of several has ended, sum it up in the commit's own
+        ``result.json``."""
+        records = self._store.round_of(round_id)
+        if all(record.status.finished for record in records):
+            self._results.write_commit(sha, commit_document(records))
 
     def _take_description(self, record: BuildRecord, result: protocol.Result) -> None:
         """The subject and author the runner said, where the submitter said none."""

@@ -101,7 +101,7 @@ def build_summary(record: BuildRecord) -> dict[str, Any]:
 
 
 def commit_document(records: Sequence[BuildRecord]) -> dict[str, Any]:
-    """``commit.json``: the status of a round of a commit's jobs (see
+    """The ``result.json`` of a commit of several jobs: the status of a round of its jobs (see
     :func:`superci.jobs.commit_status`) and one entry per job, in the file's order."""
     first = records[0]
     jobs = [
@@ -132,7 +132,7 @@ def commit_view(records: Sequence[BuildRecord], pool: PoolView, now: float) -> d
     return document
 
 
-#: What commit.json says of each job.
+#: What a commit's result.json says of each of its jobs.
 JOB_FIELDS = ("job", "build_id", "status", "runner", "duration", "tests", "message",
               "started_at", "finished_at")  # fmt: skip
 

@@ -125,7 +125,7 @@ class ClientRequests:
                 build_id=record.id, sha=sha, branch=branch, job=record.job, subject=subject,
                 author=author,
             ))  # fmt: skip
-        self._new_round(sha, round_id, several=records[0].job != DEFAULT_JOB)
+        self._new_round(sha, several=records[0].job != DEFAULT_JOB)
         self._recorder.carry_out(
             self._scheduler.add_round([record.to_job() for record in records], self._clock())
         )
@@ -145,14 +145,12 @@ class ClientRequests:
             ))  # fmt: skip
         return records
 
-    def _new_round(self, sha: str, round_id: int, several: bool) -> None:
+    def _new_round(self, sha: str, several: bool) -> None:
         """Make the commit's results folder ready for a new round (see
-        :meth:`ResultsFolder.new_round`) and, for several jobs, write its commit.json."""
+        :meth:`ResultsFolder.new_round`)."""
         try:
             self._results.new_round(sha, several)
-            if several:
-                self._recorder.write_commit(sha, round_id)
-        except StorageError as e:  # commit.json is written again as each job ends
+        except StorageError as e:  # tried again before the round's result is written
             log.warning("the results of %s are not ready for the new round yet: %s", sha[:12], e)
 
     def _refuse(
@@ -162,7 +160,7 @@ class ClientRequests:
         says why), without ever reaching a runner."""
         record = self._store.add_build(sha, branch, self._wall(), subject, author)
         self._bus.publish(events.BuildQueued(build_id=record.id, sha=sha, branch=branch))
-        self._new_round(sha, record.id, several=False)
+        self._new_round(sha, several=False)
         self._recorder.carry_out([EndBuild(record.id, BuildStatus.ERROR, reason)])
         return protocol.Submitted(build_id=record.id, sha=sha, queued=True,
                                   status=BuildStatus.ERROR)  # fmt: skip

@@ -11,8 +11,9 @@ The newest build of a commit keeps those paths; when another build of the commit
 a rebuild never hides what the commit did before.
 
 A commit of several jobs (see :mod:`superci.jobs`) keeps each job's files the same way in
-``jobs/<job>/``, and ``commit.json`` sums its newest round up (the earlier round's moves
-to ``builds/<round>/``). The one default job keeps the commit's own folder.
+``jobs/<job>/``, and its own ``result.json`` sums its newest round up once every job has
+ended (the earlier round's moves to ``builds/<round>/``). The one default job keeps the
+commit's own folder.
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ READ_CHUNK = DATA_CHUNK
 EARLIER_BUILDS = "builds"
 #: Where each job of a commit of several jobs keeps its files: ``jobs/<job>/``.
 JOBS_FOLDER = "jobs"
-#: The summary of a commit's jobs (its newest round).
-COMMIT_FILE = "commit.json"
 
 
 class ResultsFolder:
@@ -212,47 +211,47 @@ class ResultsFolder:
 
     def new_round(self, sha: str, several: bool) -> None:
         """A new round of the commit's jobs was queued: what an earlier round left at the
-        top of the commit's folder moves to ``builds/<id>/`` (the one default job's files
-        before a round of ``several`` jobs, the earlier round's ``commit.json`` before a
-        round of one), so the top never shows another round's verdict as this one's."""
+        top of the commit's folder moves to ``builds/<id>/`` (its document, if it had
+        several jobs; the one default job's files, before a round of ``several``), so the
+        top never shows another round's verdict as this one's."""
         folder = self.folder(sha)
         if not folder.is_dir():
             return
+        self._set_aside_commit(folder, None)
         if several:
             self._set_aside_earlier(folder, None)
-            return
-        try:
-            earlier = _read_json(folder / COMMIT_FILE)
-            old = earlier.get("round") if isinstance(earlier, dict) else None
-            if isinstance(old, int):
-                target = folder / EARLIER_BUILDS / str(old)
-                target.mkdir(parents=True, exist_ok=True)
-                os.replace(folder / COMMIT_FILE, target / COMMIT_FILE)
-        except (OSError, ValueError) as e:
-            raise StorageError(f"cannot keep {folder / COMMIT_FILE} aside: {e}") from e
 
     def write_commit(self, sha: str, document: dict[str, Any]) -> Path:
-        """Atomically replace ``commit.json``, the summary of the commit's jobs; that of
-        an earlier round (``document["round"]`` tells) moves to ``builds/<round>/``."""
+        """Atomically write the commit's ``result.json`` for a round of several jobs (once
+        every job has ended: what a team trusts is final); that of an earlier round
+        (``document["round"]`` tells) moves to ``builds/<round>/`` first."""
         folder = self._make_folder(sha)
-        path = folder / COMMIT_FILE
         try:
-            earlier = _read_json(path)
-            old = earlier.get("round") if isinstance(earlier, dict) else None
-            if isinstance(old, int) and old != document.get("round"):
-                target = folder / EARLIER_BUILDS / str(old)
-                target.mkdir(parents=True, exist_ok=True)
-                os.replace(path, target / COMMIT_FILE)
-            return _atomic_write(path, json.dumps(document, indent=2) + "\n")
-        except (OSError, ValueError) as e:
-            raise StorageError(f"cannot write {path}: {e}") from e
+            self._set_aside_commit(folder, document.get("round"))
+            self._set_aside_earlier(folder, None)  # a default job's, should new_round have failed
+            return _atomic_write(folder / RESULT_FILE, json.dumps(document, indent=2) + "\n")
+        except OSError as e:
+            raise StorageError(f"cannot write {folder / RESULT_FILE}: {e}") from e
 
-    def read_commit(self, sha: str) -> dict[str, Any] | None:
-        """``commit.json``, if the commit's newest round of several jobs wrote one."""
+    def _set_aside_commit(self, folder: Path, keep: int | None) -> None:
+        """Move the document of an earlier round of several jobs (a ``result.json`` with a
+        ``round`` and no ``build_id``) to ``builds/<round>/``, unless it is round ``keep``."""
         try:
-            return _read_json(self.folder(sha) / COMMIT_FILE)
-        except (OSError, ValueError):
-            return None
+            earlier = _read_json(folder / RESULT_FILE)
+        except (OSError, ValueError) as e:
+            raise StorageError(f"cannot read {folder / RESULT_FILE}: {e}") from e
+        if not isinstance(earlier, dict) or "build_id" in earlier:
+            return
+        old = earlier.get("round")
+        if not isinstance(old, int) or isinstance(old, bool) or old == keep:
+            return
+        target = folder / EARLIER_BUILDS / str(old)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            os.replace(folder / RESULT_FILE, target / RESULT_FILE)
+            _fsync_folder(folder)
+        except OSError as e:
+            raise StorageError(f"cannot keep round {old}'s result in {target}: {e}") from e
 
     # --- earlier builds -------------------------------------------------------------
 

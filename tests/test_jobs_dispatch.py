@@ -73,10 +73,9 @@ async def test_lint_and_tests_run_at_once_and_docs_runs_after_tests_passed(tmp_p
         assert (folder / "jobs" / "tests" / "output.log").read_bytes() == b"tests ran\n"
         result = json.loads((folder / "jobs" / "tests" / "result.json").read_text())
         assert (result["job"], result["round"], result["status"]) == ("tests", 1, "passed")
-        commit = json.loads((folder / "commit.json").read_text())
-        assert (commit["status"], commit["round"]) == ("passed", 1)
+        commit = json.loads((folder / "result.json").read_text())  # the commit's document
+        assert (commit["status"], commit["round"], "build_id" in commit) == ("passed", 1, False)
         assert [j["job"] for j in commit["jobs"]] == ["lint", "tests", "docs"]
-        assert not (folder / "result.json").exists()  # no job of this commit is "default"
         await one.close()
         await two.close()
 
@@ -130,7 +129,7 @@ async def test_failing_tests_skip_docs_and_fail_the_commit_and_show_names_them(t
         assert document["round"] == 4 and status == "cancelled"
         assert [j["status"] for j in document["jobs"]] == ["cancelled"] * 3
         # the earlier round's summary was kept aside
-        kept = json.loads((harness.folder(SHA) / "builds" / "1" / "commit.json").read_text())
+        kept = json.loads((harness.folder(SHA) / "builds" / "1" / "result.json").read_text())
         assert kept["status"] == "failed"
         await runner.close()
 
@@ -186,14 +185,15 @@ async def test_a_rebuild_with_other_jobs_moves_the_earlier_rounds_files_aside(tm
         await submit(harness, '[jobs.lint]\n[jobs.tests]\nafter = ["lint"]\n', rebuild=True)
         assert not (folder / "result.json").exists()  # the top holds no other round's verdict
         assert json.loads((folder / "builds" / "1" / "result.json").read_text())["build_id"] == 1
-        assert json.loads((folder / "commit.json").read_text())["status"] == "queued"
         for _ in range(2):
+            assert not (folder / "result.json").exists(), "written once every job has ended"
             build = await runner.expect(protocol.Build)
             assert (await runner.result(build, "passed")).accepted
+        assert json.loads((folder / "result.json").read_text())["status"] == "passed"
 
         await submit(harness, 'command = "true"\n', rebuild=True)  # one job again
-        assert not (folder / "commit.json").exists()
-        kept = json.loads((folder / "builds" / "2" / "commit.json").read_text())
+        assert not (folder / "result.json").exists()
+        kept = json.loads((folder / "builds" / "2" / "result.json").read_text())
         assert (kept["round"], kept["status"]) == (2, "passed")
         build = await runner.expect(protocol.Build)
         assert (build.job, build.build_id) == ("default", 4)

@@ -37,9 +37,9 @@ def job_file(superci: Superci, sha: str, job: str, name: str) -> Path:
 
 
 def commit_json(superci: Superci, sha: str) -> dict | None:
-    path = superci.results / sha / "commit.json"
-    document = json.loads(path.read_text()) if path.exists() else None
-    return document if document and document["status"] not in ("queued", "running") else None
+    """The commit's result.json: written once every one of its jobs has ended."""
+    path = superci.results / sha / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 @pytest.mark.e2e
