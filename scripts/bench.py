@@ -54,6 +54,8 @@ from typing import Any
 import superci
 from superci import client, protocol
 from superci.channel import Address, Channel, parse_address
+from superci.jobs import folder_name
+from superci.status import BuildStatus
 
 # The tests' own waits: the benchmark runs from a checkout, never installed, like the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -412,11 +414,12 @@ class Stack:
             "observer", "observer", "--dispatcher-server", self.address, *extra, str(clone)
         )
 
-    def notify(self, sha: str) -> int:
-        """``superci notify``; returns the build id."""
+    def notify(self, sha: str, cwd: Path | None = None) -> int:
+        """``superci notify`` (in a clone, ``cwd``, it sends the commit's jobs); returns
+        the build id."""
         done = subprocess.run(
             [*cli_command(), "notify", "--dispatcher-server", self.address, sha],
-            capture_output=True, text=True, timeout=30, env=self.bench.env, cwd=self.dir,
+            capture_output=True, text=True, timeout=30, env=self.bench.env, cwd=cwd or self.dir,
         )  # fmt: skip
         match = re.search(r"build (\d+)", done.stdout)
         if done.returncode != 0 or match is None:
@@ -430,6 +433,26 @@ class Stack:
         path = self.result_path(sha)
         wait_until(path.exists, timeout, f"the result of {sha[:12]}", POLL)
         return json.loads(path.read_text())
+
+    def commit_document(self, sha: str) -> dict[str, Any] | None:
+        """The summary of a commit of several jobs, None until written: the one place
+        that names its file."""
+        text = _read(self.results / sha / "commit.json")
+        return None if text is None else json.loads(text)
+
+    def wait_for_commit(self, sha: str, timeout: float = WAIT) -> dict[str, Any]:
+        """The commit's summary once it says every job has finished."""
+
+        def finished() -> dict[str, Any] | None:
+            document = self.commit_document(sha)
+            return document if document and BuildStatus(document["status"]).finished else None
+
+        return wait_until(finished, timeout, f"every job of {sha[:12]}", POLL)
+
+    def job_result(self, sha: str, job: str) -> dict[str, Any]:
+        """One job's own ``result.json`` (``jobs/<job>/``)."""
+        return json.loads((self.results / sha / "jobs" / folder_name(job) / "result.json")
+                          .read_text())  # fmt: skip
 
 
 def iso_seconds(text: str) -> float:
@@ -1206,10 +1229,35 @@ def scenario_readers(bench: Bench) -> list[Row]:
 
 # --- 10. build environments ---------------------------------------------------------
 
+#: The cells of the envs scenario's matrix sleep for known, different times (seconds), so
+#: the figure means the same on any machine: on 2 runners the wall time is the slower's.
+MATRIX_SLEEPS = ("1.0", "1.5")
+MATRIX_TOML = (
+    "command = \"python -c 'import time; time.sleep({seconds})'\"\n"
+    f"[matrix]\nseconds = {json.dumps(list(MATRIX_SLEEPS))}\n"
+)
+
+
+def _matrix_commit(stack: Stack, repo: Repo) -> dict[str, Any]:
+    """A commit of a 2-cell matrix: its wall time (notify → its summary says finished),
+    each cell's duration from its own result.json, and the runners that ran them."""
+    sha = repo.commit({".superci.toml": MATRIX_TOML})
+    start = time.perf_counter()
+    stack.notify(sha, cwd=repo.path)
+    document = stack.wait_for_commit(sha, WAIT * 2)
+    wall = time.perf_counter() - start
+    assert document["status"] == "passed", document
+    cells = {job["job"]: stack.job_result(sha, job["job"]) for job in document["jobs"]}
+    assert len(cells) == len(MATRIX_SLEEPS), document
+    durations = {key: result["duration"] for key, result in cells.items()}
+    return {"wall": wall, "slower": max(durations.values()), "cells": durations,
+            "runners": {result["runner"] for result in cells.values()}}  # fmt: skip
+
 
 def scenario_envs(bench: Bench) -> list[Row]:
     """A build whose environment is cached, next to the same build making a fresh one and
-    to a build with no environment (the runner's own Python): what a cache hit costs."""
+    to a build with no environment (the runner's own Python): what a cache hit costs; and
+    a 2-cell matrix on 2 runners, whose wall time should be its slower cell's, not the sum."""
     s = "10 envs"
     wheels = bench.root / "envs-wheels"
     make_wheel(wheels, "tinydep", body="VALUE = 42\n")
@@ -1240,14 +1288,26 @@ def scenario_envs(bench: Bench) -> list[Row]:
                 result = build(None)
                 assert result["install_seconds"] is None, "the environment is reused"
                 times["cached"].append(result["duration"])
+        stack.runner(repo.clone(stack.dir / "runner-b"), "runner-b")
+        matrix = [_matrix_commit(stack, repo) for _ in range(bench.n(3, 1))]
     ms = {key: 1000 * median(values) for key, values in times.items()}
+    cells = {key: median([m["cells"][key] for m in matrix]) for key in matrix[0]["cells"]}
+    runners = sorted({name for m in matrix for name in m["runners"]})
     return [
         Row(s, "build, cached environment: added", ms["cached"] - ms["none"], "ms", 100),
         Row(s, "  build, cached environment (median)", ms["cached"], "ms"),
         Row(s, "  build, no environment (median)", ms["none"], "ms"),
         Row(s, "build, fresh environment (median)", ms["fresh"], "ms"),
         Row(s, "  of which the install step", ms["install"], "ms"),
-    ]
+        Row(s, "2-cell matrix on 2 runners: wall / slower cell",
+            median([m["wall"] / m["slower"] for m in matrix]), "×", 1.2,
+            note=f"cells sleep {' s and '.join(MATRIX_SLEEPS)} s; wall: notify → commit.json "
+                 f"says finished; median of {len(matrix)} commit(s); ran on {', '.join(runners)}"),
+        Row(s, "  matrix wall time (median)", median([m["wall"] for m in matrix]), "s"),
+        *(Row(s, f"  cell {key} (median)", seconds, "s") for key, seconds in cells.items()),
+        Row(s, "  sum of the cells (median)", median([sum(m["cells"].values()) for m in matrix]),
+            "s"),
+    ]  # fmt: skip
 
 
 # --- 11. the web page ----------------------------------------------------------------

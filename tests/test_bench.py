@@ -3,9 +3,12 @@ from a missed target (a figure this machine did not reach)."""
 
 import importlib.util
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+
+from superci.jobs import expand_jobs
 
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 
@@ -50,3 +53,11 @@ def test_bench_exits_2_for_a_broken_scenario_and_1_for_a_missed_target(
     out, err = capsys.readouterr()
     assert "latency" in out
     assert ("broken (no figures): _broken" in err) == (status == 2)
+
+
+def test_the_envs_matrix_is_two_jobs_that_sleep_their_known_times(bench):
+    jobs = expand_jobs(tomllib.loads(bench.MATRIX_TOML), ".superci.toml")
+    assert [dict(job.cell) for job in jobs] == [{"seconds": s} for s in bench.MATRIX_SLEEPS]
+    assert [job.config.command for job in jobs] == [
+        f"python -c 'import time; time.sleep({s})'" for s in bench.MATRIX_SLEEPS
+    ]
