@@ -55,7 +55,6 @@ import superci
 from superci import client, protocol
 from superci.channel import Address, Channel, parse_address
 from superci.jobs import folder_name
-from superci.status import BuildStatus
 
 # The tests' own waits: the benchmark runs from a checkout, never installed, like the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -433,21 +432,6 @@ class Stack:
         path = self.result_path(sha)
         wait_until(path.exists, timeout, f"the result of {sha[:12]}", POLL)
         return json.loads(path.read_text())
-
-    def commit_document(self, sha: str) -> dict[str, Any] | None:
-        """The summary of a commit of several jobs, None until written: the one place
-        that names its file."""
-        text = _read(self.results / sha / "commit.json")
-        return None if text is None else json.loads(text)
-
-    def wait_for_commit(self, sha: str, timeout: float = WAIT) -> dict[str, Any]:
-        """The commit's summary once it says every job has finished."""
-
-        def finished() -> dict[str, Any] | None:
-            document = self.commit_document(sha)
-            return document if document and BuildStatus(document["status"]).finished else None
-
-        return wait_until(finished, timeout, f"every job of {sha[:12]}", POLL)
 
     def job_result(self, sha: str, job: str) -> dict[str, Any]:
         """One job's own ``result.json`` (``jobs/<job>/``)."""
@@ -1244,7 +1228,7 @@ def _matrix_commit(stack: Stack, repo: Repo) -> dict[str, Any]:
     sha = repo.commit({".superci.toml": MATRIX_TOML})
     start = time.perf_counter()
     stack.notify(sha, cwd=repo.path)
-    document = stack.wait_for_commit(sha, WAIT * 2)
+    document = stack.wait_for_result(sha, WAIT * 2)  # a commit of several jobs: once all ended
     wall = time.perf_counter() - start
     assert document["status"] == "passed", document
     cells = {job["job"]: stack.job_result(sha, job["job"]) for job in document["jobs"]}
@@ -1301,8 +1285,8 @@ def scenario_envs(bench: Bench) -> list[Row]:
         Row(s, "  of which the install step", ms["install"], "ms"),
         Row(s, "2-cell matrix on 2 runners: wall / slower cell",
             median([m["wall"] / m["slower"] for m in matrix]), "×", 1.2,
-            note=f"cells sleep {' s and '.join(MATRIX_SLEEPS)} s; wall: notify → commit.json "
-                 f"says finished; median of {len(matrix)} commit(s); ran on {', '.join(runners)}"),
+            note=f"cells sleep {' s and '.join(MATRIX_SLEEPS)} s; wall: notify → the commit's "
+                 f"result.json (every job ended); median of {len(matrix)} commit(s); ran on {', '.join(runners)}"),
         Row(s, "  matrix wall time (median)", median([m["wall"] for m in matrix]), "s"),
         *(Row(s, f"  cell {key} (median)", seconds, "s") for key, seconds in cells.items()),
         Row(s, "  sum of the cells (median)", median([sum(m["cells"].values()) for m in matrix]),
