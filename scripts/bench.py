@@ -1286,7 +1286,8 @@ def scenario_envs(bench: Bench) -> list[Row]:
         Row(s, "2-cell matrix on 2 runners: wall / slower cell",
             median([m["wall"] / m["slower"] for m in matrix]), "×", 1.2,
             note=f"cells sleep {' s and '.join(MATRIX_SLEEPS)} s; wall: notify → the commit's "
-                 f"result.json (every job ended); median of {len(matrix)} commit(s); ran on {', '.join(runners)}"),
+                 f"result.json (every job ended); median of {len(matrix)} commit(s); "
+                 f"ran on {', '.join(runners)}"),
         Row(s, "  matrix wall time (median)", median([m["wall"] for m in matrix]), "s"),
         *(Row(s, f"  cell {key} (median)", seconds, "s") for key, seconds in cells.items()),
         Row(s, "  sum of the cells (median)", median([sum(m["cells"].values()) for m in matrix]),
