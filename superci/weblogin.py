@@ -164,8 +164,13 @@ class WebAccess:
 
 
 def _next(target: str | None) -> str:
-    """Where to go after login: a path on this site only (no ``//host``, no scheme)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Where to go after login: a path on this site only, with no scheme and no host, and
+    no control character or space (URL parsers drop tabs and newlines, so ``/\t/host``
+    would become ``//host``) nor backslash (which browsers read as ``/``)."""
+    if not target or any(ord(c) <= 0x20 or ord(c) == 0x7F or c == "\\" for c in target):
+        return "/"
+    url = urlsplit(target)
+    if url.scheme or url.netloc or not target.startswith("/") or target.startswith("//"):
         return "/"
     return target
 

@@ -490,10 +490,22 @@ async def test_with_a_token_the_page_asks_for_it_once_and_keeps_a_strict_cookie(
 @async_test()
 async def test_login_sends_a_browser_back_only_to_this_site(tmp_path):
     async with web(tmp_path, token=TOKEN) as (_, session):
-        for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+        hostile = (
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\r//evil.example",
+            " //evil.example",
+        )
+        for target in hostile:
             data = {"token": TOKEN.decode(), "next": target}
             async with session.post("/login", data=data, allow_redirects=False) as response:
                 assert response.headers["Location"] == "/", target
+        data = {"token": TOKEN.decode(), "next": "/commit/main?x=1"}
+        async with session.post("/login", data=data, allow_redirects=False) as response:
+            assert response.headers["Location"] == "/commit/main?x=1"
 
 
 @async_test()
