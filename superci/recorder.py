@@ -240,8 +240,13 @@ class Recorder:
         """Once every job of a round of several has ended, sum it up in the commit's own
         ``result.json``."""
         records = self._store.round_of(round_id)
-        if all(record.status.finished for record in records):
+        if not all(record.status.finished for record in records):
+            return
+        try:
             self._results.write_commit(sha, commit_document(records))
+        except StorageError as e:  # the jobs' own results stand; show still sums them up
+            self._fault_log.log(logging.ERROR, "cannot write the result of commit %s: %s",
+                                sha[:12], e)  # fmt: skip
 
     def _take_description(self, record: BuildRecord, result: protocol.Result) -> None:
         """The subject and author the runner said, where the submitter said none."""

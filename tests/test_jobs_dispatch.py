@@ -135,6 +135,26 @@ async def test_failing_tests_skip_docs_and_fail_the_commit_and_show_names_them(t
 
 
 @async_test()
+async def test_a_commit_result_that_cannot_be_written_holds_up_no_job_s_result(tmp_path):
+    """The commit's document is derived from its jobs': a top-level result.json superci
+    cannot read (say, a file someone put there) is logged, and every job still ends."""
+    async with Harness(tmp_path) as harness:
+        assert harness.address is not None
+        runner, _ = await FakeRunner.connect(harness.address, "one")
+        await submit(harness, THREE_JOBS)
+        folder = harness.folder(SHA)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "result.json").write_text("not json")
+        for _ in range(3):
+            build = await runner.expect(protocol.Build)
+            assert (await runner.result(build, "passed")).accepted, build.job
+        status, document = await show(harness)
+        assert status == "passed" and [j["status"] for j in document["jobs"]] == ["passed"] * 3
+        assert (folder / "result.json").read_text() == "not json", "not superci's: left alone"
+        await runner.close()
+
+
+@async_test()
 async def test_more_than_64_jobs_end_the_commit_at_once_as_an_error(tmp_path):
     config = f"[matrix]\na = {json.dumps(list('123456789'))}\nb = {json.dumps(list('12345678'))}\n"
     async with Harness(tmp_path) as harness:
