@@ -697,7 +697,7 @@ def test_a_runner_that_is_not_root_has_its_build_user_make_and_reuse_its_environ
 
     second, out = build({"test_more.py": PASSING_TEST})
     assert second["status"] == "passed", out
-    assert "environment reused" in out and "--- install" not in out
+    assert "environment reused" in out and "--- install" not in out, out
     assert second["install_seconds"] is None and f"command-uid={build_user.uid}\n" in out
 
     failing = superci_toml(wheels, python=python, install="echo install-uid=$(id -u); exit 3")
@@ -710,9 +710,10 @@ def test_a_runner_that_is_not_root_has_its_build_user_make_and_reuse_its_environ
     [link] = os.listdir(cache / "current")
     assert os.readlink(cache / "current" / link).endswith(f"envs/{env}")
     assert (cache / "envs" / env).lstat().st_uid == build_user.uid
-    uv_cache = (cache / "uv-cache").resolve()
-    assert uv_cache.parent == cache / "uv" and uv_cache.lstat().st_uid == build_user.uid
-    for control in ("", "current", f"current/{link}", "locks", "envs", "uv", "uv-cache"):
+    assert not os.path.lexists(cache / "uv-cache"), "no uv cache one build could plant in"
+    assert os.listdir(cache / "manifests") == [link]
+    for control in ("", "current", f"current/{link}", "locks", "envs", "manifests",
+                    f"manifests/{link}"):  # fmt: skip
         assert (cache / control).lstat().st_uid == runner_user.pw_uid, control
     assert (cache / "envs").stat().st_mode & 0o7777 == 0o1733  # nobody lists it
     assert processes_of(build_user.uid) == []
@@ -752,6 +753,100 @@ async def test_nothing_a_build_user_plants_in_its_environments_makes_the_runner_
     assert (runners / "precious").read_text() == "keep me\n"
     assert not os.path.lexists(planted), "the build user removed its symlink"
     assert environments(cache.root) == [builds[-1].name]
+
+
+@with_real_users
+@async_test(limit=60)
+async def test_an_entry_a_build_user_plants_in_its_environment_has_it_made_anew(
+    build_user,  # noqa: F811 - the fixtures imported above
+    open_folder,  # noqa: F811
+):
+    """A .pth planted in site-packages (or any write) after the environment was made: the
+    next use finds it differs from its manifest, says so and makes it anew; an untouched
+    one is reused."""
+    cache, builds, said = EnvCache(open_folder / "cache", size=3, owner=build_user), [], []
+    site = "lib/python3/site-packages"
+
+    async def build_as_user(folder: Path) -> Execution:
+        builds.append(folder)
+        made = f'mkdir -p "$0/{site}" && echo "VALUE = 42" > "$0/{site}/dep.py"'
+        done = await asyncio.to_thread(build_user.run, ["/bin/sh", "-c", made, str(folder)])
+        return Execution(done.returncode, False, False, 0.0)
+
+    async def say(line: str) -> None:
+        said.append(line)
+
+    await asyncio.to_thread(cache.setup)
+    async with cache.use(key("a"), build_as_user, never_stopped, say) as made:
+        assert made.built
+    async with cache.use(key("a"), build_as_user, never_stopped, say) as again:
+        assert not again.built and again.path == made.path, "untouched: reused"
+    assert said == [] and (cache.manifests / key("a").digest).stat().st_uid == 0
+
+    plant = f'echo "import os" > "$0/{site}/evil.pth"'
+    done = await asyncio.to_thread(build_user.run, ["/bin/sh", "-c", plant, str(made.path)])
+    assert done.returncode == 0, done.stderr
+    async with cache.use(key("a"), build_as_user, never_stopped, say) as anew:
+        assert anew.built and anew.path != made.path
+    assert said == [f"environment changed since it was made (by a build?): {site} changed; "
+                    "made anew"]  # fmt: skip
+    assert not os.path.lexists(made.path), "the changed one is gone"
+
+    touch = f'touch "$0/{site}/dep.py"'  # same content, a new time
+    done = await asyncio.to_thread(build_user.run, ["/bin/sh", "-c", touch, str(anew.path)])
+    assert done.returncode == 0, done.stderr
+    async with cache.use(key("a"), build_as_user, never_stopped, say) as third:
+        assert third.built
+    assert said[-1].endswith(f"{site}/dep.py changed; made anew")
+    assert environments(cache.root) == [third.path.name]
+
+
+@pytest.mark.e2e
+@with_real_users
+@with_a_python_for_users
+def test_a_build_that_rewrites_its_environment_does_not_decide_the_next_commits_verdict(
+    superci,
+    repo,
+    build_user,  # noqa: F811 - the fixture imported above
+    open_folder,  # noqa: F811 - the fixture imported above
+    monkeypatch,
+):
+    """Commit 1's command rewrites the installed tinydep; commit 2, innocent, gets an
+    environment made anew and passes; commit 3 reuses it untouched, with no install."""
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    monkeypatch.setenv("PYENV_ROOT", str(open_folder / "no-pyenv"))
+    wheels, cache = open_folder / "wheels", open_folder / "envs"
+    make_wheel(wheels, "tinydep", body="VALUE = 42\n")
+    wheels.chmod(0o755)
+    repo.commit({"README": "a project\n"}, "start")
+    clone = repo.clone(open_folder / "clone")
+    superci.dispatcher(0)
+    runner = superci.runner(clone, "r-poison", "--build-user", build_user.name,
+                            "--env-cache", str(cache), "--kill-grace", "0.5")  # fmt: skip
+    runner.wait_for_log("registered with the dispatcher")
+    python = system_python_version()
+    poison = ("python -c \"import tinydep, pathlib; "
+              "pathlib.Path(tinydep.__file__).write_text('VALUE = 0')\"")  # fmt: skip
+    toml = superci_toml(wheels, python=python, command=f"{poison} && {UNITTEST}")
+    first = repo.commit({".superci.toml": toml, "test_dep.py": NEEDS_TINYDEP})
+    superci.notify(first)
+    assert superci.wait_for_result(first, 120)["status"] == "failed"
+
+    innocent = repo.commit({".superci.toml": superci_toml(wheels, python=python)})
+    superci.notify(innocent)
+    result, out = superci.wait_for_result(innocent, 120), superci.output(innocent)
+    assert result["status"] == "passed", out
+    assert "environment changed since it was made (by a build?): " in out
+    assert "/site-packages/tinydep/__init__.py changed; made anew" in out
+    assert "Successfully installed tinydep-1.0" in out
+
+    again = repo.commit({"test_more.py": PASSING_TEST})
+    superci.notify(again)
+    result, out = superci.wait_for_result(again, 120), superci.output(again)
+    assert result["status"] == "passed", out
+    assert "environment reused" in out and "--- install" not in out
+    assert "environment changed" not in out
+    assert len(environments(cache)) == 1
 
 
 @with_real_users
