@@ -2,7 +2,9 @@
 the runner's machine and reused without any install when nothing it depends on changed.
 
 An environment is keyed by the interpreter (its path and full version), the ``install``
-command and a digest of the files that declare dependencies. The cache folder holds:
+command, a digest of the files that declare dependencies and the path of the tree the
+install ran in (an editable install names it: it is reused only by builds in that same
+tree, the same runner's). The cache folder holds:
 
 * ``envs/<key>-<token>/``: environments, each built in a folder of its own;
 * ``current/<key>``: a symlink to the complete environment of a key, made last and
@@ -96,6 +98,8 @@ class EnvKey:
     version: str
     install: str
     files: str  # sha256 of the dependency files' names and contents
+    #: The tree the install ran in (with an install): an editable install names it.
+    tree: str = ""
 
     @property
     def digest(self) -> str:

@@ -106,7 +106,8 @@ class InstallStep:
                 dependency_digest, run.checkout, config.install_files,
                 timeout=self.settings.file_read_timeout, what="the dependency files",
             )  # fmt: skip
-        key = EnvKey(interpreter, version, config.install or "", files)
+        tree = "" if config.install is None else str(run.tree)
+        key = EnvKey(interpreter, version, config.install or "", files, tree)
         if not self._set_up:
             await asyncio.to_thread(self._set_up_cache)
         started = time.monotonic()

@@ -42,7 +42,7 @@ from superci.errors import ConfigError
 from superci.execute import Execution
 from superci.installstep import InstallStep, Run
 from superci.interpreters import Interpreter, Interpreters, find_interpreters
-from superci.runner import announced_pythons
+from superci.runner import RunnerProcess, announced_pythons
 from superci.settings import RunnerSettings
 from superci.tables import result_summary
 from superci.workspace import Workspace
@@ -137,6 +137,54 @@ async def test_a_project_needing_a_dependency_passes_with_install_and_reuses_its
 
     rebuilt = h.output_log(changed).decode()
     assert "--- install: a new environment" in rebuilt, "a changed requirements.txt rebuilds"
+    assert len(environments(cache)) == 2
+
+
+#: An editable install as ``pip install -e`` makes it: a .pth in site-packages naming
+#: the tree's src/ (offline, with no build backend to fetch).
+EDITABLE = ("python -c \"import os, site; open(os.path.join(site.getsitepackages()[0], "
+            "'proj.pth'), 'w').write(os.path.join(os.getcwd(), 'src'))\"")  # fmt: skip
+#: Passes when ``proj`` is the one of the tree the tests run in, with the VALUE given.
+IMPORTS_OWN_PROJ = (
+    "import os\nimport unittest\n\nimport proj\n\n\nclass Own(unittest.TestCase):\n"
+    "    def test_own(self):\n"
+    "        self.assertEqual(proj.__file__, os.path.join(os.getcwd(), 'src', 'proj.py'))\n"
+    "        self.assertEqual(proj.VALUE, int(open('expected').read()))\n"
+)
+
+
+@async_test(limit=120)
+async def test_runners_sharing_a_cache_with_an_editable_install_each_import_their_own_clone(
+    tmp_path, repo, workspace, offline
+):
+    """An editable install names the tree it ran in: another runner's clone gets an
+    environment of its own; the same runner's next build reuses its own, and imports the
+    code now checked out."""
+    cache = tmp_path / "envs"
+    toml = superci_toml(tmp_path, install=EDITABLE)
+    project = {".superci.toml": toml, "test_own.py": IMPORTS_OWN_PROJ,
+               "src/proj.py": "VALUE = 1\n", "expected": "1"}  # fmt: skip
+    first = repo.commit(project, "editable")
+    other = Workspace.clone(str(repo.path), tmp_path / "other-clone")
+    second = repo.commit({"src/proj.py": "VALUE = 2\n", "expected": "2"}, "source change")
+    third = repo.commit({"src/proj.py": "VALUE = 3\n", "expected": "3"}, "again")
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        async with running(env_runner(h, workspace, cache)):
+            await h.submit(first)
+            await h.results.wait(first, ENV_WAIT)
+        settings = RunnerSettings(env_cache=cache)
+        second_runner = RunnerProcess(h.address, other, "runner-2", settings=settings,
+                                      heartbeat_interval=0.2, kill_grace=1.0)  # fmt: skip
+        async with running(second_runner):
+            for sha in (second, third):
+                await h.submit(sha)
+                await h.results.wait(sha, ENV_WAIT)
+
+    for sha in (first, second, third):
+        assert h.result_json(sha)["status"] == "passed", h.output_log(sha).decode()
+    assert "--- install: a new environment" in h.output_log(second).decode(), "its own clone"
+    reused = h.output_log(third).decode()
+    assert "environment reused" in reused and "--- install" not in reused
     assert len(environments(cache)) == 2
 
 
