@@ -59,6 +59,7 @@ import shlex
 import shutil
 import stat
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -166,6 +167,29 @@ def manifest_change(recorded: Manifest | None, folder: Path) -> str | None:
         if now[name] != recorded[name]:
             return f"{name} changed"
     return None  # pragma: no cover - equal manifests returned above
+
+
+def installed_project(env: Path, tree: str) -> str | None:
+    """The distribution (its dist-info) that the install put in ``env`` from ``tree`` or a
+    folder in it, not editable (its direct_url.json says so, as pip and uv write it): the
+    code of one commit, which the next must not test. None when there is none."""
+    if not tree:
+        return None
+    for found in sorted(env.glob("lib/python*/site-packages/*.dist-info/direct_url.json")):
+        try:
+            data = read_inside(env, found.relative_to(env), 1024 * 1024, what="direct_url")
+            origin = json.loads(data or b"null")
+        except (SuperCIError, ValueError):
+            continue
+        if not isinstance(origin, dict):
+            continue
+        url = urllib.parse.urlsplit(str(origin.get("url", "")))
+        path, info = urllib.parse.unquote(url.path), origin.get("dir_info")
+        editable = isinstance(info, dict) and info.get("editable") is True
+        inside = path == tree or path.startswith(tree.rstrip("/") + "/")
+        if url.scheme == "file" and inside and not editable:
+            return found.parent.name
+    return None
 
 
 def dependency_digest(tree: Path, patterns: Sequence[str] | None) -> str:
@@ -349,19 +373,36 @@ class EnvCache:
                                   f"{changed}; made anew")  # fmt: skip
                     await asyncio.to_thread(self._forget, key.digest)
                 if await asyncio.to_thread(self._ready, key.digest) is None:
-                    await self._build(key, build)
+                    single = await self._build(key, build, say)
                     built = True
+                    if single is not None:  # this build's alone: held until it ends
+                        try:
+                            yield Environment(single, built)
+                        finally:
+                            await asyncio.to_thread(self._remove_folder, single)
+                        return
             finally:
                 os.close(exclusive)
             await asyncio.to_thread(self.tidy, key.digest)
 
-    async def _build(self, key: EnvKey, build: Build) -> None:
+    async def _build(self, key: EnvKey, build: Build, say: Say | None) -> Path | None:
+        """Make the key's environment and publish it; or, when the install put the
+        project itself in it (its code, as of this commit), the folder, for this build
+        alone."""
         folder = await asyncio.to_thread(self._new_folder, key.digest)
         try:
             execution = await build(folder)
             if execution.exit_code != 0 or execution.timed_out or execution.cancelled:
                 raise InstallFailed(execution)
+            project = await asyncio.to_thread(installed_project, folder, key.tree)
+            if project is not None:
+                if say is not None:
+                    await say(f"install puts the project itself in the environment (not "
+                              f"editable: {project}): made for this build only, not kept; "
+                              "use pip install -e to reuse it")  # fmt: skip
+                return folder
             await asyncio.to_thread(self._publish, key, folder)
+            return None
         except BaseException:
             await asyncio.to_thread(self._remove_folder, folder)
             raise

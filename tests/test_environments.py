@@ -189,6 +189,42 @@ async def test_runners_sharing_a_cache_with_an_editable_install_each_import_thei
 
 
 @async_test(limit=120)
+async def test_an_install_of_the_project_itself_is_not_reused_by_the_next_commit(
+    tmp_path, repo, workspace, offline
+):
+    """An install of the project's own code from its tree, not editable (here its wheel,
+    in the tree: offline, no build backend to fetch) puts the commit's code in the
+    environment: the next commit, with only a code change, gets an environment of its own
+    and tests its own code."""
+    cache = tmp_path / "envs"
+    install = "pip install --no-index dist/proj-1.0-py3-none-any.whl"
+    needs_value = (
+        "import unittest\n\nimport proj\n\n\nclass Own(unittest.TestCase):\n"
+        "    def test_value(self):\n"
+        "        self.assertEqual(proj.VALUE, int(open('expected').read()))\n"
+    )
+    make_wheel(repo.path / "dist", "proj", body="VALUE = 1\n")
+    first = repo.commit({".superci.toml": superci_toml(tmp_path, install=install),
+                         "test_value.py": needs_value, "expected": "1"}, "installed")  # fmt: skip
+    make_wheel(repo.path / "dist", "proj", body="VALUE = 2\n")
+    second = repo.commit({"expected": "2"}, "code change")
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        async with running(env_runner(h, workspace, cache)):
+            for sha in (first, second):
+                await h.submit(sha)
+                await h.results.wait(sha, ENV_WAIT)
+
+    for sha in (first, second):
+        out = h.output_log(sha).decode()
+        assert h.result_json(sha)["status"] == "passed", out
+        assert "--- install: a new environment" in out
+        assert ("install puts the project itself in the environment (not editable: "
+                "proj-1.0.dist-info): made for this build only, not kept; use pip install -e "
+                "to reuse it") in out  # fmt: skip
+    assert environments(cache) == [], "not kept"
+
+
+@async_test(limit=120)
 async def test_an_install_with_uv_pip_uses_the_shared_uv_cache(
     tmp_path, repo, workspace, wheels, offline
 ):
