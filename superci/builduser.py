@@ -50,12 +50,19 @@ BUILDS = "builds"
 _POLL = 0.01
 
 #: Run as the build user with the tar of the tree on stdin: a folder of its own for the
-#: build (mktemp: a fresh, unguessable name), the tree unpacked in it; prints the folder,
-#: or leaves nothing behind.
+#: build (mktemp: a fresh, unguessable name; or "$2", the runner's unguessable name for its
+#: builds, made anew), the tree unpacked in it; prints the folder, or leaves nothing behind.
 HAND_OVER = r"""
 set -eu
 umask 022
-root=$(mktemp -d "$1/build-XXXXXXXXXX")
+if [ -n "${2:-}" ]; then
+    root="$1/$2"
+    chmod -R u+rwx -- "$root" 2>/dev/null || true
+    rm -rf -- "$root"
+    mkdir "$root"
+else
+    root=$(mktemp -d "$1/build-XXXXXXXXXX")
+fi
 trap 'rm -rf -- "$root"' EXIT
 chmod 711 "$root"
 mkdir "$root/tree" "$root/report"
@@ -234,14 +241,16 @@ class BuildUser:
             "TMPDIR": str(tmp),
         }
 
-    def hand_over(self, source: Path, scratch: Path) -> BuildFolders:
+    def hand_over(self, source: Path, scratch: Path, name: str = "") -> BuildFolders:
         """Give this user a copy of the checked-out tree of ``source`` (without any
         ``.git``) in a fresh folder of its own: the runner streams a tar of it, the user
-        unpacks it (see :data:`HAND_OVER`). Blocks."""
+        unpacks it (see :data:`HAND_OVER`). ``name`` (``build-`` and a random tail): the
+        folder's, so that each build's tree has the same path (an editable install made
+        in one stays valid for the next). Blocks."""
         builds = _builds_folder(scratch)
         with tempfile.TemporaryFile() as errors:
             args, options = self.command(
-                ["/bin/sh", "-c", HAND_OVER, "sh", str(builds)],
+                ["/bin/sh", "-c", HAND_OVER, "sh", str(builds), name],
                 {"PATH": HELPER_PATH, "LC_ALL": "C"},
             )
             unpack = subprocess.Popen(

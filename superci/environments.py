@@ -2,7 +2,9 @@
 the runner's machine and reused without any install when nothing it depends on changed.
 
 An environment is keyed by the interpreter (its path and full version), the ``install``
-command and a digest of the files that declare dependencies. The cache folder holds:
+command, a digest of the files that declare dependencies and the path of the tree the
+install ran in (an editable install names it: it is reused only by builds in that same
+tree, the same runner's). The cache folder holds:
 
 * ``envs/<key>-<token>/``: environments, each built in a folder of its own;
 * ``current/<key>``: a symlink to the complete environment of a key, made last and
@@ -17,11 +19,17 @@ command and a digest of the files that declare dependencies. The cache folder ho
 * ``uv-cache/``: uv's shared cache (``UV_CACHE_DIR``), for uv and ``uv pip`` installs.
 
 With a build user (``--build-user``) the build user makes, fills and removes the folders
-of its environments and its uv cache (``uv/cache-<token>/``, named by the runner's
-``uv-cache`` symlink), through :class:`~superci.builduser.BuildUser` alone, whether the
-runner is root or not: ``envs/`` and ``uv/`` are the runner's, mode 1733. The runner
-only reads its own links and lstat's what they name: nothing the build user writes
-decides what the runner trusts or removes.
+of its environments, through :class:`~superci.builduser.BuildUser` alone, whether the
+runner is root or not: ``envs/`` is the runner's, mode 1733. The runner only reads its own
+links and lstat's what they name: nothing the build user writes decides what the runner
+trusts or removes. As a build's tests could change the environment the next commit would
+reuse, the runner records, once it is made, a manifest of it (``manifests/<key>``, the
+runner's: every entry's type, mode, size, times, inode, link target, found without
+following links; a user cannot set a ctime back) and reuses the environment only while
+it still matches; else it is made anew. Builds then run with PYTHONDONTWRITEBYTECODE and
+the install compiles the environment's bytecode, so that using it changes nothing. There
+is no shared uv cache (one build could plant a wheel another's install takes): uv's cache
+is the build's own, in its home, removed with it.
 
 The cache keeps at most ``size`` environments (``--env-cache-size``); the least recently
 used beyond that are removed first. A count, not bytes: it is what a person can reason
@@ -51,6 +59,7 @@ import shlex
 import shutil
 import stat
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -90,6 +99,8 @@ class EnvKey:
     version: str
     install: str
     files: str  # sha256 of the dependency files' names and contents
+    #: The tree the install ran in (with an install): an editable install names it.
+    tree: str = ""
 
     @property
     def digest(self) -> str:
@@ -103,6 +114,82 @@ class Environment:
 
     path: Path
     built: bool
+
+
+#: An environment's manifest: each entry's path (relative) and how it is, as lstat says.
+Manifest = dict[str, list[object]]
+#: Says one line in the build's log.
+Say = Callable[[str], Awaitable[None]]
+
+
+def manifest(folder: Path) -> Manifest:
+    """What ``folder`` holds, entry by entry, without following a symlink: type and mode,
+    size, mtime, ctime and inode, and a link's target. Any write, replacement, chmod or new
+    entry changes it (ctime cannot be set back but by root). Blocks; raises OSError for an
+    entry it cannot read."""
+    entries: Manifest = {}
+
+    def note(relative: str, info: os.stat_result, path: str) -> None:
+        target = os.readlink(path) if stat.S_ISLNK(info.st_mode) else None
+        entries[relative] = [info.st_mode, info.st_size, info.st_mtime_ns, info.st_ctime_ns,
+                             info.st_ino, target]  # fmt: skip
+
+    def walk(path: str, relative: str) -> None:
+        with os.scandir(path) as listing:
+            for entry in listing:
+                info = entry.stat(follow_symlinks=False)
+                name = f"{relative}/{entry.name}" if relative else entry.name
+                note(name, info, entry.path)
+                if stat.S_ISDIR(info.st_mode):
+                    walk(entry.path, name)
+
+    note(".", os.lstat(folder), str(folder))
+    walk(str(folder), "")
+    return entries
+
+
+def manifest_change(recorded: Manifest | None, folder: Path) -> str | None:
+    """How ``folder`` differs from its ``recorded`` manifest (the first entry that does),
+    or None when it is as it was made."""
+    if recorded is None:
+        return "no manifest of it"
+    try:
+        now = manifest(folder)
+    except OSError as e:
+        return f"cannot read it: {e}"
+    if now == recorded:
+        return None
+    for name in sorted(set(now) | set(recorded)):
+        if name not in recorded:
+            return f"{name} added"
+        if name not in now:
+            return f"{name} removed"
+        if now[name] != recorded[name]:
+            return f"{name} changed"
+    return None  # pragma: no cover - equal manifests returned above
+
+
+def installed_project(env: Path, tree: str) -> str | None:
+    """The distribution (its dist-info) that the install put in ``env`` from ``tree`` or a
+    folder in it, not editable (its direct_url.json says so, as pip and uv write it): the
+    code of one commit, which the next must not test. None when there is none."""
+    if not tree:
+        return None
+    for found in sorted(env.glob("lib/python*/site-packages/*.dist-info/direct_url.json")):
+        try:
+            data = read_inside(env, found.relative_to(env), 1024 * 1024, what="direct_url")
+            origin = json.loads(data or b"null")
+        except (SuperCIError, ValueError):
+            continue
+        if not isinstance(origin, dict):
+            continue
+        url = urllib.parse.urlsplit(str(origin.get("url", "")))
+        path, info = urllib.parse.unquote(url.path), origin.get("dir_info")
+        editable = isinstance(info, dict) and info.get("editable") is True
+        inside = path == tree or path.startswith(tree.rstrip("/") + "/")
+        if url.scheme == "file" and inside and not editable:
+            return found.parent.name
+    return None
 
 
 def dependency_digest(tree: Path, patterns: Sequence[str] | None) -> str:
@@ -133,9 +220,13 @@ _BUNDLED_PIP = (
 )
 
 
-def install_script(uv: str, interpreter: str, folder: Path, install: str | None) -> str:
+def install_script(
+    uv: str, interpreter: str, folder: Path, install: str | None, compile_all: bool = False
+) -> str:
     """The shell script that makes the environment in ``folder`` and runs ``install``
-    (with the environment first on PATH): the install's exit code is the script's."""
+    (with the environment first on PATH): the install's exit code is the script's. With
+    ``compile_all`` an install that succeeds is followed by compiling the environment's
+    bytecode, as builds using it will not write any."""
     python, uv = shlex.quote(str(folder / "bin" / "python")), shlex.quote(uv)
     steps = [
         "set -e",
@@ -147,22 +238,38 @@ def install_script(uv: str, interpreter: str, folder: Path, install: str | None)
         f"ln -s {uv} {shlex.quote(str(folder / 'bin' / 'uv'))}",
         "set +e",
     ]
-    return "\n".join(steps + ([install] if install is not None else [])) + "\n"
+    if not compile_all:
+        return "\n".join(steps + ([install] if install is not None else [])) + "\n"
+    lib = shlex.quote(str(folder / "lib"))
+    steps += ["(", install or "true", ")", "status=$?",
+              f"[ $status -ne 0 ] || {python} -m compileall -q {lib} >/dev/null 2>&1 || true",
+              "exit $status"]  # fmt: skip
+    return "\n".join(steps) + "\n"
 
 
-def activated(base: Mapping[str, str], env: Path, uv_cache: Path) -> dict[str, str]:
+def activated(base: Mapping[str, str], env: Path, uv_cache: Path | None) -> dict[str, str]:
     """``base`` with the environment first on PATH and named by VIRTUAL_ENV (as its
-    ``activate`` script does), uv told to use the shared cache and never to download."""
+    ``activate`` script does), uv told to use the shared cache and never to download. With
+    no shared cache (a build user's), uv's cache is the build's own, in its home, uv copies
+    from it (a hard link would change with the cache, removed after the build) and Python
+    writes no bytecode: the environment stays as its manifest says."""
     path = base.get("PATH", os.defpath)
     variables = {
         **base,
         "PATH": f"{env / 'bin'}{os.pathsep}{path}" if path else str(env / "bin"),
         "VIRTUAL_ENV": str(env),
-        "UV_CACHE_DIR": str(uv_cache),
         "UV_PYTHON_DOWNLOADS": "never",
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     }
     variables.pop("PYTHONHOME", None)
+    if uv_cache is not None:
+        variables["UV_CACHE_DIR"] = str(uv_cache)
+    else:
+        variables["PYTHONDONTWRITEBYTECODE"] = "1"
+        variables["UV_LINK_MODE"] = "copy"
+        variables.pop("UV_CACHE_DIR", None)
+        if "HOME" in base:
+            variables["UV_CACHE_DIR"] = os.path.join(base["HOME"], ".cache", "uv")
     return variables
 
 
@@ -194,9 +301,10 @@ class EnvCache:
         self.envs = root / "envs"
         self.current = root / "current"
         self.locks = root / "locks"
-        #: uv's cache: the folder itself, or with a build user the runner's symlink to it.
-        self.uv_cache = root / "uv-cache"
-        self.uv_folders = root / "uv"
+        #: uv's shared cache; none with a build user (each build has its own).
+        self.uv_cache = root / "uv-cache" if owner is None else None
+        #: The runner's manifests of the build user's environments, one a key.
+        self.manifests = root / "manifests"
 
     def setup(self) -> None:
         """Make the cache's folders (blocks). With a build user, each environment and uv's
@@ -213,20 +321,16 @@ class EnvCache:
     def _setup(self) -> None:
         for folder in (self.root, self.current, self.locks):
             folder.mkdir(mode=0o755, parents=True, exist_ok=True)
-        if self.owner is None:
+        if self.uv_cache is not None:
             self.envs.mkdir(mode=0o755, exist_ok=True)
             self.uv_cache.mkdir(mode=0o755, exist_ok=True)
             return
-        for folder in (self.current, self.locks, self.envs, self.uv_folders):
+        for folder in (self.current, self.locks, self.envs, self.manifests):
             folder.mkdir(mode=0o755, exist_ok=True)
             info = folder.lstat()
             if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
                 raise ConfigError(f"{folder} is not a folder of the runner's own")
-        for folder in (self.envs, self.uv_folders):
-            folder.chmod(0o1733)
-        if self._named_uv_cache(self.owner) is None:
-            made = self.owner.make_folder(self.uv_folders, "cache")
-            self._link(self.uv_cache, made)
+        self.envs.chmod(0o1733)
 
     def _advice(self) -> str:
         if self.owner is None:
@@ -239,11 +343,15 @@ class EnvCache:
         )
 
     @contextlib.asynccontextmanager
-    async def use(self, key: EnvKey, build: Build, stopped: Stopped) -> AsyncIterator[Environment]:
+    async def use(
+        self, key: EnvKey, build: Build, stopped: Stopped, say: Say | None = None
+    ) -> AsyncIterator[Environment]:
         """The environment of ``key``, held (shared) while the block runs: the complete one
         if there is one, else one that ``build`` makes now (holding the key exclusively, so
         a runner asking for it meanwhile waits and then reuses it). A build that fails
-        leaves nothing and raises :class:`InstallFailed`; so does a wait ``stopped`` ends."""
+        leaves nothing and raises :class:`InstallFailed`; so does a wait ``stopped`` ends.
+        A build user's environment that changed since it was made is removed and made
+        anew, saying so with ``say``."""
         built = False
         while True:
             shared = await self._lock(key.digest, fcntl.LOCK_SH, stopped)
@@ -256,20 +364,45 @@ class EnvCache:
                 os.close(shared)
             exclusive = await self._lock(key.digest, fcntl.LOCK_EX, stopped)
             try:
+                changed = await asyncio.to_thread(self._changed, key.digest)
+                if changed is not None:
+                    log.warning("environment %s changed since it was made (%s): made anew",
+                                key.digest, changed)  # fmt: skip
+                    if say is not None:
+                        await say(f"environment changed since it was made (by a build?): "
+                                  f"{changed}; made anew")  # fmt: skip
+                    await asyncio.to_thread(self._forget, key.digest)
                 if await asyncio.to_thread(self._ready, key.digest) is None:
-                    await self._build(key, build)
+                    single = await self._build(key, build, say)
                     built = True
+                    if single is not None:  # this build's alone: held until it ends
+                        try:
+                            yield Environment(single, built)
+                        finally:
+                            await asyncio.to_thread(self._remove_folder, single)
+                        return
             finally:
                 os.close(exclusive)
             await asyncio.to_thread(self.tidy, key.digest)
 
-    async def _build(self, key: EnvKey, build: Build) -> None:
+    async def _build(self, key: EnvKey, build: Build, say: Say | None) -> Path | None:
+        """Make the key's environment and publish it; or, when the install put the
+        project itself in it (its code, as of this commit), the folder, for this build
+        alone."""
         folder = await asyncio.to_thread(self._new_folder, key.digest)
         try:
             execution = await build(folder)
             if execution.exit_code != 0 or execution.timed_out or execution.cancelled:
                 raise InstallFailed(execution)
+            project = await asyncio.to_thread(installed_project, folder, key.tree)
+            if project is not None:
+                if say is not None:
+                    await say(f"install puts the project itself in the environment (not "
+                              f"editable: {project}): made for this build only, not kept; "
+                              "use pip install -e to reuse it")  # fmt: skip
+                return folder
             await asyncio.to_thread(self._publish, key, folder)
+            return None
         except BaseException:
             await asyncio.to_thread(self._remove_folder, folder)
             raise
@@ -308,9 +441,12 @@ class EnvCache:
             os.close(fd)
 
     def _ready(self, digest: str) -> Path | None:
-        """The complete environment of the key (its use noted on its link), or None."""
+        """The complete environment of the key (its use noted on its link), or None; with
+        a build user, only while it is as its manifest says it was made."""
         folder = self._named(digest)
         if folder is None or not self._is_environment(folder):
+            return None
+        if self.owner is not None and manifest_change(self._manifest(digest), folder):
             return None
         try:
             os.utime(self.current / digest, follow_symlinks=False)
@@ -330,10 +466,48 @@ class EnvCache:
             raise ConfigError(f"{e}. {self._advice()}") from e
 
     def _publish(self, key: EnvKey, folder: Path) -> None:
-        """Name the environment as the key's (atomically): its link says it is complete."""
+        """Name the environment as the key's (atomically): its link says it is complete.
+        A build user's gets its manifest first, of the runner's (one it cannot read leaves
+        none: the environment is then never reused)."""
+        if self.owner is not None:
+            try:
+                recorded = json.dumps(manifest(folder))
+            except OSError as e:
+                log.warning("cannot take the manifest of environment %s: %s", folder, e)
+            else:
+                self._write_manifest(key.digest, recorded)
         self._link(self.current / key.digest, folder)
         log.info("environment %s made in %s: Python %s (%s), install %r", key.digest, folder,
                  key.version, key.interpreter, key.install)  # fmt: skip
+
+    def _write_manifest(self, digest: str, text: str) -> None:
+        temporary = self.manifests / f".{digest}.{secrets.token_hex(4)}"
+        temporary.write_text(text)
+        os.replace(temporary, self.manifests / digest)
+
+    def _manifest(self, digest: str) -> Manifest | None:
+        try:
+            recorded: Manifest = json.loads((self.manifests / digest).read_text())
+        except (OSError, ValueError):
+            return None
+        return recorded
+
+    def _changed(self, digest: str) -> str | None:
+        """How the build user's complete environment of the key differs from its manifest,
+        if it does (the caller holds the key exclusively)."""
+        folder = self._named(digest)
+        if self.owner is None or folder is None or not self._is_environment(folder):
+            return None
+        return manifest_change(self._manifest(digest), folder)
+
+    def _forget(self, digest: str) -> None:
+        """Remove the key's environment, its link and its manifest (the caller holds the
+        key exclusively)."""
+        folder = self._named(digest)
+        (self.current / digest).unlink(missing_ok=True)
+        (self.manifests / digest).unlink(missing_ok=True)
+        if folder is not None:
+            self._remove_folder(folder)
 
     def _link(self, link: Path, folder: Path) -> None:
         """Make ``link`` name ``folder`` (relatively), swapped in with a rename."""
@@ -378,11 +552,8 @@ class EnvCache:
         if fd is None:
             return False
         try:
-            folder = self._named(digest)
-            (self.current / digest).unlink(missing_ok=True)
+            self._forget(digest)
             (self.locks / f"{digest}.lock").unlink(missing_ok=True)
-            if folder is not None:
-                self._remove_folder(folder)
             log.info("environment %s removed from the cache (least recently used)", digest)
         finally:
             os.close(fd)
@@ -411,11 +582,6 @@ class EnvCache:
     def _named(self, digest: str) -> Path | None:
         """The folder in ``envs/`` the key's link names, if it has one."""
         return _named_in(self.current / digest, self.envs)
-
-    def _named_uv_cache(self, owner: BuildUser) -> Path | None:
-        """The build user's uv cache the runner's link names, if it is one."""
-        folder = _named_in(self.uv_cache, self.uv_folders)
-        return None if folder is None else owner.owned_folder(self.uv_folders, str(folder), "cache")
 
     def _is_environment(self, folder: Path) -> bool:
         """Whether ``folder`` (in ``envs/``, the runner's) is still a folder, and the build

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -106,8 +107,10 @@ class BuildExecutor:
         self.build_user = (
             None if settings.build_user is None else BuildUser.lookup(settings.build_user)
         )
-        #: The running build's folders, handed to the build user (removed after it).
+        #: The running build's folders, handed to the build user (removed after it), at
+        #: the same path for each build: environments of editable installs stay valid.
         self._folders: BuildFolders | None = None
+        self._folders_name = f"build-{secrets.token_hex(8)}"
         if self.build_user is not None:
             make_private(workspace.path)
         #: Build environments (install, python in .superci.toml).
@@ -152,7 +155,9 @@ class BuildExecutor:
             return None
         self.build_user.check_dedicated()
         try:
-            self._folders = self.build_user.hand_over(self.workspace.path, self._scratch)
+            self._folders = self.build_user.hand_over(
+                self.workspace.path, self._scratch, self._folders_name
+            )
         except (OSError, subprocess.SubprocessError) as e:
             raise WorkspaceError(
                 f"cannot hand the checkout to build user {self.build_user.name}: {e}"

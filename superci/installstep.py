@@ -106,7 +106,8 @@ class InstallStep:
                 dependency_digest, run.checkout, config.install_files,
                 timeout=self.settings.file_read_timeout, what="the dependency files",
             )  # fmt: skip
-        key = EnvKey(interpreter, version, config.install or "", files)
+        tree = "" if config.install is None else str(run.tree)
+        key = EnvKey(interpreter, version, config.install or "", files, tree)
         if not self._set_up:
             await asyncio.to_thread(self._set_up_cache)
         started = time.monotonic()
@@ -119,7 +120,7 @@ class InstallStep:
                 return "cancelled"
             return "timeout" if time.monotonic() >= run.deadline else None
 
-        async with self.cache.use(key, build, stopped) as env:
+        async with self.cache.use(key, build, stopped, run.say) as env:
             if not env.built:
                 await run.say(f"environment reused: Python {version} in {env.path}")
             seconds = time.monotonic() - started if env.built else None
@@ -211,7 +212,7 @@ class InstallStep:
         await run.say(f"$ uv venv --python {interpreter} {folder}, with pip (ensurepip's)")
         if install is not None:
             await run.say(f"$ {install}")
-        script = install_script(find_uv_bin(), interpreter, folder, install)
+        script = install_script(find_uv_bin(), interpreter, folder, install, self.user is not None)
         environment = activated(run.environment, folder, self.cache.uv_cache)
         contained = await asyncio.to_thread(containment.BuildContainment, self.record, self.user)
         with contained:

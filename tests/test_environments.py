@@ -42,7 +42,7 @@ from superci.errors import ConfigError
 from superci.execute import Execution
 from superci.installstep import InstallStep, Run
 from superci.interpreters import Interpreter, Interpreters, find_interpreters
-from superci.runner import announced_pythons
+from superci.runner import RunnerProcess, announced_pythons
 from superci.settings import RunnerSettings
 from superci.tables import result_summary
 from superci.workspace import Workspace
@@ -138,6 +138,90 @@ async def test_a_project_needing_a_dependency_passes_with_install_and_reuses_its
     rebuilt = h.output_log(changed).decode()
     assert "--- install: a new environment" in rebuilt, "a changed requirements.txt rebuilds"
     assert len(environments(cache)) == 2
+
+
+#: An editable install as ``pip install -e`` makes it: a .pth in site-packages naming
+#: the tree's src/ (offline, with no build backend to fetch).
+EDITABLE = ("python -c \"import os, site; open(os.path.join(site.getsitepackages()[0], "
+            "'proj.pth'), 'w').write(os.path.join(os.getcwd(), 'src'))\"")  # fmt: skip
+#: Passes when ``proj`` is the one of the tree the tests run in, with the VALUE given.
+IMPORTS_OWN_PROJ = (
+    "import os\nimport unittest\n\nimport proj\n\n\nclass Own(unittest.TestCase):\n"
+    "    def test_own(self):\n"
+    "        self.assertEqual(proj.__file__, os.path.join(os.getcwd(), 'src', 'proj.py'))\n"
+    "        self.assertEqual(proj.VALUE, int(open('expected').read()))\n"
+)
+
+
+@async_test(limit=120)
+async def test_runners_sharing_a_cache_with_an_editable_install_each_import_their_own_clone(
+    tmp_path, repo, workspace, offline
+):
+    """An editable install names the tree it ran in: another runner's clone gets an
+    environment of its own; the same runner's next build reuses its own, and imports the
+    code now checked out."""
+    cache = tmp_path / "envs"
+    toml = superci_toml(tmp_path, install=EDITABLE)
+    project = {".superci.toml": toml, "test_own.py": IMPORTS_OWN_PROJ,
+               "src/proj.py": "VALUE = 1\n", "expected": "1"}  # fmt: skip
+    first = repo.commit(project, "editable")
+    other = Workspace.clone(str(repo.path), tmp_path / "other-clone")
+    second = repo.commit({"src/proj.py": "VALUE = 2\n", "expected": "2"}, "source change")
+    third = repo.commit({"src/proj.py": "VALUE = 3\n", "expected": "3"}, "again")
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        async with running(env_runner(h, workspace, cache)):
+            await h.submit(first)
+            await h.results.wait(first, ENV_WAIT)
+        settings = RunnerSettings(env_cache=cache)
+        second_runner = RunnerProcess(h.address, other, "runner-2", settings=settings,
+                                      heartbeat_interval=0.2, kill_grace=1.0)  # fmt: skip
+        async with running(second_runner):
+            for sha in (second, third):
+                await h.submit(sha)
+                await h.results.wait(sha, ENV_WAIT)
+
+    for sha in (first, second, third):
+        assert h.result_json(sha)["status"] == "passed", h.output_log(sha).decode()
+    assert "--- install: a new environment" in h.output_log(second).decode(), "its own clone"
+    reused = h.output_log(third).decode()
+    assert "environment reused" in reused and "--- install" not in reused
+    assert len(environments(cache)) == 2
+
+
+@async_test(limit=120)
+async def test_an_install_of_the_project_itself_is_not_reused_by_the_next_commit(
+    tmp_path, repo, workspace, offline
+):
+    """An install of the project's own code from its tree, not editable (here its wheel,
+    in the tree: offline, no build backend to fetch) puts the commit's code in the
+    environment: the next commit, with only a code change, gets an environment of its own
+    and tests its own code."""
+    cache = tmp_path / "envs"
+    install = "pip install --no-index dist/proj-1.0-py3-none-any.whl"
+    needs_value = (
+        "import unittest\n\nimport proj\n\n\nclass Own(unittest.TestCase):\n"
+        "    def test_value(self):\n"
+        "        self.assertEqual(proj.VALUE, int(open('expected').read()))\n"
+    )
+    make_wheel(repo.path / "dist", "proj", body="VALUE = 1\n")
+    first = repo.commit({".superci.toml": superci_toml(tmp_path, install=install),
+                         "test_value.py": needs_value, "expected": "1"}, "installed")  # fmt: skip
+    make_wheel(repo.path / "dist", "proj", body="VALUE = 2\n")
+    second = repo.commit({"expected": "2"}, "code change")
+    async with Harness(tmp_path, settings=FAST_WATCHDOG) as h:
+        async with running(env_runner(h, workspace, cache)):
+            for sha in (first, second):
+                await h.submit(sha)
+                await h.results.wait(sha, ENV_WAIT)
+
+    for sha in (first, second):
+        out = h.output_log(sha).decode()
+        assert h.result_json(sha)["status"] == "passed", out
+        assert "--- install: a new environment" in out
+        assert ("install puts the project itself in the environment (not editable: "
+                "proj-1.0.dist-info): made for this build only, not kept; use pip install -e "
+                "to reuse it") in out  # fmt: skip
+    assert environments(cache) == [], "not kept"
 
 
 @async_test(limit=120)
@@ -697,7 +781,7 @@ def test_a_runner_that_is_not_root_has_its_build_user_make_and_reuse_its_environ
 
     second, out = build({"test_more.py": PASSING_TEST})
     assert second["status"] == "passed", out
-    assert "environment reused" in out and "--- install" not in out
+    assert "environment reused" in out and "--- install" not in out, out
     assert second["install_seconds"] is None and f"command-uid={build_user.uid}\n" in out
 
     failing = superci_toml(wheels, python=python, install="echo install-uid=$(id -u); exit 3")
@@ -710,9 +794,10 @@ def test_a_runner_that_is_not_root_has_its_build_user_make_and_reuse_its_environ
     [link] = os.listdir(cache / "current")
     assert os.readlink(cache / "current" / link).endswith(f"envs/{env}")
     assert (cache / "envs" / env).lstat().st_uid == build_user.uid
-    uv_cache = (cache / "uv-cache").resolve()
-    assert uv_cache.parent == cache / "uv" and uv_cache.lstat().st_uid == build_user.uid
-    for control in ("", "current", f"current/{link}", "locks", "envs", "uv", "uv-cache"):
+    assert not os.path.lexists(cache / "uv-cache"), "no uv cache one build could plant in"
+    assert os.listdir(cache / "manifests") == [link]
+    for control in ("", "current", f"current/{link}", "locks", "envs", "manifests",
+                    f"manifests/{link}"):  # fmt: skip
         assert (cache / control).lstat().st_uid == runner_user.pw_uid, control
     assert (cache / "envs").stat().st_mode & 0o7777 == 0o1733  # nobody lists it
     assert processes_of(build_user.uid) == []
@@ -752,6 +837,100 @@ async def test_nothing_a_build_user_plants_in_its_environments_makes_the_runner_
     assert (runners / "precious").read_text() == "keep me\n"
     assert not os.path.lexists(planted), "the build user removed its symlink"
     assert environments(cache.root) == [builds[-1].name]
+
+
+@with_real_users
+@async_test(limit=60)
+async def test_an_entry_a_build_user_plants_in_its_environment_has_it_made_anew(
+    build_user,  # noqa: F811 - the fixtures imported above
+    open_folder,  # noqa: F811
+):
+    """A .pth planted in site-packages (or any write) after the environment was made: the
+    next use finds it differs from its manifest, says so and makes it anew; an untouched
+    one is reused."""
+    cache, builds, said = EnvCache(open_folder / "cache", size=3, owner=build_user), [], []
+    site = "lib/python3/site-packages"
+
+    async def build_as_user(folder: Path) -> Execution:
+        builds.append(folder)
+        made = f'mkdir -p "$0/{site}" && echo "VALUE = 42" > "$0/{site}/dep.py"'
+        done = await asyncio.to_thread(build_user.run, ["/bin/sh", "-c", made, str(folder)])
+        return Execution(done.returncode, False, False, 0.0)
+
+    async def say(line: str) -> None:
+        said.append(line)
+
+    await asyncio.to_thread(cache.setup)
+    async with cache.use(key("a"), build_as_user, never_stopped, say) as made:
+        assert made.built
+    async with cache.use(key("a"), build_as_user, never_stopped, say) as again:
+        assert not again.built and again.path == made.path, "untouched: reused"
+    assert said == [] and (cache.manifests / key("a").digest).stat().st_uid == 0
+
+    plant = f'echo "import os" > "$0/{site}/evil.pth"'
+    done = await asyncio.to_thread(build_user.run, ["/bin/sh", "-c", plant, str(made.path)])
+    assert done.returncode == 0, done.stderr
+    async with cache.use(key("a"), build_as_user, never_stopped, say) as anew:
+        assert anew.built and anew.path != made.path
+    assert said == [f"environment changed since it was made (by a build?): {site} changed; "
+                    "made anew"]  # fmt: skip
+    assert not os.path.lexists(made.path), "the changed one is gone"
+
+    touch = f'touch "$0/{site}/dep.py"'  # same content, a new time
+    done = await asyncio.to_thread(build_user.run, ["/bin/sh", "-c", touch, str(anew.path)])
+    assert done.returncode == 0, done.stderr
+    async with cache.use(key("a"), build_as_user, never_stopped, say) as third:
+        assert third.built
+    assert said[-1].endswith(f"{site}/dep.py changed; made anew")
+    assert environments(cache.root) == [third.path.name]
+
+
+@pytest.mark.e2e
+@with_real_users
+@with_a_python_for_users
+def test_a_build_that_rewrites_its_environment_does_not_decide_the_next_commits_verdict(
+    superci,
+    repo,
+    build_user,  # noqa: F811 - the fixture imported above
+    open_folder,  # noqa: F811 - the fixture imported above
+    monkeypatch,
+):
+    """Commit 1's command rewrites the installed tinydep; commit 2, innocent, gets an
+    environment made anew and passes; commit 3 reuses it untouched, with no install."""
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    monkeypatch.setenv("PYENV_ROOT", str(open_folder / "no-pyenv"))
+    wheels, cache = open_folder / "wheels", open_folder / "envs"
+    make_wheel(wheels, "tinydep", body="VALUE = 42\n")
+    wheels.chmod(0o755)
+    repo.commit({"README": "a project\n"}, "start")
+    clone = repo.clone(open_folder / "clone")
+    superci.dispatcher(0)
+    runner = superci.runner(clone, "r-poison", "--build-user", build_user.name,
+                            "--env-cache", str(cache), "--kill-grace", "0.5")  # fmt: skip
+    runner.wait_for_log("registered with the dispatcher")
+    python = system_python_version()
+    poison = ("python -c \"import tinydep, pathlib; "
+              "pathlib.Path(tinydep.__file__).write_text('VALUE = 0')\"")  # fmt: skip
+    toml = superci_toml(wheels, python=python, command=f"{poison} && {UNITTEST}")
+    first = repo.commit({".superci.toml": toml, "test_dep.py": NEEDS_TINYDEP})
+    superci.notify(first)
+    assert superci.wait_for_result(first, 120)["status"] == "failed"
+
+    innocent = repo.commit({".superci.toml": superci_toml(wheels, python=python)})
+    superci.notify(innocent)
+    result, out = superci.wait_for_result(innocent, 120), superci.output(innocent)
+    assert result["status"] == "passed", out
+    assert "environment changed since it was made (by a build?): " in out
+    assert "/site-packages/tinydep/__init__.py changed; made anew" in out
+    assert "Successfully installed tinydep-1.0" in out
+
+    again = repo.commit({"test_more.py": PASSING_TEST})
+    superci.notify(again)
+    result, out = superci.wait_for_result(again, 120), superci.output(again)
+    assert result["status"] == "passed", out
+    assert "environment reused" in out and "--- install" not in out
+    assert "environment changed" not in out
+    assert len(environments(cache)) == 1
 
 
 @with_real_users
