@@ -86,6 +86,9 @@ class InstallStep:
         self._usable: tuple[Interpreters, list[Interpreter]] | None = None
         #: Whether builds may use the runner's own Python: the build user may run it.
         self._own_runs = user is None or self._check_own(user)
+        #: uv, which makes the environments (as the build user, with one).
+        self.uv = uv_binary()
+        self._uv_runs = user is None or self._check_uv(user, self.uv)
         self._set_up = False
 
     async def interpreters(self) -> Interpreters:
@@ -99,6 +102,10 @@ class InstallStep:
         """The environment ``config`` asks for, held while the block runs. Raises
         :class:`ConfigError` for a Python this runner lacks, and
         :class:`~superci.environments.InstallFailed` when the install did not succeed."""
+        if not self._uv_runs:
+            assert self.user is not None
+            raise ConfigError(f"build user {self.user.name} cannot run uv at {self.uv} (a "
+                              f"folder on the way is closed to it). {_UV_ADVICE}")  # fmt: skip
         interpreter, version = await self._interpreter(config.python, run.say)
         files = ""
         if config.install is not None:
@@ -130,6 +137,17 @@ class InstallStep:
         self.cache.setup()
         self.cache.tidy()  # what a runner killed mid-install left
         self._set_up = True
+
+    @staticmethod
+    def _check_uv(user: BuildUser, uv: str) -> bool:
+        """Whether ``user`` may run uv; a warning, at the runner's start, when it may not
+        (blocks): no environment could be made for its builds."""
+        if uv in user.runnable([uv]):
+            return True
+        log.warning("build user %s cannot run uv at %s (a folder on the way is closed to it): "
+                    "no build environment can be made for its builds. %s", user.name, uv,
+                    _UV_ADVICE)  # fmt: skip
+        return False
 
     @staticmethod
     def _check_own(user: BuildUser) -> bool:
@@ -206,13 +224,11 @@ class InstallStep:
     ) -> Execution:
         """Make the environment in ``folder`` and run ``install`` in it: the install
         section of the build's log."""
-        from uv import find_uv_bin
-
         await run.say(f"--- install: a new environment, Python {version} ({interpreter}) ---")
         await run.say(f"$ uv venv --python {interpreter} {folder}, with pip (ensurepip's)")
         if install is not None:
             await run.say(f"$ {install}")
-        script = install_script(find_uv_bin(), interpreter, folder, install, self.user is not None)
+        script = install_script(self.uv, interpreter, folder, install, self.user is not None)
         environment = activated(run.environment, folder, self.cache.uv_cache)
         contained = await asyncio.to_thread(containment.BuildContainment, self.record, self.user)
         with contained:
@@ -235,3 +251,15 @@ def describe_failure(execution: Execution) -> str:
     if execution.timed_out:
         return "stopped by the build's time limit; no environment kept"
     return f"failed (exit code {execution.exit_code}); no environment kept"
+
+
+#: What to do when the build user cannot run uv.
+_UV_ADVICE = ("Install superci (with uv) where the build user may run it, e.g. in a virtual "
+              "environment outside /root.")  # fmt: skip
+
+
+def uv_binary() -> str:
+    """The uv that superci depends on (its wheel ships the binary)."""
+    from uv import find_uv_bin
+
+    return os.fspath(find_uv_bin())

@@ -36,7 +36,7 @@ from test_runner import BUILD_WAIT, new_runner, running
 
 from superci import client, protocol
 from superci.builduser import processes_of
-from superci.config import load_build_config
+from superci.config import load_build_config, parse_build_config
 from superci.environments import EnvCache, EnvKey, InstallFailed, dependency_digest
 from superci.errors import ConfigError
 from superci.execute import Execution
@@ -963,6 +963,36 @@ def test_a_runner_with_a_build_user_announces_only_the_pythons_it_may_run(
     found = Interpreters([Interpreter(unreachable, "3.98.1"), Interpreter(reachable, "3.99.2")])
     assert announced_pythons(found, None).versions() == ["3.98", "3.99"]
     assert announced_pythons(found, build_user.name).versions() == ["3.99"]
+
+
+@with_real_users
+@async_test(limit=60)
+async def test_a_uv_the_build_user_cannot_run_is_said_at_start_and_by_the_build(
+    tmp_path,
+    build_user,  # noqa: F811 - the fixtures imported above
+    open_folder,  # noqa: F811
+    caplog,
+    monkeypatch,
+):
+    closed = tmp_path / "closed"  # pytest's tmp_path: closed to other users
+    closed.mkdir()
+    uv = closed / "uv"
+    uv.write_text("#!/bin/sh\nexit 1\n")
+    uv.chmod(0o755)
+    monkeypatch.setattr("superci.installstep.uv_binary", lambda: str(uv))
+    with caplog.at_level(logging.WARNING, "superci.installstep"):
+        step = InstallStep(RunnerSettings(env_cache=open_folder / "cache"), build_user,
+                           tmp_path / "record")  # fmt: skip
+    assert f"build user {build_user.name} cannot run uv at {uv}" in caplog.text
+
+    async def say(text: str) -> None:
+        pass
+
+    run = Run(open_folder, tmp_path, {"PATH": os.defpath}, time.monotonic() + 30,
+              asyncio.Event(), say, say)  # type: ignore[arg-type]  # fmt: skip
+    with pytest.raises(ConfigError, match="cannot run uv at .*outside /root"):
+        async with step.prepared(parse_build_config('python = "3.11"\n'), run):
+            pass
 
 
 @with_real_users
