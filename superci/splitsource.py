@@ -27,6 +27,10 @@ from superci.splitclient import MAX_LINE, encode
 
 log = logging.getLogger(__name__)
 
+#: Seconds a connection may stay open after its test process ended (its children may
+#: hold the socket): then it is cut.
+SETTLE_TIMEOUT = 5.0
+
 
 class SplitBackend(Protocol):
     """Where the source forwards a participant's messages (one split)."""
@@ -174,6 +178,18 @@ class BatchSource:
         if self._server is not None:
             await self._server.wait_closed()
         self.path.unlink(missing_ok=True)
+
+    async def settle(self, timeout: float = SETTLE_TIMEOUT) -> None:
+        """Wait until every connection has ended (its participant has left), as each does
+        soon after its test process exits; one still open after ``timeout`` is cut, and its
+        participant lost."""
+        tasks = set(self._connections)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
