@@ -24,6 +24,7 @@ import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from superci.errors import ConfigError
 from superci.execute import Execution
@@ -119,6 +120,16 @@ async def collect(
     return Collected(tests, errors)
 
 
+class ParticipantSource(Protocol):
+    """Where a participant's test process connects: a batch source, or a tunnel to one;
+    ``left`` says, per participant that joined, whether it was lost (no goodbye)."""
+
+    path: Path
+    left: dict[str, bool]
+
+    async def settle(self) -> None: ...
+
+
 class _Watching:
     """The backend, noting how each participant left (lost or not)."""
 
@@ -146,34 +157,57 @@ class _Watching:
         await self.backend.leave(participant, lost, reason)
 
 
+class WatchedSource:
+    """A :class:`BatchSource` at ``path`` over ``backend``, noting how participants left."""
+
+    def __init__(self, path: Path, backend: SplitBackend) -> None:
+        self.path = Path(path)
+        self._watching = _Watching(backend)
+        self.left = self._watching.left
+        self.source = BatchSource(self.path, self._watching)
+
+    async def __aenter__(self) -> WatchedSource:
+        await self.source.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.source.close()
+
+    async def settle(self) -> None:
+        await self.source.settle()
+
+
 async def take_part(
     tool: TestTool, run: RunCommand, environment: Mapping[str, str], plugins: Path,
-    socket: Path, backend: SplitBackend, name: str,
+    source: ParticipantSource, name: str,
 ) -> TookPart:  # fmt: skip
     """Run test processes as participant ``name`` (``name.1``, ``name.2``, … one per
-    launch) against a batch source on ``socket`` until one leaves on purpose (the split
-    is done for it), never joined, or was stopped (time limit, cancel)."""
-    watching = _Watching(backend)
+    launch) against ``source`` until one leaves on purpose (the split is done for it),
+    never joined, or was stopped (time limit, cancel)."""
     launches: list[tuple[str, Execution]] = []
-    async with BatchSource(socket, watching) as source:
-        for launch in range(1, MAX_LAUNCHES + 1):
-            who = f"{name}.{launch}"
-            env = split_environment(
-                environment, plugins, **{SOCKET_ENV: str(source.path), PARTICIPANT_ENV: who}
+    for launch in range(1, MAX_LAUNCHES + 1):
+        who = f"{name}.{launch}"
+        env = split_environment(
+            environment, plugins, **{SOCKET_ENV: str(source.path), PARTICIPANT_ENV: who}
+        )
+        execution = await run(command_for(tool), env)
+        launches.append((who, execution))
+        if execution.cancelled or execution.timed_out:
+            return TookPart(tuple(launches), "its test process was stopped")
+        await source.settle()
+        if who not in source.left:
+            return TookPart(
+                tuple(launches),
+                f"its test process ended (exit code {execution.exit_code}) without "
+                "taking part in the split",
             )
-            execution = await run(command_for(tool), env)
-            launches.append((who, execution))
-            if execution.cancelled or execution.timed_out:
-                return TookPart(tuple(launches), "its test process was stopped")
-            await source.settle()
-            if who not in watching.left:
-                return TookPart(
-                    tuple(launches),
-                    f"its test process ended (exit code {execution.exit_code}) without "
-                    "taking part in the split",
-                )
-            if not watching.left[who]:
-                return TookPart(tuple(launches))
-            log.info("split participant %s died (exit code %s): starting another",
-                     who, execution.exit_code)  # fmt: skip
+        if not source.left[who]:
+            return TookPart(tuple(launches))
+        log.info("split participant %s died (exit code %s): starting another",
+                 who, execution.exit_code)  # fmt: skip
     return TookPart(tuple(launches), f"its test process died {MAX_LAUNCHES} times")
+
+
+def runner_of(participant: str) -> str:
+    """The runner a participant's test process ran on (``r1.2`` ran on ``r1``)."""
+    return participant.rpartition(".")[0] or participant

@@ -21,7 +21,14 @@ from superci.errors import ConfigError
 from superci.execute import Execution, run_command
 from superci.split import Split, TestOutcome
 from superci.splitclient import COLLECT_ENV, PARTICIPANT_ENV, SOCKET_ENV
-from superci.splitrunner import collect, command_for, plugin_folder, take_part
+from superci.splitrunner import (
+    WatchedSource,
+    collect,
+    command_for,
+    plugin_folder,
+    runner_of,
+    take_part,
+)
 from superci.splitsource import LocalSplit
 
 #: Bound for one test process of a few short tests, reached only when broken.
@@ -50,6 +57,12 @@ class Commands:
             self.output += data
 
         return await run_command(command, self.project, env, PROCESS_LIMIT, 1.0, out, self.cancel)
+
+
+async def in_source(tool, run, env, plugins, socket, backend, name):
+    """take_part against a batch source of its own on ``socket``."""
+    async with WatchedSource(socket, backend) as source:
+        return await take_part(tool, run, env, plugins, source, name)
 
 
 @pytest.fixture
@@ -122,7 +135,7 @@ async def test_a_dead_test_process_is_started_again_and_its_test_fails_alone(tmp
     split = Split(found.tests, {}, 1)
     run = Commands(project)
     took = await asyncio.wait_for(
-        take_part(
+        in_source(
             tool, run, base_environment(), plugins, scratch / "s.sock", LocalSplit(split), "r1"
         ),  # fmt: skip
         PROCESS_LIMIT,
@@ -146,7 +159,7 @@ async def test_a_test_process_that_never_joins_is_not_started_again(tmp_path, sc
     project = pytest_project(tmp_path, {"test_a.py": sleeper("test_one", 0)})
     split = Split(["tests/test_a.py::test_one"], {}, 1)
     env = {**base_environment(), "PYTEST_ADDOPTS": "--no-such-option"}
-    took = await take_part(
+    took = await in_source(
         testtool.choose(project), Commands(project), env, plugin_folder(scratch),
         scratch / "s.sock", LocalSplit(split), "r1",
     )  # fmt: skip
@@ -164,7 +177,7 @@ async def test_a_cancelled_participant_is_not_started_again_and_hands_its_batch_
     split = Split(["tests/test_a.py::test_slow", "tests/test_a.py::test_two"], {}, 1)
     backend, cancel = LocalSplit(split), asyncio.Event()
     run = Commands(project, cancel)
-    part = asyncio.ensure_future(take_part(
+    part = asyncio.ensure_future(in_source(
         testtool.choose(project), run, base_environment(), plugin_folder(scratch),
         scratch / "s.sock", backend, "r1",
     ))  # fmt: skip
@@ -176,3 +189,7 @@ async def test_a_cancelled_participant_is_not_started_again_and_hands_its_batch_
         part.cancel()
     assert took.problem == "its test process was stopped" and len(took.launches) == 1
     assert split.participants == () and split.results == {}
+
+
+def test_a_participant_is_named_after_its_runner_and_launch():
+    assert runner_of("r1.2") == "r1" and runner_of("ci.box.3") == "ci.box"
