@@ -138,12 +138,17 @@ def result_summary(result: dict[str, Any]) -> str:
     return "\n".join(printable(line) for line in lines)  # names and messages from commits
 
 
-def split_lines(split: Any) -> list[str]:
-    """A split build's runners and how many tests each ran (none: not split)."""
+def split_text(split: Any) -> str:
+    """A split build's runners and how many tests each ran ("": not split)."""
     if not isinstance(split, dict) or not split:
-        return []
-    ran = ", ".join(f"{runner} ({count})" for runner, count in split.items())
-    return [f"split    over {len(split)} runner{'s' if len(split) != 1 else ''}: {ran}"]
+        return ""
+    ran = ", ".join(f"{runner} ({count} tests)" for runner, count in split.items())
+    return f"over {len(split)} runner{'s' if len(split) != 1 else ''}: {ran}"
+
+
+def split_lines(split: Any) -> list[str]:
+    text = split_text(split)
+    return [f"split    {text}"] if text else []
 
 
 def commit_summary(document: dict[str, Any]) -> str:

@@ -3,8 +3,10 @@ the runners share the tests, faults cost only what they must, and one result com
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
@@ -122,6 +124,10 @@ def test_four_runners_share_24_tests_and_finish_within_a_second_and_a_half(
         assert f"--- seat {seat}: runner r" in log and f"--- end of seat {seat}: done" in log
     shown = cli(superci, "show", sha)
     assert "split    over 4 runners" in shown.stdout, shown.stdout + shown.stderr
+    with contextlib.closing(sqlite3.connect(superci.state)) as db:  # timings for the next
+        kept = dict(db.execute("SELECT test, seconds FROM test_durations"))
+    assert kept.keys() == durations.keys()
+    assert all(abs(kept[t] - durations[t]) < 0.5 for t in durations), kept
 
 
 @pytest.mark.e2e
