@@ -71,6 +71,7 @@ class HostedSplit(LocalSplit):
         super().__init__(split)
         self.link = link
         self.seats_closed = False
+        self.began = self.clock()  # participants' times in split.json count from here
 
     async def next_batch(self, participant: str, wait: bool) -> Batch | Wait | Done:
         answer = await super().next_batch(participant, wait)
@@ -124,7 +125,7 @@ async def host(
     finally:
         _remove(folder)
     await _seat_sections(link, say, emit)
-    return await _outcome(link, split, took)
+    return await _outcome(link, backend, took)
 
 
 async def _end_unfinished(backend: HostedSplit, took: TookPart) -> None:
@@ -153,8 +154,9 @@ async def _seat_sections(link: SplitLink, say: Say, emit: Emit) -> None:
         await say(f"--- end of seat {number}: {seat.ended or 'it did not say it ended'} ---")
 
 
-async def _outcome(link: SplitLink, split: Split, took: TookPart) -> SplitOutcome:
+async def _outcome(link: SplitLink, backend: HostedSplit, took: TookPart) -> SplitOutcome:
     """The build's one result from the split's, and the durations measured for the next."""
+    split = backend.split
     measured = {
         test: result.duration for test, result in split.results.items()
         if result.outcome is not TestOutcome.ERROR and result.participant
@@ -171,8 +173,12 @@ async def _outcome(link: SplitLink, split: Split, took: TookPart) -> SplitOutcom
         "ended": split.ended,
         "runners": {runner: {"ran": tests} for runner, tests in by_runner.items()},
         "participants": {
-            participant: {"runner": runner_of(participant), "ran": len(tests),
-                          "busy": round(summary.busy.get(participant, 0.0), 3)}
+            participant: {
+                "runner": runner_of(participant), "ran": len(tests),
+                "busy": round(summary.busy.get(participant, 0.0), 3),
+                "joined": _since(summary.joined.get(participant), backend.began),
+                "last_result": _since(summary.last_result.get(participant), backend.began),
+            }
             for participant, tests in summary.ran.items()
         },
     }  # fmt: skip
@@ -210,6 +216,10 @@ async def seat(
     ran = len(took.launches)
     message = took.problem or f"done ({ran} test process{'es' if ran != 1 else ''})"
     return SplitOutcome(last, message, took_part=not took.problem)
+
+
+def _since(moment: float | None, start: float) -> float | None:
+    return None if moment is None else round(moment - start, 3)
 
 
 def _remove(folder: Path) -> None:
