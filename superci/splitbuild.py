@@ -96,36 +96,47 @@ async def host(
     """Collect, split over up to ``parallel`` runners (this one included), and make the
     build's one result. :class:`ConfigError` when the suite cannot be collected."""
     plugins = plugin_folder(scratch)
+    width = split_width(parallel)
+    folder = _socket_folder()
+    tunnels = link.host = HostTunnels(folder / "batches.sock", link)
+    try:  # seats check out and start their test processes while this runner collects
+        await link.send(protocol.SplitSeats(**link.lease, width=width))
+        backend, took = await _collect_and_take_part(
+            link, tool, run, environment, plugins, width, runner, scratch, tunnels, say
+        )
+    finally:
+        link.host = None
+        await tunnels.close()
+        _remove(folder)
+    await _seat_sections(link, say, emit)
+    return await _outcome(link, backend, took)
+
+
+async def _collect_and_take_part(
+    link: SplitLink, tool: TestTool, run: RunCommand, environment: dict[str, str],
+    plugins: Path, width: int, runner: str, scratch: Path, tunnels: HostTunnels, say: Say,
+) -> tuple[HostedSplit, TookPart]:  # fmt: skip
+    """Collect, hold the split behind a batch source, and take part until it is done."""
     collected = await collect(tool, run, environment, plugins, scratch / "split-ids.json")
     if collected.errors:
         for error in collected.errors:
             await say(f"could not collect: {error}")
         raise ConfigError(f"{tool.name} could not collect {len(collected.errors)} test "
                           f"file(s), first: {collected.errors[0].splitlines()[0]}")  # fmt: skip
-    width = split_width(parallel)
     durations = await link.durations(collected.tests, DURATIONS_TIMEOUT)
     split = Split(collected.tests, durations, width)
     backend = HostedSplit(split, link)
     await say(f"splitting {len(split.tests)} tests over up to {width} runners "
               f"(durations known for {len(durations)})")  # fmt: skip
-    folder = _socket_folder()
-    try:
-        async with WatchedSource(folder / "batches.sock", backend) as source:
-            tunnels = link.host = HostTunnels(source.path, link)
-            try:
-                if split.handing_out:
-                    await link.send(protocol.SplitSeats(**link.lease, width=width))
-                took = await take_part(tool, run, environment, plugins, source, runner)
-                await _end_unfinished(backend, took)
-                await backend.close_seats(force=True)
-                await link.seats_ended(SEATS_END_TIMEOUT)
-            finally:
-                link.host = None
-                await tunnels.close()
-    finally:
-        _remove(folder)
-    await _seat_sections(link, say, emit)
-    return await _outcome(link, backend, took)
+    async with WatchedSource(tunnels.socket, backend) as source:
+        tunnels.ready.set()
+        took = await take_part(tool, run, environment, plugins, source, runner)
+        log.info("build %d: this runner's part of the split is done", link.build.build_id)
+        await _end_unfinished(backend, took)
+        await backend.close_seats(force=True)
+        await link.seats_ended(SEATS_END_TIMEOUT)
+        log.info("build %d: the split's seats ended", link.build.build_id)
+    return backend, took
 
 
 async def _end_unfinished(backend: HostedSplit, took: TookPart) -> None:
@@ -210,6 +221,7 @@ async def seat(
                 took = await take_part(tool, run, environment, plugins, tunnel, runner)
             finally:
                 link.seat = None
+            log.info("build %d: seat %d done", link.build.build_id, link.build.seat)
     finally:
         _remove(folder)
     last = took.launches[-1][1] if took.launches else Execution(None, False, False, 0.0)

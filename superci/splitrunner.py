@@ -127,7 +127,7 @@ class ParticipantSource(Protocol):
     path: Path
     left: dict[str, bool]
 
-    async def settle(self) -> None: ...
+    async def settle(self, participant: str | None = None) -> None: ...
 
 
 class _Watching:
@@ -173,8 +173,8 @@ class WatchedSource:
     async def __aexit__(self, *exc: object) -> None:
         await self.source.close()
 
-    async def settle(self) -> None:
-        await self.source.settle()
+    async def settle(self, participant: str | None = None) -> None:
+        await self.source.settle(participant)
 
 
 async def take_part(
@@ -191,10 +191,12 @@ async def take_part(
             environment, plugins, **{SOCKET_ENV: str(source.path), PARTICIPANT_ENV: who}
         )
         execution = await run(command_for(tool), env)
+        log.info("split participant %s: its test process ended (exit code %s)", who,
+                 execution.exit_code)  # fmt: skip
         launches.append((who, execution))
         if execution.cancelled or execution.timed_out:
             return TookPart(tuple(launches), "its test process was stopped")
-        await source.settle()
+        await source.settle(who)
         if who not in source.left:
             return TookPart(
                 tuple(launches),

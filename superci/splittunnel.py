@@ -145,11 +145,15 @@ class SplitLink:
 
 
 class HostTunnels:
-    """On the host: one connection to the batch source at ``socket`` per tunnelled one."""
+    """On the host: one connection to the batch source at ``socket`` per tunnelled one.
+    Seats may connect before the source is up (they check out while the host collects):
+    their lines wait until :attr:`ready` is set."""
 
     def __init__(self, socket: Path, link: SplitLink) -> None:
         self.socket = socket
         self.link = link
+        self.ready = asyncio.Event()
+        self._closed = asyncio.Event()
         self._queues: dict[tuple[int, int], asyncio.Queue[str | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -171,6 +175,10 @@ class HostTunnels:
     async def _carry(self, key: tuple[int, int], queue: asyncio.Queue[str | None]) -> None:
         """Write the seat's lines to a connection of our own; send back what it answers."""
         seat, conn = key
+        if not await self._ready():
+            self._queues.pop(key, None)
+            await self._hang_up(seat, conn, "the split ended before it began")
+            return
         try:
             reader, writer = await asyncio.open_unix_connection(self.socket, limit=MAX_LINE)
         except OSError as e:
@@ -190,6 +198,18 @@ class HostTunnels:
                 await writer.wait_closed()
             await asyncio.gather(answers, return_exceptions=True)
             self._queues.pop(key, None)
+
+    async def _ready(self) -> bool:
+        """Wait until the batch source is up (True) or the tunnels close first (False)."""
+        waits = {asyncio.ensure_future(self.ready.wait()),
+                 asyncio.ensure_future(self._closed.wait())}  # fmt: skip
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        return self.ready.is_set() and not self._closed.is_set()
 
     async def _answer(self, seat: int, conn: int, reader: asyncio.StreamReader) -> None:
         try:
@@ -211,6 +231,7 @@ class HostTunnels:
                                                   reason=reason[: protocol.MAX_TEXT]))  # fmt: skip
 
     async def close(self) -> None:
+        self._closed.set()
         for queue in list(self._queues.values()):
             queue.put_nowait(None)
         if self._tasks:
@@ -235,6 +256,7 @@ class SeatTunnel:
         self._named: dict[int, str] = {}  # connection → the participant its hello named
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._conn_of: dict[asyncio.Task[None], int] = {}
 
     async def __aenter__(self) -> SeatTunnel:
         self._server = await asyncio.start_unix_server(self._serve, path=self.path,
@@ -251,10 +273,14 @@ class SeatTunnel:
             await self._server.wait_closed()
         self.path.unlink(missing_ok=True)
 
-    async def settle(self, timeout: float = SETTLE_TIMEOUT) -> None:
-        """Wait until every connection has ended (cut after ``timeout``)."""
+    async def settle(self, participant: str | None = None, timeout: float = SETTLE_TIMEOUT) -> None:
+        """Wait until the connections of ``participant`` (and those not named yet; None:
+        every one) have ended (cut after ``timeout``)."""
         await asyncio.sleep(0)
-        tasks = set(self._connections)
+        names = {task: self._named.get(self._conn_of.get(task, 0)) for task in self._connections}
+        tasks = {
+            t for t, name in names.items() if participant is None or name in (None, participant)
+        }
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -281,6 +307,7 @@ class SeatTunnel:
         assert task is not None
         self._connections.add(task)
         conn = next(self._conns)
+        self._conn_of[task] = conn
         self._writers[conn] = writer
         said_bye = False
         try:
@@ -298,6 +325,7 @@ class SeatTunnel:
             pass
         finally:
             self._connections.discard(task)
+            self._conn_of.pop(task, None)
             self._writers.pop(conn, None)
             participant = self._joined.pop(conn, None)
             self._named.pop(conn, None)
