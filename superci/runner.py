@@ -453,6 +453,12 @@ class RunnerProcess:
             return  # abandoned meanwhile: its lease is gone anyway
         await self._send_output(active)
         self._forget(active)
+        if active.build.seat:  # a seat is not handed back: it ends, the build goes on
+            await self._send_quietly(protocol.SplitSeatEnd(
+                build_id=active.build.build_id, attempt=active.build.attempt,
+                seat=active.build.seat, message=str(unsuited)[: protocol.MAX_TEXT],
+            ))  # fmt: skip
+            return
         await self._send_quietly(protocol.Unsuited(
             build_id=active.build.build_id, attempt=active.build.attempt,
             needs=unsuited.needs, reason=str(unsuited)[: protocol.MAX_TEXT],
@@ -528,6 +534,8 @@ class RunnerProcess:
             await self._emit(active, data)
 
         async def on_started(started: protocol.Started) -> None:
+            if active.build.seat:  # the build's own runner says when the tests started
+                return
             active.started = started  # said again to a restarted dispatcher
             await self._send_quietly(started)
 

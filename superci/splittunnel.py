@@ -71,6 +71,7 @@ class SplitLink:
         self.seat: SeatTunnel | None = None  # on a participant's runner
         self.seats: dict[int, SeatOutput] = {}
         self.seat_changed = asyncio.Event()
+        self._sending: set[asyncio.Task[None]] = set()
 
     @property
     def lease(self) -> dict[str, int]:
@@ -121,6 +122,11 @@ class SplitLink:
             case protocol.ForwardedLine() | protocol.ForwardedClose():
                 if self.host is not None:
                     self.host.receive(message)
+                elif isinstance(message, protocol.ForwardedLine):  # too late: hang up
+                    self._later(protocol.SplitHangUp(
+                        **self.lease, seat=message.seat, conn=message.conn,
+                        reason="the split is over",
+                    ))  # fmt: skip
             case protocol.ForwardedReply() | protocol.ForwardedHangUp():
                 if self.seat is not None:
                     self.seat.receive(message)
@@ -134,6 +140,11 @@ class SplitLink:
                 seat.runner = message.runner or seat.runner
                 seat.ended = message.message
                 self.seat_changed.set()
+
+    def _later(self, message: protocol.Message) -> None:
+        task = asyncio.ensure_future(self._send(message))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def seats_ended(self, timeout: float) -> None:
         """Wait (at most ``timeout``) until every seat heard of has said it ended."""

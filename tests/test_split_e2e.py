@@ -232,3 +232,31 @@ def test_parallel_auto_takes_a_runner_that_joins_during_the_build(
     assert result["status"] == "passed", superci.output(sha)
     assert result["tests"]["passed"] == 16
     assert set(result["split"]) == {"r1", "r2"} and result["split"]["r2"] > 0, result["split"]
+
+
+UNITTEST_SUITE = """\
+import time
+import unittest
+
+
+class Slow{n}(unittest.TestCase):
+{tests}
+"""
+
+
+@pytest.mark.e2e
+def test_a_unittest_suite_is_split_too(repo: Repo, superci: Superci, tmp_path: Path):
+    files = {".superci.toml": "parallel = 2\n"}
+    for n in range(3):
+        tests = "".join(f"    def test_{i}(self):\n        time.sleep(0.2)\n\n" for i in range(4))
+        files[f"tests/test_u{n}.py"] = UNITTEST_SUITE.format(n=n, tests=tests)
+    sha = repo.commit(files)
+    start(superci, repo, tmp_path, ["r1", "r2"])
+    assert superci.notify(sha, cwd=repo.path).returncode == 0
+
+    result = superci.wait_for_result(sha, SPLIT_WAIT)
+    log = superci.output(sha)
+    assert result["status"] == "passed", log
+    assert "using unittest" in log
+    assert result["tests"]["passed"] == 12 and set(result["split"]) == {"r1", "r2"}
+    assert len(junit_cases(superci, sha)) == 12
