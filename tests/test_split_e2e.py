@@ -260,3 +260,20 @@ def test_a_unittest_suite_is_split_too(repo: Repo, superci: Superci, tmp_path: P
     assert "using unittest" in log
     assert result["tests"]["passed"] == 12 and set(result["split"]) == {"r1", "r2"}
     assert len(junit_cases(superci, sha)) == 12
+
+
+@pytest.mark.e2e
+def test_the_time_limit_stops_every_runner_taking_part(
+    repo: Repo, superci: Superci, tmp_path: Path
+):
+    durations = {f"tests/test_slow.py::test_{i}": 30.0 for i in range(4)}
+    sha = repo.commit(suite(durations, "2", extra={".superci.toml": "parallel = 2\ntimeout = 3\n"}))
+    runners = start(superci, repo, tmp_path, ["r1", "r2"])
+    assert superci.notify(sha, cwd=repo.path).returncode == 0
+
+    result = superci.wait_for_result(sha, SPLIT_WAIT)
+    assert result["status"] == "timeout", superci.output(sha)
+    assert result["tests"]["errors"] == 4  # each named: not run, the build timed out
+    assert "not run: the build timed out" in (superci.results / sha / "junit.xml").read_text()
+    seat = next(name for name in runners if name != host_of(superci, sha))
+    runners[seat].wait_for_log("leaving seat|seat 1 done")
