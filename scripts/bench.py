@@ -1295,6 +1295,108 @@ def scenario_envs(bench: Bench) -> list[Row]:
     ]  # fmt: skip
 
 
+# --- 12. one suite split over runners (issue 13) ------------------------------------
+
+
+def split_suite(count: int, low: float, high: float, tag: str) -> dict[str, float]:
+    """``count`` test files of one sleeping test each, from ``low`` to ``high`` seconds
+    (spread evenly, in a shuffled but fixed order); ``tag`` makes their ids new."""
+    steps = [low + (high - low) * k / max(count - 1, 1) for k in range(count)]
+    order = [(k * 7) % count for k in range(count)] if count % 7 else list(range(count))
+    return {f"split_{tag}/test_{i:02}.py::test_sleep": round(steps[order[i]], 2)
+            for i in range(count)}  # fmt: skip
+
+
+#: The suite's pytest settings: plugins this machine happens to have installed are kept
+#: out (each test process would pay their start-up), in the serial build as in the split.
+SPLIT_PYTEST_INI = (
+    "[pytest]\ntestpaths = {folder}\n"
+    "addopts = -p no:hypothesispytest -p no:timeout -p no:cacheprovider\n"
+)
+
+
+def split_files(suite: dict[str, float], parallel: int | None) -> dict[str, str]:
+    folder = next(iter(suite)).partition("/")[0]  # each suite's own: earlier ones stay
+    files = {"pytest.ini": SPLIT_PYTEST_INI.format(folder=folder),
+             ".superci.toml": f"parallel = {parallel}\n" if parallel else ""}  # fmt: skip
+    for test, seconds in suite.items():
+        path = test.partition("::")[0]
+        files[path] = f"import time\n\n\ndef test_sleep():\n    time.sleep({seconds})\n"
+    return files
+
+
+def _split_build(
+    stack: Stack, repo: Repo, files: dict[str, str], expected: dict[str, float]
+) -> dict[str, Any]:
+    """One commit built: its wall time (notify → result.json), its result and split.json."""
+    sha = repo.commit(files)
+    start = time.perf_counter()
+    stack.notify(sha, cwd=repo.path)
+    result = stack.wait_for_result(sha, WAIT * 3)
+    wall = time.perf_counter() - start
+    assert result["status"] == "passed", result
+    assert result["tests"]["run"] == len(expected), result
+    path = stack.results / sha / "split.json"
+    split = json.loads(path.read_text()) if path.exists() else None
+    return {"wall": wall, "result": result, "split": split}
+
+
+def _finish_spread(split: dict[str, Any]) -> float:
+    """How long the first runner to finish sat idle while others still ran tests: the
+    spread of the runners' last results."""
+    last: dict[str, float] = {}
+    for participant in split["participants"].values():
+        if participant["last_result"] is not None:
+            runner = participant["runner"]
+            last[runner] = max(last.get(runner, 0.0), participant["last_result"])
+    return max(last.values()) - min(last.values()) if len(last) > 1 else 0.0
+
+
+def scenario_split(bench: Bench) -> list[Row]:
+    """One job's suite (40 test files sleeping 0.2–2 s) on one runner, then split over 2
+    and 4 runners (``parallel``), each the first time (no timings) and again (timings
+    known): wall time against the floor of serial time / N."""
+    s = "12 split"
+    count, low, high = (12, 0.2, 0.6) if bench.quick else (40, 0.2, 2.0)
+    repo = bench.repo("split-upstream")
+    rows: list[Row] = []
+    with Stack(bench, "split") as stack:
+        stack.dispatcher()
+        for name in ("r1", "r2", "r3", "r4"):
+            stack.runner(repo.clone(stack.dir / name), name)
+        one = split_suite(count, low, high, "one")
+        serial = _split_build(stack, repo, split_files(one, None), one)
+        sleeps = sum(one.values())
+        rows += [
+            Row(s, f"{count} files, serial on one runner: wall", serial["wall"], "s",
+                note=f"{count} test files of one test sleeping {low:g}–{high:g} s, "
+                     f"{sleeps:.1f} s in all; wall: notify → result.json"),
+        ]  # fmt: skip
+        for n in (2, 4):
+            suite = split_suite(count, low, high, f"n{n}")  # ids never seen: no timings
+            first = _split_build(stack, repo, split_files(suite, n), suite)
+            files = split_files(suite, n) | {"README": f"again {n}\n"}
+            known = _split_build(stack, repo, files, suite)
+            floor = serial["wall"] / n
+            assert len(known["result"]["split"]) == n, known["result"]
+            rows += [
+                Row(s, f"{n} runners, timings known: wall", known["wall"], "s",
+                    1.15 * floor + 1.0,
+                    note=f"target 1.15 × serial / {n} + 1 s; ran on "
+                         f"{', '.join(sorted(known['result']['split']))}"),
+                Row(s, f"{n} runners, first build: wall", first["wall"], "s", 1.3 * floor + 1.0,
+                    note=f"target 1.3 × serial / {n} + 1 s (no timings: every test 1 s)"),
+                Row(s, f"  {n} runners, timings known: first runner done → last", _finish_spread(
+                    known["split"]), "s", 1.0,
+                    note="how long the first runner to finish waited for the last; no runner "
+                         "waits for a batch while tests remain (each is handed one at once)"),
+                Row(s, f"  {n} runners, first build: first runner done → last",
+                    _finish_spread(first["split"]), "s",
+                    note="no timings: a 2 s test may be among the last handed out"),
+            ]  # fmt: skip
+    return rows
+
+
 # --- 11. the web page ----------------------------------------------------------------
 
 #: SSE watchers of the web page, in a process of their own (as browsers would be): every
@@ -1603,6 +1705,7 @@ SCENARIOS: dict[str, list[Callable[[Bench], list[Row]]]] = {
     "readers": [scenario_readers],
     "envs": [scenario_envs],
     "web": [scenario_web],
+    "split": [scenario_split],
 }
 
 

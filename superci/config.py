@@ -45,6 +45,9 @@ class BuildConfig:
     #: Repository-relative files (globs allowed) whose content keys the cached environment;
     #: None: the usual files that declare dependencies (environments.DEPENDENCY_FILES).
     install_files: tuple[str, ...] | None = None
+    #: Runners the suite is split over at most (see superci.split): 2 to MAX_PARALLEL, or
+    #: AUTO_PARALLEL (every free runner that matches, at most MAX_PARALLEL); None: one.
+    parallel: int | None = None
 
     @property
     def wants_environment(self) -> bool:
@@ -104,7 +107,13 @@ def parse_settings(
         known = [*KEYS, *also_known]
         raise ConfigError(f"{where}: " + "; ".join(unknown_key(key, known) for key in unknown)
                           + f" (known keys: {', '.join(known)})")  # fmt: skip
-    return BuildConfig(**{key: KEYS[key](where, value) for key, value in data.items()})
+    config = BuildConfig(**{key: KEYS[key](where, value) for key, value in data.items()})
+    if config.parallel is not None and config.command is not None:
+        raise ConfigError(
+            f"{where}: 'parallel' splits a suite superci runs itself (pytest or unittest, "
+            "chosen as without 'command'): remove 'command', or remove 'parallel'"
+        )
+    return config
 
 
 def unknown_key(key: str, known: Iterable[str]) -> str:
@@ -214,6 +223,29 @@ def _needs(path: str | Path, value: Any) -> dict[str, str]:
         raise ConfigError(f"{path}: 'needs': {e}") from None
 
 
+#: The most runners one suite is split over; ``parallel = "auto"`` is stored as this
+#: ceiling with AUTO_PARALLEL's meaning: every free runner that matches, up to it.
+MAX_PARALLEL = 16
+AUTO_PARALLEL = 0
+
+
+def _parallel(path: str | Path, value: Any) -> int:
+    """``parallel = 4`` (2 to MAX_PARALLEL) or ``parallel = "auto"`` (AUTO_PARALLEL)."""
+    if value == "auto":
+        return AUTO_PARALLEL
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MAX_PARALLEL:
+        raise ConfigError(
+            f"{path}: 'parallel' must be a number of runners from 2 to {MAX_PARALLEL}, or "
+            f'"auto" (every free runner that matches), got {value!r:.40}'
+        )
+    return value
+
+
+def split_width(parallel: int) -> int:
+    """The most participants of a split asked for with ``parallel``."""
+    return MAX_PARALLEL if parallel == AUTO_PARALLEL else parallel
+
+
 #: Every key .superci.toml may hold, each with the function that checks its value; a key
 #: is a field of BuildConfig of the same name. A new setting is one line here.
 KEYS: dict[str, Callable[[str | Path, Any], Any]] = {
@@ -225,4 +257,5 @@ KEYS: dict[str, Callable[[str | Path, Any], Any]] = {
     "install": _install,
     "python": _python,
     "install_files": _install_files,
+    "parallel": _parallel,
 }

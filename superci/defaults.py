@@ -164,3 +164,7 @@ WEB_LOGIN_WINDOW = 60.0
 #: Build environments a runner machine keeps (see superci.environments); the least
 #: recently used beyond it are removed. Ten covers a few projects with a few Pythons each.
 ENV_CACHE_SIZE = 10
+#: Weight of a test's newest measured duration in the average a split orders tests by:
+#: a half follows a test that became slower within two builds, and one slow run (a busy
+#: machine) moves it only halfway.
+DURATION_WEIGHT = 0.5

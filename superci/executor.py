@@ -18,12 +18,12 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from superci import containment, defaults, labels, protocol, testtool
+from superci import containment, defaults, labels, protocol, splitbuild, testtool
 from superci.builduser import BuildFolders, BuildUser, make_private
 from superci.config import BuildConfig
 from superci.environments import InstallFailed
@@ -36,6 +36,8 @@ from superci.jobs import DEFAULT_JOB, JobSpec, load_jobs
 from superci.junit import parse_junit_bytes, pytest_junit_option
 from superci.safefile import read_inside, read_off_loop
 from superci.settings import RunnerSettings
+from superci.splitbuild import SplitOutcome
+from superci.splittunnel import SplitLink
 from superci.status import BuildStatus
 from superci.summary import Summary, parse_summary
 from superci.verdict import decide
@@ -65,6 +67,8 @@ class BuildOutput(Protocol):
     executor puts the build's JUnit report there too, to be sent with the result."""
 
     report: bytes
+    #: A split build's ``split.json`` (who ran what), sent with the result; b"" otherwise.
+    split_report: bytes
 
     @property
     def size(self) -> int:
@@ -127,14 +131,16 @@ class BuildExecutor:
         emit: Emit,
         cancel: asyncio.Event,
         on_started: Callable[[protocol.Started], Awaitable[None]],
+        link: SplitLink | None = None,
     ) -> protocol.Result:
         """Check out the commit, run its tests, and describe how it ended; whatever goes
         wrong inside the runner, the build ends with a result. A clone beyond repair
         raises :class:`WorkspaceBroken` (not the commit's fault: the build goes back), a
-        commit that needs labels this runner lacks :class:`Unsuited`."""
+        commit that needs labels this runner lacks :class:`Unsuited`. ``link``: the
+        session's end of a split build's messages (see :mod:`superci.splitbuild`)."""
         started = time.monotonic()
         try:
-            return await self._run(build, output, emit, cancel, on_started)
+            return await self._run(build, output, emit, cancel, on_started, link)
         except (WorkspaceBroken, Unsuited):
             raise
         except Exception as e:
@@ -171,8 +177,10 @@ class BuildExecutor:
         emit: Emit,
         cancel: asyncio.Event,
         on_started: Callable[[protocol.Started], Awaitable[None]],
+        link: SplitLink | None,
     ) -> protocol.Result:
         started = time.monotonic()
+        split: SplitOutcome | None = None  # how a split build ended on this runner
 
         async def say(text: str) -> None:
             """superci's own line, on a line of its own even after output cut mid-line."""
@@ -190,6 +198,8 @@ class BuildExecutor:
         ) -> protocol.Result:
             result = _result(build, output, status, exit_code, started, message, summary,
                              checkout=checkout, install_seconds=install_seconds)  # fmt: skip
+            if split is not None:
+                result = replace(result, split=split.ran)
             if described is None:
                 return result
             return replace(result, subject=described.subject, author=described.author)
@@ -218,8 +228,9 @@ class BuildExecutor:
             spec = _job_of(build, specs)
             config = spec.config
             await self._check_needs(spec.needs, say)
+            splitting = self._splitting(build, config, link)
             report = self._report_path(config.junit, folders)
-            environment = self._environment(build, spec, report.path, folders)
+            environment = self._environment(build, spec, report.path, folders, splitting)
             command = config.command
             if command is None and not config.wants_environment:  # else: with its environment
                 command = await self._chosen_command(environment, tree, say)
@@ -244,10 +255,40 @@ class BuildExecutor:
             timeout=timeout, kill_grace=self.settings.kill_grace,
         ))  # fmt: skip
         deadline = time.monotonic() + timeout  # the install step counts towards it
+
+        async def suite(command: str, env: dict[str, str]) -> Execution:
+            """The tests: the command, or this runner's part of a split build."""
+            nonlocal split
+            if not splitting:
+                return await self._run_tests(command, tree, env, deadline, emit, cancel, say)
+            assert link is not None
+
+            async def run(command: str, extra: Mapping[str, str]) -> Execution:
+                return await self._run_tests(command, tree, dict(extra), deadline, emit,
+                                             cancel, say)  # fmt: skip
+
+            tool = await read_off_loop(
+                testtool.choose, self.workspace.path, timeout=self.settings.file_read_timeout,
+                what="the files that choose the test tool",
+            )  # fmt: skip
+            if build.seat:
+                split = await splitbuild.seat(link, tool, run, env, self.runner_name,
+                                              self._scratch)  # fmt: skip
+            else:
+                assert config.parallel is not None
+                split = await splitbuild.host(
+                    link, tool, run, env, config.parallel, self.runner_name, self._scratch,
+                    say, emit,
+                )  # fmt: skip
+            return split.execution
+
         if not config.wants_environment:
             assert command is not None
-            execution = await self._run_tests(command, tree, environment, deadline, emit, cancel,
-                                              say)  # fmt: skip
+            try:
+                execution = await suite(command, environment)
+            except (WorkspaceError, ConfigError) as e:
+                await say(str(e))
+                return ended(BuildStatus.ERROR, str(e))
         else:
             run = Run(tree, self.workspace.path, environment, deadline, cancel, say, emit)
             try:
@@ -256,8 +297,7 @@ class BuildExecutor:
                     command = command or await self._chosen_command(
                         ready.environment, tree, say, in_environment=True
                     )
-                    execution = await self._run_tests(command, tree, ready.environment, deadline,
-                                                      emit, cancel, say)  # fmt: skip
+                    execution = await suite(command, ready.environment)
             except InstallFailed as e:
                 status, message = _install_outcome(e.execution, timeout)
                 await say(message)
@@ -265,19 +305,48 @@ class BuildExecutor:
             except (WorkspaceError, ConfigError) as e:
                 await say(str(e))
                 return ended(BuildStatus.ERROR, str(e))
+        if build.seat and split is not None:  # the build's own runner judges the tests
+            await say(f"seat {build.seat}: {split.message}")
+            return ended(BuildStatus.PASSED if split.took_part else BuildStatus.ERROR,
+                         split.message)  # fmt: skip
         try:
-            output.report = await read_off_loop(
-                report.read, timeout=self.settings.file_read_timeout,
-                what=f"JUnit report {report.path}",
-            )  # fmt: skip
+            if split is not None and split.report is not None:  # the split's own, merged
+                output.report, output.split_report = split.report, split.document
+            else:
+                output.report = await read_off_loop(
+                    report.read, timeout=self.settings.file_read_timeout,
+                    what=f"JUnit report {report.path}",
+                )  # fmt: skip
         except UnsafeFile as e:
             await say(str(e))
             if not (execution.timed_out or execution.cancelled):  # those say more
                 return ended(BuildStatus.ERROR, str(e), execution.exit_code)
         summary = _summary(output)
         status, message = _outcome(execution, summary, config, timeout)
+        if split is not None and split.message:
+            message = f"{message}; {split.message}"
         await say(message)
         return ended(status, message, execution.exit_code, summary)
+
+    def _splitting(
+        self, build: protocol.Build, config: BuildConfig, link: SplitLink | None
+    ) -> bool:
+        """Whether this build is split (see :mod:`superci.splitbuild`); :class:`ConfigError`
+        when it cannot be here."""
+        if build.seat == 0 and config.parallel is None:
+            return False
+        if build.seat and config.parallel is None:
+            raise ConfigError(f"a seat of a split build, but {defaults.CONFIG_FILE} of "
+                              f"{build.sha[:12]} has no 'parallel'")  # fmt: skip
+        if self.build_user is not None:
+            raise ConfigError(
+                f"'parallel' in {defaults.CONFIG_FILE} is not supported on a runner with a "
+                "build user (--build-user) yet: run the job on runners without one "
+                "(needs), or remove 'parallel'"
+            )
+        if link is None:
+            raise ConfigError("this runner was given no way to split the build")
+        return True
 
     async def _check_needs(
         self, needs: dict[str, str], say: Callable[[str], Awaitable[None]]
@@ -361,7 +430,7 @@ class BuildExecutor:
 
     def _environment(
         self, build: protocol.Build, spec: JobSpec, report: Path,
-        folders: BuildFolders | None,
+        folders: BuildFolders | None, splitting: bool = False,
     ) -> dict[str, str]:  # fmt: skip
         config = spec.config
         extra = {
@@ -372,7 +441,7 @@ class BuildExecutor:
             "SUPERCI_JOB": build.job,
             **spec.environment,
         }
-        if config.junit is None:
+        if config.junit is None and not splitting:  # a split's report is made of its results
             extra["PYTEST_ADDOPTS"] = pytest_junit_option(
                 report, os.environ.get("PYTEST_ADDOPTS", "")
             )

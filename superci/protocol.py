@@ -54,7 +54,7 @@ MAX_QUERY_LIMIT: Final = 1000
 #: Longest JSON document in a reply (a status table, one result).
 MAX_DOCUMENT: Final = 512 * 1024
 #: Report files a runner may send along with a result; each becomes test_results/<sha>/<name>.
-ARTIFACT_NAMES: Final = ("junit.xml",)
+ARTIFACT_NAMES: Final = ("junit.xml", "split.json")
 #: The test counts a result may carry (see superci.summary and superci.junit).
 COUNT_KEYS: Final = ("run", "passed", "failed", "errors", "skipped")
 
@@ -358,6 +358,9 @@ class Build(Message):
     #: Which of the commit's jobs (its key, see superci.jobs); the runner reads what it
     #: runs from its own checkout.
     job: str = _text(defaults.MAX_JOB_KEY, defaults.DEFAULT_JOB)
+    #: 0: the build itself; n > 0: seat n of its split (see superci.split), a participant
+    #: that runs the tests the build's own runner hands out, and sends no result.
+    seat: int = _check(_check_non_negative, default=0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -398,6 +401,8 @@ class Result(Message):
     #: Seconds spent making the build's environment (its install step), apart from
     #: ``duration``'s whole; None when no install ran (none asked, or an environment reused).
     install_seconds: float | None = _check(_check_non_negative, default=None)
+    #: A split build: how many tests each runner that took part ran ({} otherwise).
+    split: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -562,6 +567,165 @@ class Event(Message):
     document: str = _text(MAX_DOCUMENT)
 
 
+# --- a split build (see superci.split and superci.splittunnel) -----------------------
+# The build's own runner (the *host*) holds the split; participants on other runners
+# (seats) reach its batch source through the dispatcher, one tunnelled connection per
+# test process, so the dispatcher only routes and never decides a test's fate.
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitTests(Message):
+    """Host → dispatcher: collected test ids (a part of them), answered by
+    :class:`SplitDurations` of the same ``request``."""
+
+    type: ClassVar[str] = "split_tests"
+    build_id: int = _check(_check_positive)
+    attempt: int = _check(_check_positive)
+    request: int = _check(_check_non_negative)
+    tests: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitDurations(Message):
+    """Dispatcher → host: the known durations of the tests of one request."""
+
+    type: ClassVar[str] = "split_durations"
+    build_id: int = _check(_check_positive)
+    attempt: int = _check(_check_positive)
+    request: int = _check(_check_non_negative)
+    durations: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitSeats(Message):
+    """Host → dispatcher: hand free runners seats of the split, up to ``width``
+    participants in all (the host included); 0: no more seats (nothing left to hand out)."""
+
+    type: ClassVar[str] = "split_seats"
+    build_id: int = _check(_check_positive)
+    attempt: int = _check(_check_positive)
+    width: int = _check(_check_non_negative)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitLine(Message):
+    """Participant → dispatcher: one line of the batch protocol its test process sent on
+    connection ``conn`` of seat ``seat``, for the host's batch source."""
+
+    type: ClassVar[str] = "split_line"
+    build_id: int = _check(_check_positive)
+    attempt: int = _check(_check_positive)
+    seat: int = _check(_check_positive)
+    conn: int = _check(_check_positive)
+    line: str = _text(MAX_DOCUMENT)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitReply(SplitLine):
+    """Host → dispatcher: a line of its batch source's answer on a seat's connection."""
+
+    type: ClassVar[str] = "split_reply"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardedLine(SplitLine):
+    """Dispatcher → host: a participant's :class:`SplitLine`."""
+
+    type: ClassVar[str] = "forwarded_line"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardedReply(SplitLine):
+    """Dispatcher → participant: the host's :class:`SplitReply`."""
+
+    type: ClassVar[str] = "forwarded_reply"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitClose(Message):
+    """Participant → dispatcher: connection ``conn`` of the seat ended; the batch source
+    counts one that ends without a goodbye as a lost participant."""
+
+    type: ClassVar[str] = "split_close"
+    build_id: int = _check(_check_positive)
+    attempt: int = _check(_check_positive)
+    seat: int = _check(_check_positive)
+    conn: int = _check(_check_non_negative)
+    reason: str = _text()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitHangUp(SplitClose):
+    """Host → dispatcher: its batch source ended a seat's connection."""
+
+    type: ClassVar[str] = "split_hang_up"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardedClose(SplitClose):
+    """Dispatcher → host: a seat's connection ended (``conn`` 0: every connection of the
+    seat, its runner is gone)."""
+
+    type: ClassVar[str] = "forwarded_close"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardedHangUp(SplitClose):
+    """Dispatcher → participant: the host's batch source ended this connection."""
+
+    type: ClassVar[str] = "forwarded_hang_up"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitOutput(Message):
+    """Participant → dispatcher: output of a seat (base64), for its section of the
+    build's log; ``runner`` is filled in by the dispatcher when it forwards it."""
+
+    type: ClassVar[str] = "split_output"
+    build_id: int = _check(_check_positive)
+    attempt: int = _check(_check_positive)
+    seat: int = _check(_check_positive)
+    runner: str = _text(MAX_STRING)
+    data: str = _text(defaults.OUTPUT_CHUNK_BYTES * 2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardedOutput(SplitOutput):
+    """Dispatcher → host: a seat's output, with the name of its runner."""
+
+    type: ClassVar[str] = "forwarded_output"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitSeatEnd(Message):
+    """Participant → dispatcher (which frees its runner): the seat is done."""
+
+    type: ClassVar[str] = "split_seat_end"
+    build_id: int = _check(_check_positive)
+    attempt: int = _check(_check_positive)
+    seat: int = _check(_check_positive)
+    runner: str = _text(MAX_STRING)
+    message: str = _text()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardedSeatEnd(SplitSeatEnd):
+    """Dispatcher → host: a seat ended (its runner said so, or was lost)."""
+
+    type: ClassVar[str] = "forwarded_seat_end"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitMeasured(Message):
+    """Host → dispatcher, before its result: tests' measured durations (a part of them),
+    folded into the averages the next split orders tests by."""
+
+    type: ClassVar[str] = "split_measured"
+    build_id: int = _check(_check_positive)
+    attempt: int = _check(_check_positive)
+    durations: dict[str, float] = field(default_factory=dict)
+
+
 MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
     cls.type: cls
     for cls in (
@@ -591,6 +755,22 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
         Reply,
         Watch,
         Event,
+        SplitTests,
+        SplitDurations,
+        SplitSeats,
+        SplitLine,
+        SplitReply,
+        ForwardedLine,
+        ForwardedReply,
+        SplitClose,
+        SplitHangUp,
+        ForwardedClose,
+        ForwardedHangUp,
+        SplitOutput,
+        ForwardedOutput,
+        SplitSeatEnd,
+        ForwardedSeatEnd,
+        SplitMeasured,
     )
 }
 
@@ -599,9 +779,41 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
 #: runner its registration): what a runner and a client send the dispatcher, and what the
 #: dispatcher sends a runner unasked. Everything else is refused by :func:`check_allowed`.
 ALLOWED: Final[dict[Role, frozenset[type[Message]]]] = {
-    Role.RUNNER: frozenset({Heartbeat, Output, Started, Artifact, Result, Leaving, Unsuited}),
+    Role.RUNNER: frozenset(
+        {
+            Heartbeat,
+            Output,
+            Started,
+            Artifact,
+            Result,
+            Leaving,
+            Unsuited,
+            SplitTests,
+            SplitSeats,
+            SplitMeasured,
+            SplitLine,
+            SplitReply,
+            SplitClose,
+            SplitHangUp,
+            SplitOutput,
+            SplitSeatEnd,
+        }
+    ),  # fmt: skip
     Role.CLIENT: frozenset({Submit, CancelRequest, Query, LogRequest, Watch}),
-    Role.DISPATCHER: frozenset({Build, Cancel, ResultAck}),
+    Role.DISPATCHER: frozenset(
+        {
+            Build,
+            Cancel,
+            ResultAck,
+            SplitDurations,
+            ForwardedLine,
+            ForwardedReply,
+            ForwardedClose,
+            ForwardedHangUp,
+            ForwardedOutput,
+            ForwardedSeatEnd,
+        }
+    ),  # fmt: skip
 }
 
 
@@ -644,6 +856,11 @@ def from_dict(body: Any) -> Message:
             continue
         _validate(kind, f, hints[name], values[name])
     return cls(**values)
+
+
+def fields_of(cls: type[Message]) -> tuple[str, ...]:
+    """The names of a message's fields (what goes on the wire besides ``type``)."""
+    return tuple(_fields(cls))
 
 
 def _hints(cls: type[Message]) -> dict[str, Any]:

@@ -34,7 +34,9 @@ from superci.scheduler import (
     Outcome,
     Requeue,
     Scheduler,
+    SeatLost,
     StartBuild,
+    StartSeat,
 )
 from superci.status import BuildStatus, RunnerState
 from superci.store import BuildRecord, Store
@@ -216,6 +218,8 @@ class Recorder:
             if isinstance(action, StartBuild):
                 self._scheduler.give_back(action.build_id, action.attempt)
                 given_back.add(Lease(action.build_id, action.attempt))
+            elif isinstance(action, StartSeat):  # withheld with its build's lease
+                self._scheduler.give_back_seat(action.build_id, action.seat)
             elif isinstance(action, Requeue | EndBuild):
                 self._unwritten.setdefault(action.build_id, []).append(action)
         return given_back
@@ -357,6 +361,24 @@ class Recorder:
                     build_id=action.build_id, attempt=action.attempt, reason=action.reason
                 )
                 outbox.post(action.session, cancel)
+            case StartSeat():
+                log.info("build %d (%s) attempt %d: seat %d → runner %s", action.build_id,
+                         action.sha[:12], action.attempt, action.seat, action.runner)  # fmt: skip
+                outbox.post(action.session, protocol.Build(
+                    build_id=action.build_id, attempt=action.attempt, sha=action.sha,
+                    branch=action.branch, job=action.job, seat=action.seat,
+                ))  # fmt: skip
+            case SeatLost():
+                log.warning("build %d: seat %d lost with runner %s: %s", action.build_id,
+                            action.seat, action.runner, action.reason)  # fmt: skip
+                lease = {"build_id": action.build_id, "attempt": action.attempt,
+                         "seat": action.seat}  # fmt: skip
+                outbox.post(
+                    action.session, protocol.ForwardedClose(**lease, conn=0, reason=action.reason)
+                )
+                outbox.post(action.session, protocol.ForwardedSeatEnd(
+                    **lease, runner=action.runner, message=f"lost: {action.reason}"
+                ))  # fmt: skip
 
     def _start(self, action: StartBuild, outbox: Outbox) -> None:
         """Persist a build as running, then send it; one that cannot be stored is not sent:
@@ -390,7 +412,7 @@ class Recorder:
 
 def _starting(actions: list[Action]) -> list[str]:
     """The runners these actions send a build to."""
-    return [action.runner for action in actions if isinstance(action, StartBuild)]
+    return [action.runner for action in actions if isinstance(action, StartBuild | StartSeat)]
 
 
 def result_ack(result: protocol.Result, **fields: Any) -> protocol.ResultAck:

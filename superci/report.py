@@ -63,6 +63,8 @@ def result_document(
         "runners": record.runners,
         "tests": dict(result.counts) if result else {},
         "failures": list(result.failures) if result else [],
+        # a split build: the tests each runner that took part ran (None: not split)
+        "split": dict(result.split) if result and result.split else None,
         "queued_at": iso(record.queued_at),
         "started_at": iso(record.started_at),
         "finished_at": iso(finished_at),

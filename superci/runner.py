@@ -43,6 +43,7 @@ from superci.errors import (
 )
 from superci.executor import BuildExecutor, Unsuited
 from superci.settings import RunnerSettings, with_given
+from superci.splittunnel import SplitLink
 from superci.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class ActiveBuild:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     result: protocol.Result | None = None
+    split_report: bytes = b""  # a split build's split.json, sent with its result
+    link: SplitLink | None = None  # its split messages (see superci.splittunnel)
     report: bytes = b""  # the JUnit XML report, sent with the result
     started: protocol.Started | None = None  # said again to a restarted dispatcher
     ends_line: bool = True  # whether the output so far ends with a newline (or is empty)
@@ -328,7 +331,14 @@ class RunnerProcess:
             protocol.Cancel: self._on_cancel,
             protocol.ResultAck: self._on_ack,
         }
-        handlers[type(message)](message)
+        handler = handlers.get(type(message))
+        if handler is not None:
+            handler(message)
+            return
+        current = self._current  # the rest are a split build's (see superci.splittunnel)
+        build_id, attempt = getattr(message, "build_id", 0), getattr(message, "attempt", 0)
+        if current is not None and current.link is not None and current.matches(build_id, attempt):
+            current.link.receive(message)
 
     def _start(self, build: protocol.Build) -> None:
         if self._current is not None:
@@ -346,7 +356,11 @@ class RunnerProcess:
         current = self._current
         if current is None or not current.matches(message.build_id, message.attempt):
             return
-        if current.result is None:
+        if current.build.seat:  # a seat sends no result: it is dropped as it stops
+            log.warning("leaving seat %d of build %d: %s", current.build.seat,
+                        message.build_id, message.reason)  # fmt: skip
+            self._abandon_current(message.reason)
+        elif current.result is None:
             log.warning("stopping build %d: %s", message.build_id, message.reason)
             current.cancel.set()
 
@@ -418,6 +432,14 @@ class RunnerProcess:
                 return
         if self._current is not active:
             return  # abandoned while it ran
+        if active.build.seat:  # a seat's end frees this runner; the build's runner reports
+            await self._send_output(active)
+            self._forget(active)
+            await self._send_quietly(protocol.SplitSeatEnd(
+                build_id=active.build.build_id, attempt=active.build.attempt,
+                seat=active.build.seat, message=result.message,
+            ))  # fmt: skip
+            return
         active.result = result
         await self._send_output(active)
         await self._send_result(active)
@@ -431,6 +453,12 @@ class RunnerProcess:
             return  # abandoned meanwhile: its lease is gone anyway
         await self._send_output(active)
         self._forget(active)
+        if active.build.seat:  # a seat is not handed back: it ends, the build goes on
+            await self._send_quietly(protocol.SplitSeatEnd(
+                build_id=active.build.build_id, attempt=active.build.attempt,
+                seat=active.build.seat, message=str(unsuited)[: protocol.MAX_TEXT],
+            ))  # fmt: skip
+            return
         await self._send_quietly(protocol.Unsuited(
             build_id=active.build.build_id, attempt=active.build.attempt,
             needs=unsuited.needs, reason=str(unsuited)[: protocol.MAX_TEXT],
@@ -450,16 +478,18 @@ class RunnerProcess:
         if channel is None or active.result is None or self._current is not active:
             return  # sent again after the next registration
         with contextlib.suppress(ConnectionClosed):
-            for offset, data in protocol.split_data(active.report):
-                await channel.send(
-                    protocol.Artifact(
-                        build_id=active.build.build_id,
-                        attempt=active.build.attempt,
-                        name="junit.xml",
-                        offset=offset,
-                        data=data,
-                    )  # fmt: skip
-                )
+            reports = {"junit.xml": active.report, "split.json": active.split_report}
+            for name, report in reports.items():
+                for offset, data in protocol.split_data(report):
+                    await channel.send(
+                        protocol.Artifact(
+                            build_id=active.build.build_id,
+                            attempt=active.build.attempt,
+                            name=name,
+                            offset=offset,
+                            data=data,
+                        )  # fmt: skip
+                    )
             await channel.send(active.result)
 
     async def _send_quietly(self, message: protocol.Message) -> None:
@@ -479,13 +509,18 @@ class RunnerProcess:
             channel, wanted = self._channel, active.sent
             offset, data = active.read(wanted, protocol.DATA_CHUNK)
             active.sent = offset + len(data)
-            message = protocol.Output(
+            message: protocol.Message = protocol.Output(
                 build_id=active.build.build_id,
                 attempt=active.build.attempt,
                 offset=offset,
                 data=protocol.pack_data(data),
                 skipped=offset > wanted,  # our spool no longer has wanted..offset
             )
+            if active.build.seat:  # for its section of the build's log, on the build's runner
+                message = protocol.SplitOutput(
+                    build_id=active.build.build_id, attempt=active.build.attempt,
+                    seat=active.build.seat, data=protocol.pack_data(data),
+                )  # fmt: skip
             try:
                 await channel.send(message)
             except ConnectionClosed:
@@ -499,10 +534,14 @@ class RunnerProcess:
             await self._emit(active, data)
 
         async def on_started(started: protocol.Started) -> None:
+            if active.build.seat:  # the build's own runner says when the tests started
+                return
             active.started = started  # said again to a restarted dispatcher
             await self._send_quietly(started)
 
-        return await self.executor.run(active.build, active, emit, active.cancel, on_started)
+        active.link = SplitLink(active.build, self._send_quietly)
+        return await self.executor.run(active.build, active, emit, active.cancel, on_started,
+                                       active.link)  # fmt: skip
 
     def _keep_identity(self) -> None:
         """Write the identity file if it is missing (a new name, or an earlier build

@@ -52,6 +52,11 @@ class Job:
     job: str = DEFAULT_JOB  # the job's key among its commit's jobs (see superci.jobs)
     round: int = 0  # the first build id of its round (the jobs of one submission); 0: its own
     after: tuple[str, ...] = ()  # the job names of its round that must pass before it runs
+    #: A split build: participants wanted in all (its own runner included; 0: no seats
+    #: offered), the runner of each seat taken, and the number the next seat gets.
+    seat_width: int = 0
+    seats: dict[int, str] = field(default_factory=dict)
+    next_seat: int = 1
 
     def __post_init__(self) -> None:
         self.round = self.round or self.build_id
@@ -89,6 +94,7 @@ class PoolRunner:
     leaving: bool = False  # said it leaves: it is handed nothing more
     isolated: bool = False  # its builds run as a user of their own (--build-user)
     offer: Offer = field(default_factory=Offer)  # its labels (see superci.labels)
+    seat: int = 0  # with build_id: the seat of that build's split it takes part in
 
     @property
     def state(self) -> RunnerState:
@@ -248,7 +254,35 @@ class CancelLease:
     reason: str
 
 
-Action = StartBuild | Requeue | EndBuild | CloseSession | CancelLease
+@dataclass(frozen=True)
+class StartSeat:
+    """Send this runner a seat of a split build: it checks the commit out and runs the
+    tests the build's own runner hands out (persist nothing: a seat is no attempt)."""
+
+    session: int
+    runner: str
+    build_id: int
+    attempt: int
+    seat: int
+    sha: str
+    branch: str
+    job: str = DEFAULT_JOB
+
+
+@dataclass(frozen=True)
+class SeatLost:
+    """Tell the build's own runner (``session``) that a seat's runner is gone: its batch
+    source loses that participant, whose batch goes back to the others."""
+
+    session: int
+    build_id: int
+    attempt: int
+    seat: int
+    runner: str
+    reason: str
+
+
+Action = StartBuild | Requeue | EndBuild | CloseSession | CancelLease | StartSeat | SeatLost
 
 
 class Scheduler:
@@ -404,7 +438,9 @@ class Scheduler:
                 )
                 actions.append(CloseSession(old.session, why))
             held = self.jobs.get(old.build_id) if old.build_id is not None else None
-            if held is not None and lease == held.lease:
+            if old.seat:  # a seat is not kept across connections: its participant is lost
+                actions += self._lose_seat(old, "runner reconnected")
+            elif held is not None and lease == held.lease:
                 kept = held
             elif held is not None:
                 actions += self._lose_job(held, name, "runner reconnected without its build")
@@ -461,7 +497,9 @@ class Scheduler:
         self._remember_bench(runner)
         actions: list[Action] = [CloseSession(session, f"runner {name} left: {reason}")]
         job = self.jobs.get(runner.build_id) if runner.build_id is not None else None
-        if job is not None:
+        if runner.seat:
+            actions += self._lose_seat(runner, f"runner left: {reason}")
+        elif job is not None:
             actions += self._hand_back_job(job, name, reason)
         return actions + self._dispatch(now)
 
@@ -562,7 +600,8 @@ class Scheduler:
         if job.stopping is None:
             grace = job.stop_grace if job.stop_grace is not None else self.stop_grace
             job.stopping, job.stop_by, job.stop_reason = status, now + grace, reason
-            return [CancelLease(runner.session, build_id, job.attempt, reason)]
+            return [CancelLease(runner.session, build_id, job.attempt, reason),
+                    *self._release_seats(job, reason)]  # fmt: skip
         return []
 
     def check_deadlines(self, now: float) -> list[Action]:
@@ -596,7 +635,121 @@ class Scheduler:
             )
         if runner is None or runner.session != session or runner.build_id != build_id:
             raise StaleResult(f"build {build_id} is not leased to this connection")
+        if runner.seat:
+            raise StaleResult(f"runner {name} holds seat {runner.seat} of build {build_id}, "
+                              "not the build")  # fmt: skip
         return job
+
+    # --- a split build's seats ------------------------------------------------------
+
+    def open_seats(
+        self, build_id: int, attempt: int, name: str, session: int, width: int, now: float
+    ) -> list[Action]:
+        """The build's runner splits its suite over ``width`` participants at most (itself
+        included): free runners that take the build get seats (after queued builds);
+        0 offers no more (running seats go on). :class:`StaleResult` unless its lease."""
+        job = self.check_lease(build_id, attempt, name, session)
+        job.seat_width = width
+        return self._dispatch(now)
+
+    def check_seat(self, build_id: int, attempt: int, seat: int, name: str, session: int) -> Job:
+        """The job, if this session holds this seat of its current attempt; else
+        :class:`StaleResult`."""
+        job = self.jobs.get(build_id)
+        runner = self.runners.get(name)
+        if (
+            job is None or job.attempt != attempt or job.status is not BuildStatus.RUNNING
+            or job.seats.get(seat) != name or runner is None or runner.session != session
+            or runner.build_id != build_id or runner.seat != seat
+        ):  # fmt: skip
+            raise StaleResult(f"seat {seat} of build {build_id} attempt {attempt} is not "
+                              f"held by this connection")  # fmt: skip
+        return job
+
+    def primary_session(self, job: Job) -> int | None:
+        """The session of the runner that holds the build itself (None: not connected)."""
+        runner = self.runners.get(job.runner) if job.runner else None
+        return runner.session if runner is not None and runner.build_id == job.build_id else None
+
+    def seat_session(self, job: Job, seat: int) -> int | None:
+        """The session of the runner that holds this seat (None: nobody, or not connected)."""
+        runner = self.runners.get(job.seats.get(seat, ""))
+        if runner is None or runner.build_id != job.build_id or runner.seat != seat:
+            return None
+        return runner.session
+
+    def end_seat(
+        self, build_id: int, attempt: int, seat: int, name: str, session: int, now: float
+    ) -> list[Action]:
+        """The runner is done with its seat (its test process left): it is free again.
+        :class:`StaleResult` unless it holds that seat."""
+        job = self.check_seat(build_id, attempt, seat, name, session)
+        del job.seats[seat]
+        self._free(self.runners[name])
+        return self._dispatch(now)
+
+    def give_back_seat(self, build_id: int, seat: int) -> None:
+        """A seat could not be sent (its transaction rolled back): its runner is free."""
+        job = self.jobs.get(build_id)
+        runner = self.runners.get(job.seats.pop(seat, "")) if job is not None else None
+        if runner is not None and runner.build_id == build_id and runner.seat == seat:
+            self._free(runner)
+
+    def _lose_seat(self, runner: PoolRunner, reason: str) -> list[Action]:
+        """The seat's runner is gone (or came back without it): the seat ends, and the
+        build's own runner is told, so that participant's batch goes back."""
+        job = self.jobs.get(runner.build_id) if runner.build_id is not None else None
+        seat, runner.seat, runner.build_id = runner.seat, 0, None
+        if job is None or job.seats.get(seat) != runner.name:
+            return []
+        del job.seats[seat]
+        session = self.primary_session(job)
+        if session is None:
+            return []
+        return [SeatLost(session, job.build_id, job.attempt, seat, runner.name, reason)]
+
+    def _release_seats(self, job: Job, reason: str) -> list[Action]:
+        """The build ended or went back to the queue: every seat's runner is told to stop
+        and is free at once (a runner stops a seat before it starts the next build)."""
+        actions: list[Action] = []
+        for seat, name in sorted(job.seats.items()):
+            runner = self.runners.get(name)
+            if runner is None or runner.build_id != job.build_id or runner.seat != seat:
+                continue
+            if runner.session is not None:
+                actions.append(CancelLease(runner.session, job.build_id, job.attempt, reason))
+            self._free(runner)
+        job.seats.clear()
+        job.seat_width = 0
+        return actions
+
+    def _free(self, runner: PoolRunner) -> None:
+        runner.build_id, runner.seat = None, 0
+        if runner.session is not None and runner.benched_until is None and not runner.leaving:
+            self._idle[runner.name] = None
+
+    def _fill_seats(self, now: float) -> list[Action]:
+        """Give idle runners seats of running split builds, oldest build first."""
+        actions: list[Action] = []
+        for job in sorted(self.jobs.values(), key=lambda j: j.build_id):
+            if not self._idle:
+                break
+            while (
+                job.status is BuildStatus.RUNNING and job.stopping is None
+                and len(job.seats) + 1 < job.seat_width and self.primary_session(job) is not None
+            ):  # fmt: skip
+                name = self._idle_runner_for(job)
+                if name is None:
+                    break
+                del self._idle[name]
+                runner = self.runners[name]
+                assert runner.session is not None, "idle runners are connected"
+                seat, job.next_seat = job.next_seat, job.next_seat + 1
+                runner.build_id, runner.seat = job.build_id, seat
+                job.seats[seat] = name
+                actions.append(StartSeat(runner.session, name, job.build_id, job.attempt, seat,
+                                         job.sha, job.branch, job.job))  # fmt: skip
+        return actions
 
     def accept_result(
         self,
@@ -638,8 +791,9 @@ class Scheduler:
         runner = self.runners.get(job.runner) if job.runner else None
         if runner is not None and runner.build_id == build_id:
             self._note_checkout(runner, job.sha, checkout_error, now)
+        released = self._release_seats(job, "the build ended")
         self._drop_job(job)
-        return self._ended(job, status) + self._dispatch(now)
+        return released + self._ended(job, status) + self._dispatch(now)
 
     def check_benched(self, now: float) -> list[Action]:
         """Give benched runners whose time is up builds again, on probation: their next
@@ -737,7 +891,9 @@ class Scheduler:
         if runner.session is not None:
             actions.append(CloseSession(runner.session, f"runner declared dead: {reason}"))
         job = self.jobs.get(runner.build_id) if runner.build_id is not None else None
-        if job is not None:
+        if runner.seat:
+            actions += self._lose_seat(runner, f"runner lost: {reason}")
+        elif job is not None:
             actions += self._lose_job(job, runner.name, reason)
         return actions + self._dispatch(now)
 
@@ -778,8 +934,9 @@ class Scheduler:
     def _end(self, job: Job, status: BuildStatus, reason: str) -> list[Action]:
         """End a job without a runner's result (see :class:`EndBuild`); the jobs that run
         after it learn how it ended."""
+        released = self._release_seats(job, f"the build ended: {reason}")
         self._drop_job(job)
-        return [EndBuild(job.build_id, status, reason), *self._ended(job, status)]
+        return [EndBuild(job.build_id, status, reason), *released, *self._ended(job, status)]
 
     def _ended(self, job: Job, status: BuildStatus | None) -> list[Action]:
         """Tell the job's round how it ended: the queued jobs of the round that run after
@@ -814,10 +971,11 @@ class Scheduler:
         return readiness_after(job.after, round_.keys, round_.ended)
 
     def _requeue(self, job: Job, action: Requeue) -> list[Action]:
+        released = self._release_seats(job, f"the build went back to the queue: {action.reason}")
         job.deadline = None
         job.status = BuildStatus.QUEUED
         heapq.heappush(self._queue, job.build_id)
-        return [action]
+        return [action, *released]
 
     def _dispatch(self, now: float) -> list[Action]:
         """Hand each queued job, oldest first, to the longest idle runner that takes it
@@ -852,7 +1010,7 @@ class Scheduler:
                                       job.branch, job.job))  # fmt: skip
         for build_id in passed_over:
             heapq.heappush(self._queue, build_id)
-        return actions
+        return actions + self._fill_seats(now)
 
     def _idle_runner_for(self, job: Job) -> str | None:
         """The longest idle runner that takes the job, if any."""

@@ -73,6 +73,15 @@ class RunnerSessions:
             protocol.Result: self._on_result,
             protocol.Leaving: self._on_leaving,
             protocol.Unsuited: self._on_unsuited,
+            protocol.SplitTests: self._on_split_tests,
+            protocol.SplitSeats: self._on_split_seats,
+            protocol.SplitMeasured: self._on_split_measured,
+            protocol.SplitLine: self._from_seat,
+            protocol.SplitClose: self._from_seat,
+            protocol.SplitOutput: self._from_seat,
+            protocol.SplitSeatEnd: self._from_seat,
+            protocol.SplitReply: self._from_host,
+            protocol.SplitHangUp: self._from_host,
         }
 
     async def serve(self, channel: Channel) -> None:
@@ -258,6 +267,93 @@ class RunnerSessions:
         self._recorder.carry_out(
             self._scheduler.leave(name, session, message.reason, self._clock())
         )
+
+    # --- a split build: the host holds the split, the dispatcher routes its seats ----
+
+    def _on_split_tests(
+        self, channel: Channel, name: str, session: int, message: protocol.SplitTests
+    ) -> None:
+        """The host collected these tests: it gets their known durations back."""
+        if self._leased(message.build_id, message.attempt, name, session) is None:
+            return
+        try:
+            durations = self._store.test_durations(message.tests)
+        except StorageError as e:  # the split goes on with the median for every test
+            self._fault_log.log(logging.ERROR, "build %d: %s", message.build_id, e)
+            durations = {}
+        channel.post(protocol.SplitDurations(build_id=message.build_id,
+                                             attempt=message.attempt, request=message.request,
+                                             durations=durations))  # fmt: skip
+
+    def _on_split_seats(
+        self, channel: Channel, name: str, session: int, message: protocol.SplitSeats
+    ) -> None:
+        try:
+            actions = self._scheduler.open_seats(message.build_id, message.attempt, name,
+                                                 session, message.width, self._clock())  # fmt: skip
+        except StaleResult as e:
+            log.debug("dropped a message from %s: %s", name, e)
+            return
+        self._recorder.carry_out(actions)
+
+    def _on_split_measured(
+        self, channel: Channel, name: str, session: int, message: protocol.SplitMeasured
+    ) -> None:
+        if self._leased(message.build_id, message.attempt, name, session) is None:
+            return
+        try:
+            self._store.record_test_durations(message.durations, self._wall())
+        except StorageError as e:  # timings are a help, not a result: the build goes on
+            self._fault_log.log(logging.ERROR, "build %d: durations not kept: %s",
+                                message.build_id, e)  # fmt: skip
+
+    def _from_seat(self, channel: Channel, name: str, session: int, message: Any) -> None:
+        """A participant's message, for the build's own runner (the host)."""
+        try:
+            job = self._scheduler.check_seat(message.build_id, message.attempt, message.seat,
+                                             name, session)  # fmt: skip
+        except StaleResult as e:
+            log.debug("dropped a message from %s: %s", name, e)
+            return
+        host = self._scheduler.primary_session(job)
+        if isinstance(message, protocol.SplitSeatEnd):
+            log.info("build %d: seat %d of runner %s ended: %s", job.build_id, message.seat,
+                     name, message.message)  # fmt: skip
+            self._recorder.carry_out(self._scheduler.end_seat(
+                message.build_id, message.attempt, message.seat, name, session, self._clock()
+            ))  # fmt: skip
+        forwarded = _FORWARDED[type(message)]
+        fields = {f: getattr(message, f) for f in protocol.fields_of(type(message))}
+        if "runner" in fields:
+            fields["runner"] = name
+        if host is not None and host in self.channels:
+            self.channels[host].post(forwarded(**fields))
+        elif isinstance(message, protocol.SplitLine):  # nobody to answer: the line is lost
+            channel.post(protocol.ForwardedHangUp(
+                build_id=message.build_id, attempt=message.attempt, seat=message.seat,
+                conn=message.conn, reason="the build's own runner is not connected",
+            ))  # fmt: skip
+
+    def _from_host(self, channel: Channel, name: str, session: int, message: Any) -> None:
+        """The host's answer on a seat's connection, for that seat's runner."""
+        job = self._leased(message.build_id, message.attempt, name, session)
+        if job is None:
+            return
+        seat = self._scheduler.seat_session(job, message.seat)
+        if seat is not None and seat in self.channels:
+            fields = {f: getattr(message, f) for f in protocol.fields_of(type(message))}
+            self.channels[seat].post(_FORWARDED[type(message)](**fields))
+
+
+#: What the dispatcher sends on for each message of a split it routes.
+_FORWARDED: dict[type[protocol.Message], Any] = {
+    protocol.SplitLine: protocol.ForwardedLine,
+    protocol.SplitClose: protocol.ForwardedClose,
+    protocol.SplitOutput: protocol.ForwardedOutput,
+    protocol.SplitSeatEnd: protocol.ForwardedSeatEnd,
+    protocol.SplitReply: protocol.ForwardedReply,
+    protocol.SplitHangUp: protocol.ForwardedHangUp,
+}
 
 
 def _offer(message: protocol.Register) -> labels.Offer:

@@ -199,6 +199,11 @@ class Split:
     def participants(self) -> tuple[str, ...]:
         return tuple(self._participants)
 
+    @property
+    def handing_out(self) -> bool:
+        """Whether tests wait to be handed out (a participant joining now gets work)."""
+        return bool(self._fresh or self._returned)
+
     def remaining_estimate(self) -> float:
         """Seconds of tests not handed out yet (those handed back included)."""
         back = sum(self.estimate[t] for work in self._returned for t in work.tests)

@@ -27,6 +27,10 @@ from superci.splitclient import MAX_LINE, encode
 
 log = logging.getLogger(__name__)
 
+#: Seconds a connection may stay open after its test process ended (its children may
+#: hold the socket): then it is cut.
+SETTLE_TIMEOUT = 5.0
+
 
 class SplitBackend(Protocol):
     """Where the source forwards a participant's messages (one split)."""
@@ -152,6 +156,7 @@ class BatchSource:
         self.backend = backend
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._named: dict[asyncio.Task[None], str] = {}  # connection → its participant
 
     async def __aenter__(self) -> BatchSource:
         await self.start()
@@ -175,6 +180,22 @@ class BatchSource:
             await self._server.wait_closed()
         self.path.unlink(missing_ok=True)
 
+    async def settle(self, participant: str | None = None, timeout: float = SETTLE_TIMEOUT) -> None:
+        """Wait until the connections of ``participant`` (and those that have not said who
+        they are; None: every one) have ended, as each does soon after its test process
+        exits; one still open after ``timeout`` is cut, and its participant lost."""
+        await asyncio.sleep(0)  # a connection the process made just before it exited
+        tasks = {
+            task for task in self._connections
+            if participant is None or self._named.get(task) in (None, participant)
+        }  # fmt: skip
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -183,6 +204,7 @@ class BatchSource:
             await self._converse(reader, writer)
         finally:
             self._connections.discard(task)
+            self._named.pop(task, None)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
@@ -198,6 +220,9 @@ class BatchSource:
                 writer.write(encode({"type": "done"}))
                 return
             participant = hello["participant"]
+            task = asyncio.current_task()
+            if task is not None:
+                self._named[task] = participant
             writer.write(encode({"type": "welcome"}))
             while True:
                 message = parse(await reader.readuntil(b"\n"))

@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from superci import __version__, defaults
 from superci.errors import StorageError
 from superci.jobs import DEFAULT_JOB
 from superci.scheduler import Job
+from superci.split import updated_durations
 from superci.status import BuildStatus
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,18 @@ def _add_jobs(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS builds_by_round ON builds (round_id)")
 
 
+def _add_test_durations(db: sqlite3.Connection) -> None:
+    """Each test id's duration, a moving average over the builds that ran it (see
+    superci.split.updated_durations): a split hands the longest tests out first."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS test_durations (test TEXT PRIMARY KEY,"
+        " seconds REAL NOT NULL, updated REAL NOT NULL)"
+    )
+
+
+#: Test ids asked for in one query (SQLite allows at least 999 parameters).
+DURATION_QUERY_SIZE = 500
+
 #: ``MIGRATIONS[n]`` brings a database from schema version n to n + 1, in one transaction.
 #: A new one is appended here, never edited once released.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
@@ -122,6 +135,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _to_version_2,
     _to_version_3,
     _add_jobs,
+    _add_test_durations,
 ]
 #: The schema version this superci writes (``PRAGMA user_version``); 0 is an empty file or
 #: a database made before versions existed.
@@ -466,6 +480,38 @@ class Store:
         """Unbind a name from its identity, so the next runner to register takes it;
         False if the name never registered."""
         return self._write("DELETE FROM runners WHERE name = ?", (name,)).rowcount > 0
+
+    # --- test durations -------------------------------------------------------------
+
+    def test_durations(self, tests: Iterable[str]) -> dict[str, float]:
+        """The known average duration of each of ``tests`` (those never measured are left
+        out: a split gives them the median of the others)."""
+        wanted = list(dict.fromkeys(tests))
+        known: dict[str, float] = {}
+        for start in range(0, len(wanted), DURATION_QUERY_SIZE):
+            chunk = wanted[start : start + DURATION_QUERY_SIZE]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._execute(
+                f"SELECT test, seconds FROM test_durations WHERE test IN ({marks})", tuple(chunk)
+            )
+            known.update((test, float(seconds)) for test, seconds in rows)
+        return known
+
+    def record_test_durations(
+        self, measured: Mapping[str, float], now: float,
+        weight: float = defaults.DURATION_WEIGHT,
+    ) -> None:  # fmt: skip
+        """Fold one build's measured durations into the moving averages, in one transaction."""
+        with self.transaction():
+            averages = updated_durations(self.test_durations(measured), measured, weight)
+            for test, seconds in averages.items():
+                if test in measured and measured[test] >= 0:
+                    self._write(
+                        "INSERT INTO test_durations (test, seconds, updated) VALUES (?, ?, ?)"
+                        " ON CONFLICT (test) DO UPDATE SET seconds = excluded.seconds,"
+                        " updated = excluded.updated",
+                        (test, seconds, now),
+                    )
 
     # --- reading --------------------------------------------------------------------
 

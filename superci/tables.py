@@ -130,11 +130,25 @@ def result_summary(result: dict[str, Any]) -> str:
     tests = counts_text(result.get("tests"))
     if tests:
         lines.append(f"tests    {tests}")
+    lines += split_lines(result.get("split"))
     failures = result.get("failures") or []
     if failures:
         lines.append(f"failing  ({len(failures)})")
         lines += [f"  {name}" for name in failures]
     return "\n".join(printable(line) for line in lines)  # names and messages from commits
+
+
+def split_text(split: Any) -> str:
+    """A split build's runners and how many tests each ran ("": not split)."""
+    if not isinstance(split, dict) or not split:
+        return ""
+    ran = ", ".join(f"{runner} ({count} tests)" for runner, count in split.items())
+    return f"over {len(split)} runner{'s' if len(split) != 1 else ''}: {ran}"
+
+
+def split_lines(split: Any) -> list[str]:
+    text = split_text(split)
+    return [f"split    {text}"] if text else []
 
 
 def commit_summary(document: dict[str, Any]) -> str:

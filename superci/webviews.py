@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from superci.report import counts_text
+from superci.tables import split_text
 from superci.weblog import Window
 
 #: Colour of each status (its CSS class).
@@ -211,6 +212,7 @@ def commit_page(
         ("waiting", _text(document.get("waiting"))),
         ("attempt", _text(document.get("attempt"))),
         ("runners", escape(", ".join(document.get("runners") or []))),
+        *([("split", escape(split_text(document["split"])))] if document.get("split") else []),
         ("queued", _text(document.get("queued_at"))),
         ("started", _text(document.get("started_at"))),
         ("finished", _text(document.get("finished_at"))),

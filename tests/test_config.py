@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 
 from superci import defaults
-from superci.config import BuildConfig, load_build_config, parse_build_config
+from superci.config import (
+    AUTO_PARALLEL,
+    MAX_PARALLEL,
+    BuildConfig,
+    load_build_config,
+    parse_build_config,
+    split_width,
+)
 from superci.errors import ConfigError
 
 
@@ -102,11 +109,11 @@ def test_a_misspelt_key_is_an_error_naming_it_and_the_key_meant(tmp_path):
 
 
 def test_an_unknown_key_with_no_near_miss_lists_the_known_keys(tmp_path):
-    write_config(tmp_path, "parallel = true\n[tool.something]\nx = 1\n")
+    write_config(tmp_path, "shards = true\n[tool.something]\nx = 1\n")
     with pytest.raises(ConfigError) as excinfo:
         load_build_config(tmp_path)
     message = str(excinfo.value)
-    assert "unknown key 'parallel'" in message and "unknown key 'tool'" in message
+    assert "unknown key 'shards'" in message and "unknown key 'tool'" in message
     assert "did you mean" not in message
     assert "known keys: command, timeout, junit, allow_no_tests" in message
 
@@ -150,3 +157,21 @@ def test_the_same_text_parses_alike_from_a_file_and_from_a_submission(tmp_path):
     assert parse_build_config(text) == load_build_config(tmp_path)
     with pytest.raises(ConfigError, match=r"^\.superci\.toml: unknown key 'nedds'"):
         parse_build_config("nedds = {}")
+
+
+def test_parallel_is_a_number_of_runners_or_auto():
+    assert parse_build_config("parallel = 4\n").parallel == 4
+    assert parse_build_config('parallel = "auto"\n').parallel == AUTO_PARALLEL
+    assert split_width(4) == 4 and split_width(AUTO_PARALLEL) == MAX_PARALLEL
+    assert parse_build_config("").parallel is None
+
+
+@pytest.mark.parametrize("value", ["1", "17", "true", "2.5", '"all"', "0"])
+def test_a_parallel_that_is_not_2_to_16_or_auto_is_refused_saying_what_is_allowed(value):
+    with pytest.raises(ConfigError, match="'parallel' must be a number of runners from 2 to 16"):
+        parse_build_config(f"parallel = {value}\n")
+
+
+def test_parallel_with_a_command_of_its_own_is_refused_saying_why():
+    with pytest.raises(ConfigError, match="'parallel' splits a suite superci runs itself"):
+        parse_build_config('command = "make test"\nparallel = 2\n')

@@ -102,6 +102,38 @@ SAMPLES: dict[str, protocol.Message] = {
     "reply": protocol.Reply(status="ok", message="done", document='{"runners": []}'),
     "watch": protocol.Watch(),
     "event": protocol.Event(document='{"event": "started", "build_id": 7, "runner": "r-1"}'),
+    "split_tests": protocol.SplitTests(build_id=7, attempt=1, request=2, tests=["t.py::a"]),
+    "split_durations": protocol.SplitDurations(
+        build_id=7, attempt=1, request=2, durations={"t.py::a": 1.5}
+    ),
+    "split_seats": protocol.SplitSeats(build_id=7, attempt=1, width=4),
+    "split_measured": protocol.SplitMeasured(build_id=7, attempt=1, durations={"t.py::a": 0.2}),
+    **{
+        cls.type: cls(build_id=7, attempt=1, seat=2, conn=3, line='{"type": "next"}')
+        for cls in (
+            protocol.SplitLine,
+            protocol.SplitReply,
+            protocol.ForwardedLine,
+            protocol.ForwardedReply,
+        )
+    },  # fmt: skip
+    **{
+        cls.type: cls(build_id=7, attempt=1, seat=2, conn=0, reason="runner lost")
+        for cls in (
+            protocol.SplitClose,
+            protocol.SplitHangUp,
+            protocol.ForwardedClose,
+            protocol.ForwardedHangUp,
+        )
+    },  # fmt: skip
+    "split_output": protocol.SplitOutput(build_id=7, attempt=1, seat=2, data="aGVsbG8K"),
+    "forwarded_output": protocol.ForwardedOutput(
+        build_id=7, attempt=1, seat=2, runner="r-2", data="aGVsbG8K"
+    ),
+    "split_seat_end": protocol.SplitSeatEnd(build_id=7, attempt=1, seat=2, message="done"),
+    "forwarded_seat_end": protocol.ForwardedSeatEnd(
+        build_id=7, attempt=1, seat=2, runner="r-2", message="done"
+    ),
 }
 
 

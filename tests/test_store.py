@@ -630,3 +630,35 @@ def test_builds_stored_before_jobs_are_rounds_of_one_default_job(path):
         assert store.latest_round(SHA_A) == [old]
     finally:
         store.close()
+
+
+# --- test durations (a split's timings) ----------------------------------------------
+
+
+def test_test_durations_start_unknown_and_take_their_first_measurement(store):
+    assert store.test_durations(["t::a", "t::b"]) == {}
+    store.record_test_durations({"t::a": 2.0, "t::b": 0.5}, now=10.0)
+    assert store.test_durations(["t::a", "t::b", "t::c"]) == {"t::a": 2.0, "t::b": 0.5}
+
+
+def test_test_durations_are_a_moving_average_kept_across_restarts(path):
+    first = Store(path)
+    first.record_test_durations({"t::a": 2.0, "t::b": 1.0}, now=10.0)
+    first.record_test_durations({"t::a": 4.0}, now=20.0, weight=0.5)
+    first.close()
+    reopened = Store(path)
+    try:
+        assert reopened.test_durations(["t::a", "t::b"]) == {"t::a": 3.0, "t::b": 1.0}
+    finally:
+        reopened.close()
+
+
+def test_a_negative_duration_is_not_recorded(store):
+    store.record_test_durations({"t::a": -1.0, "t::b": 1.0}, now=10.0)
+    assert store.test_durations(["t::a", "t::b"]) == {"t::b": 1.0}
+
+
+def test_durations_of_more_tests_than_one_query_takes_are_all_read(store):
+    many = {f"t::{i}": float(i) for i in range(store_module.DURATION_QUERY_SIZE * 2 + 3)}
+    store.record_test_durations(many, now=1.0)
+    assert store.test_durations(many) == many

@@ -182,6 +182,15 @@ async def test_the_commit_page_shows_status_counts_failures_runners_and_the_log(
 
 
 @async_test()
+async def test_the_commit_page_of_a_split_build_shows_its_runners_and_what_each_ran(tmp_path):
+    async with web(tmp_path) as (h, session):
+        await finished_build(h, SHA, "main", "passed", counts={"run": 7, "passed": 7},
+                             split={"r1": 4, "r2": 3})  # fmt: skip
+        page = await text(session, f"/commit/{SHA}")
+        assert '<td id="f-split">over 2 runners: r1 (4 tests), r2 (3 tests)</td>' in page
+
+
+@async_test()
 async def test_an_unknown_or_ambiguous_commit_is_a_clear_error(tmp_path):
     async with web(tmp_path) as (h, session):
         await h.submit("abcdef1" + "0" * 33, "a")

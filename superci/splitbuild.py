@@ -1,0 +1,240 @@
+"""One split build on a runner: as its *host* (the build's own runner) or in a *seat*.
+
+The host collects the suite's ids, asks the dispatcher for their known durations, holds
+the :class:`~superci.split.Split` behind a batch source, asks the dispatcher for seats
+(free runners that take part through :mod:`superci.splittunnel`) and takes part itself.
+Once every test has its result, the host alone makes the build's one result: counts
+summed, one JUnit report (:mod:`superci.splitjunit`), ``split.json`` naming every runner
+and what it ran, and each seat's output as a section of the build's log. A seat only
+runs test processes against the host's batch source and says when it is done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from superci import protocol
+from superci.config import split_width
+from superci.errors import ConfigError
+from superci.execute import Execution
+from superci.split import Batch, Done, Split, TestOutcome, Wait
+from superci.splitjunit import junit_xml
+from superci.splitrunner import (
+    RunCommand,
+    TookPart,
+    WatchedSource,
+    collect,
+    plugin_folder,
+    runner_of,
+    take_part,
+)
+from superci.splitsource import LocalSplit
+from superci.splittunnel import HostTunnels, SeatTunnel, SplitLink
+from superci.testtool import TestTool
+
+log = logging.getLogger(__name__)
+
+#: Seconds the host waits for the durations it asked the dispatcher for.
+DURATIONS_TIMEOUT = 10.0
+#: Seconds the host waits, once every test has its result, for seats to say they ended
+#: (their output comes with it, for the build's log).
+SEATS_END_TIMEOUT = 10.0
+
+Say = Callable[[str], Awaitable[None]]
+Emit = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class SplitOutcome:
+    """How a split ended on this runner: the execution the verdict is judged on, and (on
+    the host) the build's report, ``split.json`` and the tests each runner ran."""
+
+    execution: Execution
+    message: str = ""
+    report: bytes | None = None
+    document: bytes = b""
+    ran: dict[str, int] = field(default_factory=dict)
+    took_part: bool = True  # a seat's test processes took part until it was done
+
+
+class HostedSplit(LocalSplit):
+    """The host's split: once nothing is left to hand out, the dispatcher is told to offer
+    no more seats (a runner joining then would only be told it is done)."""
+
+    def __init__(self, split: Split, link: SplitLink) -> None:
+        super().__init__(split)
+        self.link = link
+        self.seats_closed = False
+        self.began = self.clock()  # participants' times in split.json count from here
+
+    async def next_batch(self, participant: str, wait: bool) -> Batch | Wait | Done:
+        answer = await super().next_batch(participant, wait)
+        await self.close_seats()
+        return answer
+
+    async def close_seats(self, force: bool = False) -> None:
+        if not self.seats_closed and (force or not self.split.handing_out):
+            self.seats_closed = True
+            await self.link.send(protocol.SplitSeats(**self.link.lease, width=0))
+
+
+def _socket_folder() -> Path:
+    """A private folder with a short path (a unix socket path has at most 107 bytes)."""
+    return Path(tempfile.mkdtemp(prefix="sci-split-"))
+
+
+async def host(
+    link: SplitLink, tool: TestTool, run: RunCommand, environment: dict[str, str],
+    parallel: int, runner: str, scratch: Path, say: Say, emit: Emit,
+) -> SplitOutcome:  # fmt: skip
+    """Collect, split over up to ``parallel`` runners (this one included), and make the
+    build's one result. :class:`ConfigError` when the suite cannot be collected."""
+    plugins = plugin_folder(scratch)
+    width = split_width(parallel)
+    folder = _socket_folder()
+    tunnels = link.host = HostTunnels(folder / "batches.sock", link)
+    try:  # seats check out and start their test processes while this runner collects
+        await link.send(protocol.SplitSeats(**link.lease, width=width))
+        backend, took = await _collect_and_take_part(
+            link, tool, run, environment, plugins, width, runner, scratch, tunnels, say
+        )
+    finally:
+        link.host = None
+        await tunnels.close()
+        _remove(folder)
+    await _seat_sections(link, say, emit)
+    return await _outcome(link, backend, took)
+
+
+async def _collect_and_take_part(
+    link: SplitLink, tool: TestTool, run: RunCommand, environment: dict[str, str],
+    plugins: Path, width: int, runner: str, scratch: Path, tunnels: HostTunnels, say: Say,
+) -> tuple[HostedSplit, TookPart]:  # fmt: skip
+    """Collect, hold the split behind a batch source, and take part until it is done."""
+    collected = await collect(tool, run, environment, plugins, scratch / "split-ids.json")
+    if collected.errors:
+        for error in collected.errors:
+            await say(f"could not collect: {error}")
+        raise ConfigError(f"{tool.name} could not collect {len(collected.errors)} test "
+                          f"file(s), first: {collected.errors[0].splitlines()[0]}")  # fmt: skip
+    durations = await link.durations(collected.tests, DURATIONS_TIMEOUT)
+    split = Split(collected.tests, durations, width)
+    backend = HostedSplit(split, link)
+    await say(f"splitting {len(split.tests)} tests over up to {width} runners "
+              f"(durations known for {len(durations)})")  # fmt: skip
+    async with WatchedSource(tunnels.socket, backend) as source:
+        tunnels.ready.set()
+        took = await take_part(tool, run, environment, plugins, source, runner)
+        log.info("build %d: this runner's part of the split is done", link.build.build_id)
+        await _end_unfinished(backend, took)
+        await backend.close_seats(force=True)
+        await link.seats_ended(SEATS_END_TIMEOUT)
+        log.info("build %d: the split's seats ended", link.build.build_id)
+    return backend, took
+
+
+async def _end_unfinished(backend: HostedSplit, took: TookPart) -> None:
+    """The host's own test process is done: every test has its result, or the split ends
+    here (stopped, or the host could not take part), each test left an error naming why."""
+    if backend.split.done:
+        return
+    stopped = [e for _, e in took.launches if e.cancelled or e.timed_out]
+    if stopped and stopped[-1].timed_out:
+        reason = "the build timed out"
+    elif stopped:
+        reason = "the build was cancelled"
+    else:
+        reason = f"the build's own runner stopped taking part: {took.problem or 'it left'}"
+    await backend.end(reason)
+
+
+async def _seat_sections(link: SplitLink, say: Say, emit: Emit) -> None:
+    """Each seat's output, as a section of the build's log, in seat order."""
+    for number, seat in sorted(link.seats.items()):
+        await say(f"--- seat {number}: runner {seat.runner or '?'} ---")
+        if seat.dropped:
+            await say(f"({seat.dropped} earlier bytes of this seat's output were dropped)")
+        if seat.data:
+            await emit(bytes(seat.data) + (b"" if seat.data.endswith(b"\n") else b"\n"))
+        await say(f"--- end of seat {number}: {seat.ended or 'it did not say it ended'} ---")
+
+
+async def _outcome(link: SplitLink, backend: HostedSplit, took: TookPart) -> SplitOutcome:
+    """The build's one result from the split's, and the durations measured for the next."""
+    split = backend.split
+    measured = {
+        test: result.duration for test, result in split.results.items()
+        if result.outcome is not TestOutcome.ERROR and result.participant
+    }  # fmt: skip
+    await link.measured(measured)
+    summary = split.summary()
+    by_runner: dict[str, list[str]] = {}
+    for participant, tests in summary.ran.items():
+        by_runner.setdefault(runner_of(participant), []).extend(tests)
+    ran = dict(Counter({runner: len(tests) for runner, tests in by_runner.items()}))
+    document = {
+        "tests": len(split.tests),
+        "width": split.width,
+        "ended": split.ended,
+        "runners": {runner: {"ran": tests} for runner, tests in by_runner.items()},
+        "participants": {
+            participant: {
+                "runner": runner_of(participant), "ran": len(tests),
+                "busy": round(summary.busy.get(participant, 0.0), 3),
+                "joined": _since(summary.joined.get(participant), backend.began),
+                "last_result": _since(summary.last_result.get(participant), backend.began),
+            }
+            for participant, tests in summary.ran.items()
+        },
+    }  # fmt: skip
+    counts = summary.summary.counts
+    stopped = [e for _, e in took.launches if e.cancelled or e.timed_out]
+    last = took.launches[-1][1] if took.launches else None
+    execution = Execution(
+        exit_code=1 if counts["failed"] or counts["errors"] else 0,
+        timed_out=any(e.timed_out for e in stopped),
+        cancelled=any(e.cancelled for e in stopped),
+        duration=last.duration if last else 0.0,
+    )
+    message = f"split over {len(ran)} runner{'s' if len(ran) != 1 else ''}"
+    return SplitOutcome(execution, message, junit_xml(split),
+                        json.dumps(document, indent=1).encode(), ran)  # fmt: skip
+
+
+async def seat(
+    link: SplitLink, tool: TestTool, run: RunCommand, environment: dict[str, str],
+    runner: str, scratch: Path,
+) -> SplitOutcome:  # fmt: skip
+    """Take part in the host's split through a tunnel until it is done for this seat."""
+    plugins = plugin_folder(scratch)
+    folder = _socket_folder()
+    try:
+        async with SeatTunnel(folder / "batches.sock", link, link.build.seat) as tunnel:
+            link.seat = tunnel
+            try:
+                took = await take_part(tool, run, environment, plugins, tunnel, runner)
+            finally:
+                link.seat = None
+            log.info("build %d: seat %d done", link.build.build_id, link.build.seat)
+    finally:
+        _remove(folder)
+    last = took.launches[-1][1] if took.launches else Execution(None, False, False, 0.0)
+    ran = len(took.launches)
+    message = took.problem or f"done ({ran} test process{'es' if ran != 1 else ''})"
+    return SplitOutcome(last, message, took_part=not took.problem)
+
+
+def _since(moment: float | None, start: float) -> float | None:
+    return None if moment is None else round(moment - start, 3)
+
+
+def _remove(folder: Path) -> None:
+    for path in folder.iterdir():
+        path.unlink(missing_ok=True)
+    folder.rmdir()
