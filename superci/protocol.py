@@ -29,7 +29,8 @@ from superci import defaults, labels
 from superci.errors import ConfigError, FrameTooLarge, ProtocolError
 from superci.status import BuildStatus
 
-#: 4: labels and needs, the commit's subject, author and .superci.toml, install time.
+#: 4: labels and needs, the commit's subject, author and .superci.toml, install time,
+#: jobs, and the messages of a split suite.
 PROTOCOL_VERSION: Final = 4
 HEADER: Final = struct.Struct("!I")
 
