@@ -189,12 +189,7 @@ class BatchSource:
             task for task in self._connections
             if participant is None or self._named.get(task) in (None, participant)
         }  # fmt: skip
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await end_within(tasks, timeout)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -294,3 +289,14 @@ class BatchSource:
         if isinstance(answer, Batch):
             return {"type": "batch", "id": answer.id, "tests": list(answer.tests)}
         return {"type": "done"} if isinstance(answer, Done) else {"type": "none"}
+
+
+async def end_within(tasks: set[asyncio.Task[None]], timeout: float) -> None:
+    """Wait for ``tasks`` (connections) to end; those still running after ``timeout`` are
+    cancelled, and waited for."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)

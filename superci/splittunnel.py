@@ -28,7 +28,7 @@ from typing import Any
 
 from superci import protocol
 from superci.splitclient import MAX_LINE
-from superci.splitsource import SETTLE_TIMEOUT
+from superci.splitsource import SETTLE_TIMEOUT, end_within
 
 log = logging.getLogger(__name__)
 
@@ -292,12 +292,7 @@ class SeatTunnel:
         tasks = {
             t for t, name in names.items() if participant is None or name in (None, participant)
         }
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await end_within(tasks, timeout)
 
     def receive(self, message: protocol.Message) -> None:
         writer = self._writers.get(getattr(message, "conn", 0))

@@ -948,18 +948,26 @@ def test_a_cache_whose_folders_are_not_the_runners_is_refused_saying_how_to_make
         EnvCache(root, 3, build_user).setup()
 
 
+def closed_program(tmp_path: Path, name: str) -> Path:
+    """An executable in a folder other users cannot enter (pytest's tmp_path is closed to
+    them): what a build user cannot run, however it is asked."""
+    closed = tmp_path / "closed"
+    closed.mkdir(exist_ok=True)
+    program = closed / name
+    program.write_text("#!/bin/sh\nexit 1\n")
+    program.chmod(0o755)
+    return program
+
+
 @with_real_users
 def test_a_runner_with_a_build_user_announces_only_the_pythons_it_may_run(
     tmp_path,
     build_user,  # noqa: F811 - the fixtures imported above
     open_folder,  # noqa: F811
 ):
-    closed = tmp_path / "closed"  # pytest's tmp_path: closed to other users
-    closed.mkdir()
-    unreachable, reachable = closed / "python3.98", open_folder / "python3.99"
-    for fake in (unreachable, reachable):
-        fake.write_text("#!/bin/sh\nexit 1\n")
-        fake.chmod(0o755)
+    unreachable, reachable = closed_program(tmp_path, "python3.98"), open_folder / "python3.99"
+    reachable.write_text("#!/bin/sh\nexit 1\n")
+    reachable.chmod(0o755)
     found = Interpreters([Interpreter(unreachable, "3.98.1"), Interpreter(reachable, "3.99.2")])
     assert announced_pythons(found, None).versions() == ["3.98", "3.99"]
     assert announced_pythons(found, build_user.name).versions() == ["3.99"]
@@ -974,11 +982,7 @@ async def test_a_uv_the_build_user_cannot_run_is_said_at_start_and_by_the_build(
     caplog,
     monkeypatch,
 ):
-    closed = tmp_path / "closed"  # pytest's tmp_path: closed to other users
-    closed.mkdir()
-    uv = closed / "uv"
-    uv.write_text("#!/bin/sh\nexit 1\n")
-    uv.chmod(0o755)
+    uv = closed_program(tmp_path, "uv")
     monkeypatch.setattr("superci.installstep.uv_binary", lambda: str(uv))
     with caplog.at_level(logging.WARNING, "superci.installstep"):
         step = InstallStep(RunnerSettings(env_cache=open_folder / "cache"), build_user,
