@@ -31,7 +31,6 @@ from superci.errors import ConfigError, SuperCIError, UnsafeFile, WorkspaceBroke
 from superci.execute import Execution, build_environment, run_command
 from superci.gitname import Description
 from superci.installstep import InstallStep, Run
-from superci.interpreters import Interpreters
 from superci.jobs import DEFAULT_JOB, JobSpec, load_jobs
 from superci.junit import parse_junit_bytes, pytest_junit_option
 from superci.safefile import read_inside, read_off_loop
@@ -92,16 +91,14 @@ class BuildExecutor:
         runner_name: str,
         build_record: Path,
         after_checkout: Callable[[], None],
-        offer: labels.Offer | None = None,
-        interpreters: Interpreters | None = None,
     ) -> None:
         """``build_record``: where the running build's processes are recorded (see
         :mod:`superci.containment`); ``after_checkout`` runs in a thread after each
-        checkout (the runner keeps its identity file there, which a build may remove);
-        ``offer``: the runner's labels, which a commit's ``needs`` must match;
-        ``interpreters``: the Pythons the runner announced (None: found when first asked)."""
+        checkout (the runner keeps its identity file there, which a build may remove)."""
         self.workspace = workspace
-        self.offer = offer or labels.Offer()
+        #: The runner's labels, which a commit's ``needs`` must match (the runner sets it
+        #: once it knows which Pythons its builds may use: :meth:`InstallStep.offered`).
+        self.offer = labels.Offer()
         self.settings = settings
         self.runner_name = runner_name
         self.build_record = build_record
@@ -118,7 +115,7 @@ class BuildExecutor:
         if self.build_user is not None:
             make_private(workspace.path)
         #: Build environments (install, python in .superci.toml).
-        self.installs = InstallStep(settings, self.build_user, build_record, interpreters)
+        self.installs = InstallStep(settings, self.build_user, build_record)
 
     def close(self) -> None:
         """Remove the scratch folder (reports asked of pytest, build users' trees)."""

@@ -172,14 +172,31 @@ class InstallStep:
         if self.user is None:
             return found, []
         if self._usable is None:
-            user, every = self.user, found.all()
-            runs = await asyncio.to_thread(user.runnable, [str(i.path) for i in every])
-            closed = [i for i in every if str(i.path) not in runs]
-            for interpreter in closed:
-                log.warning("builds will not use %s (Python %s): build user %s cannot run it",
-                            interpreter.path, interpreter.version, user.name)  # fmt: skip
-            self._usable = (found.only(lambda i: str(i.path) in runs), closed)
+            self._usable = await asyncio.to_thread(self._sort_usable, found)
         return self._usable
+
+    def offered(self) -> Interpreters:
+        """The Pythons the runner announces: those its builds may use (blocks, the first
+        time, to find them and to ask the build user), so no build is routed to it for a
+        Python it cannot use."""
+        if self._interpreters is None:
+            self._interpreters = find_interpreters()
+        if self.user is None:
+            return self._interpreters
+        if self._usable is None:
+            self._usable = self._sort_usable(self._interpreters)
+        return self._usable[0]
+
+    def _sort_usable(self, found: Interpreters) -> tuple[Interpreters, list[Interpreter]]:
+        """Those of ``found`` the build user may run, and those it may not (blocks)."""
+        assert self.user is not None
+        user, every = self.user, found.all()
+        runs = user.runnable([str(i.path) for i in every])
+        closed = [i for i in every if str(i.path) not in runs]
+        for interpreter in closed:
+            log.warning("builds will not use %s (Python %s): build user %s cannot run it",
+                        interpreter.path, interpreter.version, user.name)  # fmt: skip
+        return found.only(lambda i: str(i.path) in runs), closed
 
     async def _interpreter(self, wanted: str | None, say: Say) -> tuple[str, str]:
         """The interpreter's path and full version: the runner's own without ``python``;

@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from superci import client, containment, defaults, identity, interpreters, labels, protocol
+from superci import client, containment, defaults, identity, labels, protocol
 from superci.backoff import Backoff
 from superci.buildlog import BuildLog
-from superci.builduser import BuildUser
 from superci.channel import Address, Channel
 from superci.errors import (
     AuthenticationError,
@@ -151,10 +150,8 @@ class RunnerProcess:
         self.identity = identity.IdentityFile(identity_file or default_identity_file(workspace))
         self._secret = self.identity.load()  # None until the dispatcher issues one
         self._instance = identity.new_instance()
-        found = interpreters.find_interpreters()  # announced, and what builds' python picks
-        facts = labels.detect_facts(announced_pythons(found, settings.build_user).versions())
-        self.offer = labels.Offer(labels.check_labels(given_labels or {}), facts, exclusive)
-        if exclusive and not self.offer.given:
+        given = labels.check_labels(given_labels or {})
+        if exclusive and not given:
             raise ConfigError("an exclusive runner needs a label of its own (--label)")
         if settings.build_timeout > settings.max_timeout:
             raise ConfigError(
@@ -164,14 +161,13 @@ class RunnerProcess:
         self._channel: Channel | None = None
         self._current: ActiveBuild | None = None
         self.executor = BuildExecutor(
-            workspace,
-            settings,
-            self.name,
-            self.build_record,
-            self._keep_identity,
-            self.offer,
-            found,
+            workspace, settings, self.name, self.build_record, self._keep_identity
         )
+        # The Pythons its builds may use (with a build user: those it may run) are its
+        # python label; the executor checks each commit's needs against the same offer.
+        pythons = self.executor.installs.offered().versions()
+        self.offer = labels.Offer(given, labels.detect_facts(pythons), exclusive)
+        self.executor.offer = self.offer
         self._workspace_lock = asyncio.Lock()  # one build at a time in the clone, dying ones too
         self._backoff = Backoff()
         self._main: asyncio.Task[None] | None = None  # run_forever's task
@@ -553,16 +549,3 @@ class RunnerProcess:
             self.identity.keep(self._secret)
         except ConfigError as e:
             log.error("%s", e)
-
-
-def announced_pythons(
-    found: interpreters.Interpreters, build_user: str | None
-) -> interpreters.Interpreters:
-    """The Pythons a runner offers builds: with a build user, those it may run (a folder
-    on the way, such as /root, may be closed to it), so no build is routed here for one
-    it cannot use."""
-    if build_user is None:
-        return found
-    user = BuildUser.lookup(build_user)
-    runs = user.runnable([str(i.path) for i in found.all()])
-    return found.only(lambda i: str(i.path) in runs)

@@ -42,7 +42,7 @@ from superci.errors import ConfigError
 from superci.execute import Execution
 from superci.installstep import InstallStep, Run
 from superci.interpreters import Interpreter, Interpreters, find_interpreters
-from superci.runner import RunnerProcess, announced_pythons
+from superci.runner import RunnerProcess
 from superci.settings import RunnerSettings
 from superci.tables import result_summary
 from superci.workspace import Workspace
@@ -969,8 +969,12 @@ def test_a_runner_with_a_build_user_announces_only_the_pythons_it_may_run(
     reachable.write_text("#!/bin/sh\nexit 1\n")
     reachable.chmod(0o755)
     found = Interpreters([Interpreter(unreachable, "3.98.1"), Interpreter(reachable, "3.99.2")])
-    assert announced_pythons(found, None).versions() == ["3.98", "3.99"]
-    assert announced_pythons(found, build_user.name).versions() == ["3.99"]
+    settings = RunnerSettings(env_cache=open_folder / "cache")
+    assert InstallStep(settings, None, tmp_path / "r", found).offered().versions() == [
+        "3.98", "3.99",
+    ]  # fmt: skip
+    step = InstallStep(settings, build_user, tmp_path / "r", found)
+    assert step.offered().versions() == ["3.99"]
 
 
 @with_real_users
