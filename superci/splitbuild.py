@@ -11,6 +11,7 @@ runs test processes against the host's batch source and says when it is done.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import tempfile
@@ -19,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from superci import protocol
 from superci.config import split_width
 from superci.errors import ConfigError
 from superci.execute import Execution
@@ -65,13 +65,18 @@ class SplitOutcome:
 
 class HostedSplit(LocalSplit):
     """The host's split: once nothing is left to hand out, the dispatcher is told to offer
-    no more seats (a runner joining then would only be told it is done)."""
+    no more seats (a runner joining then would only be told it is done); every result it
+    records is sent to the dispatcher to keep (see :meth:`keep`)."""
 
     def __init__(self, split: Split, link: SplitLink) -> None:
         super().__init__(split)
         self.link = link
         self.seats_closed = False
         self.began = self.clock()  # participants' times in split.json count from here
+
+    async def _notify(self) -> None:
+        await super()._notify()
+        self.link.keep_wanted.set()
 
     async def next_batch(self, participant: str, wait: bool) -> Batch | Wait | Done:
         answer = await super().next_batch(participant, wait)
@@ -81,7 +86,21 @@ class HostedSplit(LocalSplit):
     async def close_seats(self, force: bool = False) -> None:
         if not self.seats_closed and (force or not self.split.handing_out):
             self.seats_closed = True
-            await self.link.send(protocol.SplitSeats(**self.link.lease, width=0))
+            await self.link.want_seats(0)
+
+    async def keep(self) -> None:
+        """Send the dispatcher each result as it is recorded (those that come together in
+        one message), so that a new host, should this one be lost, runs only the rest;
+        everything again after a reconnect. Runs until cancelled."""
+        sent = self.split.kept  # those it has already
+        while True:
+            await self.link.keep_wanted.wait()
+            self.link.keep_wanted.clear()
+            if self.link.resend_kept:
+                self.link.resend_kept, sent = False, 0
+            new = self.split.recorded[sent:]
+            sent += len(new)
+            await self.link.keep(self.split.results[test] for test in new)
 
 
 def _socket_folder() -> Path:
@@ -100,7 +119,7 @@ async def host(
     folder = _socket_folder()
     tunnels = link.host = HostTunnels(folder / "batches.sock", link)
     try:  # seats check out and start their test processes while this runner collects
-        await link.send(protocol.SplitSeats(**link.lease, width=width))
+        await link.want_seats(width)
         backend, took = await _collect_and_take_part(
             link, tool, run, environment, plugins, width, runner, scratch, tunnels, say
         )
@@ -123,20 +142,43 @@ async def _collect_and_take_part(
             await say(f"could not collect: {error}")
         raise ConfigError(f"{tool.name} could not collect {len(collected.errors)} test "
                           f"file(s), first: {collected.errors[0].splitlines()[0]}")  # fmt: skip
-    durations = await link.durations(collected.tests, DURATIONS_TIMEOUT)
-    split = Split(collected.tests, durations, width)
+    known = await link.known(collected.tests, DURATIONS_TIMEOUT)
+    split = Split(collected.tests, known.durations, width, kept=known.kept)
     backend = HostedSplit(split, link)
     await say(f"splitting {len(split.tests)} tests over up to {width} runners "
-              f"(durations known for {len(durations)})")  # fmt: skip
-    async with WatchedSource(tunnels.socket, backend) as source:
-        tunnels.ready.set()
-        took = await take_part(tool, run, environment, plugins, source, runner)
-        log.info("build %d: this runner's part of the split is done", link.build.build_id)
-        await _end_unfinished(backend, took)
-        await backend.close_seats(force=True)
-        await link.seats_ended(SEATS_END_TIMEOUT)
-        log.info("build %d: the split's seats ended", link.build.build_id)
+              f"(durations known for {len(known.durations)})")  # fmt: skip
+    await _say_kept(split, say)
+    keeper = asyncio.create_task(backend.keep())
+    try:
+        async with WatchedSource(tunnels.socket, backend) as source:
+            tunnels.ready.set()
+            took = await take_part(tool, run, environment, plugins, source, runner)
+            log.info("build %d: this runner's part of the split is done", link.build.build_id)
+            await _end_unfinished(backend, took)
+            await backend.close_seats(force=True)
+            await link.seats_ended(SEATS_END_TIMEOUT)
+            log.info("build %d: the split's seats ended", link.build.build_id)
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
     return backend, took
+
+
+async def _say_kept(split: Split, say: Say) -> None:
+    """Say which results an earlier attempt kept, and those that did not pass: their
+    output was in that attempt's log, which its lost runner took along."""
+    if not split.kept:
+        return
+    kept = [split.results[test] for test in split.recorded[: split.kept]]
+    runners = sorted({runner_of(r.participant) for r in kept})
+    rest = len(split.tests) - len(kept)
+    await say(f"kept {len(kept)} results from an earlier attempt of this build (run on "
+              f"{', '.join(runners)}); running the other {rest}")  # fmt: skip
+    for result in kept:
+        if result.outcome in (TestOutcome.FAILED, TestOutcome.ERROR):
+            first = result.message.strip().splitlines()[:1]
+            await say(f"kept: {result.test} {result.outcome} on {runner_of(result.participant)}"
+                      + (f": {first[0]}" if first else ""))  # fmt: skip
 
 
 async def _end_unfinished(backend: HostedSplit, took: TookPart) -> None:
@@ -180,6 +222,7 @@ async def _outcome(link: SplitLink, backend: HostedSplit, took: TookPart) -> Spl
     ran = dict(Counter({runner: len(tests) for runner, tests in by_runner.items()}))
     document = {
         "tests": len(split.tests),
+        "kept": split.kept,
         "width": split.width,
         "ended": split.ended,
         "runners": {runner: {"ran": tests} for runner, tests in by_runner.items()},
