@@ -139,6 +139,7 @@ def _add_split_results(db: sqlite3.Connection) -> None:
 #: Test ids asked for in one query (SQLite allows at least 999 parameters).
 DURATION_QUERY_SIZE = 500
 
+
 def _in_chunks(tests: Iterable[str]) -> Iterator[tuple[tuple[str, ...], str]]:
     """Distinct test ids in chunks one query takes, each with its ``?, ?...`` marks."""
     wanted = list(dict.fromkeys(tests))
