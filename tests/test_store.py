@@ -687,3 +687,25 @@ def test_a_split_keeps_each_tests_first_result_until_its_build_finishes(path):
         assert set(reopened.kept_split_results(other.id, ["t::c"])) == {"t::c"}
     finally:
         reopened.close()
+
+
+def test_a_running_build_stored_before_kept_split_results_finishes_after_the_migration(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None)
+    for migrate in MIGRATIONS[:5]:  # the schema before split results were kept
+        migrate(db)
+    db.execute("PRAGMA user_version = 5")
+    db.execute("INSERT INTO builds (sha, branch, status, queued_at)"
+               " VALUES (?, 'main', 'running', 1.0)", (SHA_A,))  # fmt: skip
+    db.close()
+
+    store = Store(path)
+    try:
+        assert _user_version(path) == SCHEMA_VERSION
+        [running] = store.unfinished()
+        assert store.kept_split_results(running.id, ["t::a"]) == {}
+        store.keep_split_results(running.id, [TestResult("t::a", TestOutcome.PASSED, 1.0)])
+        store.finish(running.id, BuildStatus.PASSED, now=2.0)
+        assert store.get(running.id).status == BuildStatus.PASSED
+    finally:
+        store.close()
