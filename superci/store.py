@@ -410,14 +410,13 @@ class Store:
         tests: dict[str, int] | None = None,
     ) -> None:
         """Mark a build finished, with its test counts (none if no test run was read);
-        the split results it kept are no longer needed."""
-        with self.transaction():
-            self._write(
-                "UPDATE builds SET status = ?, finished_at = ?, message = ?, tests = ?"
-                " WHERE id = ?",
-                (status, now, message, json.dumps(tests or {}), build_id),
-            )
-            self._write("DELETE FROM split_results WHERE build_id = ?", (build_id,))
+        the split results it kept are no longer needed (both with the caller's
+        transaction, as the dispatcher records a build's end)."""
+        self._write(
+            "UPDATE builds SET status = ?, finished_at = ?, message = ?, tests = ? WHERE id = ?",
+            (status, now, message, json.dumps(tests or {}), build_id),
+        )
+        self._write("DELETE FROM split_results WHERE build_id = ?", (build_id,))
 
     def get(self, build_id: int) -> BuildRecord | None:
         return self._one(f"SELECT {_COLUMNS} FROM builds WHERE id = ?", (build_id,))
