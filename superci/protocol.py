@@ -229,16 +229,15 @@ def _check_seconds(value: dict[str, float]) -> dict[str, float]:
     return value
 
 
-def _check_texts(value: dict[str, str]) -> dict[str, str]:
-    if any(len(text) > MAX_TEXT for text in value.values()):
-        raise ProtocolError(f"a text is longer than {MAX_TEXT}")
-    return value
+def _values_within(limit: int) -> Any:
+    """The check that every value of a ``dict[str, str]`` field is at most ``limit`` long."""
 
+    def check(value: dict[str, str]) -> dict[str, str]:
+        if any(len(text) > limit for text in value.values()):
+            raise ProtocolError(f"a value is longer than {limit}")
+        return value
 
-def _check_strings(value: dict[str, str]) -> dict[str, str]:
-    if any(len(text) > MAX_STRING for text in value.values()):
-        raise ProtocolError(f"a value is longer than {MAX_STRING}")
-    return value
+    return check
 
 
 def _check(fn: Any, max_len: int = MAX_STRING, **default: Any) -> Any:
@@ -616,13 +615,14 @@ class SplitTests(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class KeptResults(Message):
-    """Results of a split's tests, by test id: the outcome (which names the tests), and
-    where known the seconds, the message and the participant that ran it."""
+    """The fields of messages that carry a split's results (never sent alone), by test
+    id: the outcome (which names the tests), and where known the seconds, the message
+    and the participant that ran it (see :mod:`superci.splitkept`)."""
 
     outcomes: dict[str, str] = _check(_check_outcomes, default_factory=dict)
     seconds: dict[str, float] = _check(_check_seconds, default_factory=dict)
-    messages: dict[str, str] = _check(_check_texts, default_factory=dict)
-    participants: dict[str, str] = _check(_check_strings, default_factory=dict)
+    messages: dict[str, str] = _check(_values_within(MAX_TEXT), default_factory=dict)
+    participants: dict[str, str] = _check(_values_within(MAX_STRING), default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -656,8 +656,8 @@ class SplitSeats(Message):
     build_id: int = _check(_check_positive)
     attempt: int = _check(_check_positive)
     width: int = _check(_check_non_negative)
-    #: The lowest seat number the host has not heard of: seats numbered anew after a
-    #: dispatcher restart never take the number of one the host still knows.
+    #: One above the highest seat number the host has heard of: seats numbered anew after
+    #: a dispatcher restart never take the number of one the host still knows.
     next_seat: int = _check(_check_non_negative, default=0)
 
 

@@ -29,6 +29,7 @@ from superci.recorder import PendingResult, Recorder, result_ack
 from superci.results import ResultsFolder
 from superci.scheduler import Job, Lease, Proof, Scheduler, identify
 from superci.settings import DispatcherSettings
+from superci.split import TestResult
 from superci.status import BuildStatus
 from superci.store import Store
 
@@ -278,15 +279,16 @@ class RunnerSessions:
         results an earlier attempt kept (it runs only the rest)."""
         if self._leased(message.build_id, message.attempt, name, session) is None:
             return
+        durations: dict[str, float] = {}
+        kept: dict[str, TestResult] = {}
         try:
             durations = self._store.test_durations(message.tests)
             kept = self._store.kept_split_results(message.build_id, message.tests)
-        except StorageError as e:  # the split goes on with the median, running every test
+        except StorageError as e:  # the split goes on with what it has: the median, tests
             self._fault_log.log(logging.ERROR, "build %d: %s", message.build_id, e)
-            durations, kept = {}, {}
         channel.post(protocol.SplitDurations(
             build_id=message.build_id, attempt=message.attempt, request=message.request,
-            durations=durations, **splitkept.fields(kept.values()),
+            durations=durations, **splitkept.fields(kept.values(), splitkept.ANSWER_BYTES),
         ))  # fmt: skip
 
     def _on_split_kept(

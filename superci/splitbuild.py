@@ -45,6 +45,10 @@ DURATIONS_TIMEOUT = 10.0
 #: Seconds the host waits, once every test has its result, for seats to say they ended
 #: (their output comes with it, for the build's log).
 SEATS_END_TIMEOUT = 10.0
+#: Seconds the host gathers results before it sends them to be kept: one message (and one
+#: transaction in the dispatcher) for many, at the cost of running again what a host lost
+#: within that time had finished.
+KEEP_INTERVAL = 0.25
 
 Say = Callable[[str], Awaitable[None]]
 Emit = Callable[[bytes], Awaitable[None]]
@@ -65,18 +69,22 @@ class SplitOutcome:
 
 class HostedSplit(LocalSplit):
     """The host's split: once nothing is left to hand out, the dispatcher is told to offer
-    no more seats (a runner joining then would only be told it is done); every result it
-    records is sent to the dispatcher to keep (see :meth:`keep`)."""
+    no more seats (a runner joining then would only be told it is done); the results it
+    records go to the dispatcher to keep (see :meth:`keep`)."""
 
-    def __init__(self, split: Split, link: SplitLink) -> None:
+    def __init__(self, split: Split, link: SplitLink, tunnels: HostTunnels, runner: str) -> None:
         super().__init__(split)
         self.link = link
+        self.tunnels = tunnels
+        self.runner = runner
         self.seats_closed = False
         self.began = self.clock()  # participants' times in split.json count from here
+        self._recorded = asyncio.Event()
+        self._sent = split.kept  # results the dispatcher has: those it gave back
 
     async def _notify(self) -> None:
         await super()._notify()
-        self.link.keep_wanted.set()
+        self._recorded.set()
 
     async def next_batch(self, participant: str, wait: bool) -> Batch | Wait | Done:
         answer = await super().next_batch(participant, wait)
@@ -89,18 +97,33 @@ class HostedSplit(LocalSplit):
             await self.link.want_seats(0)
 
     async def keep(self) -> None:
-        """Send the dispatcher each result as it is recorded (those that come together in
-        one message), so that a new host, should this one be lost, runs only the rest;
-        everything again after a reconnect. Runs until cancelled."""
-        sent = self.split.kept  # those it has already
+        """Send the dispatcher the results recorded, gathered for :data:`KEEP_INTERVAL`
+        into one message, so that a new host, should this one be lost, runs only the
+        rest. Runs until cancelled."""
         while True:
-            await self.link.keep_wanted.wait()
-            self.link.keep_wanted.clear()
-            if self.link.resend_kept:
-                self.link.resend_kept, sent = False, 0
-            new = self.split.recorded[sent:]
-            sent += len(new)
+            await self._recorded.wait()
+            await asyncio.sleep(KEEP_INTERVAL)
+            self._recorded.clear()
+            new = self.split.recorded[self._sent :]
+            self._sent += len(new)
             await self.link.keep(self.split.results[test] for test in new)
+
+    async def reconnected(self) -> None:
+        """The runner connected again: what went through the dispatcher may be lost. The
+        seats' participants leave (uncounted: the host cut them off) and their connections
+        are hung up, seats are asked for again while tests are left, and every result of
+        this attempt is sent again."""
+        for participant in self.split.participants:
+            if runner_of(participant) != self.runner:
+                self.split.leave(participant, self.clock())
+        self.tunnels.hang_up_all()
+        self._sent = self.split.kept
+        await self._notify()  # wakes the keeper, and participants waiting for work
+        if self.split.handing_out:
+            self.seats_closed = False
+            await self.link.want_seats(self.split.width)
+        elif self.seats_closed:
+            await self.link.want_seats(0)
 
 
 def _socket_folder() -> Path:
@@ -144,24 +167,40 @@ async def _collect_and_take_part(
                           f"file(s), first: {collected.errors[0].splitlines()[0]}")  # fmt: skip
     known = await link.known(collected.tests, DURATIONS_TIMEOUT)
     split = Split(collected.tests, known.durations, width, kept=known.kept)
-    backend = HostedSplit(split, link)
+    backend = HostedSplit(split, link, tunnels, runner)
     await say(f"splitting {len(split.tests)} tests over up to {width} runners "
               f"(durations known for {len(known.durations)})")  # fmt: skip
     await _say_kept(split, say)
+    if not split.handing_out:  # every result was kept: nothing for a seat to do
+        await backend.close_seats(force=True)
     keeper = asyncio.create_task(backend.keep())
+    link.on_reconnect = backend.reconnected
     try:
         async with WatchedSource(tunnels.socket, backend) as source:
             tunnels.ready.set()
-            took = await take_part(tool, run, environment, plugins, source, runner)
+            took = TookPart(())
+            if not split.done:
+                took = await take_part(tool, run, environment, plugins, source, runner)
             log.info("build %d: this runner's part of the split is done", link.build.build_id)
             await _end_unfinished(backend, took)
             await backend.close_seats(force=True)
             await link.seats_ended(SEATS_END_TIMEOUT)
             log.info("build %d: the split's seats ended", link.build.build_id)
     finally:
-        keeper.cancel()
-        await asyncio.gather(keeper, return_exceptions=True)
+        link.on_reconnect = None
+        await _stop(keeper, f"build {link.build.build_id}: keeping the split's results")
     return backend, took
+
+
+async def _stop(task: asyncio.Task[None], what: str) -> None:
+    """Cancel a task that runs until cancelled; how it failed before, if it did, is logged."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("%s failed", what)
 
 
 async def _say_kept(split: Split, say: Say) -> None:

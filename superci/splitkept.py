@@ -19,6 +19,9 @@ from superci.split import TestOutcome, TestResult
 
 #: Bytes of results one message carries at most (a frame holds 1 MiB).
 PART_BYTES = 256 * 1024
+#: Bytes of kept results in the answer to one request (with at most 100 tests' durations,
+#: which take a few KiB): 100 messages of 4 KiB each fit; what does not is run again.
+ANSWER_BYTES = 512 * 1024
 #: Characters of a test's message kept (the protocol's text limit).
 MAX_KEPT_MESSAGE = protocol.MAX_TEXT
 
@@ -42,7 +45,7 @@ def parts(results: Iterable[TestResult], budget: int = PART_BYTES) -> Iterator[d
         if not worth_keeping(result):
             continue
         message = result.message[:MAX_KEPT_MESSAGE]
-        cost = len(json.dumps([result.test, message, result.participant])) * 2 + 64
+        cost = _cost(result.test, message, result.participant)
         full = size + cost > budget or len(part["outcomes"]) >= protocol.MAX_LIST
         if part["outcomes"] and full:
             yield part
@@ -66,6 +69,12 @@ def results(message: protocol.KeptResults) -> list[TestResult]:
                    message.messages.get(test, ""), message.participants.get(test, ""))
         for test, outcome in message.outcomes.items()
     ]  # fmt: skip
+
+
+def _cost(test: str, message: str, participant: str) -> int:
+    """Bytes one result adds to a frame: its id is a key in each of the four fields."""
+    size = len(json.dumps([message, participant], ensure_ascii=False).encode("utf-8"))
+    return 4 * len(json.dumps(test, ensure_ascii=False).encode("utf-8")) + size + 64
 
 
 def _empty() -> dict[str, Any]:

@@ -85,10 +85,9 @@ class SplitLink:
         self.seats: dict[int, SeatOutput] = {}
         self.seat_changed = asyncio.Event()
         self.seat_width: int | None = None  # what the host last asked for (None: nothing)
-        #: Set when the split recorded results the dispatcher should keep; ``resend_kept``
-        #: when those it was sent may have been lost (see :meth:`reconnected`).
-        self.keep_wanted = asyncio.Event()
-        self.resend_kept = False
+        #: The host's split, told of a reconnect (see :meth:`reconnected`).
+        self.on_reconnect: Callable[[], Awaitable[None]] | None = None
+        self._asked: dict[int, protocol.SplitTests] = {}  # requests not answered yet
         self._sending: set[asyncio.Task[None]] = set()
 
     @property
@@ -109,7 +108,8 @@ class SplitLink:
             self._known[request] = asyncio.get_running_loop().create_future()
             asked.append(request)
             part = ids[start : start + IDS_PER_REQUEST]
-            await self._send(protocol.SplitTests(**self.lease, request=request, tests=part))
+            self._asked[request] = protocol.SplitTests(**self.lease, request=request, tests=part)
+            await self._send(self._asked[request])
         known = Known({}, {})
         try:
             async with asyncio.timeout(timeout):
@@ -123,6 +123,7 @@ class SplitLink:
         finally:
             for request in asked:
                 self._known.pop(request, None)
+                self._asked.pop(request, None)
         return known
 
     async def keep(self, results: Iterable[TestResult]) -> None:
@@ -133,27 +134,33 @@ class SplitLink:
                                                 attempt=lease["attempt"], **part))  # fmt: skip
 
     async def want_seats(self, width: int) -> None:
-        """Ask for seats up to ``width`` participants in all (0: no more)."""
+        """Ask for seats up to ``width`` participants in all (0: no more), numbered after
+        every seat this host has heard of."""
         self.seat_width = width
-        next_seat = max(self.seats, default=0) + 1
+        known = set(self.seats) | (self.host.seen if self.host is not None else set())
+        next_seat = max(known, default=0) + 1
         await self._send(protocol.SplitSeats(**self.lease, width=width, next_seat=next_seat))
 
     async def reconnected(self) -> None:
-        """The runner is connected again (the dispatcher may have restarted): what went
-        through the old connection may be lost. On the host, every seat's connection is
-        hung up (its participant is lost, its batch handed back), a seat not heard from
-        since counts as ended unless it says otherwise, seats are asked for again, and
-        every kept result is sent again."""
-        if self.seat_width is None:
+        """The host connected again and kept its build (after a dispatcher restart, say):
+        what went through the old connection may be lost. Requests not answered are sent
+        again; a seat not heard from since counts as ended unless it says otherwise (a
+        restarted dispatcher knows none); the split, if it is held yet, takes it from
+        there (:meth:`superci.splitbuild.HostedSplit.reconnected`), else seats are asked
+        for again."""
+        if self.seat_width is None:  # not a host, or not splitting yet
+            return
+        for request in list(self._asked.values()):
+            await self._send(request)
+        for seat in self.seats.values():
+            if seat.ended is None:
+                seat.ended = "no word from it since the build's runner reconnected"
+        self.seat_changed.set()
+        if self.on_reconnect is not None:
+            await self.on_reconnect()
             return
         if self.host is not None:
             self.host.hang_up_all()
-        for seat in self.seats.values():
-            if seat.ended is None:
-                seat.ended = "no word from it since the connection to the dispatcher broke"
-        self.seat_changed.set()
-        self.resend_kept = True
-        self.keep_wanted.set()
         await self.want_seats(self.seat_width)
 
     async def measured(self, durations: dict[str, float]) -> None:
@@ -217,11 +224,16 @@ class HostTunnels:
         self.ready = asyncio.Event()
         self._closed = asyncio.Event()
         self._queues: dict[tuple[int, int], asyncio.Queue[str | None]] = {}
+        self._hung_up: set[tuple[int, int]] = set()  # connections ended by this host
         self._tasks: set[asyncio.Task[None]] = set()
+        self.seen: set[int] = set()  # every seat a line came from
 
     def receive(self, message: protocol.Message) -> None:
         if isinstance(message, protocol.ForwardedLine):
             key = (message.seat, message.conn)
+            self.seen.add(message.seat)
+            if key in self._hung_up:  # late: its answer would come from a new connection
+                return
             queue = self._queues.get(key)
             if queue is None:
                 queue = self._queues[key] = asyncio.Queue()
@@ -293,9 +305,12 @@ class HostTunnels:
                                                   reason=reason[: protocol.MAX_TEXT]))  # fmt: skip
 
     def hang_up_all(self) -> None:
-        """End every tunnelled connection: the batch source loses their participants."""
-        for queue in list(self._queues.values()):
+        """End every tunnelled connection (each seat is told); lines that come later on
+        one of them are dropped."""
+        for key, queue in list(self._queues.items()):
             queue.put_nowait(None)
+            self._hung_up.add(key)
+        self._queues.clear()
 
     async def close(self) -> None:
         self._closed.set()

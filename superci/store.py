@@ -137,14 +137,14 @@ def _add_split_results(db: sqlite3.Connection) -> None:
 
 
 #: Test ids asked for in one query (SQLite allows at least 999 parameters).
-DURATION_QUERY_SIZE = 500
+IDS_PER_QUERY = 500
 
 
 def _in_chunks(tests: Iterable[str]) -> Iterator[tuple[tuple[str, ...], str]]:
     """Distinct test ids in chunks one query takes, each with its ``?, ?...`` marks."""
     wanted = list(dict.fromkeys(tests))
-    for start in range(0, len(wanted), DURATION_QUERY_SIZE):
-        chunk = tuple(wanted[start : start + DURATION_QUERY_SIZE])
+    for start in range(0, len(wanted), IDS_PER_QUERY):
+        chunk = tuple(wanted[start : start + IDS_PER_QUERY])
         yield chunk, ", ".join("?" * len(chunk))
 
 
@@ -539,13 +539,16 @@ class Store:
     def keep_split_results(self, build_id: int, results: Iterable[TestResult]) -> None:
         """Keep results a split build recorded, in one transaction; a test keeps its first
         (a split records each test once; a resent one changes nothing)."""
-        with self.transaction():
-            for r in results:
-                self._write(
+        rows = [(build_id, r.test, r.outcome, r.duration, r.message, r.participant)
+                for r in results]  # fmt: skip
+        try:
+            with self.transaction():
+                self._db.executemany(
                     "INSERT OR IGNORE INTO split_results (build_id, test, outcome, seconds,"
-                    " message, participant) VALUES (?, ?, ?, ?, ?, ?)",
-                    (build_id, r.test, r.outcome, r.duration, r.message, r.participant),
-                )
+                    " message, participant) VALUES (?, ?, ?, ?, ?, ?)", rows,
+                )  # fmt: skip
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot write to the state database {self.path}: {e}") from e
 
     def kept_split_results(self, build_id: int, tests: Iterable[str]) -> dict[str, TestResult]:
         """The kept results of those of ``tests`` that have one."""

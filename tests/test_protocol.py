@@ -918,8 +918,8 @@ def test_only_a_runner_may_hand_a_build_back():
     [
         ({"outcomes": {"t::a": "flaky"}}, "unknown test outcome"),
         ({"seconds": {"t::a": -1.0}}, "must not be negative"),
-        ({"messages": {"t::a": "x" * (protocol.MAX_TEXT + 1)}}, "longer than"),
-        ({"participants": {"t::a": "x" * (protocol.MAX_STRING + 1)}}, "longer than"),
+        ({"messages": {"t::a": "x" * (protocol.MAX_TEXT + 1)}}, "longer than 4096"),
+        ({"participants": {"t::a": "x" * (protocol.MAX_STRING + 1)}}, "longer than 256"),
     ],
 )
 def test_kept_split_results_that_cannot_be_a_result_are_refused(changes, problem):
