@@ -204,8 +204,8 @@ async def _stop(task: asyncio.Task[None], what: str) -> None:
 
 
 async def _say_kept(split: Split, say: Say) -> None:
-    """Say which results an earlier attempt kept, and those that did not pass: their
-    output was in that attempt's log, which its lost runner took along."""
+    """Say which results an earlier attempt kept, and those that did not pass with their
+    messages: that attempt's log is not kept."""
     if not split.kept:
         return
     kept = [split.results[test] for test in split.recorded[: split.kept]]
@@ -215,9 +215,9 @@ async def _say_kept(split: Split, say: Say) -> None:
               f"{', '.join(runners)}); running the other {rest}")  # fmt: skip
     for result in kept:
         if result.outcome in (TestOutcome.FAILED, TestOutcome.ERROR):
-            first = result.message.strip().splitlines()[:1]
-            await say(f"kept: {result.test} {result.outcome} on {runner_of(result.participant)}"
-                      + (f": {first[0]}" if first else ""))  # fmt: skip
+            message = f":\n{result.message.rstrip()}" if result.message.strip() else ""
+            where = runner_of(result.participant)
+            await say(f"kept: {result.test} {result.outcome} on {where}{message}")
 
 
 async def _end_unfinished(backend: HostedSplit, took: TookPart) -> None:
