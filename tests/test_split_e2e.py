@@ -291,7 +291,8 @@ def test_the_build_runner_killed_mid_split_costs_only_what_it_held_and_kept_resu
 ):
     marks = tmp_path / "started.log"
     durations = twenty_four()
-    sha = repo.commit(suite(durations, "3", marks=marks))
+    failing = {"tests/test_first.py": "def test_fails():\n    assert 1 == 2, 'the kept failure'\n"}
+    sha = repo.commit(suite(durations, "3", failing, marks=marks))  # collected (and run) first
     runners = start(superci, repo, tmp_path, ["r1", "r2", "r3"])
     assert superci.notify(sha, cwd=repo.path).returncode == 0
 
@@ -299,20 +300,24 @@ def test_the_build_runner_killed_mid_split_costs_only_what_it_held_and_kept_resu
     wait_until(lambda: len(kept_results(superci)) >= 6, SPLIT_WAIT, "six results kept")
     runners[host].kill()
     kept = kept_results(superci)  # those kept before it died: never run again
+    assert "tests/test_first.py::test_fails" in kept  # the first reported
 
     result = superci.wait_for_result(sha, SPLIT_WAIT)
     log = superci.output(sha)
-    assert result["status"] == "passed", log
+    assert result["status"] == "failed", log
     assert result["attempt"] == 2 and result["runner"] != host
-    assert result["tests"] == {"run": 24, "passed": 24, "failed": 0, "errors": 0, "skipped": 0}
+    assert result["tests"] == {"run": 25, "passed": 24, "failed": 1, "errors": 0, "skipped": 0}
     cases = junit_cases(superci, sha)
-    assert len(cases) == 24 and set(cases.values()) == {1}
+    assert len(cases) == 25 and set(cases.values()) == {1}
+    assert re.search(r"kept: tests/test_first.py::test_fails failed on r\d:\n[^-]*the kept failure",
+                     log), log  # fmt: skip
     starts = Counter(line.split()[1] for line in marks.read_text().splitlines())
-    assert all(starts[test.partition("::")[2]] == 1 for test in kept), (kept, starts)
+    assert all(starts[t.partition("::")[2]] == 1 for t in kept if t in durations), (kept, starts)
     document = split_document(superci, sha)
     assert document["kept"] >= len(kept)
     assert re.search(r"kept \d+ results from an earlier attempt of this build", log), log
-    assert sorted(t for r in document["runners"].values() for t in r["ran"]) == sorted(durations)
+    ran = sorted(t for r in document["runners"].values() for t in r["ran"])
+    assert ran == sorted([*durations, "tests/test_first.py::test_fails"])
     wait_until(lambda: kept_results(superci) == set(), SPLIT_WAIT,
                "the kept results to go with the build's end")  # fmt: skip
 
