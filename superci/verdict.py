@@ -3,7 +3,8 @@
 An exit code of 0 alone is no proof that anything was tested: a typo in a command, a
 test folder with nothing in it or a discovery pattern that matches no file all exit 0.
 So a build in which the counts show that no test ran is an error, unless the repository
-says that is expected (``allow_no_tests = true``). Pure: no I/O, tested on its own.
+says that is expected (``allow_no_tests = true``); and one whose counts show failures has
+failed, whatever its exit code. Pure: no I/O, tested on its own.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def decide(
         return BuildStatus.ERROR, f"{nothing}; {ALLOW_HINT}"
     if code != 0:
         return BuildStatus.FAILED, f"tests failed (exit code {code})"
+    failing = summary.counts.get("failed", 0) + summary.counts.get("errors", 0)
+    if failing:  # `pytest || true`, a wrapper that drops the code: the counts still tell
+        return BuildStatus.FAILED, (
+            f"{failing} test{'s' if failing != 1 else ''} failed or errored, although the "
+            "test command exited 0"
+        )
     if not summary.counts:
         return BuildStatus.PASSED, (
             "tests passed (exit code 0), but superci could not read test counts from the output"

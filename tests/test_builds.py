@@ -836,3 +836,19 @@ def test_builds_without_evidence_that_a_test_ran_are_errors_unless_allowed(
     assert results[skipped]["message"].startswith("no tests ran (1 skipped, exit code 0)")
     shown = cli(superci, "show", empty)
     assert "status   error: no tests ran (exit code 0)" in shown.stdout
+
+
+def test_a_command_that_hides_its_failures_behind_exit_code_0_still_fails(
+    repo: Repo, superci: Superci, tmp_path: Path
+):
+    config = 'command = "python -m pytest -q tests || true"\n'
+    files = {"tests/test_a.py": PASSING_TEST, "tests/test_b.py": FAILING_TEST}
+    sha = repo.commit({".superci.toml": config, **files})
+    start(superci, repo.clone(tmp_path / "runner-a"))
+    notify(superci, sha)
+
+    result = superci.wait_for_result(sha)
+
+    assert (result["status"], result["exit_code"]) == ("failed", 0), result
+    assert result["message"] == "1 test failed or errored, although the test command exited 0"
+    assert result["tests"]["failed"] == 1

@@ -100,3 +100,11 @@ def test_timeout_and_cancel_are_decided_before_any_count():
         BuildStatus.CANCELLED,
         "cancelled",
     )
+
+
+@pytest.mark.parametrize("failed, errors", [(1, 0), (0, 2)])
+def test_failures_in_the_counts_fail_the_build_even_when_the_command_exited_0(failed, errors):
+    status, message = decide(ended(0), counts(5, passed=5 - failed - errors, failed=failed,
+                                              errors=errors), timeout=60)  # fmt: skip
+    assert status is BuildStatus.FAILED
+    assert "although the test command exited 0" in message
