@@ -124,6 +124,7 @@ class Dispatcher:
             for record in self.store.round_of(round_id) if record.status.finished
         ]  # fmt: skip
         self.recorder.carry_out(self.scheduler.restore(unfinished, self._clock(), ended))
+        self.recorder.write_missing_commits()
         address = await self.listener.start(host, port)
         self._watchdog = asyncio.create_task(self._watch())
         log.info("dispatcher listening on %s", address)

@@ -46,6 +46,10 @@ log = logging.getLogger("superci.dispatcher.recorder")  # a part of the dispatch
 ResultHook = Callable[[dict[str, Any]], None]
 
 
+#: Commits of several jobs a restarted dispatcher checks for a missing result.json.
+RECENT_COMMITS_CHECKED = 200
+
+
 @dataclass(frozen=True)
 class PendingResult:
     """A runner's result, accepted and waiting for the next group commit."""
@@ -251,6 +255,27 @@ class Recorder:
         except StorageError as e:  # the jobs' own results stand; show still sums them up
             self._fault_log.log(logging.ERROR, "cannot write the result of commit %s: %s",
                                 sha[:12], e)  # fmt: skip
+
+    def write_missing_commits(self, limit: int = RECENT_COMMITS_CHECKED) -> int:
+        """After a restart: write the commit ``result.json`` of each recent round of several
+        jobs that all ended, where it is not (the dispatcher stopped between the last job's
+        result and the commit's, or could not write it then). Returns how many."""
+        written = 0
+        for sha in self._store.commits_of_several_jobs(limit):
+            records = self._store.latest_round(sha)
+            if len(records) < 2 or not all(record.status.finished for record in records):
+                continue
+            try:
+                current = self._results.read_result(sha)
+            except (OSError, ValueError) as e:
+                log.warning("cannot read the result of commit %s: %s", sha[:12], e)
+                current = None
+            if current is None or current.get("round") != records[0].round:
+                log.info("writing the missing result of commit %s (round %d)", sha[:12],
+                         records[0].round)  # fmt: skip
+                self.write_commit(sha, records[0].round)
+                written += 1
+        return written
 
     def _take_description(self, record: BuildRecord, result: protocol.Result) -> None:
         """The subject and author the runner said, where the submitter said none."""

@@ -367,6 +367,14 @@ class Store:
             (round_id, round_id),
         )
 
+    def commits_of_several_jobs(self, limit: int) -> list[str]:
+        """The newest ``limit`` commits that had a round of several jobs, newest first."""
+        rows = self._execute(
+            "SELECT sha FROM builds WHERE round_id IS NOT NULL GROUP BY sha"
+            " ORDER BY max(id) DESC LIMIT ?", (limit,),
+        )  # fmt: skip
+        return [sha for (sha,) in rows]
+
     def latest_round(self, sha: str) -> list[BuildRecord]:
         """The jobs of the newest round of a commit; empty if it was never asked for."""
         latest = self.latest_for(sha)

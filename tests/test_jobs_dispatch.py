@@ -7,6 +7,8 @@ import json
 from helpers import FakeRunner, Harness, async_test
 
 from superci import client, protocol
+from superci.status import BuildStatus
+from superci.store import Store
 from superci.tables import commit_summary
 
 SHA = "a" * 40
@@ -314,3 +316,26 @@ async def test_a_rebuild_without_the_file_runs_the_jobs_the_commit_had(tmp_path)
         assert (status, document["round"]) == ("queued", 4)
         assert [j["job"] for j in document["jobs"]] == ["lint", "tests", "docs"]
         assert harness.db_build(6)["after_jobs"] == '["tests"]'
+
+
+@async_test()
+async def test_a_restarted_dispatcher_writes_a_commit_result_it_did_not_get_to_write(tmp_path):
+    harness = Harness(tmp_path)
+    harness.root.mkdir(parents=True, exist_ok=True)
+    store = Store(harness.db_path)  # the state a dispatcher stopped in: every job ended,
+    try:  # the commit's own result.json not written yet
+        first = store.add_build(SHA, "main", 1.0, job="lint")
+        second = store.add_build(SHA, "main", 1.0, job="tests", round=first.id)
+        store.finish(first.id, BuildStatus.PASSED, 2.0, "tests passed (exit code 0)")
+        store.finish(second.id, BuildStatus.FAILED, 3.0, "tests failed (exit code 1)")
+    finally:
+        store.close()
+
+    async with harness as h:
+        document = h.result_json(SHA)
+
+    assert document is not None
+    assert (document["round"], document["status"], document["not_passed"]) == (
+        first.id, "failed", ["tests"],
+    )  # fmt: skip
+    assert [job["job"] for job in document["jobs"]] == ["lint", "tests"]
