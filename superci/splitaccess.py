@@ -65,10 +65,11 @@ class SocketAccess:
         uid = peer_uid(writer.get_extra_info("socket"))
         if admitted(uid, self.uids, self.shared):
             return True
-        allowed = ", ".join(str(u) for u in sorted(self.uids))
-        log.warning("%s: refused a connection from %s: only uids %s (the runner and its build "
-                    "user) may connect", what, "an unknown uid" if uid is None else f"uid {uid}",
-                    allowed)  # fmt: skip
+        allowed = f"the runner (uid {self.own_uid})" + (
+            f" and its build user (uid {self.build_uid})" if self.shared else ""
+        )
+        peer = "an unknown uid" if uid is None else f"uid {uid}"
+        log.warning("%s: refused a connection from %s: only %s may connect", what, peer, allowed)
         return False
 
 
