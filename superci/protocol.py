@@ -27,11 +27,13 @@ from typing import Any, ClassVar, Final, Union, get_args, get_origin, get_type_h
 
 from superci import defaults, labels
 from superci.errors import ConfigError, FrameTooLarge, ProtocolError
+from superci.split import TestOutcome
 from superci.status import BuildStatus
 
 #: 4: labels and needs, the commit's subject, author and .superci.toml, install time,
-#: jobs, and the messages of a split suite.
-PROTOCOL_VERSION: Final = 4
+#: jobs, and the messages of a split suite. 5: a split's results kept with its build
+#: (``SplitKept``, and with ``SplitDurations``) and ``SplitSeats.next_seat``.
+PROTOCOL_VERSION: Final = 5
 HEADER: Final = struct.Struct("!I")
 
 SHA_RE: Final = re.compile(r"[0-9a-f]{40}")
@@ -211,6 +213,31 @@ def _check_config(value: str) -> str:
     if len(value.encode("utf-8", "surrogatepass")) > defaults.MAX_CONFIG_BYTES:
         raise ProtocolError(f"a configuration is at most {defaults.MAX_CONFIG_BYTES} bytes")
     return value
+
+
+def _check_outcomes(value: dict[str, str]) -> dict[str, str]:
+    known = set(TestOutcome)
+    wrong = sorted({v for v in value.values() if v not in known})
+    if wrong:
+        raise ProtocolError(f"unknown test outcome(s) {', '.join(wrong)[:80]}")
+    return value
+
+
+def _check_seconds(value: dict[str, float]) -> dict[str, float]:
+    if any(seconds < 0 for seconds in value.values()):
+        raise ProtocolError("a test's seconds must not be negative")
+    return value
+
+
+def _values_within(limit: int) -> Any:
+    """The check that every value of a ``dict[str, str]`` field is at most ``limit`` long."""
+
+    def check(value: dict[str, str]) -> dict[str, str]:
+        if any(len(text) > limit for text in value.values()):
+            raise ProtocolError(f"a value is longer than {limit}")
+        return value
+
+    return check
 
 
 def _check(fn: Any, max_len: int = MAX_STRING, **default: Any) -> Any:
@@ -587,14 +614,37 @@ class SplitTests(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SplitDurations(Message):
-    """Dispatcher → host: the known durations of the tests of one request."""
+class KeptResults(Message):
+    """The fields of messages that carry a split's results (never sent alone), by test
+    id: the outcome (which names the tests), and where known the seconds, the message
+    and the participant that ran it (see :mod:`superci.splitkept`)."""
+
+    outcomes: dict[str, str] = _check(_check_outcomes, default_factory=dict)
+    seconds: dict[str, float] = _check(_check_seconds, default_factory=dict)
+    messages: dict[str, str] = _check(_values_within(MAX_TEXT), default_factory=dict)
+    participants: dict[str, str] = _check(_values_within(MAX_STRING), default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitDurations(KeptResults):
+    """Dispatcher → host: the known durations of the tests of one request, and the
+    results an earlier attempt of the build kept for them (see :class:`SplitKept`)."""
 
     type: ClassVar[str] = "split_durations"
     build_id: int = _check(_check_positive)
     attempt: int = _check(_check_positive)
     request: int = _check(_check_non_negative)
     durations: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitKept(KeptResults):
+    """Host → dispatcher: results its split recorded (a part of them), kept with the build
+    so that the next attempt's runner, should this one be lost, runs only the rest."""
+
+    type: ClassVar[str] = "split_kept"
+    build_id: int = _check(_check_positive)
+    attempt: int = _check(_check_positive)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -606,6 +656,9 @@ class SplitSeats(Message):
     build_id: int = _check(_check_positive)
     attempt: int = _check(_check_positive)
     width: int = _check(_check_non_negative)
+    #: One above the highest seat number the host has heard of: seats numbered anew after
+    #: a dispatcher restart never take the number of one the host still knows.
+    next_seat: int = _check(_check_non_negative, default=0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -758,6 +811,7 @@ MESSAGE_TYPES: Final[dict[str, type[Message]]] = {
         Event,
         SplitTests,
         SplitDurations,
+        SplitKept,
         SplitSeats,
         SplitLine,
         SplitReply,
@@ -790,6 +844,7 @@ ALLOWED: Final[dict[Role, frozenset[type[Message]]]] = {
             Leaving,
             Unsuited,
             SplitTests,
+            SplitKept,
             SplitSeats,
             SplitMeasured,
             SplitLine,

@@ -309,6 +309,8 @@ class RunnerProcess:
             self._channel = channel
             if current.started is not None and current.result is None:
                 await channel.send(current.started)  # its deadline, for the new process
+            if current.link is not None and current.result is None:
+                await current.link.reconnected()  # a split's seats, asked for again
             await self._send_output(current)
             await self._send_result(current)
 

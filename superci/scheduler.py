@@ -643,13 +643,17 @@ class Scheduler:
     # --- a split build's seats ------------------------------------------------------
 
     def open_seats(
-        self, build_id: int, attempt: int, name: str, session: int, width: int, now: float
-    ) -> list[Action]:
+        self, build_id: int, attempt: int, name: str, session: int, width: int, now: float,
+        next_seat: int = 0,
+    ) -> list[Action]:  # fmt: skip
         """The build's runner splits its suite over ``width`` participants at most (itself
         included): free runners that take the build get seats (after queued builds);
-        0 offers no more (running seats go on). :class:`StaleResult` unless its lease."""
+        0 offers no more (running seats go on). Seats are numbered from ``next_seat`` at
+        least (the host knows seats of before a restart). :class:`StaleResult` unless
+        its lease."""
         job = self.check_lease(build_id, attempt, name, session)
         job.seat_width = width
+        job.next_seat = max(job.next_seat, next_seat)
         return self._dispatch(now)
 
     def check_seat(self, build_id: int, attempt: int, seat: int, name: str, session: int) -> Job:

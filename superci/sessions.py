@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from superci import events, identity, labels, protocol
+from superci import events, identity, labels, protocol, splitkept
 from superci.bus import EventBus
 from superci.channel import Channel
 from superci.errors import (
@@ -29,6 +29,7 @@ from superci.recorder import PendingResult, Recorder, result_ack
 from superci.results import ResultsFolder
 from superci.scheduler import Job, Lease, Proof, Scheduler, identify
 from superci.settings import DispatcherSettings
+from superci.split import TestResult
 from superci.status import BuildStatus
 from superci.store import Store
 
@@ -74,6 +75,7 @@ class RunnerSessions:
             protocol.Leaving: self._on_leaving,
             protocol.Unsuited: self._on_unsuited,
             protocol.SplitTests: self._on_split_tests,
+            protocol.SplitKept: self._on_split_kept,
             protocol.SplitSeats: self._on_split_seats,
             protocol.SplitMeasured: self._on_split_measured,
             protocol.SplitLine: self._from_seat,
@@ -273,24 +275,42 @@ class RunnerSessions:
     def _on_split_tests(
         self, channel: Channel, name: str, session: int, message: protocol.SplitTests
     ) -> None:
-        """The host collected these tests: it gets their known durations back."""
+        """The host collected these tests: it gets their known durations back, and the
+        results an earlier attempt kept (it runs only the rest)."""
+        if self._leased(message.build_id, message.attempt, name, session) is None:
+            return
+        durations: dict[str, float] = {}
+        kept: dict[str, TestResult] = {}
+        try:
+            durations = self._store.test_durations(message.tests)
+            kept = self._store.kept_split_results(message.build_id, message.tests)
+        except StorageError as e:  # the split goes on with what it has: the median, tests
+            self._fault_log.log(logging.ERROR, "build %d: %s", message.build_id, e)
+        channel.post(protocol.SplitDurations(
+            build_id=message.build_id, attempt=message.attempt, request=message.request,
+            durations=durations, **splitkept.fields(kept.values(), splitkept.ANSWER_BYTES),
+        ))  # fmt: skip
+
+    def _on_split_kept(
+        self, channel: Channel, name: str, session: int, message: protocol.SplitKept
+    ) -> None:
+        """Results the host's split recorded: kept with the build for its next attempt."""
         if self._leased(message.build_id, message.attempt, name, session) is None:
             return
         try:
-            durations = self._store.test_durations(message.tests)
-        except StorageError as e:  # the split goes on with the median for every test
-            self._fault_log.log(logging.ERROR, "build %d: %s", message.build_id, e)
-            durations = {}
-        channel.post(protocol.SplitDurations(build_id=message.build_id,
-                                             attempt=message.attempt, request=message.request,
-                                             durations=durations))  # fmt: skip
+            self._store.keep_split_results(message.build_id, splitkept.results(message))
+        except StorageError as e:  # a lost host would cost more: its whole split
+            self._fault_log.log(logging.ERROR, "build %d: split results not kept: %s",
+                                message.build_id, e)  # fmt: skip
 
     def _on_split_seats(
         self, channel: Channel, name: str, session: int, message: protocol.SplitSeats
     ) -> None:
         try:
-            actions = self._scheduler.open_seats(message.build_id, message.attempt, name,
-                                                 session, message.width, self._clock())  # fmt: skip
+            actions = self._scheduler.open_seats(
+                message.build_id, message.attempt, name, session, message.width,
+                self._clock(), message.next_seat,
+            )  # fmt: skip
         except StaleResult as e:
             log.debug("dropped a message from %s: %s", name, e)
             return

@@ -156,7 +156,10 @@ def updated_durations(
 
 
 class Split:
-    """The tests of one job, the participants running them and every result so far."""
+    """The tests of one job, the participants running them and every result so far.
+
+    ``kept``: results an earlier attempt of the build recorded before its runner was lost
+    (see :mod:`superci.splitbuild`); those tests are not handed out again."""
 
     def __init__(
         self,
@@ -164,6 +167,7 @@ class Split:
         durations: Mapping[str, float],
         width: int,
         *,
+        kept: Mapping[str, TestResult] | None = None,
         max_attempts: int = MAX_ATTEMPTS,
         max_crashes: int = MAX_CRASHES,
         divisor: float = GUIDED_DIVISOR,
@@ -177,15 +181,22 @@ class Split:
         self.max_crashes = max_crashes
         self.divisor = divisor
         self.estimate = estimates(unique, durations)
+        self.results: dict[str, TestResult] = {
+            t: kept[t] for t in unique if kept is not None and t in kept
+        }
+        #: The tests in the order their results were recorded (kept ones first): a host
+        #: keeps its dispatcher up to date by sending what is new at the end.
+        self.recorded: list[str] = list(self.results)
+        self.kept = len(self.results)
         order = {t: i for i, t in enumerate(unique)}
-        self._fresh: deque[str] = deque(sorted(unique, key=lambda t: (-self.estimate[t], order[t])))
+        ahead = sorted(unique, key=lambda t: (-self.estimate[t], order[t]))
+        self._fresh: deque[str] = deque(t for t in ahead if t not in self.results)
         self._returned: deque[_Work] = deque()
         self._participants: dict[str, _Participant] = {}
         self._crashes: dict[str, list[str]] = {}
         self._joined: dict[str, float] = {}
         self._last_result: dict[str, float] = {}
         self._next_id = 1
-        self.results: dict[str, TestResult] = {}
         self.ended: str | None = None  # why it ended before every test ran, if it did
 
     # --- state -------------------------------------------------------------------------
@@ -327,10 +338,10 @@ class Split:
         if len({r.test for r in results}) != len(results):
             raise StaleResult(f"a test is reported twice in one report of batch {batch_id}")
         for result in results:
-            self.results[result.test] = TestResult(
+            self._record(TestResult(
                 result.test, result.outcome, max(result.duration, 0.0), result.message,
                 participant,
-            )  # fmt: skip
+            ))  # fmt: skip
             if held.started == result.test:
                 held.started = None
         self._last_result[participant] = now
@@ -368,7 +379,11 @@ class Split:
         return held
 
     def _record_error(self, test: str, message: str, participant: str = "") -> None:
-        self.results[test] = TestResult(test, TestOutcome.ERROR, 0.0, message, participant)
+        self._record(TestResult(test, TestOutcome.ERROR, 0.0, message, participant))
+
+    def _record(self, result: TestResult) -> None:
+        self.results[result.test] = result
+        self.recorded.append(result.test)
 
     # --- the end -----------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ runs test processes against the host's batch source and says when it is done.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import Counter
@@ -18,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from superci import protocol
 from superci.config import split_width
 from superci.errors import ConfigError
 from superci.execute import Execution
@@ -45,6 +45,10 @@ DURATIONS_TIMEOUT = 10.0
 #: Seconds the host waits, once every test has its result, for seats to say they ended
 #: (their output comes with it, for the build's log).
 SEATS_END_TIMEOUT = 10.0
+#: Seconds the host gathers results before it sends them to be kept: one message (and one
+#: transaction in the dispatcher) for many, at the cost of running again what a host lost
+#: within that time had finished.
+KEEP_INTERVAL = 0.25
 
 Say = Callable[[str], Awaitable[None]]
 Emit = Callable[[bytes], Awaitable[None]]
@@ -65,13 +69,22 @@ class SplitOutcome:
 
 class HostedSplit(LocalSplit):
     """The host's split: once nothing is left to hand out, the dispatcher is told to offer
-    no more seats (a runner joining then would only be told it is done)."""
+    no more seats (a runner joining then would only be told it is done); the results it
+    records go to the dispatcher to keep (see :meth:`keep`)."""
 
-    def __init__(self, split: Split, link: SplitLink) -> None:
+    def __init__(self, split: Split, link: SplitLink, tunnels: HostTunnels, runner: str) -> None:
         super().__init__(split)
         self.link = link
+        self.tunnels = tunnels
+        self.runner = runner
         self.seats_closed = False
         self.began = self.clock()  # participants' times in split.json count from here
+        self._recorded = asyncio.Event()
+        self._sent = split.kept  # results the dispatcher has: those it gave back
+
+    async def _notify(self) -> None:
+        await super()._notify()
+        self._recorded.set()
 
     async def next_batch(self, participant: str, wait: bool) -> Batch | Wait | Done:
         answer = await super().next_batch(participant, wait)
@@ -81,7 +94,36 @@ class HostedSplit(LocalSplit):
     async def close_seats(self, force: bool = False) -> None:
         if not self.seats_closed and (force or not self.split.handing_out):
             self.seats_closed = True
-            await self.link.send(protocol.SplitSeats(**self.link.lease, width=0))
+            await self.link.want_seats(0)
+
+    async def keep(self) -> None:
+        """Send the dispatcher the results recorded, gathered for :data:`KEEP_INTERVAL`
+        into one message, so that a new host, should this one be lost, runs only the
+        rest. Runs until cancelled."""
+        while True:
+            await self._recorded.wait()
+            await asyncio.sleep(KEEP_INTERVAL)
+            self._recorded.clear()
+            new = self.split.recorded[self._sent :]
+            self._sent += len(new)
+            await self.link.keep(self.split.results[test] for test in new)
+
+    async def reconnected(self) -> None:
+        """The runner connected again: what went through the dispatcher may be lost. The
+        seats' participants leave (uncounted: the host cut them off) and their connections
+        are hung up, seats are asked for again while tests are left, and every result of
+        this attempt is sent again."""
+        for participant in self.split.participants:
+            if runner_of(participant) != self.runner:
+                self.split.leave(participant, self.clock())
+        self.tunnels.hang_up_all()
+        self._sent = self.split.kept
+        await self._notify()  # wakes the keeper, and participants waiting for work
+        if self.split.handing_out:
+            self.seats_closed = False
+            await self.link.want_seats(self.split.width)
+        elif self.seats_closed:
+            await self.link.want_seats(0)
 
 
 async def host(
@@ -100,7 +142,7 @@ async def host(
     folder = access.folder()
     tunnels = link.host = HostTunnels(folder / "batches.sock", link)
     try:  # seats check out and start their test processes while this runner collects
-        await link.send(protocol.SplitSeats(**link.lease, width=width))
+        await link.want_seats(width)
         backend, took = await _collect_and_take_part(
             link, tool, run, environment, plugins, width, runner,
             ids or scratch / "split-ids.json", tunnels, say, access,
@@ -125,20 +167,59 @@ async def _collect_and_take_part(
             await say(f"could not collect: {error}")
         raise ConfigError(f"{tool.name} could not collect {len(collected.errors)} test "
                           f"file(s), first: {collected.errors[0].splitlines()[0]}")  # fmt: skip
-    durations = await link.durations(collected.tests, DURATIONS_TIMEOUT)
-    split = Split(collected.tests, durations, width)
-    backend = HostedSplit(split, link)
+    known = await link.known(collected.tests, DURATIONS_TIMEOUT)
+    split = Split(collected.tests, known.durations, width, kept=known.kept)
+    backend = HostedSplit(split, link, tunnels, runner)
     await say(f"splitting {len(split.tests)} tests over up to {width} runners "
-              f"(durations known for {len(durations)})")  # fmt: skip
-    async with WatchedSource(tunnels.socket, backend, access) as source:
-        tunnels.ready.set()
-        took = await take_part(tool, run, environment, plugins, source, runner)
-        log.info("build %d: this runner's part of the split is done", link.build.build_id)
-        await _end_unfinished(backend, took)
+              f"(durations known for {len(known.durations)})")  # fmt: skip
+    await _say_kept(split, say)
+    if not split.handing_out:  # every result was kept: nothing for a seat to do
         await backend.close_seats(force=True)
-        await link.seats_ended(SEATS_END_TIMEOUT)
-        log.info("build %d: the split's seats ended", link.build.build_id)
+    keeper = asyncio.create_task(backend.keep())
+    link.on_reconnect = backend.reconnected
+    try:
+        async with WatchedSource(tunnels.socket, backend, access) as source:
+            tunnels.ready.set()
+            took = TookPart(())
+            if not split.done:
+                took = await take_part(tool, run, environment, plugins, source, runner)
+            log.info("build %d: this runner's part of the split is done", link.build.build_id)
+            await _end_unfinished(backend, took)
+            await backend.close_seats(force=True)
+            await link.seats_ended(SEATS_END_TIMEOUT)
+            log.info("build %d: the split's seats ended", link.build.build_id)
+    finally:
+        link.on_reconnect = None
+        await _stop(keeper, f"build {link.build.build_id}: keeping the split's results")
     return backend, took
+
+
+async def _stop(task: asyncio.Task[None], what: str) -> None:
+    """Cancel a task that runs until cancelled; how it failed before, if it did, is logged."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("%s failed", what)
+
+
+async def _say_kept(split: Split, say: Say) -> None:
+    """Say which results an earlier attempt kept, and those that did not pass with their
+    messages: that attempt's log is not kept."""
+    if not split.kept:
+        return
+    kept = [split.results[test] for test in split.recorded[: split.kept]]
+    runners = sorted({runner_of(r.participant) for r in kept})
+    rest = len(split.tests) - len(kept)
+    await say(f"kept {len(kept)} results from an earlier attempt of this build (run on "
+              f"{', '.join(runners)}); running the other {rest}")  # fmt: skip
+    for result in kept:
+        if result.outcome in (TestOutcome.FAILED, TestOutcome.ERROR):
+            message = f":\n{result.message.rstrip()}" if result.message.strip() else ""
+            where = runner_of(result.participant)
+            await say(f"kept: {result.test} {result.outcome} on {where}{message}")
 
 
 async def _end_unfinished(backend: HostedSplit, took: TookPart) -> None:
@@ -182,6 +263,7 @@ async def _outcome(link: SplitLink, backend: HostedSplit, took: TookPart) -> Spl
     ran = dict(Counter({runner: len(tests) for runner, tests in by_runner.items()}))
     document = {
         "tests": len(split.tests),
+        "kept": split.kept,
         "width": split.width,
         "ended": split.ended,
         "runners": {runner: {"ran": tests} for runner, tests in by_runner.items()},

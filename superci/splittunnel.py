@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from superci import protocol
+from superci import protocol, splitkept
+from superci.split import TestResult
 from superci.splitaccess import SocketAccess
 from superci.splitclient import MAX_LINE
 from superci.splitsource import SETTLE_TIMEOUT, end_within
@@ -40,6 +41,18 @@ Send = Callable[[protocol.Message], Awaitable[None]]
 MAX_TUNNEL_LINE = min(MAX_LINE, protocol.MAX_DOCUMENT)
 #: Output of one seat the host keeps for the build's log (its tail beyond this).
 MAX_SEAT_OUTPUT = 1024 * 1024
+#: Test ids asked about in one request: the answer carries their durations and kept
+#: results (see superci.splitkept), well inside a frame.
+IDS_PER_REQUEST = 100
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the dispatcher knows of a suite's tests: their average durations, and the
+    results an earlier attempt of this build kept (see :mod:`superci.splitkept`)."""
+
+    durations: dict[str, float]
+    kept: dict[str, TestResult]
 
 
 @dataclass
@@ -67,11 +80,15 @@ class SplitLink:
         self.build = build
         self._send = send
         self._requests = itertools.count(1)
-        self._durations: dict[int, asyncio.Future[dict[str, float]]] = {}
+        self._known: dict[int, asyncio.Future[protocol.SplitDurations]] = {}
         self.host: HostTunnels | None = None  # on the build's own runner, while it splits
         self.seat: SeatTunnel | None = None  # on a participant's runner
         self.seats: dict[int, SeatOutput] = {}
         self.seat_changed = asyncio.Event()
+        self.seat_width: int | None = None  # what the host last asked for (None: nothing)
+        #: The host's split, told of a reconnect (see :meth:`reconnected`).
+        self.on_reconnect: Callable[[], Awaitable[None]] | None = None
+        self._asked: dict[int, protocol.SplitTests] = {}  # requests not answered yet
         self._sending: set[asyncio.Task[None]] = set()
 
     @property
@@ -81,30 +98,71 @@ class SplitLink:
     async def send(self, message: protocol.Message) -> None:
         await self._send(message)
 
-    async def durations(self, tests: Iterable[str], timeout: float) -> dict[str, float]:
-        """The dispatcher's known durations of ``tests`` (asked in parts the protocol
-        carries; ids it cannot carry get none); what has not come within ``timeout`` is
-        left out: the split goes on with the median."""
+    async def known(self, tests: Iterable[str], timeout: float) -> Known:
+        """What the dispatcher knows of ``tests`` (asked in parts the protocol carries;
+        ids it cannot carry get nothing); what has not come within ``timeout`` is left
+        out: the split goes on with the median, and runs those tests."""
         ids = [t for t in tests if len(t) <= protocol.MAX_STRING]
         asked = []
-        for start in range(0, len(ids), protocol.MAX_LIST):
+        for start in range(0, len(ids), IDS_PER_REQUEST):
             request = next(self._requests)
-            self._durations[request] = asyncio.get_running_loop().create_future()
+            self._known[request] = asyncio.get_running_loop().create_future()
             asked.append(request)
-            part = ids[start : start + protocol.MAX_LIST]
-            await self._send(protocol.SplitTests(**self.lease, request=request, tests=part))
-        known: dict[str, float] = {}
+            part = ids[start : start + IDS_PER_REQUEST]
+            self._asked[request] = protocol.SplitTests(**self.lease, request=request, tests=part)
+            await self._send(self._asked[request])
+        known = Known({}, {})
         try:
             async with asyncio.timeout(timeout):
                 for request in asked:
-                    known.update(await self._durations[request])
+                    answer = await self._known[request]
+                    known.durations.update(answer.durations)
+                    known.kept.update((r.test, r) for r in splitkept.results(answer))
         except TimeoutError:
             log.warning("build %d: no durations from the dispatcher within %gs",
                         self.build.build_id, timeout)  # fmt: skip
         finally:
             for request in asked:
-                self._durations.pop(request, None)
+                self._known.pop(request, None)
+                self._asked.pop(request, None)
         return known
+
+    async def keep(self, results: Iterable[TestResult]) -> None:
+        """Send results the split recorded, for the dispatcher to keep with the build."""
+        for part in splitkept.parts(results):
+            lease = self.lease
+            await self._send(protocol.SplitKept(build_id=lease["build_id"],
+                                                attempt=lease["attempt"], **part))  # fmt: skip
+
+    async def want_seats(self, width: int) -> None:
+        """Ask for seats up to ``width`` participants in all (0: no more), numbered after
+        every seat this host has heard of."""
+        self.seat_width = width
+        known = set(self.seats) | (self.host.seen if self.host is not None else set())
+        next_seat = max(known, default=0) + 1
+        await self._send(protocol.SplitSeats(**self.lease, width=width, next_seat=next_seat))
+
+    async def reconnected(self) -> None:
+        """The host connected again and kept its build (after a dispatcher restart, say):
+        what went through the old connection may be lost. Requests not answered are sent
+        again; a seat not heard from since counts as ended unless it says otherwise (a
+        restarted dispatcher knows none); the split, if it is held yet, takes it from
+        there (:meth:`superci.splitbuild.HostedSplit.reconnected`), else seats are asked
+        for again."""
+        if self.seat_width is None:  # not a host, or not splitting yet
+            return
+        for request in list(self._asked.values()):
+            await self._send(request)
+        for seat in self.seats.values():
+            if seat.ended is None:
+                seat.ended = "no word from it since the build's runner reconnected"
+        self.seat_changed.set()
+        if self.on_reconnect is not None:
+            await self.on_reconnect()
+            return
+        if self.host is not None:
+            self.host.hang_up_all()
+        await self.want_seats(self.seat_width)
 
     async def measured(self, durations: dict[str, float]) -> None:
         """Send the tests' measured durations, in parts the protocol carries."""
@@ -117,9 +175,9 @@ class SplitLink:
         """A split message from the dispatcher for this build."""
         match message:
             case protocol.SplitDurations():
-                future = self._durations.get(message.request)
+                future = self._known.get(message.request)
                 if future is not None and not future.done():
-                    future.set_result(dict(message.durations))
+                    future.set_result(message)
             case protocol.ForwardedLine() | protocol.ForwardedClose():
                 if self.host is not None:
                     self.host.receive(message)
@@ -167,11 +225,16 @@ class HostTunnels:
         self.ready = asyncio.Event()
         self._closed = asyncio.Event()
         self._queues: dict[tuple[int, int], asyncio.Queue[str | None]] = {}
+        self._hung_up: set[tuple[int, int]] = set()  # connections ended by this host
         self._tasks: set[asyncio.Task[None]] = set()
+        self.seen: set[int] = set()  # every seat a line came from
 
     def receive(self, message: protocol.Message) -> None:
         if isinstance(message, protocol.ForwardedLine):
             key = (message.seat, message.conn)
+            self.seen.add(message.seat)
+            if key in self._hung_up:  # late: its answer would come from a new connection
+                return
             queue = self._queues.get(key)
             if queue is None:
                 queue = self._queues[key] = asyncio.Queue()
@@ -241,6 +304,14 @@ class HostTunnels:
     async def _hang_up(self, seat: int, conn: int, reason: str) -> None:
         await self.link.send(protocol.SplitHangUp(**self.link.lease, seat=seat, conn=conn,
                                                   reason=reason[: protocol.MAX_TEXT]))  # fmt: skip
+
+    def hang_up_all(self) -> None:
+        """End every tunnelled connection (each seat is told); lines that come later on
+        one of them are dropped."""
+        for key, queue in list(self._queues.items()):
+            queue.put_nowait(None)
+            self._hung_up.add(key)
+        self._queues.clear()
 
     async def close(self) -> None:
         self._closed.set()

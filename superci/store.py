@@ -20,7 +20,7 @@ from superci import __version__, defaults
 from superci.errors import StorageError
 from superci.jobs import DEFAULT_JOB
 from superci.scheduler import Job
-from superci.split import updated_durations
+from superci.split import TestOutcome, TestResult, updated_durations
 from superci.status import BuildStatus
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,28 @@ def _add_test_durations(db: sqlite3.Connection) -> None:
     )
 
 
+def _add_split_results(db: sqlite3.Connection) -> None:
+    """The results a running split build recorded so far (see superci.split): should its
+    runner be lost, the next attempt runs only the tests without one. Gone with the
+    build's end."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS split_results (build_id INTEGER NOT NULL,"
+        " test TEXT NOT NULL, outcome TEXT NOT NULL, seconds REAL NOT NULL,"
+        " message TEXT NOT NULL, participant TEXT NOT NULL, PRIMARY KEY (build_id, test))"
+    )
+
+
 #: Test ids asked for in one query (SQLite allows at least 999 parameters).
-DURATION_QUERY_SIZE = 500
+IDS_PER_QUERY = 500
+
+
+def _in_chunks(tests: Iterable[str]) -> Iterator[tuple[tuple[str, ...], str]]:
+    """Distinct test ids in chunks one query takes, each with its ``?, ?...`` marks."""
+    wanted = list(dict.fromkeys(tests))
+    for start in range(0, len(wanted), IDS_PER_QUERY):
+        chunk = tuple(wanted[start : start + IDS_PER_QUERY])
+        yield chunk, ", ".join("?" * len(chunk))
+
 
 #: ``MIGRATIONS[n]`` brings a database from schema version n to n + 1, in one transaction.
 #: A new one is appended here, never edited once released.
@@ -136,6 +156,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _to_version_3,
     _add_jobs,
     _add_test_durations,
+    _add_split_results,
 ]
 #: The schema version this superci writes (``PRAGMA user_version``); 0 is an empty file or
 #: a database made before versions existed.
@@ -388,11 +409,14 @@ class Store:
         message: str = "",
         tests: dict[str, int] | None = None,
     ) -> None:
-        """Mark a build finished, with its test counts (none if no test run was read)."""
+        """Mark a build finished, with its test counts (none if no test run was read);
+        the split results it kept are no longer needed (both with the caller's
+        transaction, as the dispatcher records a build's end)."""
         self._write(
             "UPDATE builds SET status = ?, finished_at = ?, message = ?, tests = ? WHERE id = ?",
             (status, now, message, json.dumps(tests or {}), build_id),
         )
+        self._write("DELETE FROM split_results WHERE build_id = ?", (build_id,))
 
     def get(self, build_id: int) -> BuildRecord | None:
         return self._one(f"SELECT {_COLUMNS} FROM builds WHERE id = ?", (build_id,))
@@ -486,13 +510,10 @@ class Store:
     def test_durations(self, tests: Iterable[str]) -> dict[str, float]:
         """The known average duration of each of ``tests`` (those never measured are left
         out: a split gives them the median of the others)."""
-        wanted = list(dict.fromkeys(tests))
         known: dict[str, float] = {}
-        for start in range(0, len(wanted), DURATION_QUERY_SIZE):
-            chunk = wanted[start : start + DURATION_QUERY_SIZE]
-            marks = ", ".join("?" * len(chunk))
+        for chunk, marks in _in_chunks(tests):
             rows = self._execute(
-                f"SELECT test, seconds FROM test_durations WHERE test IN ({marks})", tuple(chunk)
+                f"SELECT test, seconds FROM test_durations WHERE test IN ({marks})", chunk
             )
             known.update((test, float(seconds)) for test, seconds in rows)
         return known
@@ -512,6 +533,35 @@ class Store:
                         " updated = excluded.updated",
                         (test, seconds, now),
                     )
+
+    # --- a split's kept results -------------------------------------------------------
+
+    def keep_split_results(self, build_id: int, results: Iterable[TestResult]) -> None:
+        """Keep results a split build recorded, in one transaction; a test keeps its first
+        (a split records each test once; a resent one changes nothing)."""
+        rows = [(build_id, r.test, r.outcome, r.duration, r.message, r.participant)
+                for r in results]  # fmt: skip
+        try:
+            with self.transaction():
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO split_results (build_id, test, outcome, seconds,"
+                    " message, participant) VALUES (?, ?, ?, ?, ?, ?)", rows,
+                )  # fmt: skip
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot write to the state database {self.path}: {e}") from e
+
+    def kept_split_results(self, build_id: int, tests: Iterable[str]) -> dict[str, TestResult]:
+        """The kept results of those of ``tests`` that have one."""
+        kept: dict[str, TestResult] = {}
+        for chunk, marks in _in_chunks(tests):
+            rows = self._execute(
+                "SELECT test, outcome, seconds, message, participant FROM split_results"
+                f" WHERE build_id = ? AND test IN ({marks})", (build_id, *chunk),
+            )  # fmt: skip
+            for test, outcome, seconds, message, participant in rows:
+                kept[test] = TestResult(test, TestOutcome(outcome), float(seconds), message,
+                                        participant)  # fmt: skip
+        return kept
 
     # --- reading --------------------------------------------------------------------
 

@@ -104,9 +104,23 @@ SAMPLES: dict[str, protocol.Message] = {
     "event": protocol.Event(document='{"event": "started", "build_id": 7, "runner": "r-1"}'),
     "split_tests": protocol.SplitTests(build_id=7, attempt=1, request=2, tests=["t.py::a"]),
     "split_durations": protocol.SplitDurations(
-        build_id=7, attempt=1, request=2, durations={"t.py::a": 1.5}
+        build_id=7,
+        attempt=1,
+        request=2,
+        durations={"t.py::a": 1.5},
+        outcomes={"t.py::b": "failed"},
+        seconds={"t.py::b": 0.5},
+        messages={"t.py::b": "assert 1 == 2"},
+        participants={"t.py::b": "r-1.1"},
     ),
-    "split_seats": protocol.SplitSeats(build_id=7, attempt=1, width=4),
+    "split_kept": protocol.SplitKept(
+        build_id=7,
+        attempt=1,
+        outcomes={"t.py::a": "passed"},
+        seconds={"t.py::a": 0.1},
+        participants={"t.py::a": "r-1.1"},
+    ),
+    "split_seats": protocol.SplitSeats(build_id=7, attempt=1, width=4, next_seat=3),
     "split_measured": protocol.SplitMeasured(build_id=7, attempt=1, durations={"t.py::a": 0.2}),
     **{
         cls.type: cls(build_id=7, attempt=1, seat=2, conn=3, line='{"type": "next"}')
@@ -897,3 +911,19 @@ def test_only_a_runner_may_hand_a_build_back():
     protocol.check_allowed(protocol.Role.RUNNER, SAMPLES["unsuited"])
     with pytest.raises(ProtocolError, match="a client cannot send unsuited"):
         protocol.check_allowed(protocol.Role.CLIENT, SAMPLES["unsuited"])
+
+
+@pytest.mark.parametrize(
+    "changes, problem",
+    [
+        ({"outcomes": {"t::a": "flaky"}}, "unknown test outcome"),
+        ({"seconds": {"t::a": -1.0}}, "must not be negative"),
+        ({"messages": {"t::a": "x" * (protocol.MAX_TEXT + 1)}}, "longer than 4096"),
+        ({"participants": {"t::a": "x" * (protocol.MAX_STRING + 1)}}, "longer than 256"),
+    ],
+)
+def test_kept_split_results_that_cannot_be_a_result_are_refused(changes, problem):
+    body = {"type": "split_kept", "build_id": 7, "attempt": 1,
+            "outcomes": {"t::a": "passed"}, **changes}  # fmt: skip
+    with pytest.raises(ProtocolError, match=problem):
+        protocol.from_dict(body)

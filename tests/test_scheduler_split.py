@@ -136,3 +136,12 @@ def test_only_the_builds_runner_may_open_seats(sched):
     splitting(sched, 2, width=2)
     with pytest.raises(StaleResult):
         sched.open_seats(1, 1, "r2", 2, 4, 1.0)
+
+
+def test_seats_asked_for_again_are_numbered_after_those_the_host_knows(sched):
+    register(sched, "r1", 1)
+    add(sched, 1)  # as after a restart: the host knows seats 1 and 2, the scheduler none
+    assert sched.open_seats(1, 1, "r1", 1, 3, 0.0, next_seat=3) == []
+    assert register(sched, "r2", 2, 1.0) == [seat(2, "r2", 1, 3)]
+    sched.open_seats(1, 1, "r1", 1, 3, 2.0, next_seat=1)  # never numbered back
+    assert register(sched, "r3", 3, 3.0) == [seat(3, "r3", 1, 4)]

@@ -337,3 +337,49 @@ def test_participants_with_no_known_durations_finish_within_the_longest_test(clo
             split.report(who, answer.id, [passed(test, real[test])], now)
         heapq.heappush(events, (now, who))
     assert max(finished.values()) - min(finished.values()) <= max(real.values()) + 1e-9
+
+
+# --- a split resumed by a new host ------------------------------------------------------
+
+
+def test_results_kept_from_a_lost_host_are_not_handed_out_again(clock):
+    old = Split(names(6), {}, width=2)
+    assert old.join("host.1", clock()) and old.join("seat.1", clock())
+    finished = old.next_batch("seat.1", clock())
+    assert isinstance(finished, Batch)
+    run_batch(old, "seat.1", finished, clock())
+    held = old.next_batch("host.1", clock())  # the host dies holding this one
+    assert isinstance(held, Batch)
+    kept = {t: old.results[t] for t in old.recorded}
+
+    new = Split(names(6), {}, width=2, kept=kept)
+    assert new.kept == len(finished.tests) and new.recorded == list(finished.tests)
+    assert new.join("host2.1", clock())
+    handed: list[str] = []
+    while isinstance(batch := new.next_batch("host2.1", clock()), Batch):
+        handed += batch.tests
+        run_batch(new, "host2.1", batch, clock())
+    assert new.done
+    assert sorted(handed) == sorted(set(names(6)) - set(finished.tests))
+    assert set(held.tests) <= set(handed)  # only what the lost host held runs again
+    ran = new.summary().ran
+    assert ran["seat.1"] == list(finished.tests) and len(ran["host2.1"]) == len(handed)
+
+
+def test_a_split_whose_every_result_was_kept_is_done_at_once(clock):
+    kept = {t: passed(t) for t in names(3)}
+    split = Split(names(3), {}, width=2, kept=kept | {"gone": passed("gone")})
+    assert split.done and split.tests == tuple(names(3))  # a kept test not collected: left out
+    assert not split.join("p", clock())
+    assert split.summary().summary.counts["passed"] == 3
+
+
+def test_results_are_recorded_in_order_once_each_errors_included(clock):
+    split = Split(names(3), {}, width=1)
+    assert split.join("p", clock())
+    batch = split.next_batch("p", clock())
+    assert isinstance(batch, Batch) and len(batch.tests) == 1
+    run_batch(split, "p", batch, clock())
+    split.end("the build was cancelled", clock())
+    assert split.recorded[0] == batch.tests[0]
+    assert sorted(split.recorded) == names(3) and len(split.recorded) == 3

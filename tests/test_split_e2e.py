@@ -277,3 +277,80 @@ def test_the_time_limit_stops_every_runner_taking_part(
     assert "not run: the build timed out" in (superci.results / sha / "junit.xml").read_text()
     seat = next(name for name in runners if name != host_of(superci, sha))
     runners[seat].wait_for_log("leaving seat|seat 1 done")
+
+
+def kept_results(superci: Superci) -> set[str]:
+    """The tests whose results the dispatcher keeps for the running split build."""
+    with contextlib.closing(sqlite3.connect(superci.state, timeout=10)) as db:
+        return {test for (test,) in db.execute("SELECT test FROM split_results")}
+
+
+@pytest.mark.e2e
+def test_the_build_runner_killed_mid_split_costs_only_what_it_held_and_kept_results_stay(
+    repo: Repo, superci: Superci, tmp_path: Path
+):
+    marks = tmp_path / "started.log"
+    durations = twenty_four()
+    failing = {"tests/test_first.py": "def test_fails():\n    assert 1 == 2, 'the kept failure'\n"}
+    sha = repo.commit(suite(durations, "3", failing, marks=marks))  # collected (and run) first
+    runners = start(superci, repo, tmp_path, ["r1", "r2", "r3"])
+    assert superci.notify(sha, cwd=repo.path).returncode == 0
+
+    host = wait_until(lambda: host_of(superci, sha), SPLIT_WAIT, "the build's runner")
+    wait_until(lambda: len(kept_results(superci)) >= 6, SPLIT_WAIT, "six results kept")
+    runners[host].kill()
+    kept = kept_results(superci)  # those kept before it died: never run again
+    assert "tests/test_first.py::test_fails" in kept  # the first reported
+
+    result = superci.wait_for_result(sha, SPLIT_WAIT)
+    log = superci.output(sha)
+    assert result["status"] == "failed", log
+    assert result["attempt"] == 2 and result["runner"] != host
+    assert result["tests"] == {"run": 25, "passed": 24, "failed": 1, "errors": 0, "skipped": 0}
+    cases = junit_cases(superci, sha)
+    assert len(cases) == 25 and set(cases.values()) == {1}
+    assert re.search(r"kept: tests/test_first.py::test_fails failed on r\d:\n[^-]*the kept failure",
+                     log), log  # fmt: skip
+    starts = Counter(line.split()[1] for line in marks.read_text().splitlines())
+    assert all(starts[t.partition("::")[2]] == 1 for t in kept if t in durations), (kept, starts)
+    document = split_document(superci, sha)
+    assert document["kept"] >= len(kept)
+    assert re.search(r"kept \d+ results from an earlier attempt of this build", log), log
+    ran = sorted(t for r in document["runners"].values() for t in r["ran"])
+    assert ran == sorted([*durations, "tests/test_first.py::test_fails"])
+    wait_until(lambda: kept_results(superci) == set(), SPLIT_WAIT,
+               "the kept results to go with the build's end")  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_a_split_goes_on_over_every_runner_after_the_dispatcher_restarts(
+    repo: Repo, superci: Superci, tmp_path: Path
+):
+    marks = tmp_path / "started.log"
+    durations = {f"tests/test_part{i % 4}.py::test_{i:02}": 0.5 for i in range(20)}
+    sha = repo.commit(suite(durations, "2", marks=marks))
+    runners = start(superci, repo, tmp_path, ["r1", "r2"])
+    dispatcher = superci.processes[0]
+    assert superci.notify(sha, cwd=repo.path).returncode == 0
+    wait_until(lambda: len({p.rpartition(".")[0] for p in started_by(marks)}) == 2,
+               SPLIT_WAIT, "a test started on both runners")  # fmt: skip
+    host = host_of(superci, sha)
+    assert host is not None
+    (seat,) = set(runners) - {host}
+
+    dispatcher.kill()
+    before = len(started_by(marks))
+    port = int(superci.address.rsplit(":", 1)[1])
+    superci.dispatcher(port)
+    runners[host].wait_for_log("adopted")
+
+    result = superci.wait_for_result(sha, SPLIT_WAIT)
+    log = superci.output(sha)
+    assert result["status"] == "passed", log
+    assert result["attempt"] == 1 and result["runner"] == host
+    assert result["tests"]["passed"] == 20 and result["tests"]["run"] == 20
+    assert len(junit_cases(superci, sha)) == 20
+    after = [p.rpartition(".")[0] for p in started_by(marks)[before:]]
+    assert seat in after, f"{seat} took no part after the restart: {after}"
+    seats = [int(n) for n in re.findall(rf"--- seat (\d+): runner {seat} ---", log)]
+    assert max(seats) >= 2, log  # a seat again, numbered after the one it had

@@ -9,6 +9,7 @@ import pytest
 from superci import store as store_module
 from superci.errors import StorageError
 from superci.scheduler import Job
+from superci.split import TestOutcome, TestResult
 from superci.status import BuildStatus
 from superci.store import MIGRATIONS, SCHEMA_VERSION, BuildRecord, RunnerRecord, Store
 
@@ -659,6 +660,53 @@ def test_a_negative_duration_is_not_recorded(store):
 
 
 def test_durations_of_more_tests_than_one_query_takes_are_all_read(store):
-    many = {f"t::{i}": float(i) for i in range(store_module.DURATION_QUERY_SIZE * 2 + 3)}
+    many = {f"t::{i}": float(i) for i in range(store_module.IDS_PER_QUERY * 2 + 3)}
     store.record_test_durations(many, now=1.0)
     assert store.test_durations(many) == many
+
+
+# --- a split's kept results ------------------------------------------------------------
+
+
+def test_a_split_keeps_each_tests_first_result_until_its_build_finishes(path):
+    first = Store(path)
+    build = first.add_build(SHA_A, "main", now=1.0)
+    other = first.add_build(SHA_B, "main", now=1.0)
+    failed = TestResult("t::b", TestOutcome.FAILED, 0.5, "assert 1 == 2", "r1.1")
+    first.keep_split_results(build.id, [TestResult("t::a", TestOutcome.PASSED, 1.0, "", "r1.1"),
+                                        failed])  # fmt: skip
+    first.keep_split_results(build.id, [TestResult("t::b", TestOutcome.PASSED, 9.0, "", "r2.1")])
+    first.keep_split_results(other.id, [TestResult("t::c", TestOutcome.PASSED, 1.0, "", "r2.1")])
+    first.close()
+    reopened = Store(path)  # kept across a restart of the dispatcher
+    try:
+        kept = reopened.kept_split_results(build.id, ["t::a", "t::b", "t::c", "t::d"])
+        assert set(kept) == {"t::a", "t::b"} and kept["t::b"] == failed
+        reopened.finish(build.id, BuildStatus.PASSED, now=2.0)
+        assert reopened.kept_split_results(build.id, ["t::a", "t::b"]) == {}
+        assert set(reopened.kept_split_results(other.id, ["t::c"])) == {"t::c"}
+    finally:
+        reopened.close()
+
+
+def test_a_running_build_stored_before_kept_split_results_finishes_after_the_migration(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None)
+    before = MIGRATIONS.index(store_module._add_split_results)
+    for migrate in MIGRATIONS[:before]:  # the schema before split results were kept
+        migrate(db)
+    db.execute(f"PRAGMA user_version = {before}")
+    db.execute("INSERT INTO builds (sha, branch, status, queued_at)"
+               " VALUES (?, 'main', 'running', 1.0)", (SHA_A,))  # fmt: skip
+    db.close()
+
+    store = Store(path)
+    try:
+        assert _user_version(path) == SCHEMA_VERSION
+        [running] = store.unfinished()
+        assert store.kept_split_results(running.id, ["t::a"]) == {}
+        store.keep_split_results(running.id, [TestResult("t::a", TestOutcome.PASSED, 1.0)])
+        store.finish(running.id, BuildStatus.PASSED, now=2.0)
+        assert store.get(running.id).status == BuildStatus.PASSED
+    finally:
+        store.close()
