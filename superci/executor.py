@@ -35,6 +35,7 @@ from superci.jobs import DEFAULT_JOB, JobSpec, load_jobs
 from superci.junit import parse_junit_bytes, pytest_junit_option
 from superci.safefile import read_inside, read_off_loop
 from superci.settings import RunnerSettings
+from superci.splitaccess import SocketAccess
 from superci.splitbuild import SplitOutcome
 from superci.splittunnel import SplitLink
 from superci.status import BuildStatus
@@ -44,6 +45,8 @@ from superci.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
+#: A split build's collected test ids, in the build user's report folder.
+IDS_FILE = "split-ids.json"
 #: How much of the end of a build's output is read for its test summary.
 SUMMARY_TAIL_BYTES = 1024 * 1024
 
@@ -268,14 +271,17 @@ class BuildExecutor:
                 testtool.choose, self.workspace.path, timeout=self.settings.file_read_timeout,
                 what="the files that choose the test tool",
             )  # fmt: skip
+            # With a build user its test processes reach the split's sockets, and write
+            # the collected ids in the build's own folders.
+            access = SocketAccess(None if self.build_user is None else self.build_user.uid)
             if build.seat:
                 split = await splitbuild.seat(link, tool, run, env, self.runner_name,
-                                              self._scratch)  # fmt: skip
+                                              self._scratch, access)  # fmt: skip
             else:
                 assert config.parallel is not None
                 split = await splitbuild.host(
                     link, tool, run, env, config.parallel, self.runner_name, self._scratch,
-                    say, emit,
+                    say, emit, access, None if folders is None else folders.report / IDS_FILE,
                 )  # fmt: skip
             return split.execution
 
@@ -335,12 +341,6 @@ class BuildExecutor:
         if build.seat and config.parallel is None:
             raise ConfigError(f"a seat of a split build, but {defaults.CONFIG_FILE} of "
                               f"{build.sha[:12]} has no 'parallel'")  # fmt: skip
-        if self.build_user is not None:
-            raise ConfigError(
-                f"'parallel' in {defaults.CONFIG_FILE} is not supported on a runner with a "
-                "build user (--build-user) yet: run the job on runners without one "
-                "(needs), or remove 'parallel'"
-            )
         if link is None:
             raise ConfigError("this runner was given no way to split the build")
         return True

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from superci.config import split_width
 from superci.errors import ConfigError
 from superci.execute import Execution
 from superci.split import Batch, Done, Split, TestOutcome, Wait
+from superci.splitaccess import SocketAccess
 from superci.splitjunit import junit_xml
 from superci.splitrunner import (
     RunCommand,
@@ -126,26 +126,27 @@ class HostedSplit(LocalSplit):
             await self.link.want_seats(0)
 
 
-def _socket_folder() -> Path:
-    """A private folder with a short path (a unix socket path has at most 107 bytes)."""
-    return Path(tempfile.mkdtemp(prefix="sci-split-"))
-
-
 async def host(
     link: SplitLink, tool: TestTool, run: RunCommand, environment: dict[str, str],
     parallel: int, runner: str, scratch: Path, say: Say, emit: Emit,
+    access: SocketAccess | None = None, ids: Path | None = None,
 ) -> SplitOutcome:  # fmt: skip
     """Collect, split over up to ``parallel`` runners (this one included), and make the
-    build's one result. :class:`ConfigError` when the suite cannot be collected."""
+    build's one result. :class:`ConfigError` when the suite cannot be collected.
+    ``access``: who may connect to the batch source (the runner, its build user); ``ids``:
+    where the collection writes the ids (a file the test process may write; default in
+    ``scratch``)."""
     plugins = plugin_folder(scratch)
     width = split_width(parallel)
-    folder = _socket_folder()
+    access = access or SocketAccess()
+    folder = access.folder()
     tunnels = link.host = HostTunnels(folder / "batches.sock", link)
     try:  # seats check out and start their test processes while this runner collects
         await link.want_seats(width)
         backend, took = await _collect_and_take_part(
-            link, tool, run, environment, plugins, width, runner, scratch, tunnels, say
-        )
+            link, tool, run, environment, plugins, width, runner,
+            ids or scratch / "split-ids.json", tunnels, say, access,
+        )  # fmt: skip
     finally:
         link.host = None
         await tunnels.close()
@@ -156,10 +157,11 @@ async def host(
 
 async def _collect_and_take_part(
     link: SplitLink, tool: TestTool, run: RunCommand, environment: dict[str, str],
-    plugins: Path, width: int, runner: str, scratch: Path, tunnels: HostTunnels, say: Say,
+    plugins: Path, width: int, runner: str, ids: Path, tunnels: HostTunnels, say: Say,
+    access: SocketAccess,
 ) -> tuple[HostedSplit, TookPart]:  # fmt: skip
     """Collect, hold the split behind a batch source, and take part until it is done."""
-    collected = await collect(tool, run, environment, plugins, scratch / "split-ids.json")
+    collected = await collect(tool, run, environment, plugins, ids)
     if collected.errors:
         for error in collected.errors:
             await say(f"could not collect: {error}")
@@ -176,7 +178,7 @@ async def _collect_and_take_part(
     keeper = asyncio.create_task(backend.keep())
     link.on_reconnect = backend.reconnected
     try:
-        async with WatchedSource(tunnels.socket, backend) as source:
+        async with WatchedSource(tunnels.socket, backend, access) as source:
             tunnels.ready.set()
             took = TookPart(())
             if not split.done:
@@ -291,13 +293,16 @@ async def _outcome(link: SplitLink, backend: HostedSplit, took: TookPart) -> Spl
 
 async def seat(
     link: SplitLink, tool: TestTool, run: RunCommand, environment: dict[str, str],
-    runner: str, scratch: Path,
+    runner: str, scratch: Path, access: SocketAccess | None = None,
 ) -> SplitOutcome:  # fmt: skip
-    """Take part in the host's split through a tunnel until it is done for this seat."""
+    """Take part in the host's split through a tunnel until it is done for this seat;
+    ``access``: who may connect to the tunnel (the runner, its build user)."""
     plugins = plugin_folder(scratch)
-    folder = _socket_folder()
+    access = access or SocketAccess()
+    folder = access.folder()
     try:
-        async with SeatTunnel(folder / "batches.sock", link, link.build.seat) as tunnel:
+        async with SeatTunnel(folder / "batches.sock", link, link.build.seat,
+                              access) as tunnel:  # fmt: skip
             link.seat = tunnel
             try:
                 took = await take_part(tool, run, environment, plugins, tunnel, runner)

@@ -18,6 +18,7 @@ superci's dependencies, and may not have superci at all: :func:`plugin_folder` w
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -26,9 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from superci.errors import ConfigError
+from superci import defaults
+from superci.errors import ConfigError, UnsafeFile
 from superci.execute import Execution
+from superci.safefile import read_inside, read_off_loop
 from superci.split import Batch, Done, TestResult, Wait
+from superci.splitaccess import SocketAccess
 from superci.splitclient import COLLECT_ENV, PARTICIPANT_ENV, SOCKET_ENV
 from superci.splitsource import BatchSource, SplitBackend
 from superci.testtool import TestTool
@@ -46,6 +50,8 @@ COMMANDS = {
 #: Test processes one participant starts at most: each death while it held a batch
 #: costs that batch an attempt, so the split ends those tests as errors long before.
 MAX_LAUNCHES = 8
+#: The largest ids file a collection may write (bytes): some 100,000 ids of 600 bytes.
+MAX_IDS_BYTES = 64 * 1024 * 1024
 
 #: Runs one shell command with extra environment and says how it ended.
 RunCommand = Callable[[str, Mapping[str, str]], Awaitable[Execution]]
@@ -78,7 +84,9 @@ def command_for(tool: TestTool) -> str:
 
 
 def plugin_folder(scratch: Path) -> Path:
-    """A folder holding a ``superci`` package of the test process's modules only."""
+    """A folder holding a ``superci`` package of the test process's modules only, that
+    anyone who may enter ``scratch`` may read (a build user: copies of superci's public
+    code, whatever the runner's umask), and none but the runner may change."""
     folder = Path(scratch) / "split-plugin"
     package = folder / "superci"
     package.mkdir(parents=True, exist_ok=True)
@@ -86,6 +94,10 @@ def plugin_folder(scratch: Path) -> Path:
     here = Path(__file__).resolve().parent
     for module in PLUGIN_MODULES:
         shutil.copyfile(here / module, package / module)
+    for path in (folder, package):
+        path.chmod(0o755)
+    for copied in package.glob("*.py"):
+        copied.chmod(0o644)
     return folder
 
 
@@ -102,14 +114,24 @@ async def collect(
     into: Path,
 ) -> Collected:  # fmt: skip
     """The suite's ids as the test tool collects them (its collection mode writes them to
-    ``into``); :class:`ConfigError` saying why when it wrote none."""
+    ``into``, in a folder the test process may write in); :class:`ConfigError` saying why
+    when it wrote none, or a file that is not safe to read (see :mod:`superci.safefile`)."""
     into.unlink(missing_ok=True)
     env = split_environment(environment, plugins, **{COLLECT_ENV: str(into)})
     execution = await run(command_for(tool), env)
     if execution.cancelled or execution.timed_out:
         raise ConfigError("the suite's collection was stopped before it ended")
+    read = functools.partial(read_inside, into.parent, into.name, MAX_IDS_BYTES,
+                             what="the collected test ids")  # fmt: skip
     try:
-        document = json.loads(into.read_text("utf-8"))
+        data = await read_off_loop(read, timeout=defaults.FILE_READ_TIMEOUT,
+                                   what=f"the collected test ids {into}")  # fmt: skip
+    except UnsafeFile as e:
+        raise ConfigError(f"{tool.name} collected no usable test ids: {e}") from None
+    try:
+        if data is None:
+            raise FileNotFoundError(f"it wrote no {into}")
+        document = json.loads(data)
         tests = tuple(str(t) for t in document["tests"])
         errors = tuple(f"{e['node']}: {e['message']}" for e in document.get("errors", []))
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -158,13 +180,16 @@ class _Watching:
 
 
 class WatchedSource:
-    """A :class:`BatchSource` at ``path`` over ``backend``, noting how participants left."""
+    """A :class:`BatchSource` at ``path`` over ``backend``, noting how participants left;
+    ``access``: whose connections it takes (the runner's, and its build user's)."""
 
-    def __init__(self, path: Path, backend: SplitBackend) -> None:
+    def __init__(
+        self, path: Path, backend: SplitBackend, access: SocketAccess | None = None
+    ) -> None:
         self.path = Path(path)
         self._watching = _Watching(backend)
         self.left = self._watching.left
-        self.source = BatchSource(self.path, self._watching)
+        self.source = BatchSource(self.path, self._watching, access)
 
     async def __aenter__(self) -> WatchedSource:
         await self.source.start()

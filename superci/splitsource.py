@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from superci.errors import ProtocolError, StaleResult
 from superci.split import Batch, Done, Split, TestOutcome, TestResult, Wait
+from superci.splitaccess import SocketAccess
 from superci.splitclient import MAX_LINE, encode
 
 log = logging.getLogger(__name__)
@@ -149,11 +150,15 @@ FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
 
 
 class BatchSource:
-    """A unix socket at ``path``; each connection is one participant of the backend's split."""
+    """A unix socket at ``path``; each connection is one participant of the backend's split.
+    ``access``: whose connections it takes (default: the runner's own only)."""
 
-    def __init__(self, path: Path, backend: SplitBackend) -> None:
+    def __init__(
+        self, path: Path, backend: SplitBackend, access: SocketAccess | None = None
+    ) -> None:
         self.path = Path(path)
         self.backend = backend
+        self.access = access or SocketAccess()
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._named: dict[asyncio.Task[None], str] = {}  # connection → its participant
@@ -167,6 +172,7 @@ class BatchSource:
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, path=self.path, limit=MAX_LINE)
+        self.access.open(self.path)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -192,6 +198,9 @@ class BatchSource:
         await end_within(tasks, timeout)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.access.admits(writer, f"batch source {self.path}"):
+            writer.close()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)

@@ -28,6 +28,7 @@ from typing import Any
 
 from superci import protocol, splitkept
 from superci.split import TestResult
+from superci.splitaccess import SocketAccess
 from superci.splitclient import MAX_LINE
 from superci.splitsource import SETTLE_TIMEOUT, end_within
 
@@ -325,12 +326,16 @@ class HostTunnels:
 class SeatTunnel:
     """On a participant's runner: a unix socket at ``path`` its test process connects to
     as to a batch source; each connection is carried to the host. ``left`` says, per
-    participant that joined, whether it was lost (its connection ended without goodbye)."""
+    participant that joined, whether it was lost (its connection ended without goodbye).
+    ``access``: whose connections it takes (default: the runner's own only)."""
 
-    def __init__(self, path: Path, link: SplitLink, seat: int) -> None:
+    def __init__(
+        self, path: Path, link: SplitLink, seat: int, access: SocketAccess | None = None
+    ) -> None:
         self.path = Path(path)
         self.link = link
         self.seat = seat
+        self.access = access or SocketAccess()
         self.left: dict[str, bool] = {}
         self._conns = itertools.count(1)
         self._writers: dict[int, asyncio.StreamWriter] = {}
@@ -343,6 +348,7 @@ class SeatTunnel:
     async def __aenter__(self) -> SeatTunnel:
         self._server = await asyncio.start_unix_server(self._serve, path=self.path,
                                                        limit=MAX_LINE)  # fmt: skip
+        self.access.open(self.path)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -380,6 +386,9 @@ class SeatTunnel:
         writer.write(message.line.encode("utf-8") + b"\n")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.access.admits(writer, f"seat {self.seat}'s tunnel {self.path}"):
+            writer.close()  # never carried: the host hears nothing of it
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)

@@ -309,24 +309,31 @@ def closed_folders(paths: list[str]) -> dict[str, set[str]]:
 
 def as_runner_user(user: pwd.struct_passwd, env: dict[str, str], hold: Path) -> list[str]:
     """What runs this interpreter and superci as ``user``, with exactly ``env`` (each step
-    execs the next: signals reach the program). When a folder on the way to them is closed
-    to others, in a mount namespace of its own where that folder is a tmpfs showing only
-    the ways to them (the machine's folders keep their modes)."""
+    execs the next: signals reach the program), within :func:`in_reach`."""
+    drop = [
+        "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
+        "env", "-i", *(f"{key}={value}" for key, value in env.items()),
+    ]  # fmt: skip
+    return in_reach(drop, hold)
+
+
+def in_reach(then: list[str], hold: Path) -> list[str]:
+    """What runs ``then`` (a prefix that execs the program that follows it) where other
+    users may run this interpreter, pytest and superci: when a folder on the way to them
+    is closed to others, in a mount namespace of its own where that folder is a tmpfs
+    showing only the ways to them (the machine's folders keep their modes); ``hold``: a
+    folder for the namespace's mounts."""
     import click
     import git as gitpython
 
     import superci
 
-    drop = [
-        "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups",
-        "env", "-i", *(f"{key}={value}" for key, value in env.items()),
-    ]  # fmt: skip
-    modules = (superci, click, gitpython)
+    modules = (superci, click, gitpython, pytest)
     needed = [sys.executable, sys.prefix, sys.base_prefix, *sys.path,
               *(os.path.dirname(m.__file__ or "") for m in modules)]  # fmt: skip
     closed = closed_folders([path for path in needed if path and os.path.exists(path)])
     if not closed:
-        return drop
+        return then
     steps = ["set -e"]
     for i, (folder, names) in enumerate(sorted(closed.items())):  # outer folders first
         keep, at = shlex.quote(str(hold / str(i))), shlex.quote(folder)
@@ -339,7 +346,7 @@ def as_runner_user(user: pwd.struct_passwd, env: dict[str, str], hold: Path) -> 
     steps.append('exec "$@"')
     script = "\n".join(steps)
     return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script,
-            "sh", *drop]  # fmt: skip
+            "sh", *then]  # fmt: skip
 
 
 @pytest.fixture
@@ -355,8 +362,7 @@ def runner_launch(runner_user: pwd.struct_passwd, open_folder: Path) -> Iterator
     }  # fmt: skip
     if "PYTHONPATH" in os.environ:
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    hold = Path(tempfile.mkdtemp(prefix="superci-hold-"))
-    try:
+    with hold_folder() as hold:
         launch = as_runner_user(runner_user, env, hold)
         probe = subprocess.run(
             [*launch, sys.executable, "-c", "import superci.cli, superci.runner"],
@@ -368,6 +374,14 @@ def runner_launch(runner_user: pwd.struct_passwd, open_folder: Path) -> Iterator
                         f"cannot run {sys.executable} with superci {how} here: "
                         f"{probe.stderr.strip()[-300:]}")  # fmt: skip
         yield launch
+
+
+@contextlib.contextmanager
+def hold_folder() -> Iterator[Path]:
+    """A folder for the mounts of :func:`in_reach`'s namespaces, removed afterwards."""
+    hold = Path(tempfile.mkdtemp(prefix="superci-hold-"))
+    try:
+        yield hold
     finally:  # rmdir, never rmtree: were a mount of the namespace here, it stays whole
         for mountpoint in hold.iterdir():
             with contextlib.suppress(OSError):

@@ -4,6 +4,7 @@ plugin package, and one participant whose dead test process is started again."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from helpers import async_test
 from support import eventually
 from test_splitrun import pytest_project, sleeper, unittest_project
 
-from superci import testtool
+from superci import splitrunner, testtool
 from superci.errors import ConfigError
 from superci.execute import Execution, run_command
 from superci.split import Split, TestOutcome
@@ -114,6 +115,52 @@ async def test_a_collection_that_writes_no_ids_is_an_error_saying_so(tmp_path, s
     with pytest.raises(ConfigError, match="pytest collected no test ids"):
         await collect(testtool.choose(project), Commands(project), env, plugin_folder(scratch),
                       scratch / "ids.json")  # fmt: skip
+
+
+def plant_outside(into: Path) -> None:
+    outside = into.parent.parent / "runners-secret"
+    outside.write_text('{"tests": ["runner secret"]}')
+    into.symlink_to(outside)
+
+
+def plant_big(into: Path) -> None:
+    into.write_text(json.dumps({"tests": ["t"] * 100}))
+
+
+@pytest.mark.parametrize(
+    ("plant", "refused"),
+    [(plant_outside, r"leads outside .*; refusing to read it"),
+     (lambda into: os.mkfifo(into), "is a FIFO, not a regular file"),
+     (plant_big, "bytes, more than the 256 allowed")],
+)  # fmt: skip
+@async_test()
+async def test_collected_ids_the_test_process_made_unsafe_to_read_are_refused_saying_why(
+    tmp_path, scratch, monkeypatch, plant, refused
+):
+    monkeypatch.setattr(splitrunner, "MAX_IDS_BYTES", 256)
+    folder = tmp_path / "report"  # the build's: its test process may write there
+    folder.mkdir()
+
+    async def planting(command: str, env: Mapping[str, str]) -> Execution:
+        plant(Path(env[COLLECT_ENV]))
+        return Execution(0, False, False, 0.1)
+
+    tool = testtool.TestTool("pytest", "python -m pytest", "pytest", "chosen by hand")
+    with pytest.raises(ConfigError, match=f"pytest collected no usable test ids: .*{refused}"):
+        await collect(tool, planting, base_environment(), plugin_folder(scratch),
+                      folder / "split-ids.json")  # fmt: skip
+
+
+def test_the_plugin_package_is_readable_by_others_and_writable_by_the_runner_alone(scratch):
+    old = os.umask(0o077)  # a cautious runner's
+    try:
+        folder = plugin_folder(scratch)
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(folder): p.stat().st_mode & 0o777 for p in folder.rglob("*")}
+    assert modes.pop(Path("superci")) == 0o755 and folder.stat().st_mode & 0o777 == 0o755
+    assert set(modes) == {Path("superci", m) for m in ("__init__.py", *splitrunner.PLUGIN_MODULES)}
+    assert set(modes.values()) == {0o644}
 
 
 def test_a_tool_superci_cannot_split_is_refused():
