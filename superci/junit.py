@@ -34,14 +34,19 @@ def parse_junit_bytes(report: bytes) -> Summary | None:
         return None
     counts = {"run": 0, "passed": 0, "failed": 0, "errors": 0, "skipped": 0}
     failures: list[str] = []
+    last: dict[str, str] = {}  # each test's outcome in its last testcase
     for case in root.iter("testcase"):
         counts["run"] += 1
         outcome = _outcome(case)
         counts[outcome] += 1
         if outcome in ("failed", "errors"):
             failures.append(_name(case))
-    # pytest writes a second testcase for a test that failed and then errored in teardown.
-    return Summary(counts, list(dict.fromkeys(failures)))
+        # pytest writes a second testcase for a test that failed and then errored in
+        # teardown; tools that run a test again write one per run.
+        if not (outcome == "errors" and last.get(_name(case)) == "failed"):
+            last[_name(case)] = outcome
+    failing = sum(outcome in ("failed", "errors") for outcome in last.values())
+    return Summary(counts, list(dict.fromkeys(failures)), failing)
 
 
 def _outcome(case: ElementTree.Element) -> str:

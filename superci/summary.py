@@ -42,10 +42,13 @@ _UNITTEST_WORDS = {
 
 @dataclass
 class Summary:
-    """Counts (run, passed, failed, errors, skipped) and the names of failing tests."""
+    """Counts (run, passed, failed, errors, skipped) and the names of failing tests;
+    ``failing``: from a JUnit report only (exact), how many tests failed or errored in
+    their last run (a test run again that then passed is not one)."""
 
     counts: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    failing: int | None = None
 
 
 def parse_summary(output: str) -> Summary:

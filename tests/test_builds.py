@@ -850,5 +850,7 @@ def test_a_command_that_hides_its_failures_behind_exit_code_0_still_fails(
     result = superci.wait_for_result(sha)
 
     assert (result["status"], result["exit_code"]) == ("failed", 0), result
-    assert result["message"] == "1 test failed or errored, although the test command exited 0"
+    assert result["message"] == (
+        "1 test failed or errored by the JUnit report, although the test command exited 0"
+    )
     assert result["tests"]["failed"] == 1

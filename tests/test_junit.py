@@ -72,6 +72,7 @@ def test_a_real_pytest_report_gives_exact_counts_and_failing_test_names(
 
     assert summary is not None
     assert summary.counts == {"run": 6, "passed": 2, "failed": 2, "errors": 1, "skipped": 1}
+    assert summary.failing == 3
     assert sorted(summary.failures) == [
         "test_mixed.TestGroup.test_in_class_fails",
         "test_mixed.test_errors_in_setup",
@@ -108,6 +109,22 @@ def test_a_test_reported_twice_is_named_once_among_the_failures():
     assert summary is not None
     assert summary.failures == ["tests.test_x.test_a"]
     assert summary.counts["passed"] == 1
+    assert summary.failing == 1
+
+
+def test_a_test_that_failed_then_passed_when_run_again_is_not_failing_at_last():
+    """Tools that run a failed test again (gotestsum --rerun-fails, Gradle's test-retry)
+    write a testcase per run: the last one says how the test ended."""
+    report = b"""<testsuite>
+  <testcase classname="pkg" name="test_flaky"><failure message="first run"/></testcase>
+  <testcase classname="pkg" name="test_flaky"/>
+  <testcase classname="pkg" name="test_broken"/>
+  <testcase classname="pkg" name="test_broken"><failure message="second run"/></testcase>
+</testsuite>"""
+    summary = parse_junit_bytes(report)
+
+    assert summary is not None
+    assert summary.counts["failed"] == 2 and summary.failing == 1
 
 
 @pytest.mark.parametrize(

@@ -102,9 +102,24 @@ def test_timeout_and_cancel_are_decided_before_any_count():
     )
 
 
-@pytest.mark.parametrize("failed, errors", [(1, 0), (0, 2)])
-def test_failures_in_the_counts_fail_the_build_even_when_the_command_exited_0(failed, errors):
-    status, message = decide(ended(0), counts(5, passed=5 - failed - errors, failed=failed,
-                                              errors=errors), timeout=60)  # fmt: skip
+@pytest.mark.parametrize("failing", [1, 2])
+def test_a_report_of_failures_fails_the_build_even_when_the_command_exited_0(failing):
+    summary = counts(5, passed=5 - failing, failed=failing)
+    summary.failing = failing  # exact: from a JUnit report
+    status, message = decide(ended(0), summary, timeout=60)
     assert status is BuildStatus.FAILED
-    assert "although the test command exited 0" in message
+    assert message.startswith(f"{failing} test")
+    assert "by the JUnit report, although the test command exited 0" in message
+
+
+def test_failures_read_from_the_output_alone_leave_exit_code_0_passed_saying_so():
+    status, message = decide(ended(0), counts(3, passed=2, failed=1), timeout=60)
+    assert status is BuildStatus.PASSED
+    assert "the output's last summary says 1 failed or errored" in message
+
+
+def test_a_report_whose_failures_passed_when_run_again_passes():
+    summary = counts(3, passed=2, failed=1)
+    summary.failing = 0  # the report's last run of each test passed
+    assert decide(ended(0), summary, timeout=60) == (BuildStatus.PASSED,
+                                                     "tests passed (exit code 0)")  # fmt: skip
