@@ -24,7 +24,7 @@ from superci.errors import StorageError
 from superci.jobs import DEFAULT_JOB
 from superci.ratelimit import RateLimitedLog
 from superci.report import commit_document, counts_text, result_document
-from superci.results import ResultsFolder
+from superci.results import JOBS_FOLDER, ResultsFolder
 from superci.scheduler import (
     Action,
     CancelLease,
@@ -244,39 +244,57 @@ class Recorder:
             self.write_commit(record.sha, record.round)
         return document
 
-    def write_commit(self, sha: str, round_id: int) -> None:
+    def write_commit(self, sha: str, round_id: int) -> bool:
         """Once every job of a round of several has ended, sum it up in the commit's own
-        ``result.json``."""
+        ``result.json``; whether it was written."""
         records = self._store.round_of(round_id)
         if not all(record.status.finished for record in records):
-            return
+            return False
         try:
             self._results.write_commit(sha, commit_document(records))
         except StorageError as e:  # the jobs' own results stand; show still sums them up
             self._fault_log.log(logging.ERROR, "cannot write the result of commit %s: %s",
                                 sha[:12], e)  # fmt: skip
+            return False
+        return True
 
     def write_missing_commits(self, limit: int = RECENT_COMMITS_CHECKED) -> int:
-        """After a restart: write the commit ``result.json`` of each recent round of several
-        jobs that all ended, where it is not (the dispatcher stopped between the last job's
-        result and the commit's, or could not write it then). Returns how many."""
+        """After a restart: write the commit ``result.json`` of each recent round of named
+        jobs that all ended, where it is missing or an earlier round's (the dispatcher
+        stopped between the last job's result and the commit's, or could not write it
+        then). A file it does not recognise, or a commit whose jobs' files are gone, is
+        left as it is. Returns how many it wrote."""
         written = 0
-        for sha in self._store.commits_of_several_jobs(limit):
+        for sha in self._store.commits_with_jobs(limit):
             records = self._store.latest_round(sha)
-            if len(records) < 2 or not all(record.status.finished for record in records):
+            several = any(record.job != DEFAULT_JOB for record in records)
+            if not several or not all(record.status.finished for record in records):
                 continue
-            try:
-                current = self._results.read_result(sha)
-            except (OSError, ValueError) as e:
-                log.warning("cannot read the result of commit %s: %s", sha[:12], e)
-                current = None
-            if current is None or current.get("round") != records[0].round:
+            if self._commit_result_missing(sha, records[0].round):
                 log.info("writing the missing result of commit %s (round %d)", sha[:12],
                          records[0].round)  # fmt: skip
-                self.write_commit(sha, records[0].round)
-                written += 1
+                written += self.write_commit(sha, records[0].round)
         return written
 
+    def _commit_result_missing(self, sha: str, round_id: int) -> bool:
+        """Whether the commit's own document of round ``round_id`` is to be written: its
+        jobs' files are there, and at the top is nothing or a document superci wrote for
+        another build or round (which the write sets aside)."""
+        if not (self._results.folder(sha) / JOBS_FOLDER).is_dir():
+            return False
+        try:
+            current = self._results.read_result(sha)
+        except (OSError, ValueError) as e:
+            log.warning("cannot read the result of commit %s: %s", sha[:12], e)
+            return False
+        if current is None:
+            return True
+        if not isinstance(current, dict):
+            return False
+        if "build_id" in current:  # a single job's, of an earlier round
+            return True
+        known = isinstance(current.get("round"), int)
+        return known and current["round"] != round_id
     def _take_description(self, record: BuildRecord, result: protocol.Result) -> None:
         """The subject and author the runner said, where the submitter said none."""
         if (result.subject is None and result.author is None) or (

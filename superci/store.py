@@ -136,6 +136,9 @@ def _add_split_results(db: sqlite3.Connection) -> None:
     )
 
 
+#: Builds of named jobs looked at per commit sought by :meth:`Store.commits_with_jobs`.
+ROWS_PER_COMMIT = 8
+
 #: Test ids asked for in one query (SQLite allows at least 999 parameters).
 IDS_PER_QUERY = 500
 
@@ -367,13 +370,15 @@ class Store:
             (round_id, round_id),
         )
 
-    def commits_of_several_jobs(self, limit: int) -> list[str]:
-        """The newest ``limit`` commits that had a round of several jobs, newest first."""
+    def commits_with_jobs(self, limit: int) -> list[str]:
+        """The newest commits (at most ``limit``, newest first) that had a build of a named
+        job, found among the newest builds of named jobs only (a walk back from the
+        newest row, which stops early)."""
         rows = self._execute(
-            "SELECT sha FROM builds WHERE round_id IS NOT NULL GROUP BY sha"
-            " ORDER BY max(id) DESC LIMIT ?", (limit,),
-        )  # fmt: skip
-        return [sha for (sha,) in rows]
+            "SELECT sha FROM builds WHERE job != ? ORDER BY id DESC LIMIT ?",
+            (DEFAULT_JOB, limit * ROWS_PER_COMMIT),
+        )
+        return list(dict.fromkeys(sha for (sha,) in rows))[:limit]
 
     def latest_round(self, sha: str) -> list[BuildRecord]:
         """The jobs of the newest round of a commit; empty if it was never asked for."""

@@ -318,24 +318,60 @@ async def test_a_rebuild_without_the_file_runs_the_jobs_the_commit_had(tmp_path)
         assert harness.db_build(6)["after_jobs"] == '["tests"]'
 
 
+def stopped_before_the_commit_result(harness: Harness, *jobs: tuple[str, BuildStatus]) -> int:
+    """The state a dispatcher stopped in: every job of a round of ``SHA`` ended (each
+    with its folder), the commit's own result.json not written yet. Returns the round."""
+    (harness.results_dir / SHA / "jobs").mkdir(parents=True)
+    store = Store(harness.db_path)
+    try:
+        round_id = None
+        for job, status in jobs:
+            build = store.add_build(SHA, "main", 1.0, job=job, round=round_id)
+            round_id = round_id or build.id
+            store.finish(build.id, status, 2.0, f"{job}: {status}")
+            (harness.results_dir / SHA / "jobs" / job).mkdir()
+    finally:
+        store.close()
+    assert round_id is not None
+    return round_id
+
+
 @async_test()
 async def test_a_restarted_dispatcher_writes_a_commit_result_it_did_not_get_to_write(tmp_path):
     harness = Harness(tmp_path)
-    harness.root.mkdir(parents=True, exist_ok=True)
-    store = Store(harness.db_path)  # the state a dispatcher stopped in: every job ended,
-    try:  # the commit's own result.json not written yet
-        first = store.add_build(SHA, "main", 1.0, job="lint")
-        second = store.add_build(SHA, "main", 1.0, job="tests", round=first.id)
-        store.finish(first.id, BuildStatus.PASSED, 2.0, "tests passed (exit code 0)")
-        store.finish(second.id, BuildStatus.FAILED, 3.0, "tests failed (exit code 1)")
-    finally:
-        store.close()
+    round_id = stopped_before_the_commit_result(
+        harness, ("lint", BuildStatus.PASSED), ("tests", BuildStatus.FAILED)
+    )
 
     async with harness as h:
         document = h.result_json(SHA)
 
     assert document is not None
     assert (document["round"], document["status"], document["not_passed"]) == (
-        first.id, "failed", ["tests"],
+        round_id, "failed", ["tests"],
     )  # fmt: skip
     assert [job["job"] for job in document["jobs"]] == ["lint", "tests"]
+
+
+@async_test()
+async def test_a_round_of_one_named_job_gets_its_commit_result_after_a_restart_too(tmp_path):
+    harness = Harness(tmp_path)
+    round_id = stopped_before_the_commit_result(harness, ("docs", BuildStatus.PASSED))
+
+    async with harness as h:
+        document = h.result_json(SHA)
+
+    assert document is not None and document["round"] == round_id
+    assert document["status"] == "passed"
+
+
+@async_test()
+async def test_a_restarted_dispatcher_leaves_a_result_file_it_does_not_recognise(tmp_path):
+    harness = Harness(tmp_path)
+    stopped_before_the_commit_result(harness, ("lint", BuildStatus.PASSED))
+    theirs = harness.results_dir / SHA / "result.json"
+    for text in ('["not", "a", "result"]', '{"written": "by someone else"}'):
+        theirs.write_text(text)
+        async with harness:
+            pass
+        assert theirs.read_text() == text
