@@ -295,6 +295,7 @@ class Recorder:
             return True
         known = isinstance(current.get("round"), int)
         return known and current["round"] != round_id
+
     def _take_description(self, record: BuildRecord, result: protocol.Result) -> None:
         """The subject and author the runner said, where the submitter said none."""
         if (result.subject is None and result.author is None) or (

@@ -3,10 +3,12 @@ runner itself and its build user, nobody else.
 
 With a build user (``--build-user``) the test processes run as another user than the
 runner, so the sockets cannot stay in a folder only the runner may enter: their folder
-may be entered but not listed (0711), under a name nobody can guess, and each socket may
-be connected to by anyone (0666). The name keeps others from finding a socket; the
+may be entered but not listed (0711), each socket has a name nobody can guess and may be
+connected to by anyone (0666). The name keeps others from finding a socket; the
 check of every connection's peer (the kernel's word for its uid, ``SO_PEERCRED``) keeps
-out whoever finds one anyway, before it can say a word. Without a build user the folder
+out whoever finds one anyway, before it can say a word (any process of the build user
+is admitted: a build user is dedicated to one runner, and its processes end with each
+build). A socket also takes a bounded number of connections at once. Without a build user the folder
 stays the runner's alone (0700), and the check only confirms it.
 """
 
@@ -23,10 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from superci.ratelimit import RateLimitedLog
+
 log = logging.getLogger(__name__)
+#: A refused connection is logged, but a loop of them does not flood the runner's log.
+_refusals = RateLimitedLog(log)
 
 #: ``struct ucred`` as ``SO_PEERCRED`` returns it (Linux): pid, uid, gid.
 UCRED = struct.Struct("3i")
+#: Connections one socket keeps open at once: a split has at most 16 participants, each
+#: with one test process at a time, and a dead one's connection lingers a few seconds;
+#: beyond that a build's code could only be making the runner hold buffers (each
+#: connection may hold a line of up to 4 MiB), so a new one is refused.
+MAX_CONNECTIONS = 40
 
 
 @dataclass(frozen=True)
@@ -48,29 +59,41 @@ class SocketAccess:
 
     def folder(self) -> Path:
         """A fresh folder for the sockets, with a short path (a unix socket's path has at
-        most 107 bytes) and, when shared, a name nobody can guess and mode 0711."""
-        folder = Path(tempfile.mkdtemp(prefix=f"sci-split-{secrets.token_hex(8)}-"))
+        most 107 bytes) and, when shared, mode 0711: its sockets' names cannot be listed
+        (see :meth:`socket_in`)."""
+        folder = Path(tempfile.mkdtemp(prefix="sci-split-"))
         if self.shared:
             folder.chmod(0o711)
         return folder
+
+    def socket_in(self, folder: Path) -> Path:
+        """Where a socket goes in ``folder``: a name nobody can guess, since the folder
+        (in the shared temporary folder) can be found but, when shared, not listed."""
+        return folder / f"batches-{secrets.token_hex(8)}.sock"
 
     def open(self, path: Path) -> None:
         """Let the build user connect to the socket at ``path`` (its peer is checked)."""
         if self.shared:
             path.chmod(0o666)
 
-    def admits(self, writer: asyncio.StreamWriter, what: str) -> bool:
-        """Whether the peer of a connection just accepted on ``what`` may use it; one that
-        may not is logged (it never gets to say a word)."""
+    def admits(self, writer: asyncio.StreamWriter, what: str, already_open: int) -> bool:
+        """Whether the peer of a connection just accepted on ``what`` (which has
+        ``already_open`` others) may use it; one that may not is logged (it never gets to
+        say a word)."""
         uid = peer_uid(writer.get_extra_info("socket"))
-        if admitted(uid, self.uids, self.shared):
-            return True
-        allowed = f"the runner (uid {self.own_uid})" + (
-            f" and its build user (uid {self.build_uid})" if self.shared else ""
-        )
-        peer = "an unknown uid" if uid is None else f"uid {uid}"
-        log.warning("%s: refused a connection from %s: only %s may connect", what, peer, allowed)
-        return False
+        if not admitted(uid, self.uids, self.shared):
+            allowed = f"the runner (uid {self.own_uid})" + (
+                f" and its build user (uid {self.build_uid})" if self.shared else ""
+            )
+            peer = "an unknown uid" if uid is None else f"uid {uid}"
+            _refusals.log(logging.WARNING, "%s: refused a connection from %s: only %s may "
+                          "connect", what, peer, allowed)  # fmt: skip
+            return False
+        if already_open >= MAX_CONNECTIONS:
+            _refusals.log(logging.WARNING, "%s: refused a connection: %d are open already, "
+                          "more than a split needs", what, already_open)  # fmt: skip
+            return False
+        return True
 
 
 def admitted(peer: int | None, uids: frozenset[int], shared: bool) -> bool:

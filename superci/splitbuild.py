@@ -140,7 +140,7 @@ async def host(
     width = split_width(parallel)
     access = access or SocketAccess()
     folder = access.folder()
-    tunnels = link.host = HostTunnels(folder / "batches.sock", link)
+    tunnels = link.host = HostTunnels(access.socket_in(folder), link)
     try:  # seats check out and start their test processes while this runner collects
         await link.want_seats(width)
         backend, took = await _collect_and_take_part(
@@ -301,7 +301,7 @@ async def seat(
     access = access or SocketAccess()
     folder = access.folder()
     try:
-        async with SeatTunnel(folder / "batches.sock", link, link.build.seat,
+        async with SeatTunnel(access.socket_in(folder), link, link.build.seat,
                               access) as tunnel:  # fmt: skip
             link.seat = tunnel
             try:

@@ -198,7 +198,7 @@ class BatchSource:
         await end_within(tasks, timeout)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.access.admits(writer, f"batch source {self.path}"):
+        if not self.access.admits(writer, f"batch source {self.path}", len(self._connections)):
             writer.close()
             return
         task = asyncio.current_task()

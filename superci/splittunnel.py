@@ -386,7 +386,8 @@ class SeatTunnel:
         writer.write(message.line.encode("utf-8") + b"\n")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.access.admits(writer, f"seat {self.seat}'s tunnel {self.path}"):
+        where = f"seat {self.seat}'s tunnel {self.path}"
+        if not self.access.admits(writer, where, len(self._connections)):
             writer.close()  # never carried: the host hears nothing of it
             return
         task = asyncio.current_task()

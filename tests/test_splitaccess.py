@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers import async_test
-from support import WAIT
+from support import WAIT, eventually
 
 from superci import protocol, splitaccess
 from superci.split import Split
@@ -53,18 +53,36 @@ def test_without_a_build_user_only_the_runner_is_admitted_and_its_folder_stays_p
         folder.rmdir()
 
 
-def test_with_a_build_user_the_folder_may_be_entered_not_listed_and_has_an_unguessable_name():
+def test_with_a_build_user_the_folder_may_be_entered_not_listed_and_its_sockets_unguessable():
     access = SocketAccess(build_uid=BUILD_UID)
     assert access.uids == {os.geteuid(), BUILD_UID} and access.shared
-    folders = [access.folder(), access.folder()]
+    folder = access.folder()
     try:
-        for folder in folders:
-            assert folder.stat().st_mode & 0o777 == 0o711
-            assert folder.name.startswith("sci-split-") and len(folder.name) >= 10 + 16 + 1 + 8
-        assert folders[0].name[:27] != folders[1].name[:27]  # the secrets-made part differs
+        assert folder.stat().st_mode & 0o777 == 0o711
+        sockets = [access.socket_in(folder), access.socket_in(folder)]
+        assert all(p.parent == folder and len(p.name) == len("batches-.sock") + 16 for p in sockets)
+        assert sockets[0] != sockets[1]  # made by secrets
+        assert len(str(sockets[0])) < 100  # a unix socket's path has at most 107 bytes
     finally:
-        for folder in folders:
-            folder.rmdir()
+        folder.rmdir()
+
+
+@async_test()
+async def test_a_socket_refuses_connections_beyond_what_a_split_needs(tmp_path, caplog):
+    path = SocketAccess().socket_in(tmp_path)
+    source = BatchSource(path, LocalSplit(Split(["t"], {}, 1)))
+    opened: list[asyncio.StreamWriter] = []
+    async with source:
+        for _ in range(splitaccess.MAX_CONNECTIONS):
+            _, writer = await asyncio.open_unix_connection(path)
+            opened.append(writer)
+        await eventually(lambda: len(source._connections) == splitaccess.MAX_CONNECTIONS)
+        reader, writer = await asyncio.open_unix_connection(path)
+        assert await asyncio.wait_for(reader.read(), WAIT) == b""  # cut at once
+        writer.close()
+        for one in opened:
+            one.close()
+    assert "more than a split needs" in caplog.text
 
 
 def test_the_peer_of_a_connection_is_the_uid_of_the_process_at_its_other_end():
