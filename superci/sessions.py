@@ -298,7 +298,9 @@ class RunnerSessions:
         if self._leased(message.build_id, message.attempt, name, session) is None:
             return
         try:
-            self._store.keep_split_results(message.build_id, splitkept.results(message))
+            if not self._store.keep_split_results(message.build_id, splitkept.results(message)):
+                self._fault_log.log(logging.WARNING, "build %d: split results not kept: more "
+                                    "than a build keeps", message.build_id)  # fmt: skip
         except StorageError as e:  # a lost host would cost more: its whole split
             self._fault_log.log(logging.ERROR, "build %d: split results not kept: %s",
                                 message.build_id, e)  # fmt: skip

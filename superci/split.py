@@ -187,7 +187,7 @@ class Split:
         #: The tests in the order their results were recorded (kept ones first): a host
         #: keeps its dispatcher up to date by sending what is new at the end.
         self.recorded: list[str] = list(self.results)
-        self.kept = len(self.results)
+        self.kept_count = len(self.results)
         order = {t: i for i, t in enumerate(unique)}
         ahead = sorted(unique, key=lambda t: (-self.estimate[t], order[t]))
         self._fresh: deque[str] = deque(t for t in ahead if t not in self.results)

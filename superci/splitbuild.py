@@ -80,7 +80,7 @@ class HostedSplit(LocalSplit):
         self.seats_closed = False
         self.began = self.clock()  # participants' times in split.json count from here
         self._recorded = asyncio.Event()
-        self._sent = split.kept  # results the dispatcher has: those it gave back
+        self._sent = split.kept_count  # results the dispatcher has: those it gave back
 
     async def _notify(self) -> None:
         await super()._notify()
@@ -96,7 +96,7 @@ class HostedSplit(LocalSplit):
             self.seats_closed = True
             await self.link.want_seats(0)
 
-    async def keep(self) -> None:
+    async def keep_sending(self) -> None:
         """Send the dispatcher the results recorded, gathered for :data:`KEEP_INTERVAL`
         into one message, so that a new host, should this one be lost, runs only the
         rest. Runs until cancelled."""
@@ -117,7 +117,7 @@ class HostedSplit(LocalSplit):
             if runner_of(participant) != self.runner:
                 self.split.leave(participant, self.clock())
         self.tunnels.hang_up_all()
-        self._sent = self.split.kept
+        self._sent = self.split.kept_count
         await self._notify()  # wakes the keeper, and participants waiting for work
         if self.split.handing_out:
             self.seats_closed = False
@@ -175,7 +175,7 @@ async def _collect_and_take_part(
     await _say_kept(split, say)
     if not split.handing_out:  # every result was kept: nothing for a seat to do
         await backend.close_seats(force=True)
-    keeper = asyncio.create_task(backend.keep())
+    keeper = asyncio.create_task(backend.keep_sending())
     link.on_reconnect = backend.reconnected
     try:
         async with WatchedSource(tunnels.socket, backend, access) as source:
@@ -208,9 +208,9 @@ async def _stop(task: asyncio.Task[None], what: str) -> None:
 async def _say_kept(split: Split, say: Say) -> None:
     """Say which results an earlier attempt kept, and those that did not pass with their
     messages: that attempt's log is not kept."""
-    if not split.kept:
+    if not split.kept_count:
         return
-    kept = [split.results[test] for test in split.recorded[: split.kept]]
+    kept = [split.results[test] for test in split.recorded[: split.kept_count]]
     runners = sorted({runner_of(r.participant) for r in kept})
     rest = len(split.tests) - len(kept)
     await say(f"kept {len(kept)} results from an earlier attempt of this build (run on "
@@ -263,7 +263,7 @@ async def _outcome(link: SplitLink, backend: HostedSplit, took: TookPart) -> Spl
     ran = dict(Counter({runner: len(tests) for runner, tests in by_runner.items()}))
     document = {
         "tests": len(split.tests),
-        "kept": split.kept,
+        "kept": split.kept_count,
         "width": split.width,
         "ended": split.ended,
         "runners": {runner: {"ran": tests} for runner, tests in by_runner.items()},

@@ -136,6 +136,10 @@ def _add_split_results(db: sqlite3.Connection) -> None:
     )
 
 
+#: Split results one build keeps at most (a suite of that many tests is beyond any split's
+#: use of them; a runner that sends more is not believed).
+MAX_KEPT_PER_BUILD = 100_000
+
 #: Builds of named jobs looked at per commit sought by :meth:`Store.commits_with_jobs`.
 ROWS_PER_COMMIT = 8
 
@@ -549,11 +553,19 @@ class Store:
 
     # --- a split's kept results -------------------------------------------------------
 
-    def keep_split_results(self, build_id: int, results: Iterable[TestResult]) -> None:
+    def keep_split_results(
+        self, build_id: int, results: Iterable[TestResult], limit: int = MAX_KEPT_PER_BUILD
+    ) -> bool:
         """Keep results a split build recorded, in one transaction; a test keeps its first
-        (a split records each test once; a resent one changes nothing)."""
+        (a split records each test once; a resent one changes nothing). A build keeps at
+        most ``limit``: False when these would go beyond (none of them is kept)."""
         rows = [(build_id, r.test, r.outcome, r.duration, r.message, r.participant)
                 for r in results]  # fmt: skip
+        (held,) = self._execute(
+            "SELECT count(*) FROM split_results WHERE build_id = ?", (build_id,)
+        ).fetchone()
+        if held + len(rows) > limit:
+            return False
         try:
             with self.transaction():
                 self._db.executemany(
@@ -562,6 +574,7 @@ class Store:
                 )  # fmt: skip
         except sqlite3.Error as e:
             raise StorageError(f"cannot write to the state database {self.path}: {e}") from e
+        return True
 
     def kept_split_results(self, build_id: int, tests: Iterable[str]) -> dict[str, TestResult]:
         """The kept results of those of ``tests`` that have one."""

@@ -353,7 +353,7 @@ def test_results_kept_from_a_lost_host_are_not_handed_out_again(clock):
     kept = {t: old.results[t] for t in old.recorded}
 
     new = Split(names(6), {}, width=2, kept=kept)
-    assert new.kept == len(finished.tests) and new.recorded == list(finished.tests)
+    assert new.kept_count == len(finished.tests) and new.recorded == list(finished.tests)
     assert new.join("host2.1", clock())
     handed: list[str] = []
     while isinstance(batch := new.next_batch("host2.1", clock()), Batch):

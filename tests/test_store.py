@@ -710,3 +710,11 @@ def test_a_running_build_stored_before_kept_split_results_finishes_after_the_mig
         assert store.get(running.id).status == BuildStatus.PASSED
     finally:
         store.close()
+
+
+def test_a_build_keeps_split_results_up_to_its_limit(store):
+    build = store.add_build(SHA_A, "main", now=1.0)
+    three = [TestResult(f"t::{i}", TestOutcome.PASSED, 1.0, "", "r1.1") for i in range(3)]
+    assert store.keep_split_results(build.id, three[:2], limit=2)
+    assert not store.keep_split_results(build.id, three[2:], limit=2)
+    assert set(store.kept_split_results(build.id, ["t::0", "t::1", "t::2"])) == {"t::0", "t::1"}
