@@ -18,6 +18,7 @@ superci's dependencies, and may not have superci at all: :func:`plugin_folder` w
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -116,7 +117,8 @@ async def collect(
     """The suite's ids as the test tool collects them (its collection mode writes them to
     ``into``, in a folder the test process may write in); :class:`ConfigError` saying why
     when it wrote none, or a file that is not safe to read (see :mod:`superci.safefile`)."""
-    into.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # a build user's file it may not remove: it rewrites it
+        into.unlink(missing_ok=True)
     env = split_environment(environment, plugins, **{COLLECT_ENV: str(into)})
     execution = await run(command_for(tool), env)
     if execution.cancelled or execution.timed_out:
