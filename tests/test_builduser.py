@@ -403,6 +403,23 @@ def runners_files(folder: Path, user: pwd.struct_passwd) -> tuple[Repo, Path, Pa
     return upstream, clone, token
 
 
+def sudo_runner(
+    superci: Superci, clone: Path, token: Path, build_user: BuildUser, open_folder: Path,
+    runner_launch: list[str],
+) -> Process:  # fmt: skip
+    """The runner ``r-sudo``, run as the runner user (not root) with ``build_user``, once
+    it has registered."""
+    runner = Process(
+        ["runner", "--dispatcher-server", superci.address, "--name", "r-sudo",
+         "--heartbeat-interval", "0.2", str(clone), "--token-file", str(token),
+         "--build-user", build_user.name, "--kill-grace", "0.5"],
+        superci.root / "r-sudo.log", open_folder, runner_launch,
+    )  # fmt: skip
+    superci.processes.append(runner)
+    runner.wait_for_log("registered with the dispatcher")
+    return runner
+
+
 def test_a_runner_that_is_not_root_without_the_sudo_rule_refuses_and_prints_the_rule(
     runner_launch: list[str], runner_user: pwd.struct_passwd, build_user: BuildUser,
     open_folder: Path,
@@ -425,14 +442,7 @@ def test_a_runner_with_the_readmes_sudo_rule_runs_builds_as_the_build_user(
 ):  # fmt: skip
     upstream, clone, token = runners_files(open_folder, runner_user)
     superci.dispatcher(0, "--token-file", str(token))
-    runner = Process(
-        ["runner", "--dispatcher-server", superci.address, "--name", "r-sudo",
-         "--heartbeat-interval", "0.2", str(clone), "--token-file", str(token),
-         "--build-user", build_user.name, "--kill-grace", "0.5"],
-        superci.root / "r-sudo.log", open_folder, runner_launch,
-    )  # fmt: skip
-    superci.processes.append(runner)
-    runner.wait_for_log("registered with the dispatcher")
+    runner = sudo_runner(superci, clone, token, build_user, open_folder, runner_launch)
     identity = clone / ".git" / "superci-identity"
     assert identity.stat().st_uid == runner_user.pw_uid
     assert clone.stat().st_mode & 0o777 == 0o700

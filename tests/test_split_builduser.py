@@ -16,7 +16,7 @@ import pytest
 import test_builduser
 from conftest import Process, Repo, Superci
 from support import wait_until
-from test_builduser import hold_folder, in_reach, new_user, runners_files
+from test_builduser import hold_folder, in_reach, new_user, runners_files, sudo_runner
 from test_split_e2e import SPLIT_WAIT, host_of, junit_cases
 
 from superci.builduser import BuildUser, processes_of
@@ -167,14 +167,7 @@ def test_a_runner_that_is_not_root_hosts_a_split_as_its_build_user_through_the_s
     marks, tests = open_folder / "marks", [f"{n:02}" for n in range(8)]
     sha = upstream.commit(noted_suite(marks, tests))
     superci.dispatcher(0, "--token-file", str(token))
-    host = Process(
-        ["runner", "--dispatcher-server", superci.address, "--name", "r-sudo",
-         "--heartbeat-interval", "0.2", str(clone), "--token-file", str(token),
-         "--build-user", build_user.name, "--kill-grace", "0.5"],
-        superci.root / "r-sudo.log", open_folder, runner_launch,
-    )  # fmt: skip
-    superci.processes.append(host)
-    host.wait_for_log("registered with the dispatcher")
+    sudo_runner(superci, clone, token, build_user, open_folder, runner_launch)
     assert superci.notify(sha, "--token-file", str(token)).returncode == 0
     wait_until(lambda: host_of(superci, sha), SPLIT_WAIT, "the build to start")
     assert host_of(superci, sha) == "r-sudo"  # it hosts: it alone was there
