@@ -70,7 +70,7 @@ class SplitOutcome:
 class HostedSplit(LocalSplit):
     """The host's split: once nothing is left to hand out, the dispatcher is told to offer
     no more seats (a runner joining then would only be told it is done); the results it
-    records go to the dispatcher to keep (see :meth:`keep`)."""
+    records go to the dispatcher to keep (see :meth:`keep_sending`)."""
 
     def __init__(self, split: Split, link: SplitLink, tunnels: HostTunnels, runner: str) -> None:
         super().__init__(split)
