@@ -293,14 +293,13 @@ def test_durations_are_a_moving_average_per_test():
         updated_durations(old, {}, 0.0)
 
 
-def test_participants_sharing_known_durations_finish_within_the_last_small_tests(clock):
-    """Four participants driven in simulated time finish within 0.3 s of each other."""
-    durations = {t: 0.1 + 0.1 * (i % 12) for i, t in enumerate(names(24))}
-    split = Split(names(24), durations, width=4)
+def finish_times(split: Split, real: dict[str, float], now: float) -> dict[str, float]:
+    """Four participants, a to d, run the split in simulated time from ``now`` (each test
+    takes its ``real`` seconds): when each found nothing left for it."""
     events: list[tuple[float, str]] = []
     for who in "abcd":
-        split.join(who, clock())
-        heapq.heappush(events, (clock(), who))
+        split.join(who, now)
+        heapq.heappush(events, (now, who))
     finished: dict[str, float] = {}
     while events:
         now, who = heapq.heappop(events)
@@ -309,9 +308,17 @@ def test_participants_sharing_known_durations_finish_within_the_last_small_tests
             finished[who] = now
             continue
         for test in answer.tests:
-            now += durations[test]
-            split.report(who, answer.id, [passed(test, durations[test])], now)
+            now += real[test]
+            split.report(who, answer.id, [passed(test, real[test])], now)
         heapq.heappush(events, (now, who))
+    return finished
+
+
+def test_participants_sharing_known_durations_finish_within_the_last_small_tests(clock):
+    """Four participants driven in simulated time finish within 0.3 s of each other."""
+    durations = {t: 0.1 + 0.1 * (i % 12) for i, t in enumerate(names(24))}
+    split = Split(names(24), durations, width=4)
+    finished = finish_times(split, durations, clock())
     assert max(finished.values()) - min(finished.values()) <= 0.3 + 1e-9
     assert split.summary().summary.counts["passed"] == 24
 
@@ -321,21 +328,7 @@ def test_participants_with_no_known_durations_finish_within_the_longest_test(clo
     participants in simulated time finish within one test of each other."""
     real = {t: 0.1 + 0.1 * (i % 12) for i, t in enumerate(names(24))}
     split = Split(names(24), {}, width=4)
-    events: list[tuple[float, str]] = []
-    for who in "abcd":
-        split.join(who, clock())
-        heapq.heappush(events, (clock(), who))
-    finished: dict[str, float] = {}
-    while events:
-        now, who = heapq.heappop(events)
-        answer = split.next_batch(who, now)
-        if not isinstance(answer, Batch):
-            finished[who] = now
-            continue
-        for test in answer.tests:
-            now += real[test]
-            split.report(who, answer.id, [passed(test, real[test])], now)
-        heapq.heappush(events, (now, who))
+    finished = finish_times(split, real, clock())
     assert max(finished.values()) - min(finished.values()) <= max(real.values()) + 1e-9
 
 
