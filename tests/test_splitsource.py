@@ -180,16 +180,23 @@ async def test_a_waiting_participant_gets_a_lost_batch_or_done_when_the_split_en
         assert answer == {"type": "error", "message": "w already holds batches 4, 5"}
 
 
+async def one_waiting(src: BatchSource, backend: LocalSplit) -> tuple[Peer, Peer]:
+    """``holder`` holds the first two batches; ``w`` got the last one and now waits, for
+    theirs may come back."""
+    holder, waiter = await Peer.connect(src.path, "holder"), await Peer.connect(src.path, "w")
+    for _ in range(2):
+        assert (await holder.ask({"type": "next", "wait": True}))["type"] == "batch"
+    assert (await waiter.ask({"type": "next", "wait": True}))["tests"] == ["d"]
+    await waiter.send({"type": "next", "wait": True})
+    await eventually(lambda: backend.waiting == {"w"}, what="w to wait")
+    return holder, waiter
+
+
 @async_test()
 async def test_cancel_tells_a_waiting_participant_the_split_is_done(socket_path):
     src, backend = source(socket_path)
     async with src:
-        holder, waiter = await Peer.connect(src.path, "holder"), await Peer.connect(src.path, "w")
-        for _ in range(2):
-            assert (await holder.ask({"type": "next", "wait": True}))["type"] == "batch"
-        assert (await waiter.ask({"type": "next", "wait": True}))["tests"] == ["d"]
-        await waiter.send({"type": "next", "wait": True})
-        await eventually(lambda: backend.waiting == {"w"}, what="w to wait")
+        holder, waiter = await one_waiting(src, backend)
         assert await backend.end("the build was cancelled") == TESTS
         assert await waiter.answer() == {"type": "done"}
         assert backend.split.results["a"].message == "a: not run: the build was cancelled"
@@ -201,12 +208,7 @@ async def test_cancel_tells_a_waiting_participant_the_split_is_done(socket_path)
 async def test_a_participant_that_dies_while_it_waits_is_lost_at_once(socket_path):
     src, backend = source(socket_path)
     async with src:
-        holder, waiter = await Peer.connect(src.path, "holder"), await Peer.connect(src.path, "w")
-        await holder.ask({"type": "next", "wait": True})
-        await holder.ask({"type": "next", "wait": True})
-        await waiter.ask({"type": "next", "wait": True})
-        await waiter.send({"type": "next", "wait": True})
-        await eventually(lambda: backend.waiting == {"w"}, what="w to wait")
+        holder, waiter = await one_waiting(src, backend)
         await waiter.close()
         await eventually(lambda: "w" not in backend.split.participants, what="w to be lost")
         assert [b.tests for b in backend.split.held("holder")] == [("a", "b"), ("c",)]
@@ -217,12 +219,7 @@ async def test_a_participant_that_dies_while_it_waits_is_lost_at_once(socket_pat
 async def test_a_participant_that_talks_while_it_waits_is_told_it_broke_the_protocol(socket_path):
     src, backend = source(socket_path)
     async with src:
-        holder, waiter = await Peer.connect(src.path, "holder"), await Peer.connect(src.path, "w")
-        await holder.ask({"type": "next", "wait": True})
-        await holder.ask({"type": "next", "wait": True})
-        await waiter.ask({"type": "next", "wait": True})
-        await waiter.send({"type": "next", "wait": True})
-        await eventually(lambda: backend.waiting == {"w"}, what="w to wait")
+        holder, waiter = await one_waiting(src, backend)
         answer = await waiter.ask({"type": "bye"})
         assert answer == {
             "type": "error", "message": "a participant sends nothing while it waits for a batch"
