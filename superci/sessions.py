@@ -11,7 +11,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from superci import events, identity, labels, protocol, splitkept
 from superci.bus import EventBus
@@ -34,6 +34,7 @@ from superci.status import BuildStatus
 from superci.store import Store
 
 log = logging.getLogger("superci.dispatcher.sessions")  # a part of the dispatcher, logged as one
+T = TypeVar("T")
 
 
 class RunnerSessions:
@@ -157,11 +158,9 @@ class RunnerSessions:
 
     def _leased(self, build_id: int, attempt: int, name: str, session: int) -> Job | None:
         """The job if this session holds its lease; stale messages are dropped quietly."""
-        try:
-            return self._scheduler.check_lease(build_id, attempt, name, session)
-        except StaleResult as e:
-            log.debug("dropped a message from %s: %s", name, e)
-            return None
+        return _unless_stale(
+            name, lambda: self._scheduler.check_lease(build_id, attempt, name, session)
+        )
 
     def _on_started(
         self, channel: Channel, name: str, session: int, message: protocol.Started
@@ -247,15 +246,12 @@ class RunnerSessions:
     ) -> None:
         """The runner lacks labels the commit's own .superci.toml needs: the build learns
         them and waits, uncounted, for a runner that offers them."""
-        try:
-            actions = self._scheduler.unsuited(
-                message.build_id, message.attempt, name, session,
-                labels.check_labels(message.needs), message.reason, self._clock(),
-            )  # fmt: skip
-        except StaleResult as e:
-            log.debug("dropped a message from %s: %s", name, e)
-            return
-        self._recorder.carry_out(actions)
+        actions = _unless_stale(name, lambda: self._scheduler.unsuited(
+            message.build_id, message.attempt, name, session,
+            labels.check_labels(message.needs), message.reason, self._clock(),
+        ))  # fmt: skip
+        if actions is not None:
+            self._recorder.carry_out(actions)
 
     def _on_leaving(
         self, channel: Channel, name: str, session: int, message: protocol.Leaving
@@ -308,15 +304,12 @@ class RunnerSessions:
     def _on_split_seats(
         self, channel: Channel, name: str, session: int, message: protocol.SplitSeats
     ) -> None:
-        try:
-            actions = self._scheduler.open_seats(
-                message.build_id, message.attempt, name, session, message.width,
-                self._clock(), message.next_seat,
-            )  # fmt: skip
-        except StaleResult as e:
-            log.debug("dropped a message from %s: %s", name, e)
-            return
-        self._recorder.carry_out(actions)
+        actions = _unless_stale(name, lambda: self._scheduler.open_seats(
+            message.build_id, message.attempt, name, session, message.width,
+            self._clock(), message.next_seat,
+        ))  # fmt: skip
+        if actions is not None:
+            self._recorder.carry_out(actions)
 
     def _on_split_measured(
         self, channel: Channel, name: str, session: int, message: protocol.SplitMeasured
@@ -331,11 +324,10 @@ class RunnerSessions:
 
     def _from_seat(self, channel: Channel, name: str, session: int, message: Any) -> None:
         """A participant's message, for the build's own runner (the host)."""
-        try:
-            job = self._scheduler.check_seat(message.build_id, message.attempt, message.seat,
-                                             name, session)  # fmt: skip
-        except StaleResult as e:
-            log.debug("dropped a message from %s: %s", name, e)
+        job = _unless_stale(name, lambda: self._scheduler.check_seat(
+            message.build_id, message.attempt, message.seat, name, session
+        ))  # fmt: skip
+        if job is None:
             return
         host = self._scheduler.primary_session(job)
         if isinstance(message, protocol.SplitSeatEnd):
@@ -365,6 +357,16 @@ class RunnerSessions:
         if seat is not None and seat in self.channels:
             fields = {f: getattr(message, f) for f in protocol.fields_of(type(message))}
             self.channels[seat].post(_FORWARDED[type(message)](**fields))
+
+
+def _unless_stale(name: str, decide: Callable[[], T]) -> T | None:
+    """What ``decide`` returns, or None when it finds the message from runner ``name``
+    stale (a lease or seat that is no longer its own): such a message is dropped quietly."""
+    try:
+        return decide()
+    except StaleResult as e:
+        log.debug("dropped a message from %s: %s", name, e)
+        return None
 
 
 #: What the dispatcher sends on for each message of a split it routes.
