@@ -602,13 +602,27 @@ class Event(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SplitTests(Message):
+class SplitMessage(Message):
+    """The fields of every message of a split build (never sent alone): the lease of the
+    build's runner they belong to."""
+
+    build_id: int = _check(_check_positive)
+    attempt: int = _check(_check_positive)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeatMessage(SplitMessage):
+    """The fields of a message of one seat of a split build (never sent alone)."""
+
+    seat: int = _check(_check_positive)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitTests(SplitMessage):
     """Host → dispatcher: collected test ids (a part of them), answered by
     :class:`SplitDurations` of the same ``request``."""
 
     type: ClassVar[str] = "split_tests"
-    build_id: int = _check(_check_positive)
-    attempt: int = _check(_check_positive)
     request: int = _check(_check_non_negative)
     tests: list[str] = field(default_factory=list)
 
@@ -626,35 +640,29 @@ class KeptResults(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SplitDurations(KeptResults):
+class SplitDurations(SplitMessage, KeptResults):
     """Dispatcher → host: the known durations of the tests of one request, and the
     results an earlier attempt of the build kept for them (see :class:`SplitKept`)."""
 
     type: ClassVar[str] = "split_durations"
-    build_id: int = _check(_check_positive)
-    attempt: int = _check(_check_positive)
     request: int = _check(_check_non_negative)
     durations: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SplitKept(KeptResults):
+class SplitKept(SplitMessage, KeptResults):
     """Host → dispatcher: results its split recorded (a part of them), kept with the build
     so that the next attempt's runner, should this one be lost, runs only the rest."""
 
     type: ClassVar[str] = "split_kept"
-    build_id: int = _check(_check_positive)
-    attempt: int = _check(_check_positive)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SplitSeats(Message):
+class SplitSeats(SplitMessage):
     """Host → dispatcher: hand free runners seats of the split, up to ``width``
     participants in all (the host included); 0: no more seats (nothing left to hand out)."""
 
     type: ClassVar[str] = "split_seats"
-    build_id: int = _check(_check_positive)
-    attempt: int = _check(_check_positive)
     width: int = _check(_check_non_negative)
     #: One above the highest seat number the host has heard of: seats numbered anew after
     #: a dispatcher restart never take the number of one the host still knows.
@@ -662,14 +670,11 @@ class SplitSeats(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SplitLine(Message):
+class SplitLine(SeatMessage):
     """Participant → dispatcher: one line of the batch protocol its test process sent on
     connection ``conn`` of seat ``seat``, for the host's batch source."""
 
     type: ClassVar[str] = "split_line"
-    build_id: int = _check(_check_positive)
-    attempt: int = _check(_check_positive)
-    seat: int = _check(_check_positive)
     conn: int = _check(_check_positive)
     line: str = _text(MAX_DOCUMENT)
 
@@ -696,14 +701,11 @@ class ForwardedReply(SplitLine):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SplitClose(Message):
+class SplitClose(SeatMessage):
     """Participant → dispatcher: connection ``conn`` of the seat ended; the batch source
     counts one that ends without a goodbye as a lost participant."""
 
     type: ClassVar[str] = "split_close"
-    build_id: int = _check(_check_positive)
-    attempt: int = _check(_check_positive)
-    seat: int = _check(_check_positive)
     conn: int = _check(_check_non_negative)
     reason: str = _text()
 
@@ -731,14 +733,11 @@ class ForwardedHangUp(SplitClose):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SplitOutput(Message):
+class SplitOutput(SeatMessage):
     """Participant → dispatcher: output of a seat (base64), for its section of the
     build's log; ``runner`` is filled in by the dispatcher when it forwards it."""
 
     type: ClassVar[str] = "split_output"
-    build_id: int = _check(_check_positive)
-    attempt: int = _check(_check_positive)
-    seat: int = _check(_check_positive)
     runner: str = _text(MAX_STRING)
     data: str = _text(defaults.OUTPUT_CHUNK_BYTES * 2)
 
@@ -751,13 +750,10 @@ class ForwardedOutput(SplitOutput):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SplitSeatEnd(Message):
+class SplitSeatEnd(SeatMessage):
     """Participant → dispatcher (which frees its runner): the seat is done."""
 
     type: ClassVar[str] = "split_seat_end"
-    build_id: int = _check(_check_positive)
-    attempt: int = _check(_check_positive)
-    seat: int = _check(_check_positive)
     runner: str = _text(MAX_STRING)
     message: str = _text()
 
@@ -770,13 +766,11 @@ class ForwardedSeatEnd(SplitSeatEnd):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SplitMeasured(Message):
+class SplitMeasured(SplitMessage):
     """Host → dispatcher, before its result: tests' measured durations (a part of them),
     folded into the averages the next split orders tests by."""
 
     type: ClassVar[str] = "split_measured"
-    build_id: int = _check(_check_positive)
-    attempt: int = _check(_check_positive)
     durations: dict[str, float] = field(default_factory=dict)
 
 
