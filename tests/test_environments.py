@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PASSING_TEST, Process
+from conftest import PASSING_TEST, Process, Repo, Superci
 from helpers import FAST_WATCHDOG, Harness, async_test
 from support import eventually, make_wheel, wait_until
 from test_builduser import (  # noqa: F401 - fixtures
@@ -35,7 +35,7 @@ from test_builduser import (  # noqa: F401 - fixtures
 from test_runner import BUILD_WAIT, new_runner, running
 
 from superci import client, protocol
-from superci.builduser import processes_of
+from superci.builduser import BuildUser, processes_of
 from superci.config import load_build_config, parse_build_config
 from superci.environments import EnvCache, EnvKey, InstallFailed, dependency_digest
 from superci.errors import ConfigError
@@ -695,6 +695,27 @@ def system_python_version() -> str:
                           check=True).stdout.strip()  # fmt: skip
 
 
+def runner_with_build_user(
+    superci: Superci, repo: Repo, user: BuildUser, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Path]:
+    """A dispatcher and a root runner of ``repo`` with the build user ``user``, seeing only
+    the system's Pythons (those under /root are not the user's), and a wheel ``tinydep``
+    in ``folder``, where the user may read it; returns the wheels' folder and the runner's
+    environment cache."""
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    monkeypatch.setenv("PYENV_ROOT", str(folder / "no-pyenv"))
+    wheels, cache = folder / "wheels", folder / "envs"
+    make_wheel(wheels, "tinydep", body="VALUE = 42\n")
+    wheels.chmod(0o755)
+    repo.commit({"README": "a project\n"}, "start")
+    clone = repo.clone(folder / "clone")
+    superci.dispatcher(0)
+    runner = superci.runner(clone, "r-isolated", "--build-user", user.name,
+                            "--env-cache", str(cache), "--kill-grace", "0.5")  # fmt: skip
+    runner.wait_for_log("registered with the dispatcher")
+    return wheels, cache
+
+
 @pytest.mark.e2e
 @with_real_users
 @with_a_python_for_users
@@ -706,23 +727,8 @@ def test_a_build_users_install_runs_as_it_into_an_environment_of_its_own(
     monkeypatch,
 ):
     """With --build-user the environment is made, and used, by the build user."""
-    python = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info[:2])"],
-                            capture_output=True, text=True, check=True).stdout  # fmt: skip
-    wanted = ".".join(python.strip("()\n").split(", "))
-    monkeypatch.setenv(
-        "PATH", "/usr/sbin:/usr/bin:/sbin:/bin"
-    )  # Pythons under /root are not the user's
-    monkeypatch.setenv("PYENV_ROOT", str(open_folder / "no-pyenv"))
-    wheels, cache = open_folder / "wheels", open_folder / "envs"
-    make_wheel(wheels, "tinydep", body="VALUE = 42\n")
-    wheels.chmod(0o755)
-    repo.commit({"README": "a project\n"}, "start")
-    clone = repo.clone(open_folder / "clone")
-    superci.dispatcher(0)
-    runner = superci.runner(clone, "r-isolated", "--build-user", build_user.name,
-                            "--env-cache", str(cache), "--kill-grace", "0.5")  # fmt: skip
-    runner.wait_for_log("registered with the dispatcher")
-    toml = superci_toml(wheels, python=wanted, command=f"id -u && {UNITTEST}")
+    wheels, cache = runner_with_build_user(superci, repo, build_user, open_folder, monkeypatch)
+    toml = superci_toml(wheels, python=system_python_version(), command=f"id -u && {UNITTEST}")
     sha = repo.commit({".superci.toml": toml, "test_dep.py": NEEDS_TINYDEP})
     superci.notify(sha)
     result = superci.wait_for_result(sha, 120)
@@ -897,17 +903,7 @@ def test_a_build_that_rewrites_its_environment_does_not_decide_the_next_commits_
 ):
     """Commit 1's command rewrites the installed tinydep; commit 2, innocent, gets an
     environment made anew and passes; commit 3 reuses it untouched, with no install."""
-    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-    monkeypatch.setenv("PYENV_ROOT", str(open_folder / "no-pyenv"))
-    wheels, cache = open_folder / "wheels", open_folder / "envs"
-    make_wheel(wheels, "tinydep", body="VALUE = 42\n")
-    wheels.chmod(0o755)
-    repo.commit({"README": "a project\n"}, "start")
-    clone = repo.clone(open_folder / "clone")
-    superci.dispatcher(0)
-    runner = superci.runner(clone, "r-poison", "--build-user", build_user.name,
-                            "--env-cache", str(cache), "--kill-grace", "0.5")  # fmt: skip
-    runner.wait_for_log("registered with the dispatcher")
+    wheels, cache = runner_with_build_user(superci, repo, build_user, open_folder, monkeypatch)
     python = system_python_version()
     poison = ("python -c \"import tinydep, pathlib; "
               "pathlib.Path(tinydep.__file__).write_text('VALUE = 0')\"")  # fmt: skip
