@@ -186,6 +186,9 @@ async def _collect_and_take_part(
             log.info("build %d: this runner's part of the split is done", link.build.build_id)
             await _end_unfinished(backend, took)
             await backend.close_seats(force=True)
+            if any(execution.cancelled for _, execution in took.launches):
+                # The dispatcher stopped the seats with the build: none will say it ended.
+                link.seats_silent("stopped with the build, which was cancelled")
             await link.seats_ended(SEATS_END_TIMEOUT)
             log.info("build %d: the split's seats ended", link.build.build_id)
     finally:

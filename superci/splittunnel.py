@@ -153,10 +153,7 @@ class SplitLink:
             return
         for request in list(self._asked.values()):
             await self._send(request)
-        for seat in self.seats.values():
-            if seat.ended is None:
-                seat.ended = "no word from it since the build's runner reconnected"
-        self.seat_changed.set()
+        self.seats_silent("no word from it since the build's runner reconnected")
         if self.on_reconnect is not None:
             await self.on_reconnect()
             return
@@ -204,6 +201,14 @@ class SplitLink:
         task = asyncio.ensure_future(self._send(message))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
+
+    def seats_silent(self, why: str) -> None:
+        """Every seat that has not said it ended counts as ended, for ``why``: it will not
+        say so (one that still does has the last word)."""
+        for seat in self.seats.values():
+            if seat.ended is None:
+                seat.ended = why
+        self.seat_changed.set()
 
     async def seats_ended(self, timeout: float) -> None:
         """Wait (at most ``timeout``) until every seat heard of has said it ended."""

@@ -180,6 +180,8 @@ def test_cancel_mid_split_stops_every_runner_taking_part(
         if name != host:
             process.wait_for_log("leaving seat")
     assert len(started_by(marks)) == 3  # nothing more was started
+    log = superci.output(sha)
+    assert log.count("stopped with the build, which was cancelled ---") == 2, log
 
 
 CRASH_AND_SILENCE = {
